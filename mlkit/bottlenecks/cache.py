@@ -1,0 +1,228 @@
+"""The bottleneck cache: one HDF5 file per (dataset, backbone, weights, size, preprocessing, pooling).
+
+Layout (N manifest rows, D feature dims, K augmented views, L labels):
+
+    features    float32 (N, D) or (N, H, W, C) for pooling "none"; chunked along N
+    augmented   float32 (N, K, ...) when K > 0; only training rows are filled
+    labels      uint8 (N, L) multi-hot | int32 (N,) class index | float32 (N, T) targets
+    image       str (N,)   the manifest's image path as written there
+    split       str (N,)   train / val / test, or "" when the manifest has none
+    caption     str (N,)   optional
+    tokens      int32 (N, T) optional (caption token ids, 0 = padding)
+    key         str (N,)   sha256 of the image bytes and everything that changes the features
+    done        uint8 (N,) 1 when the row's features (and views) are written
+
+Attributes hold the task, label names, backbone, weights and their sha256,
+input size, preprocessing (and its fitted statistics), pooling, augmentation
+copies, versions, the manifest hash, and `complete`. While the cache is being
+written it lives at `<name>.partial.h5`; it is renamed to `<name>.h5` only when
+every readable row is done, so a file under the final name is always whole.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mlkit.errors import CacheError
+
+FORMAT_VERSION = 1
+STR = h5py.string_dtype("utf-8")
+JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary")
+
+
+def partial_path(path):
+    """Where the cache lives while it is written."""
+    path = Path(path)
+    return path.with_name(path.name[: -len(".h5")] + ".partial.h5")
+
+
+def read_attrs(h5):
+    """The file's attributes as plain Python values (JSON-encoded ones decoded)."""
+    attrs = {}
+    for name, value in h5.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, np.generic):
+            value = value.item()
+        if name in JSON_ATTRS and isinstance(value, str):
+            value = json.loads(value)
+        attrs[name] = value
+    return attrs
+
+
+def write_attrs(h5, attrs):
+    for name, value in attrs.items():
+        if value is None:
+            continue
+        if name in JSON_ATTRS:
+            value = json.dumps(value)
+        h5.attrs[name] = value
+
+
+def decode_strings(values):
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+@dataclass
+class FeatureCache:
+    """A finished cache opened for reading; arrays are loaded on demand.
+
+    Example:
+        cache = open_cache("bottlenecks/synth_ml_mobilenetv2_inet_avg.h5")
+        x, y = cache.load("train")
+    """
+
+    path: Path
+    attrs: dict
+    _split: np.ndarray = field(repr=False, default=None)
+    _done: np.ndarray = field(repr=False, default=None)
+
+    @property
+    def name(self):
+        return self.path.name[: -len(".h5")]
+
+    @property
+    def task(self):
+        return self.attrs["task"]
+
+    @property
+    def label_names(self):
+        return list(self.attrs.get("label_names") or [])
+
+    @property
+    def num_rows(self):
+        return len(self._done)
+
+    @property
+    def feature_shape(self):
+        with h5py.File(self.path, "r") as h5:
+            return tuple(h5["features"].shape[1:])
+
+    @property
+    def augment_copies(self):
+        return int(self.attrs.get("augment_copies", 0))
+
+    def indices(self, split=None):
+        """Row indices whose features are done, in one split ("train", ...) or all (None)."""
+        mask = self._done == 1
+        if split is not None:
+            if split not in set(self._split):
+                raise CacheError(
+                    f"{self.path} has no rows in split {split!r} (splits: {sorted(set(self._split))}); "
+                    "run `mlkit data split MANIFEST` and rerun cache-features"
+                )
+            mask &= self._split == split
+        return np.flatnonzero(mask)
+
+    def read(self, dataset, indices=None):
+        """One dataset's rows (all when indices is None), strings decoded."""
+        with h5py.File(self.path, "r") as h5:
+            if dataset not in h5:
+                raise CacheError(f"{self.path} has no {dataset!r} dataset")
+            data = h5[dataset]
+            values = data[...] if indices is None else data[np.asarray(indices)]
+        if values.dtype.kind in "OS":
+            values = decode_strings(values)
+        return values
+
+    def has(self, dataset):
+        with h5py.File(self.path, "r") as h5:
+            return dataset in h5
+
+    def load(self, split=None, augmented=False):
+        """Features and labels of one split as in-memory arrays.
+
+        With `augmented=True` the K cached views of each row follow the clean
+        rows, so a top model sees augmentation without rerunning the backbone.
+        """
+        indices = self.indices(split)
+        x = self.read("features", indices)
+        y = self.read("labels", indices)
+        if augmented and self.augment_copies and self.has("augmented"):
+            views = self.read("augmented", indices)
+            x = np.concatenate([x, views.reshape((-1,) + x.shape[1:])])
+            y = np.concatenate([y, np.repeat(y, self.augment_copies, axis=0)])
+        return x, y
+
+
+def open_cache(path):
+    """Opens a finished cache for reading, or explains why it cannot be used."""
+    path = Path(path)
+    if not path.exists():
+        hint = ""
+        if partial_path(path).exists():
+            hint = " (an interrupted run left a .partial.h5 beside it: rerun cache-features to finish it)"
+        raise CacheError(f"no bottleneck cache at {path}{hint}")
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = read_attrs(h5)
+            split = decode_strings(h5["split"][...])
+            done = h5["done"][...]
+    except (OSError, KeyError) as error:
+        raise CacheError(f"{path} is not a readable mlkit cache: {error}") from error
+    if not attrs.get("complete"):
+        raise CacheError(f"{path} is incomplete; rerun cache-features to finish it")
+    return FeatureCache(path=path, attrs=attrs, _split=split, _done=done)
+
+
+def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_copies=0, captions=False):
+    """Creates the empty datasets of a cache (features chunked along rows)."""
+    chunk_rows = max(1, min(num_rows, max(1, (1 << 20) // (4 * int(np.prod(feature_shape))))))
+    h5.create_dataset("features", (num_rows, *feature_shape), "float32", chunks=(chunk_rows, *feature_shape))
+    if augment_copies:
+        h5.create_dataset(
+            "augmented", (num_rows, augment_copies, *feature_shape), "float32",
+            chunks=(1, augment_copies, *feature_shape),
+        )
+    if task == "multilabel":
+        h5.create_dataset("labels", (num_rows, num_labels), "uint8")
+    elif task == "multiclass":
+        h5.create_dataset("labels", (num_rows,), "int32")
+    else:
+        h5.create_dataset("labels", (num_rows, num_labels), "float32")
+    for name in ("image", "split", "key") + (("caption",) if captions else ()):
+        h5.create_dataset(name, (num_rows,), STR)
+    h5.create_dataset("done", (num_rows,), "uint8")
+
+
+def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None):
+    """Writes a finished cache in one go (tests, shard merges, hand-made features).
+
+    Args:
+        path: the `.h5` file to write; replaced atomically.
+        features: float array (N, ...).
+        labels: multi-hot (N, L), class indices (N,) or targets (N, T).
+        split: N strings.
+        attrs: at least `task` and `label_names`; `complete` is set here.
+        image: N image paths. Defaults to "row<i>".
+        caption: optional N strings.
+        augmented: optional (N, K, ...) views.
+    """
+    path = Path(path)
+    features = np.asarray(features, dtype="float32")
+    n = len(features)
+    labels = np.asarray(labels)
+    tmp = partial_path(path)
+    with h5py.File(tmp, "w") as h5:
+        create_datasets(
+            h5, num_rows=n, feature_shape=features.shape[1:], task=attrs["task"],
+            num_labels=labels.shape[1] if labels.ndim > 1 else 0,
+            augment_copies=0 if augmented is None else augmented.shape[1],
+            captions=caption is not None,
+        )
+        h5["features"][...] = features
+        h5["labels"][...] = labels
+        h5["split"][...] = list(split)
+        h5["image"][...] = list(image) if image is not None else [f"row{i}" for i in range(n)]
+        h5["key"][...] = [f"row{i}" for i in range(n)]
+        if caption is not None:
+            h5["caption"][...] = ["" if c is None else str(c) for c in caption]
+        if augmented is not None:
+            h5["augmented"][...] = np.asarray(augmented, dtype="float32")
+        h5["done"][...] = 1
+        write_attrs(h5, {"format_version": FORMAT_VERSION, "augment_copies": 0 if augmented is None else augmented.shape[1], **attrs, "complete": True})
+    tmp.replace(path)
+    return path

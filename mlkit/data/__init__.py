@@ -1,0 +1,1 @@
+"""Data: manifests, adapters, splits, the synthetic dataset."""

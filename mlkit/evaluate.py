@@ -1,0 +1,2 @@
+def register(subparsers):
+    """Adds `mlkit evaluate` (being written)."""

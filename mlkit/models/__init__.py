@@ -1,0 +1,1 @@
+"""Stage 3: fine-tuning, export and prediction."""

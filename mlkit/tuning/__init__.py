@@ -1,0 +1,1 @@
+"""Stage 2: top models tuned on the cache."""

@@ -1,0 +1,2 @@
+def register(subparsers):
+    """Adds this module's subcommands (being written)."""

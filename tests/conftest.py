@@ -1,0 +1,34 @@
+"""Shared fixtures: determinism, no network, quiet TensorFlow."""
+
+import os
+import random
+import socket
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state."""
+    random.seed(0)
+    np.random.seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """A test that tries to download anything fails loudly instead of hanging."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
+            return real_connect(self, address)
+        raise RuntimeError(f"test tried to reach the network ({address!r}); tests must run offline")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    yield
