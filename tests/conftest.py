@@ -30,5 +30,13 @@ def no_network(monkeypatch):
             return real_connect(self, address)
         raise RuntimeError(f"test tried to reach the network ({address!r}); tests must run offline")
 
+    real_getaddrinfo = socket.getaddrinfo
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host in (None, "localhost", "::1") or str(host).startswith("127."):
+            return real_getaddrinfo(host, *args, **kwargs)
+        raise OSError(f"test tried to resolve {host!r}; tests must run offline")
+
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     yield

@@ -1,0 +1,232 @@
+"""The backbone registry: every `keras.applications` model by lower-case name.
+
+No other module special-cases a backbone: they ask `get_backbone(name)` for
+the constructor, its input preprocessing and default size, and
+`build_backbone(...)` for a model plus the hash of its weights.
+
+Preprocessing is built from stock Keras layers (Rescaling, Normalization, a
+fixed 1x1 convolution for Caffe's RGB->BGR and mean, LayerNormalization for
+per-image standardisation), so a saved model that contains it loads in plain
+Keras without importing mlkit.
+"""
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlkit.errors import MlkitError
+
+PREPROCESSING = ("inet", "zmuv", "zmuvs")
+POOLING = ("avg", "max", "none")
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the rest of mlkit needs to know about one backbone.
+
+    Attributes:
+        name: lower-case registry name, e.g. "resnet50".
+        constructor: the `keras.applications` attribute, e.g. "ResNet50".
+        mode: its own `preprocess_input` mode: "caffe", "tf", "torch", or
+            "none" for models that rescale inside (EfficientNet, ConvNeXt, ...).
+        default_size: the input size its ImageNet weights were trained at.
+    """
+
+    name: str
+    constructor: str
+    mode: str
+    default_size: int = 224
+
+
+def _specs():
+    table = [
+        ("VGG16", "caffe", 224), ("VGG19", "caffe", 224),
+        ("ResNet50", "caffe", 224), ("ResNet101", "caffe", 224), ("ResNet152", "caffe", 224),
+        ("ResNet50V2", "tf", 224), ("ResNet101V2", "tf", 224), ("ResNet152V2", "tf", 224),
+        ("InceptionV3", "tf", 299), ("InceptionResNetV2", "tf", 299), ("Xception", "tf", 299),
+        ("MobileNet", "tf", 224), ("MobileNetV2", "tf", 224),
+        ("MobileNetV3Small", "none", 224), ("MobileNetV3Large", "none", 224),
+        ("DenseNet121", "torch", 224), ("DenseNet169", "torch", 224), ("DenseNet201", "torch", 224),
+        ("NASNetMobile", "tf", 224), ("NASNetLarge", "tf", 331),
+        ("ConvNeXtTiny", "none", 224), ("ConvNeXtSmall", "none", 224), ("ConvNeXtBase", "none", 224),
+        ("ConvNeXtLarge", "none", 224), ("ConvNeXtXLarge", "none", 224),
+        ("EfficientNetV2B0", "none", 224), ("EfficientNetV2B1", "none", 240), ("EfficientNetV2B2", "none", 260),
+        ("EfficientNetV2B3", "none", 300), ("EfficientNetV2S", "none", 384), ("EfficientNetV2M", "none", 480),
+        ("EfficientNetV2L", "none", 480),
+    ]
+    table += [(f"EfficientNetB{i}", "none", size) for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))]
+    return {ctor.lower(): BackboneSpec(ctor.lower(), ctor, mode, size) for ctor, mode, size in table}
+
+
+BACKBONES = _specs()
+
+
+def get_backbone(name):
+    """The registry entry for `name` (case-insensitive), or an error listing the choices."""
+    spec = BACKBONES.get(str(name).lower())
+    if spec is None:
+        raise MlkitError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+    return spec
+
+
+def check_choice(value, choices, what):
+    if value not in choices:
+        raise MlkitError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+    return value
+
+
+def preprocessing_layers(spec, preprocess, mean=None, std=None):
+    """Stock Keras layers that turn float RGB pixels in [0, 255] into the backbone's input.
+
+    Args:
+        spec: the backbone's `BackboneSpec`.
+        preprocess: "inet" (the backbone's own `preprocess_input`), "zmuv"
+            (per-channel mean and std fitted on the training split) or "zmuvs"
+            (each image standardised on its own).
+        mean: per-channel means for "zmuv".
+        std: per-channel standard deviations for "zmuv".
+    """
+    import keras
+
+    check_choice(preprocess, PREPROCESSING, "preprocessing")
+    if preprocess == "zmuv":
+        if mean is None or std is None:
+            raise MlkitError("zmuv preprocessing needs the training split's per-channel mean and std")
+        variance = np.square(np.asarray(std, dtype="float64")).tolist()
+        return [keras.layers.Normalization(mean=list(mean), variance=variance, name="zmuv", dtype="float32")]
+    if preprocess == "zmuvs":
+        return [keras.layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-6, name="zmuvs", dtype="float32")]
+    if spec.mode == "tf":
+        return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="inet_tf", dtype="float32")]
+    if spec.mode == "torch":
+        mean = [255 * m for m in TORCH_MEAN]
+        variance = [(255 * s) ** 2 for s in TORCH_STD]
+        return [keras.layers.Normalization(mean=mean, variance=variance, name="inet_torch", dtype="float32")]
+    if spec.mode == "caffe":
+        return [_caffe_layer()]
+    return []
+
+
+def _caffe_layer():
+    """RGB->BGR and subtraction of ImageNet's BGR mean, as a frozen 1x1 convolution."""
+    import keras
+
+    kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+    kernel[0, 0, 2, 0] = kernel[0, 0, 1, 1] = kernel[0, 0, 0, 2] = 1.0
+    bias = -np.asarray(CAFFE_MEAN_BGR, dtype="float32")
+    layer = keras.layers.Conv2D(
+        3, 1, name="inet_caffe", dtype="float32", trainable=False,
+        kernel_initializer=keras.initializers.Constant(kernel),
+        bias_initializer=keras.initializers.Constant(bias),
+    )
+    return layer
+
+
+def build_backbone(name, weights="imagenet", image_size=None, pooling="avg", seed=0):
+    """A headless `keras.applications` model and the facts that identify its weights.
+
+    Args:
+        name: registry name, e.g. "mobilenetv2".
+        weights: "imagenet" (Keras's download, cached in `$KERAS_HOME/models`),
+            "none" (random, seeded by `seed` so a rerun rebuilds the same
+            network), or the path of a weights file for this architecture.
+            Defaults to "imagenet".
+        image_size: square input side. Defaults to the backbone's own size.
+        pooling: "avg", "max" or "none" (raw feature maps). Defaults to "avg".
+        seed: seeds the initialisation when weights are "none". Defaults to 0.
+
+    Returns:
+        (model, info): info holds `weights` (as given), `weights_sha256` (of
+        the weight values, so any two identical networks match) and
+        `feature_shape`.
+    """
+    import keras
+
+    spec = get_backbone(name)
+    check_choice(pooling, POOLING, "pooling")
+    size = int(image_size or spec.default_size)
+    source = _weights_source(weights)
+    if source is None:
+        keras.utils.set_random_seed(seed)
+    constructor = getattr(keras.applications, spec.constructor)
+    kwargs = dict(include_top=False, weights=source, input_shape=(size, size, 3), pooling=None if pooling == "none" else pooling)
+    with _explain_download_failure(spec):
+        try:
+            model = constructor(**kwargs)
+        except ValueError as error:
+            raise MlkitError(f"cannot build {spec.name} at {size} px with weights {weights!r}: {error}") from None
+    info = {
+        "weights": str(weights),
+        "weights_sha256": weights_sha256(model),
+        "feature_shape": [int(d) for d in model.output_shape[1:]],
+        "image_size": size,
+    }
+    return model, info
+
+
+def _weights_source(weights):
+    text = str(weights)
+    if text.lower() in ("none", ""):
+        return None
+    if text.lower() == "imagenet":
+        return "imagenet"
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise MlkitError(f"--weights {text!r}: no such file; use 'imagenet', 'none' or the path of a weights file")
+    return str(path)
+
+
+@contextlib.contextmanager
+def _explain_download_failure(spec):
+    """Turns a failed ImageNet download into an error naming the file and where to put it."""
+    from keras.src.utils import file_utils
+
+    original = file_utils.get_file
+    asked = {}
+
+    def recording_get_file(fname=None, origin=None, *args, **kwargs):
+        asked.update(fname=fname, origin=origin, cache_subdir=kwargs.get("cache_subdir", "datasets"))
+        return original(fname, origin, *args, **kwargs)
+
+    file_utils.get_file = recording_get_file
+    try:
+        yield
+    except Exception as error:
+        if not asked or isinstance(error, MlkitError):
+            raise
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        target = os.path.join(home, asked["cache_subdir"], asked["fname"] or "")
+        raise MlkitError(
+            f"could not download the ImageNet weights for {spec.name} ({type(error).__name__}: {error}). "
+            f"On a machine with network, fetch {asked['origin']} and place it at {target} "
+            "($KERAS_HOME defaults to ~/.keras); or pass --weights none / --weights PATH"
+        ) from None
+    finally:
+        file_utils.get_file = original
+
+
+def weights_sha256(model):
+    """sha256 over the model's weight values in order: equal networks, equal hashes."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(np.asarray(variable)).tobytes())
+    return digest.hexdigest()
+
+
+def feature_extractor(backbone, spec, preprocess, image_size, mean=None, std=None):
+    """float pixels (B, S, S, 3) in [0, 255] -> preprocessing -> backbone features."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
+    x = inputs
+    for layer in preprocessing_layers(spec, preprocess, mean, std):
+        x = layer(x)
+    outputs = backbone(x, training=False)
+    return keras.Model(inputs, outputs, name=f"{spec.name}_features")

@@ -1,0 +1,163 @@
+"""Reading images the way every stage needs them: RGB uint8, upright, or a reason why not.
+
+PIL does the decoding because it handles what real collections hold and
+`tf.io.decode_image` does not: EXIF orientation, CMYK JPEGs, palette and
+16-bit PNGs, transparency. Resizing is left to TensorFlow (`resize_images`) so
+that caching, fine-tuning and the exported model resize with the same op.
+"""
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Decompression bombs are reported as unreadable rows, not raised as warnings.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+DEFAULT_BACKGROUND = (255, 255, 255)
+
+
+class ImageReadError(Exception):
+    """An image that cannot be used; `reason` is a short text for the skipped-images report."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def parse_background(text):
+    """'255,255,255', 'white', 'black' or '#rrggbb' -> an RGB tuple."""
+    named = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128), "grey": (128, 128, 128)}
+    text = str(text).strip().lower()
+    if text in named:
+        return named[text]
+    try:
+        if text.startswith("#") and len(text) == 7:
+            return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise ValueError(f"background {text!r} is not a colour: use 'white', 'black', '#rrggbb' or 'R,G,B' (0-255)")
+    return values
+
+
+def read_bytes(path):
+    """The file's bytes, or ImageReadError with why not."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ImageReadError(path, "missing file") from None
+    except OSError as error:
+        raise ImageReadError(path, f"cannot read file: {error.strerror or error}") from None
+    if not data:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    return data
+
+
+def sha256_bytes(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data, path="<bytes>", background=DEFAULT_BACKGROUND):
+    """Decodes image bytes to an upright RGB uint8 array (H, W, 3).
+
+    Args:
+        data: the encoded file's bytes.
+        path: used in error messages only.
+        background: RGB colour that transparent pixels are composited on.
+            Defaults to white.
+
+    Raises:
+        ImageReadError: truncated, corrupt, unknown format, or too large.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image, background)
+    except Image.DecompressionBombWarning as error:
+        raise ImageReadError(path, f"too large to decode safely ({error})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(path, "not an image PIL can identify (corrupt or unknown format)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(path, f"corrupt or truncated image ({error})") from None
+
+
+def load_image(path, background=DEFAULT_BACKGROUND):
+    """Reads and decodes one image file; see `decode_image`."""
+    return decode_image(read_bytes(path), path, background)
+
+
+def _to_rgb(image, background):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        image = canvas
+    if image.mode != "RGB":
+        # CMYK (PIL undoes Adobe's inverted CMYK), L, 1, P, YCbCr, LAB, HSV.
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _high_depth_to_rgb(image):
+    """16-bit and 32-bit grayscale: scale the type's range to 0-255 (not clip, which would whiten it)."""
+    values = np.asarray(image)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) <= 65535 and values.min(initial=0) >= 0):
+        scaled = values.astype(np.float32) / 257.0
+    else:
+        low, high = float(values.min()), float(values.max())
+        scaled = (values.astype(np.float32) - low) * (255.0 / max(high - low, 1e-12))
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def augment_view(array, seed, background=DEFAULT_BACKGROUND):
+    """One random but reproducible augmented view of an image (uint8 HxWx3).
+
+    The same (image, seed) always gives the same view, so cached augmented
+    features are identical after a resume. Applies, each at random: a
+    horizontal flip, a rotation of up to 10 degrees, a zoom of up to 15% and
+    shifts of up to 10% of each side (codes f, r, z, h, w).
+    """
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(array)
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    angle = float(rng.uniform(-10, 10))
+    image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=background)
+    width, height = image.size
+    zoom = float(rng.uniform(0.85, 1.0))
+    crop_w, crop_h = max(1, round(width * zoom)), max(1, round(height * zoom))
+    max_dx, max_dy = width - crop_w + 0.1 * width, height - crop_h + 0.1 * height
+    left = int(np.clip(rng.uniform(0, max_dx), 0, width - crop_w))
+    top = int(np.clip(rng.uniform(0, max_dy), 0, height - crop_h))
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def view_seed(key, view):
+    """A 63-bit seed from a row key and a view index."""
+    digest = hashlib.sha256(f"{key}:{view}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resize_images(images, size):
+    """The one resize every stage uses: bilinear with antialiasing, aspect ratio not kept.
+
+    Equal to `keras.layers.Resizing(size, size, antialias=True)`, which the
+    exported model uses, so cached features match what the model computes.
+    """
+    import tensorflow as tf
+
+    return tf.image.resize(images, (size, size), method="bilinear", antialias=True)
+
