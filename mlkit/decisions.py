@@ -361,10 +361,9 @@ def _parse_spec(spec):
     except ValueError:
         raise DecisionRuleError(f"decision rule {spec!r}: {text!r} is not a {takes[kind].__name__}; "
                                 f"valid forms: {_valid_forms()}") from None
-    if kind != "threshold" and (not np.isfinite(param) or param <= 0):
-        raise DecisionRuleError(f"decision rule {spec!r}: {kind} needs a positive number; e.g. {kind}:2")
-    if kind == "threshold" and not np.isfinite(param):
-        raise DecisionRuleError(f"decision rule {spec!r}: the threshold must be a finite number, e.g. threshold:0.5")
+    if not np.isfinite(param) or (kind != "threshold" and param <= 0):
+        need = "a finite number" if kind == "threshold" else "a positive number"
+        raise DecisionRuleError(f"decision rule {spec!r}: {kind} needs {need}; valid forms: {_valid_forms()}")
     return kind, param, f"{kind}:{text}"
 
 

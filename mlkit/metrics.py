@@ -205,6 +205,8 @@ def rank_counts(labels, scores, positives=None):
         RankCounts.
     """
     scores = as_score_matrix(scores)
+    if scores.size and np.isnan(np.min(scores)):
+        raise MlkitError("scores contain NaN; check the model's outputs (a diverged run?) before evaluating")
     n_images, n_labels = scores.shape
     rows, cols = positives if positives is not None else positives_by_label(as_multi_hot(labels, scores.shape))
     n_pos = np.bincount(cols, minlength=n_labels)
