@@ -379,6 +379,9 @@ class Rule:
         min_positives: for per-class rules, the fewest validation positives a
             label needs for its own threshold. Defaults to 5.
 
+    The label limits apply after the rule decides (so thresholds are fitted
+    without them) and not to "rank", whose count per image is the truth's.
+
     Attributes:
         spec: the canonical spec.
         kind, param: the rule's name and number ("fbeta", 2.0).

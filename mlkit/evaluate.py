@@ -47,11 +47,11 @@ import json
 import logging
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from mlkit import plots
 from mlkit.decisions import DEFAULT_MIN_POSITIVES, RULE_FORMS, Rule, parse_rule
 from mlkit.errors import MlkitError
 from mlkit.metrics import (DEFAULT_MIN_SUPPORT, as_multi_hot, as_score_matrix, multiclass_report,
@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 TASKS = ("multilabel", "multiclass", "regression")
 DEFAULT_DECISIONS = ("cardinality",)
+# Labels drawn in the per-label plots (ROC, precision-recall).
+DEFAULT_TOP_N = 10
 # The keys each rule's entry holds; the first rule's also sit at the top level.
 RULE_KEYS = ("micro", "macro", "samples", "map", "auc", "hamming", "subset_accuracy", "cardinality",
              "excluded", "excluded_from", "decision", "upper_bound")
@@ -69,7 +71,7 @@ RULE_KEYS = ("micro", "macro", "samples", "map", "auc", "hamming", "subset_accur
 def evaluate_scores(scores, labels, label_names, task="multilabel", decisions=DEFAULT_DECISIONS,
                     fit_scores=None, fit_labels=None, train_cardinality=None, plots_dir=None, *,
                     min_labels=0, max_labels=None, min_positives=DEFAULT_MIN_POSITIVES,
-                    min_support=DEFAULT_MIN_SUPPORT, top_n=plots.DEFAULT_TOP_N):
+                    min_support=DEFAULT_MIN_SUPPORT, top_n=DEFAULT_TOP_N):
     """Decides labels with each rule and reports every metric.
 
     Rules that need fitting are fitted on `fit_scores`/`fit_labels` (the
@@ -134,6 +136,8 @@ def evaluate_scores(scores, labels, label_names, task="multilabel", decisions=DE
     report.update(report["rules"][rules[0].spec])
     report.update({key: first[key] for key in ("per_label", "best_labels", "worst_labels")})
     if plots_dir is not None:
+        from mlkit import plots  # matplotlib loads in about half a second; only when plotting
+
         marks = {rule.spec: rule.threshold for rule in rules if rule.threshold is not None and not np.ndim(rule.threshold)}
         names = [row["name"] for row in first["per_label"]]
         report["plots"] = [str(path) for path in plots.multilabel_plots(plots_dir, labels, scores, names, marks, top_n)]
@@ -188,21 +192,23 @@ def _evaluate_single(scores, labels, label_names, task, decisions, plots_dir):
                          f"{', '.join(given)}. Leave --decision out or pass --decision {expected}")
     if task == "multiclass":
         report = multiclass_report(labels, scores, label_names)
-        report["task"] = task
-        report["decision"] = parse_rule("argmax").to_dict()
-        if plots_dir is not None:
-            path = plots.confusion_matrix(Path(plots_dir) / "confusion_matrix.png", report["confusion_matrix"],
-                                          report["label_names"])
-            report["plots"] = [str(path)]
-        return report
-    report = regression_report(labels, scores, label_names)
-    report["task"] = task
-    report["decision"] = parse_rule("identity").to_dict()
+    else:
+        report = regression_report(labels, scores, label_names)
+    report.update(task=task, decision=parse_rule(expected).to_dict())
     if plots_dir is not None:
-        names = [row["name"] for row in report["per_target"]]
-        report["plots"] = [str(plots.predicted_against_true(Path(plots_dir) / "predicted_vs_true.png",
-                                                            labels, scores, names))]
+        report["plots"] = [str(_single_plot(report, labels, scores, plots_dir))]
     return report
+
+
+def _single_plot(report, labels, scores, plots_dir):
+    """The confusion matrix (multiclass) or predicted-against-true plot (regression)."""
+    from mlkit import plots  # matplotlib loads in about half a second; only when plotting
+
+    if report["task"] == "multiclass":
+        return plots.confusion_matrix(Path(plots_dir) / "confusion_matrix.png", report["confusion_matrix"],
+                                      report["label_names"])
+    names = [row["name"] for row in report["per_target"]]
+    return plots.predicted_against_true(Path(plots_dir) / "predicted_vs_true.png", labels, scores, names)
 
 
 def _percent(value):
@@ -402,7 +408,8 @@ def load_scores_file(path):
 
 
 RULES_EPILOG = "decision rules (--decision, repeatable; the first is the primary rule):\n" + "\n".join(
-    f"  {form:<13} {text}" for form, text in RULE_FORMS.items()) + """
+    textwrap.fill(text, 78, initial_indent=f"  {form:<13} ", subsequent_indent=" " * 16)
+    for form, text in RULE_FORMS.items()) + """
 
 Rules with thresholds are fitted on val_scores/val_labels when the file has
 them, otherwise on the evaluated scores themselves (optimistic; a warning

@@ -418,8 +418,6 @@ def multilabel_report(labels, decisions, scores=None, label_names=None, min_supp
         ap, auc = average_precision_per_label(labels, scores, ranks), roc_auc_per_label(labels, scores, ranks)
         report["map"] = float(ap.mean()) if ap.count() else None
         report["auc"] = float(auc.mean()) if auc.count() else None
-    defined_auc = auc.count() if auc is not None else int(np.sum((counts.true_label > 0) & (counts.true_label < n_images)))
-    report["excluded"]["labels_without_both_classes"] = n_labels - int(defined_auc)
     report["per_label"] = _per_label_rows(names, counts, ap, auc)
     report["best_labels"], report["worst_labels"] = best_worst_labels(report, n=10, min_support=min_support)
     return report
@@ -446,7 +444,7 @@ def _count_metrics(counts, n_images, n_labels):
         "excluded": {
             "labels_without_positives": int(np.sum(~has_positives)),
             "images_without_labels": int(np.sum(counts.true_image == 0)),
-            "labels_without_both_classes": 0,
+            "labels_without_both_classes": int(np.sum(~has_positives | (counts.true_label == n_images))),
         },
         "excluded_from": {
             "labels_without_positives": "macro precision/recall/F1/F2, map and the best/worst labels",

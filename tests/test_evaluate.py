@@ -101,8 +101,9 @@ def test_multiclass_and_regression(tmp_path):
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
     assert "accuracy" in format_table(report)
     targets = rng.normal(1850, 40, 80)
-    report = evaluate_scores(targets + 5, targets, ["year"], task="regression")
+    report = evaluate_scores(targets + 5, targets, ["year"], task="regression", plots_dir=tmp_path)
     assert report["mae"] == pytest.approx(5) and report["decision"]["kind"] == "identity"
+    assert (tmp_path / "predicted_vs_true.png").stat().st_size > 1000
     assert "MAE" in format_table(report)
     with pytest.raises(MlkitError, match="argmax"):
         evaluate_scores(scores, truth, list("abcd"), task="multiclass", decisions=["fbeta:2"])
