@@ -1,0 +1,150 @@
+"""The resolved config of one top-model trial, and the choices it is checked against.
+
+A `TopConfig` travels with the trained top: it is written beside the weights
+as `tuning/<run>.json`, so the model can be rebuilt without the command line
+that made it (timm's `PretrainedCfg` idea).
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from mlkit.errors import MlkitError
+from mlkit.runs import RunName
+
+TASKS = ("multilabel", "multiclass", "regression")
+LOSSES = {
+    "multilabel": ("bce", "focal", "wbce"),
+    "multiclass": ("cce", "focal"),
+    "regression": ("mse", "mae", "huber"),
+}
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "plateau", "cosine")
+TOP_POOLS = ("flatten", "avg", "max")
+# Objectives KerasTuner optimises, with their direction, per task.
+OBJECTIVES = {
+    "multilabel": {"val_loss": "min", "val_map": "max", "val_f1": "max", "val_auc": "max"},
+    "multiclass": {"val_loss": "min", "val_accuracy": "max", "val_f1": "max"},
+    "regression": {"val_loss": "min", "val_mae": "min", "val_rmse": "min"},
+}
+# Short codes for the run name's options (mlkit.runs); defaults are omitted there.
+SCHEDULE_CODES = {"step": "step", "plateau": "plateau", "cosine": "cos"}
+# Settings that change training but are not in the run name: a finished run
+# whose record disagrees with the request is reported, not silently reused.
+UNNAMED_SETTINGS = ("epochs", "patience", "momentum", "step_every", "step_gamma", "objective", "seed")
+
+
+@dataclass
+class TopConfig:
+    """Everything needed to rebuild and retrain one top model.
+
+    Example:
+        config = TopConfig(task="multilabel", layers=2, units=1024, reg="d5", lr=0.1, batch=128)
+        model = build_top_model(config, input_shape=(2048,), num_outputs=80, task="multilabel")
+    """
+
+    task: str = "multilabel"
+    layers: int = 1
+    units: int = 1024
+    reg: str = "d5"
+    lr: float = 0.1
+    batch: int = 64
+    loss: str = ""
+    optimizer: str = "sgd"
+    schedule: str = "constant"
+    top_pool: str = "flatten"
+    epochs: int = 20
+    patience: int = 5
+    momentum: float = 0.9
+    step_every: int = 10
+    step_gamma: float = 0.1
+    objective: str = "val_loss"
+    seed: int = 0
+    views: int = 0
+    sample_weights: str = ""
+    cap: int = 0
+    oversample: int = 0
+    run: str = ""
+    cache: str = ""
+    input_shape: list = field(default_factory=list)
+    num_outputs: int = 0
+    label_names: list = field(default_factory=list)
+    target_min: list = field(default_factory=list)
+    target_max: list = field(default_factory=list)
+    pos_weight: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.loss = self.loss or LOSSES.get(self.task, ("",))[0]
+
+    def validate(self):
+        """Raises MlkitError naming the first setting that cannot be used."""
+        check_choice("task", self.task, TASKS)
+        check_choice(f"loss for {self.task}", self.loss, LOSSES[self.task])
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("top pool", self.top_pool, TOP_POOLS)
+        check_choice(f"objective for {self.task}", self.objective, tuple(OBJECTIVES[self.task]))
+        for name in ("layers", "units", "batch", "epochs", "patience"):
+            minimum = 0 if name == "layers" else 1
+            if int(getattr(self, name)) < minimum:
+                raise MlkitError(f"--{name} {getattr(self, name)} must be >= {minimum}")
+        if not (self.reg == "bn" or (len(self.reg) == 2 and self.reg[0] == "d" and self.reg[1].isdigit())):
+            raise MlkitError(f"--reg {self.reg!r}: use dN (dropout N/10, N = 0..9) or bn")
+        if not self.lr > 0:
+            raise MlkitError(f"--lr {self.lr}: learning rates must be positive")
+        return self
+
+    @property
+    def dropout(self):
+        """The dropout rate, 0 for batch norm."""
+        return int(self.reg[1:]) / 10 if self.reg.startswith("d") else 0.0
+
+    def run_options(self):
+        """The non-default settings written as run-name options (see mlkit.runs)."""
+        options = {}
+        if self.loss != LOSSES[self.task][0]:
+            options["loss"] = self.loss
+        if self.optimizer != "sgd":
+            options["opt"] = self.optimizer
+        if self.schedule != "constant":
+            options["sched"] = SCHEDULE_CODES[self.schedule]
+        if self.views:
+            options["views"] = str(self.views)
+        if self.sample_weights:
+            options["sw"] = "bal"
+        if self.cap:
+            options["cap"] = str(self.cap)
+        if self.oversample:
+            options["over"] = str(self.oversample)
+        return options
+
+    def run_name(self, cache_fields, pool):
+        """This trial's `RunName` given the cache's first fields and the top's pool field."""
+        dataset, subset, backbone, prep = cache_fields
+        return RunName(
+            dataset, subset, backbone, prep, pool, int(self.layers), int(self.units), self.reg,
+            float(self.lr), int(self.batch), options=self.run_options(),
+        )
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """A config from a dict, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise MlkitError(f"{name} {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def write_json(path, payload):
+    """Writes JSON atomically, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)

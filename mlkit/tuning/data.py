@@ -1,0 +1,341 @@
+"""Training and validation data for top models, read from a bottleneck cache.
+
+The training split may be rebalanced (per-class caps, oversampling of small
+classes, balanced sample weights: seed 002) and extended with the cache's
+augmented views; the validation split is used as it is, and the test split is
+never read. Data that fits under `max_memory` is held as tensors and batched
+by index; a larger cache streams from HDF5 in contiguous blocks, shuffled
+block-wise and then within a buffer of blocks, so reads stay sequential.
+"""
+
+import re
+
+import h5py
+import numpy as np
+
+from mlkit.errors import MlkitError
+
+BLOCK_BYTES = 8 << 20
+BLOCKS_PER_BUFFER = 8
+PREDICT_BATCH = 4096
+# Positive weights for wbce are capped: a label seen once in 10,000 rows would
+# otherwise get a weight of 10,000 and dominate every gradient.
+MAX_POS_WEIGHT = 100.0
+
+
+def parse_memory(text):
+    """Bytes from a size such as '512M', '4G' or '1.5GB' (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(text).upper())
+    if not match:
+        raise MlkitError(f"--max-memory {text!r}: expected a size such as 512M or 4G")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " KMGT".index(unit or " "))
+
+
+def train_cardinality(labels):
+    """Mean number of labels per training row (multilabel), for the cardinality rule."""
+    return float(np.asarray(labels).sum(axis=1).mean()) if len(labels) else 0.0
+
+
+def class_counts(labels, task):
+    """Rows per class: multi-hot columns summed, or class indices counted."""
+    if task == "multilabel":
+        return np.asarray(labels).sum(axis=0).astype(np.int64)
+    return np.bincount(np.asarray(labels), minlength=int(np.max(labels)) + 1 if len(labels) else 0)
+
+
+def cap_rows(labels, task, cap, rng):
+    """Positions of training rows kept when each class is capped at `cap` rows.
+
+    Multiclass: a random `cap` rows of each larger class. Multilabel: rows are
+    visited in random order and kept while at least one of their labels is
+    still under the cap (rows with no label are kept), so rare labels keep
+    every row even when they co-occur with a frequent one.
+    """
+    order = rng.permutation(len(labels))
+    if task == "multiclass":
+        kept = [order[labels[order] == c][:cap] for c in np.unique(labels)]
+        return np.sort(np.concatenate(kept)) if kept else order[:0]
+    seen = np.zeros(labels.shape[1], dtype=np.int64)
+    kept = []
+    for position in order:
+        positive = labels[position] > 0
+        if not positive.any() or (seen[positive] < cap).any():
+            kept.append(position)
+            seen += positive
+    return np.sort(np.asarray(kept, dtype=np.int64))
+
+
+def oversample_rows(labels, task, target, rng):
+    """Extra row positions (drawn with replacement) lifting each class to `target` rows.
+
+    For multilabel data a row drawn for a rare label also counts for its other
+    labels; labels are topped up rarest first, so the result is approximate.
+    """
+    counts = class_counts(labels, task).astype(np.int64)
+    extra = []
+    for label in np.argsort(counts):
+        if counts[label] == 0 or counts[label] >= target:
+            continue
+        holders = np.flatnonzero(labels[:, label] > 0 if task == "multilabel" else labels == label)
+        drawn = rng.choice(holders, size=target - counts[label], replace=True)
+        extra.append(drawn)
+        counts += class_counts(labels[drawn], task) if task == "multilabel" else np.bincount(
+            labels[drawn], minlength=len(counts))
+    return np.concatenate(extra) if extra else np.zeros(0, dtype=np.int64)
+
+
+def resample(labels, task, cap=0, oversample=0, seed=0):
+    """Training row positions after capping and oversampling (seeded).
+
+    Raises:
+        MlkitError: for regression targets, which have no classes to balance.
+    """
+    positions = np.arange(len(labels))
+    if not (cap or oversample):
+        return positions
+    if task == "regression":
+        raise MlkitError("--cap and --oversample balance classes; a regression cache has none: drop them")
+    rng = np.random.default_rng(seed)
+    if cap:
+        positions = cap_rows(labels, task, cap, rng)
+    if oversample:
+        positions = np.sort(np.concatenate([positions, positions[oversample_rows(labels[positions], task, oversample, rng)]]))
+    return positions
+
+
+def balanced_weights(labels, task):
+    """Per-row weights inversely proportional to class frequency, mean 1.
+
+    A multilabel row's weight averages its labels' inverse frequencies; rows
+    with no label get the mean weight.
+    """
+    if task == "regression":
+        raise MlkitError("--sample-weights balanced needs classes; a regression cache has none: drop it")
+    counts = np.maximum(class_counts(labels, task), 1).astype(np.float64)
+    inverse = len(labels) / (len(counts) * counts)
+    if task == "multiclass":
+        weights = inverse[labels]
+    else:
+        positive = labels > 0
+        totals = positive.sum(axis=1)
+        weights = (positive * inverse).sum(axis=1) / np.maximum(totals, 1)
+        weights[totals == 0] = weights[totals > 0].mean() if (totals > 0).any() else 1.0
+    return (weights / weights.mean()).astype("float32")
+
+
+def positive_weights(labels):
+    """Per-label negatives/positives ratio for wbce, capped at MAX_POS_WEIGHT."""
+    positives = np.asarray(labels).sum(axis=0).astype(np.float64)
+    negatives = len(labels) - positives
+    ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    return np.clip(ratio, 1.0, MAX_POS_WEIGHT).astype("float32")
+
+
+def target_scale(cache, train_targets):
+    """Per-target (min, max) for scaling regression targets to [0, 1]."""
+    low = cache.attrs.get("target_min")
+    high = cache.attrs.get("target_max")
+    if low is None or high is None:
+        low, high = train_targets.min(axis=0), train_targets.max(axis=0)
+    low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
+    return low, np.where(high > low, high, low + 1.0)
+
+
+def read_rows(dataset, rows):
+    """Rows of an HDF5 dataset (sorted row indices, repeats allowed), read as contiguous slices."""
+    rows = np.asarray(rows)
+    if not len(rows):
+        return np.zeros((0,) + dataset.shape[1:], dtype=dataset.dtype)
+    row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
+    block = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    parts = []
+    start = 0
+    while start < len(rows):
+        end = np.searchsorted(rows, rows[start] + block, side="left")
+        first, last = rows[start], rows[end - 1]
+        parts.append(dataset[first:last + 1][rows[start:end] - first])
+        start = end
+    return np.concatenate(parts)
+
+
+class TopData:
+    """One cache's training and validation data, shaped for a task's top model.
+
+    Args:
+        cache: an open `FeatureCache`.
+        views: cached augmented views to train on besides the clean rows.
+            Defaults to 0.
+        sample_weights: "balanced" for inverse-frequency weights, "" for none.
+        cap: the most training rows per class, 0 for no cap.
+        oversample: the fewest training rows per class, 0 for no oversampling.
+        max_memory: bytes the features may take in memory before streaming.
+        seed: seeds the rebalancing and the shuffling. Defaults to 0.
+    """
+
+    def __init__(self, cache, *, views=0, sample_weights="", cap=0, oversample=0, max_memory=4 << 30, seed=0):
+        self.cache = cache
+        self.task = cache.task
+        self.seed = seed
+        self.views = int(views)
+        train_rows = cache.indices("train")
+        self.val_rows = cache.indices("val")
+        train_labels = cache.read("labels", train_rows)
+        self.val_labels = cache.read("labels", self.val_rows)
+        self.cardinality = train_cardinality(train_labels) if self.task == "multilabel" else 0.0
+        if self.task == "regression":
+            self.target_min, self.target_max = target_scale(cache, train_labels)
+        positions = resample(train_labels, self.task, cap, oversample, seed)
+        self.sample_rows = np.repeat(train_rows[positions], 1 + self.views)
+        self.sample_views = np.tile(np.arange(1 + self.views), len(positions))
+        sample_labels = np.repeat(train_labels[positions], 1 + self.views, axis=0)
+        self.train_targets = self.targets(sample_labels)
+        self.val_targets = self.targets(self.val_labels)
+        self.weights = balanced_weights(sample_labels, self.task) if sample_weights else None
+        self.pos_weight = positive_weights(sample_labels) if self.task == "multilabel" else None
+        self.feature_shape = tuple(cache.feature_shape)
+        self.in_memory = self.memory_bytes() <= max_memory
+        self._tables = None
+
+    @property
+    def num_outputs(self):
+        if self.task == "multiclass":
+            return len(self.cache.label_names)
+        return self.val_targets.shape[1] if self.val_targets.ndim > 1 else 1
+
+    def targets(self, labels):
+        """Labels as the top trains on them: float multi-hot, class index, or scaled targets."""
+        if self.task == "multilabel":
+            return np.asarray(labels, dtype="float32")
+        if self.task == "multiclass":
+            return np.asarray(labels, dtype="int32")
+        scaled = (np.asarray(labels, dtype="float64") - self.target_min) / (self.target_max - self.target_min)
+        return scaled.astype("float32")
+
+    def unscale(self, predictions):
+        """Regression predictions back in original units."""
+        return np.asarray(predictions, dtype="float64") * (self.target_max - self.target_min) + self.target_min
+
+    def memory_bytes(self):
+        row_bytes = 4 * int(np.prod(self.feature_shape))
+        unique = len(np.unique(self.sample_rows))
+        return row_bytes * (unique * (1 + self.views) + len(self.val_rows))
+
+    def describe(self):
+        mode = "in memory" if self.in_memory else "streamed from HDF5"
+        return (f"{len(self.sample_rows)} training samples ({len(np.unique(self.sample_rows))} rows"
+                f"{f', {self.views} views each' if self.views else ''}), {len(self.val_rows)} validation rows, "
+                f"features {self.feature_shape} {mode} ({self.memory_bytes() / 2**20:.0f} MiB)")
+
+    def train_dataset(self, batch):
+        """A `tf.data.Dataset` of shuffled (x, y[, sample weight]) batches, reshuffled each epoch."""
+        import tensorflow as tf
+
+        if not self.in_memory:
+            return self.streamed_train(batch).prefetch(tf.data.AUTOTUNE)
+        table, index, y, w = self.tables()["train"]
+        count = len(self.sample_rows)
+
+        def gather(positions):
+            x = tf.gather(table, tf.gather(index, positions))
+            if w is None:
+                return x, tf.gather(y, positions)
+            return x, tf.gather(y, positions), tf.gather(w, positions)
+
+        dataset = tf.data.Dataset.range(count).shuffle(count, seed=self.seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def predict_val(self, model):
+        """The model's outputs on the validation split, as a numpy array."""
+        if self.in_memory:
+            return model.predict(self.tables()["val"], batch_size=PREDICT_BATCH, verbose=0)
+        return model.predict(self.streamed_val(), verbose=0)
+
+    def tables(self):
+        """Features as CPU tensors: one table of the needed rows (and views), indexed by sample."""
+        if self._tables is None:
+            self._tables = self.load_tables()
+        return self._tables
+
+    def load_tables(self):
+        import tensorflow as tf
+
+        train_unique = np.unique(self.sample_rows)
+        rows = np.union1d(train_unique, self.val_rows)
+        with h5py.File(self.cache.path, "r") as h5:
+            parts = [read_rows(h5["features"], rows)]
+            if self.views:
+                views = read_rows(h5["augmented"], train_unique)[:, : self.views]
+                parts.append(views.reshape((-1,) + self.feature_shape))
+        index = np.searchsorted(rows, self.sample_rows)
+        viewed = self.sample_views > 0
+        index[viewed] = len(rows) + np.searchsorted(train_unique, self.sample_rows[viewed]) * self.views + (
+            self.sample_views[viewed] - 1)
+        with tf.device("/cpu:0"):
+            table = tf.constant(np.concatenate(parts).astype("float32", copy=False))
+            train = (
+                table, tf.constant(index), tf.constant(self.train_targets),
+                None if self.weights is None else tf.constant(self.weights),
+            )
+            val = tf.gather(table, np.searchsorted(rows, self.val_rows))
+        return {"train": train, "val": val}
+
+    def block_rows(self):
+        return max(1, BLOCK_BYTES // (4 * int(np.prod(self.feature_shape))))
+
+    def streamed_train(self, batch):
+        """Training batches read block by block from HDF5 (caches over `max_memory`)."""
+        import tensorflow as tf
+
+        spec = [tf.TensorSpec((None,) + self.feature_shape, tf.float32),
+                tf.TensorSpec((None,) + self.train_targets.shape[1:], tf.as_dtype(self.train_targets.dtype))]
+        if self.weights is not None:
+            spec.append(tf.TensorSpec((None,), tf.float32))
+        epochs = iter(range(1 << 30))
+        return tf.data.Dataset.from_generator(
+            lambda: self.stream_epoch(batch, self.seed * 100003 + next(epochs)), output_signature=tuple(spec))
+
+    def stream_epoch(self, batch, seed):
+        """One epoch of shuffled batches: blocks in random order, rows shuffled within a buffer of blocks."""
+        rng = np.random.default_rng(seed)
+        blocks = self.sample_rows // self.block_rows()
+        order = rng.permutation(np.unique(blocks))
+        pending = np.zeros(0, dtype=np.int64)
+        pending_x = np.zeros((0,) + self.feature_shape, dtype="float32")
+        with h5py.File(self.cache.path, "r") as h5:
+            for start in range(0, len(order), BLOCKS_PER_BUFFER):
+                samples = np.flatnonzero(np.isin(blocks, order[start:start + BLOCKS_PER_BUFFER]))
+                shuffle = rng.permutation(len(samples))
+                pending = np.concatenate([pending, samples[shuffle]])
+                pending_x = np.concatenate([pending_x, self.read_samples(h5, samples)[shuffle]])
+                while len(pending) >= batch or (start + BLOCKS_PER_BUFFER >= len(order) and len(pending)):
+                    yield self.batch_of(pending[:batch], pending_x[:batch])
+                    pending, pending_x = pending[batch:], pending_x[batch:]
+
+    def batch_of(self, samples, x):
+        parts = (x, self.train_targets[samples])
+        return parts if self.weights is None else parts + (self.weights[samples],)
+
+    def read_samples(self, h5, samples):
+        """Features of training samples (sorted positions): clean rows or their cached views."""
+        rows, views = self.sample_rows[samples], self.sample_views[samples]
+        x = np.empty((len(samples),) + self.feature_shape, dtype="float32")
+        clean = views == 0
+        x[clean] = read_rows(h5["features"], rows[clean])
+        if (~clean).any():
+            stacked = read_rows(h5["augmented"], rows[~clean])
+            x[~clean] = stacked[np.arange(len(stacked)), views[~clean] - 1]
+        return x
+
+    def streamed_val(self):
+        """Validation features in row order, block by block."""
+        import tensorflow as tf
+
+        def blocks():
+            step = self.block_rows()
+            with h5py.File(self.cache.path, "r") as h5:
+                for start in range(0, len(self.val_rows), step):
+                    yield read_rows(h5["features"], self.val_rows[start:start + step])
+
+        spec = tf.TensorSpec((None,) + self.feature_shape, tf.float32)
+        return tf.data.Dataset.from_generator(blocks, output_signature=spec)

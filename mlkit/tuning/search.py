@@ -1,0 +1,281 @@
+"""`tune_top`: a grid search of top models on one bottleneck cache.
+
+The grid is the product of the listed values (seed 003, table 1: layers,
+units, regulariser, learning rate, batch size; plus loss, optimiser, schedule
+and, for raw feature maps, how the top pools them). KerasTuner's `GridSearch`
+walks it, alone or as a chief with workers; each trial writes its log,
+best-epoch weights and resolved config under its run name. Finished runs are
+recognised by their record (mlkit.tuning.records), so rerunning a command
+after a crash resumes it, and rerunning a finished one returns at once
+without importing TensorFlow.
+
+This module stays free of TensorFlow imports; the training side lives in
+mlkit.tuning.tuner and is imported only when a trial has to run.
+"""
+
+import contextlib
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import h5py
+
+from mlkit.bottlenecks.cache import open_cache
+from mlkit.errors import MlkitError
+from mlkit.tuning.config import LOSSES, OBJECTIVES, UNNAMED_SETTINGS, TopConfig
+from mlkit.tuning.data import parse_memory
+from mlkit.tuning.records import Progress, summary_frame, write_summary
+
+logger = logging.getLogger(__name__)
+
+# Order of the grid's axes: KerasTuner's GridSearch varies the last one fastest.
+TUNABLE = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool")
+CACHE_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
+DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+
+
+@dataclass
+class Grid:
+    """The trials of one search: the tuned values and the settings they share.
+
+    Args:
+        values: tuned setting -> list of values, in `TUNABLE` order.
+        base: a `TopConfig` holding every setting that is not tuned.
+        cache_fields: the cache's dataset, subset, backbone and preprocessing.
+        pooling: the cache's pooling (avg, max, or none for raw maps).
+    """
+
+    values: dict
+    base: TopConfig
+    cache_fields: tuple
+    pooling: str
+    runs: list = field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        self.runs = [config.run for config in self.configs()]
+        duplicates = sorted({run for run in self.runs if self.runs.count(run) > 1})
+        if duplicates:
+            raise MlkitError(f"the grid names several trials alike ({duplicates[0]}); list each value once")
+
+    def configs(self):
+        """Every trial's resolved config, in the order GridSearch runs them."""
+        names = list(self.values)
+        return [self.config(dict(zip(names, combo))) for combo in itertools.product(*self.values.values())]
+
+    def config(self, values):
+        """The resolved config (with its run name) for one combination of tuned values."""
+        config = replace(self.base, **values)
+        config.validate()
+        config.run = str(config.run_name(self.cache_fields, self.pool_field(config)))
+        return config
+
+    def pool_field(self, config):
+        """The run name's pool field: the cache's pooling, or how the top pools raw maps."""
+        shape = config.input_shape
+        if len(shape) != 3:
+            return self.pooling
+        return f"{shape[0]}{shape[1]}" if config.top_pool == "flatten" else config.top_pool
+
+
+def as_list(value, name, cast):
+    """A grid axis from a scalar, a list, or a comma-separated string."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    try:
+        values = [cast(v.strip() if isinstance(v, str) else v) for v in value]
+    except (TypeError, ValueError) as error:
+        raise MlkitError(f"--{name.replace('_', '-')} {value!r}: {error}") from error
+    if not values:
+        raise MlkitError(f"--{name.replace('_', '-')} needs at least one value")
+    return list(dict.fromkeys(values))
+
+
+def cache_fields(cache):
+    """dataset, subset, backbone, preprocessing and pooling, from the attributes or the file name."""
+    from_name = cache.name.split("_")
+    values = []
+    for position, attr in enumerate(CACHE_FIELDS):
+        value = cache.attrs.get(attr)
+        if value is None and len(from_name) == len(CACHE_FIELDS):
+            value = from_name[position]
+        if value is None:
+            raise MlkitError(
+                f"{cache.path} has no {attr!r} attribute and its name is not "
+                "<dataset>_<subset>_<backbone>_<prep>_<pool>.h5; rebuild it with cache-features"
+            )
+        values.append(str(value))
+    return values
+
+
+def num_outputs(cache):
+    with h5py.File(cache.path, "r") as h5:
+        shape = h5["labels"].shape
+    if cache.task == "multiclass":
+        return len(cache.label_names)
+    return int(shape[1]) if len(shape) > 1 else 1
+
+
+def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule, top_pool, augmented, **settings):
+    """The grid for one cache, its fixed settings checked before anything trains."""
+    if cache.task not in LOSSES:
+        raise MlkitError(f"{cache.path} has task {cache.task!r}; tune-top handles {', '.join(LOSSES)}")
+    dataset, subset, backbone, prep, pooling = cache_fields(cache)
+    if augmented and not cache.augment_copies:
+        raise MlkitError(f"--augmented: {cache.path} has no augmented views; rebuild it with cache-features --augment K")
+    shape = list(cache.feature_shape)
+    base = TopConfig(
+        task=cache.task, cache=str(cache.path), input_shape=shape, num_outputs=num_outputs(cache),
+        label_names=cache.label_names, target_min=cache.attrs.get("target_min") or [],
+        target_max=cache.attrs.get("target_max") or [], views=cache.augment_copies if augmented else 0, **settings,
+    )
+    values = {
+        "layers": as_list(layers, "layers", int), "units": as_list(units, "units", int),
+        "reg": as_list(reg, "reg", str), "lr": as_list(lr, "lr", float), "batch": as_list(batch, "batch", int),
+        "loss": as_list(loss or LOSSES[cache.task][0], "loss", str),
+        "optimizer": as_list(optimizer, "optimizer", str), "schedule": as_list(schedule, "schedule", str),
+    }
+    if len(shape) == 3:
+        values["top_pool"] = as_list(top_pool, "top_pool", str)
+    elif as_list(top_pool, "top_pool", str) != ["flatten"]:
+        logger.warning("--top-pool only applies to raw feature maps; %s holds pooled vectors", cache.path.name)
+    return Grid(values, base, (dataset, subset, backbone, prep), pooling)
+
+
+def distributed_env(chief=False, worker=None, oracle=None):
+    """The KERASTUNER_* variables for this process's role ({} when tuning alone).
+
+    Args:
+        chief: run KerasTuner's oracle service, which hands trials to workers.
+        worker: this worker's index (its tuner id is `tuner<index>`).
+        oracle: the chief's "HOST:PORT". Defaults to KERASTUNER_ORACLE_IP/PORT.
+    """
+    if not chief and worker is None:
+        if oracle:
+            raise MlkitError("--oracle goes with --chief or --worker N")
+        return {}
+    if chief and worker is not None:
+        raise MlkitError("a process is either the --chief or a --worker, not both")
+    address = oracle or (
+        f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+        if "KERASTUNER_ORACLE_IP" in os.environ and "KERASTUNER_ORACLE_PORT" in os.environ else None)
+    host, _, port = (address or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise MlkitError(f"--oracle {address!r}: give the chief's HOST:PORT, e.g. 127.0.0.1:8000")
+    tuner_id = "chief" if chief else f"tuner{int(worker)}"
+    return {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": host, "KERASTUNER_ORACLE_PORT": port}
+
+
+@contextlib.contextmanager
+def environment(variables):
+    """Sets environment variables for the block, restoring the old values after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def current_role():
+    """'chief', 'worker' or 'alone', from the KERASTUNER_* variables KerasTuner reads."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "alone"
+    return "chief" if "chief" in os.environ.get("KERASTUNER_TUNER_ID", "") else "worker"
+
+
+def warn_changed_settings(progress, configs):
+    """Says when a finished run was trained with settings its name does not show."""
+    for config in configs:
+        record = progress.finished(config.run)
+        if record is None:
+            continue
+        changed = [f"{key} {record['config'].get(key)} -> {getattr(config, key)}" for key in UNNAMED_SETTINGS
+                   if record["config"].get(key) != getattr(config, key)]
+        if changed:
+            logger.warning("%s finished earlier with other settings (%s); kept as it is. Delete %s to retrain it.",
+                           config.run, ", ".join(changed), progress.record_path(config.run).name)
+
+
+def tune_top(
+    cache_path, workdir=".", *, layers=1, units=1024, reg="d5", lr=0.1, batch=64, loss=None, optimizer="sgd",
+    schedule="constant", top_pool="flatten", epochs=20, patience=5, objective="val_loss", momentum=0.9,
+    step_every=10, step_gamma=0.1, augmented=False, sample_weights=False, cap=0, oversample=0,
+    max_memory="4G", seed=0, chief=False, worker=None, oracle=None, verbose=True,
+):
+    """Grid-searches top models on a bottleneck cache and returns the summary.
+
+    Each tuned argument takes one value, a list, or a comma-separated string;
+    the grid is their product. Every trial writes `<workdir>/tuning/<run>.csv`
+    (per-epoch loss, validation metrics, seconds), `<run>.weights.h5` (the
+    best epoch by `objective`) and `<run>.json` (the resolved config and
+    result), and stops early after `patience` epochs without improvement.
+    Rerunning the same call skips finished trials and restarts an interrupted
+    one.
+
+    Args:
+        cache_path: the `.h5` bottleneck cache (stage 1).
+        workdir: the workspace folder. Defaults to ".".
+        layers, units, reg, lr, batch: hidden layers, units per layer, `dN`
+            (dropout N/10) or `bn`, learning rate, batch size.
+        loss: multilabel bce|focal|wbce, multiclass cce|focal, regression
+            mse|mae|huber. Defaults to the task's first.
+        optimizer: sgd (momentum `momentum`) or adam. Defaults to "sgd".
+        schedule: constant, step (x `step_gamma` every `step_every` epochs),
+            plateau or cosine. Defaults to "constant".
+        top_pool: for raw feature maps: flatten, avg or max. Defaults to "flatten".
+        epochs, patience: the most epochs, and epochs without improvement
+            before stopping. Default to 20 and 5.
+        objective: val_loss, or val_map / val_f1 / val_auc (multilabel),
+            val_accuracy / val_f1 (multiclass), val_mae / val_rmse (regression).
+            Defaults to "val_loss".
+        augmented: also train on the cache's augmented views. Defaults to False.
+        sample_weights: weight training rows by inverse class frequency. Defaults to False.
+        cap, oversample: at most `cap` / at least `oversample` training rows
+            per class (0: off). The validation and test splits are untouched.
+        max_memory: features larger than this stream from HDF5. Defaults to "4G".
+        seed: seeds weights, shuffling and resampling. Defaults to 0.
+        chief, worker, oracle: distributed tuning (see `distributed_env`).
+        verbose: print one line per trial. Defaults to True.
+
+    Returns:
+        A pandas DataFrame, one row per finished trial of this grid, best first
+        (also written to `tuning/summary.csv`, except by workers).
+
+    Example:
+        summary = tune_top("bottlenecks/coco_2017_vgg16_zmuvs_avg.h5", layers=[1, 2], units=[1024, 4096])
+    """
+    cache = open_cache(cache_path)
+    grid = make_grid(
+        cache, layers=layers, units=units, reg=reg, lr=lr, batch=batch, loss=loss, optimizer=optimizer,
+        schedule=schedule, top_pool=top_pool, augmented=augmented, epochs=int(epochs), patience=int(patience),
+        objective=objective, momentum=float(momentum), step_every=int(step_every), step_gamma=float(step_gamma),
+        sample_weights="balanced" if sample_weights else "", cap=int(cap or 0), oversample=int(oversample or 0),
+        seed=int(seed),
+    )
+    memory = parse_memory(max_memory)
+    folder = Path(workdir) / "tuning"
+    with environment(distributed_env(chief, worker, oracle)):
+        role = current_role()
+        progress = Progress(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
+        warn_changed_settings(progress, grid.configs())
+        pending = [run for run in grid.runs if progress.finished(run) is None]
+        if pending or role != "alone":
+            from mlkit.tuning.tuner import run_search
+
+            run_search(grid, cache, progress, max_memory=memory, verbose=verbose)
+        elif verbose:
+            print(f"all {len(grid.runs)} trials of this grid are finished in {folder}", flush=True)
+    summary = summary_frame(progress, grid.runs, cache.task, objective)
+    if role != "worker" and not summary.empty:
+        path = write_summary(summary, folder)
+        if verbose:
+            print(f"summary: {path} (best: {summary.run.iloc[0]}, {objective} {summary[objective].iloc[0]:.4g})")
+    return summary

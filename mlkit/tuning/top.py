@@ -1,0 +1,199 @@
+"""Top models: the small dense networks trained on cached bottleneck features.
+
+A top is a plain Keras Functional model whose input is one cached feature
+(a pooled vector, or a raw H x W x C map that the top flattens or pools), so
+stage 3 can put it on the backbone unchanged. Hidden layers are Dense + ReLU,
+each followed by dropout (`dN`) or batch norm (`bn`) as in seed 003; the head
+is sigmoid (multilabel), softmax (multiclass) or linear (regression, targets
+scaled to [0, 1]).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mlkit.errors import MlkitError
+from mlkit.tuning.config import TopConfig
+
+HEADS = {"multilabel": "sigmoid", "multiclass": "softmax", "regression": "linear"}
+FOCAL_GAMMA = 2.0
+PLATEAU_FACTOR = 0.5
+PLATEAU_PATIENCE = 2
+PLATEAU_MIN_LR = 1e-5
+
+
+def as_config(config):
+    return config if isinstance(config, TopConfig) else TopConfig.from_dict(dict(config))
+
+
+def build_top_model(config, input_shape, num_outputs, task):
+    """Builds an uncompiled top model.
+
+    Args:
+        config: a `TopConfig` (or its dict) giving layers, units, reg and, for
+            raw feature maps, `top_pool` (flatten, avg or max).
+        input_shape: one cached feature's shape, e.g. (2048,) or (7, 7, 512).
+        num_outputs: labels, classes or regression targets.
+        task: multilabel, multiclass or regression.
+
+    Returns:
+        A `keras.Model` named "top" mapping features to scores.
+
+    Example:
+        model = build_top_model(TopConfig(layers=2, units=1024), (2048,), 80, "multilabel")
+    """
+    config = as_config(config)
+    if task not in HEADS:
+        raise MlkitError(f"task {task!r} is not one of {', '.join(HEADS)}")
+    input_shape = tuple(int(d) for d in input_shape)
+    inputs = keras.Input(shape=input_shape, name="features")
+    x = inputs
+    if len(input_shape) == 3:
+        x = {
+            "flatten": keras.layers.Flatten(name="top_flatten"),
+            "avg": keras.layers.GlobalAveragePooling2D(name="top_avg_pool"),
+            "max": keras.layers.GlobalMaxPooling2D(name="top_max_pool"),
+        }[config.top_pool](x)
+    elif len(input_shape) != 1:
+        raise MlkitError(f"features of shape {input_shape} are neither vectors nor H x W x C maps")
+    for layer in range(1, int(config.layers) + 1):
+        x = keras.layers.Dense(int(config.units), activation="relu", name=f"top_dense{layer}")(x)
+        if config.reg == "bn":
+            x = keras.layers.BatchNormalization(name=f"top_bn{layer}")(x)
+        elif config.dropout > 0:
+            x = keras.layers.Dropout(config.dropout, name=f"top_dropout{layer}")(x)
+    outputs = keras.layers.Dense(int(num_outputs), activation=HEADS[task], name="top_output")(x)
+    return keras.Model(inputs, outputs, name="top")
+
+
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy with a per-label weight on the positive term.
+
+    Keras's `class_weight` reduces a multi-hot target to its argmax, so label
+    imbalance is handled here, inside the loss, instead.
+
+    Args:
+        pos_weight: one weight per label (negatives / positives on the training split).
+    """
+
+    def __init__(self, pos_weight, name="weighted_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pos_weight = np.asarray(pos_weight, dtype="float32")
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        y_true = ops.cast(y_true, y_pred.dtype)
+        p = ops.clip(y_pred, keras.config.epsilon(), 1.0 - keras.config.epsilon())
+        terms = self.pos_weight * y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p)
+        return -ops.mean(terms, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "pos_weight": self.pos_weight.tolist()}
+
+
+class SparseFocalCrossentropy(keras.losses.Loss):
+    """Categorical focal loss (gamma 2) on class-index targets."""
+
+    def __init__(self, num_classes, name="sparse_focal", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.focal = keras.losses.CategoricalFocalCrossentropy(gamma=FOCAL_GAMMA, reduction=None)
+
+    def call(self, y_true, y_pred):
+        one_hot = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)), self.num_classes)
+        return self.focal(one_hot, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+def make_loss(config, num_outputs, pos_weight=None):
+    """The loss named by `config.loss` for `config.task`."""
+    if config.loss == "wbce":
+        if pos_weight is None:
+            raise MlkitError("loss wbce needs per-label positive weights from the training split")
+        return WeightedBinaryCrossentropy(pos_weight)
+    if config.task == "multiclass" and config.loss == "focal":
+        return SparseFocalCrossentropy(num_outputs)
+    return {
+        "bce": lambda: keras.losses.BinaryCrossentropy(),
+        "focal": lambda: keras.losses.BinaryFocalCrossentropy(gamma=FOCAL_GAMMA),
+        "cce": lambda: keras.losses.SparseCategoricalCrossentropy(),
+        "mse": lambda: keras.losses.MeanSquaredError(),
+        "mae": lambda: keras.losses.MeanAbsoluteError(),
+        "huber": lambda: keras.losses.Huber(),
+    }[config.loss]()
+
+
+def make_optimizer(config):
+    """SGD with momentum (seed 003) or Adam, at the config's initial rate."""
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=config.lr)
+    return keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
+
+
+def schedule_callbacks(config):
+    """Callbacks that change the learning rate: none, StepLR, reduce-on-plateau or cosine.
+
+    Step (seed 000's StepLR) multiplies the rate by `step_gamma` every
+    `step_every` epochs; plateau (seed 002) halves it after 2 epochs without a
+    better val_loss, down to 1e-5; cosine anneals it to 0 over `epochs`.
+    """
+    if config.schedule == "step":
+        return [keras.callbacks.LearningRateScheduler(
+            lambda epoch: config.lr * config.step_gamma ** (epoch // config.step_every))]
+    if config.schedule == "plateau":
+        return [keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE, min_lr=PLATEAU_MIN_LR)]
+    if config.schedule == "cosine":
+        return [keras.callbacks.LearningRateScheduler(
+            lambda epoch: config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs)))]
+    return []
+
+
+def compile_top(model, config, pos_weight=None):
+    """Compiles a top for training (no metrics: validation metrics come from a callback)."""
+    model.compile(
+        optimizer=make_optimizer(config),
+        loss=make_loss(config, model.output_shape[-1], pos_weight),
+    )
+    return model
+
+
+def run_paths(workdir, run):
+    """The config, weights and log files of one run under `<workdir>/tuning/`."""
+    folder = Path(workdir) / "tuning"
+    return {
+        "json": folder / f"{run}.json",
+        "weights": folder / f"{run}.weights.h5",
+        "csv": folder / f"{run}.csv",
+    }
+
+
+def load_top(workdir, run):
+    """Rebuilds a trained top from `tuning/<run>.json` and `tuning/<run>.weights.h5`.
+
+    Args:
+        workdir: the workspace folder holding `tuning/`.
+        run: the run name (a `RunName` or its string).
+
+    Returns:
+        (model, config): the uncompiled top with its best-epoch weights, and its `TopConfig`.
+
+    Raises:
+        MlkitError: when the run has not finished (no record or no weights).
+    """
+    paths = run_paths(workdir, run)
+    if not paths["json"].exists() or not paths["weights"].exists():
+        raise MlkitError(
+            f"run {run} has no finished record in {paths['json'].parent} (need {paths['json'].name} and "
+            f"{paths['weights'].name}); list finished runs with `mlkit runs {paths['json'].parent}`"
+        )
+    record = json.loads(paths["json"].read_text())
+    config = TopConfig.from_dict(record["config"])
+    model = build_top_model(config, config.input_shape, config.num_outputs, config.task)
+    model.load_weights(paths["weights"])
+    return model, config
