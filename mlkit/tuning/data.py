@@ -248,7 +248,10 @@ class TopData:
     def predict_val(self, model):
         """The model's outputs on the validation split, as a numpy array."""
         if self.in_memory:
-            return model.predict(self.tables()["val"], batch_size=PREDICT_BATCH, verbose=0)
+            # predict_on_batch skips the data adapter `predict` builds on every call.
+            x = self.tables()["val"]
+            return np.concatenate([model.predict_on_batch(x[start:start + PREDICT_BATCH])
+                                   for start in range(0, len(self.val_rows), PREDICT_BATCH)])
         return model.predict(self.streamed_val(), verbose=0)
 
     def tables(self):

@@ -24,7 +24,7 @@ import h5py
 
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
-from mlkit.tuning.config import LOSSES, OBJECTIVES, UNNAMED_SETTINGS, TopConfig
+from mlkit.tuning.config import LOSSES, UNNAMED_SETTINGS, TopConfig
 from mlkit.tuning.data import parse_memory
 from mlkit.tuning.records import Progress, summary_frame, write_summary
 
