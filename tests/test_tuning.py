@@ -1,7 +1,6 @@
 """Stage 2 on tiny synthetic caches: data, top models, the grid search, the runs table."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -154,15 +153,16 @@ def test_load_top_restores_the_best_epoch(tuned):
         load_top(folder, "synth_t_tiny_inet_avg_9x9d5_lr11_b32")
 
 
-def test_rerunning_a_finished_grid_trains_nothing(tuned):
+def test_rerunning_a_finished_grid_trains_nothing(tuned, monkeypatch):
+    import mlkit.tuning.tuner
     from mlkit.tuning import tune_top
 
     folder, cache, _ = tuned
     progress = Progress(folder / "tuning")
     before = len(progress.events())
-    started = time.perf_counter()
+    # A finished grid must not even start KerasTuner (nor import TensorFlow from the CLI).
+    monkeypatch.setattr(mlkit.tuning.tuner, "run_search", lambda *a, **k: pytest.fail("the search ran again"))
     summary = tune_top(cache, folder, layers=[1, 2], units="8,16", lr=[0.1], batch=32, epochs=3, verbose=False)
-    assert time.perf_counter() - started < 3
     assert len(progress.events()) == before and len(summary) == 4
 
 
@@ -233,3 +233,45 @@ def test_bad_settings_fail_before_training(tmp_path, options, message):
     with pytest.raises(MlkitError, match=message):
         tune_top(make_cache(tmp_path), tmp_path, verbose=False, **options)
     assert not list(tmp_path.glob("tuning/*.csv"))
+
+
+def test_a_cache_over_max_memory_streams_with_sample_weights(tmp_path):
+    from mlkit.tuning import tune_top
+
+    cache = make_cache(tmp_path)
+    common = dict(units=8, epochs=2, objective="val_map", sample_weights=True, verbose=False)
+    streamed = tune_top(cache, tmp_path / "streamed", max_memory="1K", **common)
+    in_memory = tune_top(cache, tmp_path / "memory", **common)
+    assert streamed.run[0] == in_memory.run[0] and streamed.run[0].endswith("_sw-bal")
+    assert 0 < streamed.val_map[0] <= 1 and np.isfinite(streamed.val_loss[0])
+
+
+def test_distributed_roles_set_kerastuner_variables_and_gpu_pinning_is_a_cpu_no_op():
+    import tensorflow as tf
+
+    from mlkit.tuning.search import distributed_env
+    from mlkit.tuning.tuner import pin_gpu
+
+    assert distributed_env() == {}
+    assert distributed_env(chief=True, oracle="10.0.0.1:8000") == {
+        "KERASTUNER_TUNER_ID": "chief", "KERASTUNER_ORACLE_IP": "10.0.0.1", "KERASTUNER_ORACLE_PORT": "8000"}
+    assert distributed_env(worker=3, oracle="host:9")["KERASTUNER_TUNER_ID"] == "tuner3"
+    with pytest.raises(MlkitError, match="either"):
+        distributed_env(chief=True, worker=1, oracle="host:9")
+    before = tf.config.get_visible_devices()
+    pin_gpu("tuner3")
+    assert tf.config.get_visible_devices() == before
+
+
+def test_a_finished_grid_reruns_from_the_cli_without_tensorflow(tuned):
+    import subprocess
+    import sys
+
+    folder, cache, _ = tuned
+    probe = ("import argparse, sys; from mlkit.tuning import cli; parser = argparse.ArgumentParser(); "
+             "cli.register(parser.add_subparsers()); args = parser.parse_args(['tune-top', sys.argv[1], '--workdir', "
+             "sys.argv[2], '--layers', '1,2', '--units', '8,16', '--batch', '32', '--epochs', '3']); args.func(args); "
+             "assert 'tensorflow' not in sys.modules, 'imported TensorFlow'")
+    result = subprocess.run([sys.executable, "-c", probe, str(cache), str(folder)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "all 4 trials of this grid are finished" in result.stdout

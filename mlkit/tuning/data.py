@@ -295,8 +295,10 @@ class TopData:
         if self.weights is not None:
             spec.append(tf.TensorSpec((None,), tf.float32))
         epochs = iter(range(1 << 30))
-        return tf.data.Dataset.from_generator(
+        dataset = tf.data.Dataset.from_generator(
             lambda: self.stream_epoch(batch, self.seed * 100003 + next(epochs)), output_signature=tuple(spec))
+        # A known length spares Keras from discovering it by running out of data.
+        return dataset.apply(tf.data.experimental.assert_cardinality(-(-len(self.sample_rows) // batch)))
 
     def stream_epoch(self, batch, seed):
         """One epoch of shuffled batches: blocks in random order, rows shuffled within a buffer of blocks."""
@@ -341,4 +343,5 @@ class TopData:
                     yield read_rows(h5["features"], self.val_rows[start:start + step])
 
         spec = tf.TensorSpec((None,) + self.feature_shape, tf.float32)
-        return tf.data.Dataset.from_generator(blocks, output_signature=spec)
+        dataset = tf.data.Dataset.from_generator(blocks, output_signature=spec)
+        return dataset.apply(tf.data.experimental.assert_cardinality(-(-len(self.val_rows) // self.block_rows())))
