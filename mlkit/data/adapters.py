@@ -1,0 +1,378 @@
+"""Adapters: write a manifest from the layouts users already have.
+
+Each adapter reads one source layout, writes a manifest with
+`write_manifest` (image paths relative to the manifest's folder), reads it
+back to validate it, logs what it did, and returns the manifest's path:
+
+    from_folders   a class-per-folder tree (multiclass)
+    from_coco      COCO `instances_*.json` (multilabel, category names)
+    from_imet      iMet 2019 `train.csv` + `labels.csv` (multilabel)
+    from_csv       a generic CSV with space-separated label ids or names and
+                   an optional caption column (the COMP5329 layout)
+"""
+
+import csv
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from mlkit.data.manifest import LABEL_SEP, read_manifest, write_manifest
+from mlkit.errors import MlkitError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Source columns with these names would be read as manifest columns; carried ones are renamed.
+RESERVED_COLUMNS = ("image", "labels", "target", "caption")
+
+
+def _relative_image(image, manifest_dir):
+    """The image path as the manifest should hold it: relative to its folder when possible."""
+    image = Path(os.path.abspath(image))
+    try:
+        return Path(os.path.relpath(image, manifest_dir)).as_posix()
+    except ValueError:  # another drive on Windows: no relative path exists
+        return image.as_posix()
+
+
+def _check_label_name(name, where):
+    if LABEL_SEP in name:
+        raise MlkitError(
+            f"{where}: label name {name!r} contains '{LABEL_SEP}', which the manifest uses to join "
+            "labels; rename it"
+        )
+    return name.strip()
+
+
+def _finish(rows, out, task, source, allow_unlabelled=False):
+    """Writes the rows, validates them by reading the manifest back, and logs a summary."""
+    path = write_manifest(pd.DataFrame(rows), out)
+    manifest = read_manifest(path, task=task, allow_unlabelled=allow_unlabelled)
+    logger.info(
+        "%s: wrote %d rows with %d labels (%s) to %s",
+        source, len(manifest.rows), len(manifest.label_names), task, path,
+    )
+    return path
+
+
+def _is_image(path):
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def from_folders(root, out):
+    """Writes a multiclass manifest from a class-per-folder tree.
+
+    `root/<class>/<image>`: the first-level folder names the class; images in
+    deeper folders belong to their first-level folder. Image files are those
+    ending in .jpg .jpeg .png .bmp .gif .tif .tiff .webp (any case); hidden
+    files and folders are skipped, and so are images directly under `root`.
+
+    Args:
+        root: the folder holding one folder per class.
+        out: the manifest to write (CSV, or JSON Lines for `.jsonl`).
+
+    Returns:
+        The manifest's path.
+
+    Example:
+        from_folders("plankton/train", "plankton/manifest.csv")
+    """
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise MlkitError(f"from-folders: {root} is not a folder; give the folder holding one folder per class")
+    manifest_dir = out.absolute().parent
+    rows = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        label = _check_label_name(class_dir.name, f"folder {class_dir}")
+        for image in sorted(class_dir.rglob("*")):
+            hidden = any(part.startswith(".") for part in image.relative_to(class_dir).parts)
+            if not hidden and _is_image(image):
+                rows.append({"image": _relative_image(image, manifest_dir), "labels": (label,)})
+    loose = sum(1 for p in root.iterdir() if _is_image(p))
+    if loose:
+        logger.warning("from-folders: skipped %d images directly under %s (no class folder)", loose, root)
+    if not rows:
+        raise MlkitError(
+            f"from-folders: no images found in class folders under {root}; expected "
+            f"{root}/<class>/<image> with extensions {' '.join(IMAGE_EXTENSIONS)}"
+        )
+    return _finish(rows, out, "multiclass", "from-folders")
+
+
+def _load_json_file(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise MlkitError(f"{path} not found; check the path") from None
+    except json.JSONDecodeError as error:
+        raise MlkitError(f"{path} is not valid JSON: {error}") from None
+
+
+def _coco_labels(data, path):
+    """Category names per image id, from the annotations."""
+    names = {category["id"]: _check_label_name(category["name"], f"{path} category {category['id']}")
+             for category in data["categories"]}
+    image_ids = {image["id"] for image in data["images"]}
+    labels = defaultdict(set)
+    for annotation in data["annotations"]:
+        name = names.get(annotation["category_id"])
+        if name is None or annotation["image_id"] not in image_ids:
+            raise MlkitError(
+                f"{path}: annotation {annotation.get('id')} refers to category {annotation['category_id']!r} "
+                f"and image {annotation['image_id']!r}, and one of them is not listed; is the file complete?"
+            )
+        labels[annotation["image_id"]].add(name)
+    return labels
+
+
+def from_coco(instances_json, images_dir, out, keep_unlabelled=False):
+    """Writes a multilabel manifest from a COCO `instances_*.json`.
+
+    An image's labels are the category names of its annotations. Images
+    with no annotations are dropped by default (their count is logged):
+    with no labels they cannot be scored, so seed 003 kept them out of
+    evaluation. `keep_unlabelled=True` keeps them with split "train", where
+    they train as all-negative; stage 1 then needs `--allow-unlabelled`.
+
+    Args:
+        instances_json: the COCO file, e.g. `annotations/instances_val2017.json`.
+        images_dir: the folder holding the images named by `file_name`.
+        out: the manifest to write.
+        keep_unlabelled: keep images without annotations (split "train").
+            Defaults to False.
+
+    Returns:
+        The manifest's path. It has a `coco_id` column with COCO's image id.
+
+    Example:
+        from_coco("coco/annotations/instances_val2017.json", "coco/val2017", "coco/val.csv")
+    """
+    data = _load_json_file(instances_json)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or key not in data:
+            raise MlkitError(
+                f"from-coco: {instances_json} has no '{key}' list; give a COCO instances_*.json "
+                "(captions_*.json has no categories)"
+            )
+    labels = _coco_labels(data, instances_json)
+    manifest_dir = Path(out).absolute().parent
+    rows = []
+    for image in data["images"]:
+        names = tuple(sorted(labels.get(image["id"], ())))
+        if names or keep_unlabelled:
+            rows.append({
+                "image": _relative_image(Path(images_dir) / image["file_name"], manifest_dir),
+                "labels": names,
+                "split": "" if names else "train",
+                "coco_id": image["id"],
+            })
+    unlabelled = sum(1 for image in data["images"] if image["id"] not in labels)
+    if keep_unlabelled:
+        logger.info("from-coco: kept %d images without labels as split 'train'; run cache-features with "
+                    "--allow-unlabelled (they train as all-negative and stay out of evaluation)", unlabelled)
+    elif unlabelled:
+        logger.info("from-coco: dropped %d images without labels (pass --keep-unlabelled to keep them "
+                    "for training)", unlabelled)
+    if not rows:
+        raise MlkitError(f"from-coco: {instances_json} lists no annotated images")
+    return _finish(rows, out, "multilabel", "from-coco", allow_unlabelled=keep_unlabelled)
+
+
+def _csv_records(path):
+    """Yields (first line number, fields, raw text) for each non-blank record, header first."""
+    consumed = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            def lines():
+                for text in handle:
+                    consumed.append(text)
+                    yield text
+
+            reader = csv.reader(lines())
+            line = 1
+            for fields in reader:
+                raw = "".join(consumed)
+                consumed.clear()
+                if fields:
+                    yield line, fields, raw
+                line = reader.line_num + 1
+    except FileNotFoundError:
+        raise MlkitError(f"{path} not found; check the path") from None
+    except UnicodeDecodeError as error:
+        raise MlkitError(f"{path} is not UTF-8 text: {error}") from None
+
+
+def _read_header(records, path, required):
+    try:
+        _, header, _ = next(records)
+    except StopIteration:
+        raise MlkitError(f"{path} is empty; it needs a header row") from None
+    header = [name.strip() for name in header]
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise MlkitError(
+            f"{path} has no column {', '.join(map(repr, missing))} (columns found: {', '.join(header)}); "
+            "check the column names"
+        )
+    return header
+
+
+def _read_id_name_map(path):
+    """Reads a two-column `id,name` CSV with a header row into a dict."""
+    records = _csv_records(path)
+    header = _read_header(records, path, ())
+    if len(header) < 2:
+        raise MlkitError(f"{path} needs two columns, id and name (found: {', '.join(header)})")
+    names = {}
+    for line, fields, _ in records:
+        if len(fields) < 2:
+            raise MlkitError(f"{path} line {line}: expected 'id,name', got {fields!r}")
+        names[fields[0].strip()] = _check_label_name(fields[1], f"{path} line {line}")
+    return names
+
+
+def _map_labels(tokens, label_map, where):
+    if label_map is None:
+        return tuple(dict.fromkeys(tokens))
+    unknown = [token for token in tokens if token not in label_map]
+    if unknown:
+        known = ", ".join(list(label_map)[:8])
+        raise MlkitError(f"{where}: label id {unknown[0]!r} is not in the label map (ids there: {known}, ...); "
+                         "fix the id or add it to the map")
+    return tuple(dict.fromkeys(label_map[token] for token in tokens))
+
+
+def from_imet(train_csv, labels_csv, images_dir, out):
+    """Writes a multilabel manifest from the iMet 2019 layout.
+
+    `train.csv` has columns `id,attribute_ids` (space-separated integer ids);
+    `labels.csv` has `attribute_id,attribute_name` (names such as
+    `culture::french` or `tag::men`). Image `<id>` is `<images_dir>/<id>.png`.
+    Rows without attribute ids are dropped and counted in the log.
+
+    Args:
+        train_csv: the iMet `train.csv`.
+        labels_csv: the iMet `labels.csv`.
+        images_dir: the folder holding `<id>.png`.
+        out: the manifest to write.
+
+    Returns:
+        The manifest's path.
+
+    Example:
+        from_imet("imet/train.csv", "imet/labels.csv", "imet/train", "imet/manifest.csv")
+    """
+    names = _read_id_name_map(labels_csv)
+    records = _csv_records(train_csv)
+    header = _read_header(records, train_csv, ("id", "attribute_ids"))
+    id_column, ids_column = header.index("id"), header.index("attribute_ids")
+    manifest_dir = Path(out).absolute().parent
+    rows, dropped = [], 0
+    for line, fields, _ in records:
+        where = f"{train_csv} line {line}"
+        labels = _map_labels(fields[ids_column].split(), names, where)
+        if not labels:
+            dropped += 1
+            continue
+        image = Path(images_dir) / f"{fields[id_column].strip()}.png"
+        rows.append({"image": _relative_image(image, manifest_dir), "labels": labels})
+    if dropped:
+        logger.info("from-imet: dropped %d rows without attribute ids", dropped)
+    if not rows:
+        raise MlkitError(f"from-imet: {train_csv} has no labelled rows")
+    return _finish(rows, out, "multilabel", "from-imet")
+
+
+def _last_cell_from_raw(raw, fields_before):
+    """The last column of a one-line record: everything after the `fields_before`-th comma.
+
+    Captions in some CSVs (seed 001's COMP5329 train.csv) hold unquoted commas,
+    or quotes inside a quoted field, which a CSV parser splits or mangles.
+    """
+    cell = raw.rstrip("\r\n").split(",", fields_before)[-1].strip()
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        cell = cell[1:-1].replace('""', '"')
+    return cell
+
+
+def _source_fields(header, fields, raw, where, repair_last):
+    """One record's fields by column name, with a free-text last column repaired from the raw line."""
+    width = len(header)
+    one_line = "\n" not in raw.rstrip("\r\n")
+    prefix = ",".join(fields[: width - 1]) + ","
+    if repair_last and one_line and len(fields) >= width and raw.startswith(prefix):
+        fields = fields[: width - 1] + [_last_cell_from_raw(raw, width - 1)]
+    if len(fields) != width:
+        raise MlkitError(
+            f"{where}: {len(fields)} fields where the header has {width}; only a last column of free text "
+            "(such as a caption) may hold unquoted commas: quote the field or move that column last"
+        )
+    return dict(zip(header, fields))
+
+
+def from_csv(csv, out, image_col, labels_col, caption_col=None, label_map=None, image_dir=None, image_suffix=""):
+    """Writes a multilabel manifest from a generic CSV (e.g. seed 001's COMP5329 layout).
+
+    Labels are space-separated ids or names in one column (or joined by "|",
+    for names with spaces). A last column of free text (not the image or
+    labels column) may hold unquoted commas and stray quotes, as captions in
+    the COMP5329 train.csv do: on a one-line record, everything after the
+    other columns' commas is its value. Other columns are carried through
+    (ones named like a manifest column get a `source_` prefix). Rows with no
+    labels are dropped and counted in the log.
+
+    Args:
+        csv: the source CSV.
+        out: the manifest to write.
+        image_col: the column with image file names or paths.
+        labels_col: the column with the labels.
+        caption_col: the column with captions. Defaults to None (no captions).
+        label_map: a two-column `id,name` CSV (with a header row) mapping the
+            label ids to names. Defaults to None (the tokens are the names).
+        image_dir: the folder image paths are relative to. Defaults to None,
+            the CSV's folder.
+        image_suffix: appended to each image value, e.g. ".jpg" when the CSV
+            holds bare ids. Defaults to "".
+
+    Returns:
+        The manifest's path.
+
+    Example:
+        from_csv("COMP5329/train.csv", "COMP5329/manifest.csv", "ImageID", "Labels",
+                 caption_col="Caption", image_dir="COMP5329/data")
+    """
+    names = _read_id_name_map(label_map) if label_map is not None else None
+    records = _csv_records(csv)
+    required = [image_col, labels_col] + ([caption_col] if caption_col else [])
+    header = _read_header(records, csv, required)
+    carried = {c: f"source_{c}" if c in RESERVED_COLUMNS else c for c in header if c not in required}
+    # Image names and labels hold no commas, so overflow there is a real error, not a caption.
+    repair_last = header[-1] not in (image_col, labels_col)
+    base = Path(image_dir) if image_dir is not None else Path(csv).parent
+    manifest_dir = Path(out).absolute().parent
+    rows, dropped = [], 0
+    for line, fields, raw in records:
+        where = f"{csv} line {line}"
+        cells = _source_fields(header, fields, raw, where, repair_last)
+        cell = cells[labels_col]
+        tokens = [t.strip() for t in cell.split(LABEL_SEP)] if LABEL_SEP in cell else cell.split()
+        labels = _map_labels([t for t in tokens if t], names, where)
+        if not labels:
+            dropped += 1
+            continue
+        row = {"image": _relative_image(base / (cells[image_col].strip() + image_suffix), manifest_dir),
+               "labels": labels}
+        if caption_col:
+            row["caption"] = cells[caption_col]
+        row.update({carried[column]: cells[column] for column in carried})
+        rows.append(row)
+    if dropped:
+        logger.info("from-csv: dropped %d rows with no labels", dropped)
+    if not rows:
+        raise MlkitError(f"from-csv: {csv} has no labelled rows")
+    return _finish(rows, out, "multilabel", "from-csv")
