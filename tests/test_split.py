@@ -78,6 +78,13 @@ def test_new_rows_make_up_for_an_unbalanced_existing_split(tmp_path):
     assert counts["val"] == pytest.approx(60, abs=4)
 
 
+def test_json_lines_manifests_are_split_too(tmp_path):
+    path = write(tmp_path, random_multilabel(50), "m.jsonl")
+    manifest = split_manifest(path, seed=0)
+    assert list(read_manifest(path).splits()) == list(manifest.splits())
+    assert read_manifest(path).rows["labels"].tolist() == random_multilabel(50)["labels"].tolist()
+
+
 def test_resplit_reassigns_every_row(tmp_path):
     rows = random_multilabel(200)
     rows["split"] = "test"

@@ -6,6 +6,7 @@ the parsed options. Nothing here imports TensorFlow, so these commands start fas
 
 import argparse
 import json
+import textwrap
 
 from mlkit.data.adapters import from_coco, from_csv, from_folders, from_imet
 from mlkit.data.manifest import TASKS
@@ -29,7 +30,7 @@ example (the built-in dataset, offline):
 
 def _add_parser(subparsers, name, help_text, description, example):
     return subparsers.add_parser(
-        name, help=help_text, description=description, epilog=f"example:\n  {example}",
+        name, help=help_text, description=textwrap.fill(description, 79, break_on_hyphens=False), epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -97,7 +98,8 @@ def _register_from_coco(subparsers):
         subparsers, "from-coco", "manifest from a COCO instances_*.json (multilabel)",
         "Write a multilabel manifest whose labels are the category names annotated on each image. Images "
         "without annotations are dropped (and counted) unless --keep-unlabelled is given.",
-        "mlkit data from-coco coco/annotations/instances_val2017.json --images coco/val2017 --out coco/val.csv",
+        "mlkit data from-coco coco/annotations/instances_val2017.json \\\n"
+        "      --images coco/val2017 --out coco/val.csv",
     )
     parser.add_argument("instances_json", help="the COCO instances_*.json file")
     parser.add_argument("--images", required=True, help="the folder holding the images named in the file")
@@ -113,7 +115,8 @@ def _register_from_imet(subparsers):
         subparsers, "from-imet", "manifest from iMet 2019 train.csv + labels.csv (multilabel)",
         "Write a multilabel manifest from iMet's train.csv (id, attribute_ids: space-separated ids) and "
         "labels.csv (attribute_id, attribute_name such as culture::french); images are <id>.png.",
-        "mlkit data from-imet imet/train.csv imet/labels.csv --images imet/train --out imet/manifest.csv",
+        "mlkit data from-imet imet/train.csv imet/labels.csv \\\n"
+        "      --images imet/train --out imet/manifest.csv",
     )
     parser.add_argument("train_csv", help="iMet's train.csv")
     parser.add_argument("labels_csv", help="iMet's labels.csv")
@@ -126,10 +129,10 @@ def _register_from_csv(subparsers):
     parser = _add_parser(
         subparsers, "from-csv", "manifest from a CSV with space-separated label ids or names (+ captions)",
         "Write a multilabel manifest from a CSV whose label column holds space-separated ids or names (or "
-        "names joined by '|'). The last column may contain unquoted commas and stray quotes (as the captions "
-        "in the COMP5329 train.csv do). Other columns are carried through.",
-        "mlkit data from-csv COMP5329/train.csv --out COMP5329/manifest.csv --image-col ImageID "
-        "--labels-col Labels --caption-col Caption --image-dir COMP5329/data",
+        "names joined by '|'). A free-text last column (such as a caption) may contain unquoted commas and "
+        "stray quotes, as the captions in the COMP5329 train.csv do. Other columns are carried through.",
+        "mlkit data from-csv COMP5329/train.csv --out COMP5329/manifest.csv \\\n"
+        "      --image-col ImageID --labels-col Labels --caption-col Caption --image-dir COMP5329/data",
     )
     parser.add_argument("csv", help="the source CSV")
     parser.add_argument("--out", required=True, help="the manifest to write (.csv or .jsonl)")
