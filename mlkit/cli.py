@@ -9,6 +9,7 @@ handler taking the parsed arguments. Handlers import TensorFlow lazily, so
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from mlkit import __version__
@@ -51,6 +52,8 @@ def build_parser():
 
 
 def main(argv=None):
+    # TensorFlow's C++ info lines drown the progress bars; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -9,7 +9,9 @@ Layout (N manifest rows, D feature dims, K augmented views, L labels):
     split       str (N,)   train / val / test, or "" when the manifest has none
     caption     str (N,)   optional
     tokens      int32 (N, T) optional (caption token ids, 0 = padding)
-    key         str (N,)   sha256 of the image bytes and everything that changes the features
+    key         bytes (N,) sha256 of the image bytes and everything that changes the features
+    image_sha256, file_size, file_mtime_ns   what the key was computed from (a rerun
+                           trusts the hash of a file whose size and mtime are unchanged)
     done        uint8 (N,) 1 when the row's features (and views) are written
 
 Attributes hold the task, label names, backbone, weights and their sha256,
@@ -168,24 +170,40 @@ def open_cache(path):
     return FeatureCache(path=path, attrs=attrs, _split=split, _done=done)
 
 
+def _early(shape, dtype, chunks=None):
+    """A dataset-creation property list that allocates every chunk at creation.
+
+    After that, writing rows changes no HDF5 metadata, so a process killed
+    mid-write leaves a file whose structure is intact and whose `done` mask
+    tells which rows hold finished features.
+    """
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dict(shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl)
+
+
 def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_copies=0, captions=False):
-    """Creates the empty datasets of a cache (features chunked along rows)."""
-    chunk_rows = max(1, min(num_rows, max(1, (1 << 20) // (4 * int(np.prod(feature_shape))))))
-    h5.create_dataset("features", (num_rows, *feature_shape), "float32", chunks=(chunk_rows, *feature_shape))
+    """Creates the empty datasets of a cache (features chunked along rows, all space allocated)."""
+    feature_shape = tuple(int(d) for d in feature_shape)
+    n = max(num_rows, 1)
+    chunk_rows = max(1, min(n, (1 << 20) // (4 * int(np.prod(feature_shape)))))
+    h5.create_dataset("features", **_early((num_rows, *feature_shape), "float32", (chunk_rows, *feature_shape)))
     if augment_copies:
-        h5.create_dataset(
-            "augmented", (num_rows, augment_copies, *feature_shape), "float32",
-            chunks=(1, augment_copies, *feature_shape),
-        )
+        views = (augment_copies, *feature_shape)
+        h5.create_dataset("augmented", **_early((num_rows, *views), "float32", (max(1, chunk_rows // augment_copies), *views)))
     if task == "multilabel":
         h5.create_dataset("labels", (num_rows, num_labels), "uint8")
     elif task == "multiclass":
         h5.create_dataset("labels", (num_rows,), "int32")
     else:
         h5.create_dataset("labels", (num_rows, num_labels), "float32")
-    for name in ("image", "split", "key") + (("caption",) if captions else ()):
+    for name in ("image", "split") + (("caption",) if captions else ()):
         h5.create_dataset(name, (num_rows,), STR)
-    h5.create_dataset("done", (num_rows,), "uint8")
+    for name in ("key", "image_sha256"):
+        h5.create_dataset(name, **_early((num_rows,), "S64"))
+    for name in ("file_size", "file_mtime_ns"):
+        h5.create_dataset(name, **_early((num_rows,), "int64"))
+    h5.create_dataset("done", **_early((num_rows,), "uint8"))
 
 
 def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None):

@@ -1,2 +1,67 @@
+"""`mlkit cache-features`: stage 1 from the command line."""
+
+import argparse
+
+from mlkit.backbones import BACKBONES, POOLING, PREPROCESSING
+
+EPILOG = """\
+examples:
+  mlkit cache-features data/manifest.csv --backbone resnet50 --weights imagenet
+  mlkit cache-features DIR/manifest.csv --backbone mobilenetv2 --weights none \\
+      --image-size 64 --pooling avg --workdir WS
+
+Writes WS/bottlenecks/<dataset>_<subset>_<backbone>_<prep>_<pool>.h5 (features,
+labels, image paths, splits, captions), a .json summary and a .skipped.csv listing
+images that could not be read. Rerunning reuses every row whose image and settings
+are unchanged and resumes an interrupted run (even one killed with SIGKILL).
+backbones: """ + ", ".join(sorted(BACKBONES))
+
+
 def register(subparsers):
-    """Adds this module's subcommands (being written)."""
+    parser = subparsers.add_parser(
+        "cache-features",
+        help="stage 1: run a frozen backbone once and cache its features to HDF5",
+        description="Run a frozen pretrained backbone over every image of a manifest once and cache "
+        "its bottleneck features, labels, splits and captions to one HDF5 file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("manifest", help="manifest CSV or JSON Lines (columns image, labels|target, [caption], [split])")
+    parser.add_argument("--workdir", default=".", help="workspace folder; the cache goes to WORKDIR/bottlenecks/ (default: .)")
+    parser.add_argument("--backbone", default="mobilenetv2", metavar="NAME", help="keras.applications model by lower-case name (default: mobilenetv2)")
+    parser.add_argument("--weights", default="imagenet", help="imagenet (downloaded once to $KERAS_HOME/models), none (seeded random), or a weights file PATH (default: imagenet)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="PX", help="square input side in pixels (default: the backbone's own, e.g. 224)")
+    parser.add_argument("--preprocess", choices=PREPROCESSING, default="inet", help="inet: the backbone's own preprocess_input; zmuv: per-channel zero mean, unit variance fitted on the training split; zmuvs: each image standardised on its own (default: inet)")
+    parser.add_argument("--pooling", choices=POOLING, default="avg", help="avg or max: global pooling to a vector; none: keep raw feature maps (N x H x W x C) (default: avg)")
+    parser.add_argument("--augment-copies", type=int, default=0, metavar="K", help="also cache K augmented views (flip, rotation, zoom, shifts) of each training image (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per backbone call (default: 64)")
+    parser.add_argument("--dataset", default=None, help="dataset name, the first run-name field (default: the manifest's folder name)")
+    parser.add_argument("--subset", default=None, help="subset name, the second run-name field (default: the manifest file's stem, or 'all')")
+    parser.add_argument("--task", choices=("multilabel", "multiclass", "regression"), default=None, help="default: inferred (target column: regression; any row with several labels: multilabel; else multiclass)")
+    parser.add_argument("--allow-unlabelled", action="store_true", help="accept multilabel rows with no labels (they train as all-negative and are left out of evaluation)")
+    parser.add_argument("--background", default="white", help="colour transparent pixels are composited on: white, black, #rrggbb or R,G,B (default: white)")
+    parser.add_argument("--strict", action="store_true", help="fail if any image cannot be read (the partial cache is kept; fix the files and rerun)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a same-named cache that was made with other settings (size, weights, background)")
+    parser.add_argument("--zmuv-samples", type=int, default=1000, help="training images sampled to fit zmuv statistics (default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds random weights (--weights none) and the augmented views (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    from mlkit.bottlenecks.extract import cache_features
+
+    result = cache_features(
+        args.manifest, args.workdir, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+        preprocess=args.preprocess, pooling=args.pooling, augment_copies=args.augment_copies,
+        batch_size=args.batch_size, dataset=args.dataset, subset=args.subset, task=args.task,
+        allow_unlabelled=args.allow_unlabelled, background=args.background, strict=args.strict,
+        overwrite=args.overwrite, zmuv_samples=args.zmuv_samples, seed=args.seed, progress=not args.no_progress,
+    )
+    rate = result.computed / result.seconds if result.seconds else 0.0
+    print(f"cache: {result.path}")
+    print(f"rows: {result.rows} ({result.computed} computed, {result.reused} reused, {result.skipped} skipped) in {result.seconds:.1f} s ({rate:.1f} rows/s)")
+    print(f"summary: {result.summary_path}")
+    if result.skipped:
+        print(f"skipped images and why: {result.skipped_path}")
+    return 0

@@ -1,0 +1,537 @@
+"""Stage 1: run a frozen backbone over every manifest row once and cache its features.
+
+The cache is resumable and incremental. Every row is keyed by the sha256 of
+its image bytes plus a fingerprint of everything that changes features
+(backbone, weight values, input size, preprocessing and its statistics,
+pooling, background colour, the number of augmented views). A rerun copies
+rows whose key is unchanged from the previous cache and recomputes only the
+rest; a run killed at any point continues where it stopped.
+"""
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mlkit import __version__
+from mlkit.backbones import PREPROCESSING, build_backbone, check_choice, feature_extractor, get_backbone
+from mlkit.bottlenecks.cache import (
+    FORMAT_VERSION, create_datasets, partial_path, read_attrs, write_attrs,
+)
+from mlkit.data.manifest import read_manifest
+from mlkit.errors import CacheError, MlkitError
+from mlkit.images import ImageReadError, augment_view, decode_image, parse_background, read_bytes, resize_images, sha256_bytes, view_seed
+
+log = logging.getLogger(__name__)
+
+# Bump when the way features are computed from the same inputs changes.
+FEATURE_VERSION = 1
+# Settings that a same-named cache must share; the name holds the others.
+IDENTITY_SETTINGS = ("backbone", "weights", "image_size", "preprocess", "pooling", "background")
+
+
+@dataclass
+class CacheResult:
+    """What a cache-features run did."""
+
+    path: Path
+    summary_path: Path
+    skipped_path: Path
+    rows: int
+    computed: int
+    reused: int
+    skipped: int
+    seconds: float
+
+
+def clean_name(text):
+    """A name usable as one run-name field: lower case, no '_' or spaces."""
+    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in str(text).lower()).strip("-")
+    return cleaned or "data"
+
+
+def cache_name(manifest_path, backbone, preprocess, pooling, dataset=None, subset=None):
+    """`<dataset>_<subset>_<backbone>_<prep>_<pool>`: the first five fields of every run name."""
+    path = Path(manifest_path)
+    dataset = clean_name(dataset or path.resolve().parent.name)
+    subset = clean_name(subset or (path.stem if path.stem != "manifest" else "all"))
+    return f"{dataset}_{subset}_{get_backbone(backbone).name}_{preprocess}_{pooling}"
+
+
+def cache_features(
+    manifest, workdir=".", *, backbone="mobilenetv2", weights="imagenet", image_size=None,
+    preprocess="inet", pooling="avg", augment_copies=0, batch_size=64, dataset=None, subset=None,
+    task=None, allow_unlabelled=False, background="white", strict=False, overwrite=False,
+    zmuv_samples=1000, seed=0, progress=True, on_batch=None,
+):
+    """Caches a frozen backbone's features for every row of a manifest.
+
+    Writes `<workdir>/bottlenecks/<name>.h5` (see `mlkit.bottlenecks.cache`
+    for the layout), `<name>.json` (a readable summary) and
+    `<name>.skipped.csv` (rows whose image could not be read, with why).
+
+    Args:
+        manifest: path of the manifest (CSV or JSON Lines).
+        workdir: the workspace folder. Defaults to the current folder.
+        backbone: a `keras.applications` model by lower-case name. Defaults to "mobilenetv2".
+        weights: "imagenet", "none" (seeded random) or a weights file. Defaults to "imagenet".
+        image_size: square input side. Defaults to the backbone's own.
+        preprocess: "inet", "zmuv" or "zmuvs". Defaults to "inet".
+        pooling: "avg", "max" or "none" (raw maps). Defaults to "avg".
+        augment_copies: K augmented views cached per training image. Defaults to 0.
+        batch_size: images per backbone call. Defaults to 64.
+        dataset: first name field. Defaults to the manifest's folder name.
+        subset: second name field. Defaults to the manifest's file stem, or "all".
+        task: "multilabel", "multiclass" or "regression". Defaults to inferred.
+        allow_unlabelled: accept multilabel rows with no labels. Defaults to False.
+        background: colour transparent pixels are composited on. Defaults to "white".
+        strict: fail (leaving the partial cache to resume) if any image is unreadable. Defaults to False.
+        overwrite: replace a same-named cache made with other settings. Defaults to False.
+        zmuv_samples: training images sampled to fit zmuv statistics. Defaults to 1000.
+        seed: seeds random weights and augmented views. Defaults to 0.
+        progress: show a progress bar. Defaults to True.
+        on_batch: called as `on_batch(rows_done, rows_total)` after each written batch.
+
+    Returns:
+        A `CacheResult`.
+    """
+    started = time.perf_counter()
+    check_choice(preprocess, PREPROCESSING, "preprocessing")
+    if augment_copies < 0 or batch_size < 1:
+        raise MlkitError(f"--augment-copies must be >= 0 and --batch-size >= 1 (got {augment_copies}, {batch_size})")
+    table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
+    name = cache_name(manifest, backbone, preprocess, pooling, dataset, subset)
+    folder = Path(workdir) / "bottlenecks"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{name}.h5"
+    model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
+    settings = {
+        "backbone": get_backbone(backbone).name, "weights": str(weights), "image_size": info["image_size"],
+        "preprocess": preprocess, "pooling": pooling, "background": ",".join(map(str, parse_background(background))),
+        "augment_copies": int(augment_copies),
+    }
+    _check_same_settings(final, settings, overwrite)
+    job = _Job(table, settings, info, seed, final)
+    job.fit_preprocessing(zmuv_samples, progress)
+    if job.final_is_current():
+        log.info("%s is up to date", final)
+        return job.write_summary({"rows": len(job.paths), "computed": 0, "reused": len(job.paths), "skipped": 0,
+                                  "skipped_path": job.skipped_path, "seconds": time.perf_counter() - started}, name)
+    job.extractor = feature_extractor(model, get_backbone(backbone), preprocess, info["image_size"], job.mean, job.std)
+    with job.open_partial() as h5:
+        reused = job.reused
+        computed = job.compute(h5, batch_size, progress, on_batch)
+        result = job.finish(h5, strict)
+    result.update(computed=computed, reused=reused, seconds=time.perf_counter() - started)
+    return job.write_summary(result, name)
+
+
+def _check_same_settings(final, settings, overwrite):
+    if overwrite or not final.exists():
+        return
+    try:
+        with h5py.File(final, "r") as h5:
+            old = read_attrs(h5)
+    except OSError:
+        return
+    changed = [f"{key} {old.get(key)!r} -> {settings[key]!r}" for key in IDENTITY_SETTINGS if str(old.get(key)) != str(settings[key])]
+    if changed:
+        raise CacheError(
+            f"{final} was made with other settings ({'; '.join(changed)}). Pass --subset to cache these "
+            "features under another name (e.g. --subset 96px), or --overwrite to replace it"
+        )
+
+
+class _Job:
+    """One run's state: the manifest, settings, fingerprint and row bookkeeping."""
+
+    def __init__(self, table, settings, info, seed, final):
+        self.table, self.settings, self.info, self.seed, self.final = table, settings, info, seed, final
+        self.partial = partial_path(final)
+        self.paths = [str(p) for p in table.image_paths()]
+        self.splits = table.splits()
+        self.views = np.where(self.splits == "train", settings["augment_copies"], 0)
+        self.background = parse_background(settings["background"])
+        self.mean = self.std = None
+        self.failures = {}
+        self.reused = 0
+
+    # -- preprocessing statistics and fingerprint --------------------------------------------
+
+    def fit_preprocessing(self, samples, progress):
+        if self.settings["preprocess"] == "zmuv":
+            self.mean, self.std = _previous_zmuv(self.final, self.partial, self.settings) or self._fit_zmuv(samples, progress)
+        payload = dict(self.settings, weights_sha256=self.info["weights_sha256"], zmuv_mean=self.mean,
+                       zmuv_std=self.std, feature_version=FEATURE_VERSION, seed=self.seed if self.settings["weights"].lower() == "none" else None)
+        self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def _fit_zmuv(self, samples, progress):
+        """Per-channel mean and std of resized training images (a seeded, path-ordered sample)."""
+        rows = np.flatnonzero(self.splits == "train")
+        if len(rows) == 0:
+            rows = np.arange(len(self.paths))
+        order = sorted(rows, key=lambda r: hashlib.sha256(self.paths[r].encode()).hexdigest())[:samples]
+        total, total_sq, count = np.zeros(3), np.zeros(3), 0
+        for row in _progress(order, progress, "fitting zmuv statistics"):
+            try:
+                pixels = np.asarray(resize_images(decode_image(read_bytes(self.paths[row]), self.paths[row], self.background), self.settings["image_size"]), dtype="float64")
+            except ImageReadError:
+                continue
+            total += pixels.sum((0, 1))
+            total_sq += np.square(pixels).sum((0, 1))
+            count += pixels.shape[0] * pixels.shape[1]
+        if count == 0:
+            raise CacheError("zmuv needs at least one readable training image to fit its statistics")
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+        return mean.round(6).tolist(), std.round(6).tolist()
+
+    def key(self, image_sha, row):
+        return hashlib.sha256(f"{self.fingerprint}:{image_sha}:{self.views[row]}".encode()).hexdigest()
+
+    @property
+    def skipped_path(self):
+        return self.final.with_name(self.final.stem + ".skipped.csv")
+
+    def final_is_current(self):
+        """True when the finished cache has every row done from unchanged files with these settings."""
+        if self.partial.exists() or not self.final.exists():
+            return False
+        try:
+            with h5py.File(self.final, "r") as h5:
+                attrs = read_attrs(h5)
+                if attrs.get("fingerprint") != self.fingerprint or attrs.get("manifest_sha256") != self.table.manifest_hash():
+                    return False
+                stats = np.stack([h5["file_size"][...], h5["file_mtime_ns"][...]], axis=1)
+                done = h5["done"][...]
+        except (OSError, KeyError):
+            return False
+        return len(done) == len(self.paths) and bool((done == 1).all()) and np.array_equal(stats, _file_stats(self.paths))
+
+    # -- the partial file ---------------------------------------------------------------------
+
+    def open_partial(self):
+        """The partial cache to fill: the interrupted one if it matches, else a new one seeded with reusable rows."""
+        self.stats = _file_stats(self.paths)
+        h5 = self._resume_in_place()
+        if h5 is None:
+            h5 = self._start_new()
+        return h5
+
+    def _resume_in_place(self):
+        if not self.partial.exists():
+            return None
+        try:
+            h5 = h5py.File(self.partial, "r+")
+            attrs = read_attrs(h5)
+        except OSError as error:
+            log.warning("ignoring unreadable %s (%s); starting it again", self.partial, error)
+            return None
+        same = attrs.get("fingerprint") == self.fingerprint and attrs.get("manifest_sha256") == self.table.manifest_hash() and len(h5["done"]) == len(self.paths)
+        if not same:
+            h5.close()
+            return None
+        done = h5["done"][...] == 1
+        unchanged = (h5["file_size"][...] == self.stats[:, 0]) & (h5["file_mtime_ns"][...] == self.stats[:, 1])
+        h5["done"][...] = (done & unchanged).astype("uint8")
+        h5.flush()
+        self.reused = int((done & unchanged).sum())
+        log.info("resuming %s: %d of %d rows already done", self.partial, self.reused, len(self.paths))
+        return h5
+
+    def _start_new(self):
+        tmp = self.partial.with_name(self.partial.name + ".tmp")
+        sources = _open_sources([self.final, self.partial], self.fingerprint)
+        try:
+            with h5py.File(tmp, "w") as h5:
+                self._create(h5)
+                self.reused = _copy_reusable(h5, sources, self)
+        finally:
+            for source in sources:
+                source.close()
+        os.replace(tmp, self.partial)
+        if self.reused:
+            log.info("reusing %d of %d rows from the previous cache", self.reused, len(self.paths))
+        return h5py.File(self.partial, "r+")
+
+    def _create(self, h5):
+        table = self.table
+        labels = table.label_array()
+        create_datasets(
+            h5, num_rows=len(self.paths), feature_shape=self.info["feature_shape"], task=table.task,
+            num_labels=labels.shape[1] if labels.ndim > 1 else 0,
+            augment_copies=self.settings["augment_copies"], captions=table.captions() is not None,
+        )
+        if len(self.paths):
+            h5["labels"][...] = labels
+            h5["image"][...] = [str(v) for v in table.rows["image"]]
+            h5["split"][...] = [str(v) for v in self.splits]
+            if table.captions() is not None:
+                h5["caption"][...] = ["" if c is None else str(c) for c in table.captions()]
+        write_attrs(h5, self._attrs())
+        h5.flush()
+
+    def _attrs(self):
+        import keras
+        import tensorflow as tf
+
+        table, labels = self.table, self.table.label_array()
+        attrs = dict(self.settings, task=table.task, label_names=list(table.label_names),
+                     dataset=self.final.stem.split("_")[0], subset=self.final.stem.split("_")[1],
+                     weights_sha256=self.info["weights_sha256"], zmuv_mean=self.mean, zmuv_std=self.std,
+                     fingerprint=self.fingerprint, seed=self.seed, manifest_path=str(Path(table.path).resolve()),
+                     manifest_root=str(table.root.resolve()), manifest_sha256=table.manifest_hash(),
+                     format_version=FORMAT_VERSION, feature_version=FEATURE_VERSION, complete=False,
+                     versions={"mlkit": __version__, "keras": keras.__version__, "tensorflow": tf.__version__, "h5py": h5py.__version__})
+        if table.task == "regression":
+            train = labels[self.splits == "train"] if (self.splits == "train").any() else labels
+            attrs.update(target_names=list(table.target_names), target_min=train.min(0).tolist(), target_max=train.max(0).tolist())
+        return attrs
+
+    # -- computing rows --------------------------------------------------------------------
+
+    def compute(self, h5, batch_size, progress, on_batch):
+        pending = np.flatnonzero(h5["done"][...] == 0)
+        units = [(int(row), view) for row in pending for view in range(self.views[row] + 1)]
+        if not units:
+            return 0
+        remaining = {int(row): int(self.views[row]) + 1 for row in pending}
+        written = 0
+        bar = _progress(None, progress, "caching features", total=len(units), unit="img")
+        for batch in _pipeline(units, self, batch_size):
+            written += self._write_batch(h5, batch, remaining)
+            if bar is not None:
+                bar.update(len(batch[0]))
+            if on_batch:
+                on_batch(int((h5["done"][...] == 1).sum()), len(self.paths))
+        if bar is not None:
+            bar.close()
+        return written
+
+    def _write_batch(self, h5, batch, remaining):
+        rows, views, shas, ok, pixels = batch
+        features = np.asarray(self.extractor(pixels, training=False))
+        finished = []
+        for i in np.flatnonzero(ok):
+            row, view = int(rows[i]), int(views[i])
+            if view == 0:
+                h5["features"][row] = features[i]
+            else:
+                h5["augmented"][row, view - 1] = features[i]
+            remaining[row] -= 1
+            if remaining[row] == 0:
+                finished.append((row, shas[i].decode()))
+        for row, sha in finished:
+            h5["image_sha256"][row] = sha.encode()
+            h5["key"][row] = self.key(sha, row).encode()
+            h5["file_size"][row], h5["file_mtime_ns"][row] = self.stats[row]
+        h5.flush()  # features reach the file before the done mask says so
+        if finished:
+            done_rows = sorted(row for row, _ in finished)
+            h5["done"][done_rows] = 1
+            h5.flush()
+        return len(finished)
+
+    # -- finishing ------------------------------------------------------------------------------
+
+    def finish(self, h5, strict):
+        skipped_path = self.skipped_path
+        skipped = self._write_skipped(h5, skipped_path)
+        result = {"skipped": len(skipped), "skipped_path": skipped_path, "rows": len(self.paths)}
+        if skipped:
+            log.warning("%d image(s) could not be read; they are listed with the reason in %s", len(skipped), skipped_path)
+        if skipped and strict:
+            raise CacheError(f"--strict: {len(skipped)} image(s) could not be read (see {skipped_path}); fix them and rerun to finish {self.partial}")
+        h5.attrs["complete"] = True
+        h5.attrs["rows_done"] = len(self.paths) - len(skipped)
+        h5.flush()
+        h5.close()
+        os.replace(self.partial, self.final)
+        return result
+
+    def _write_skipped(self, h5, path):
+        done = h5["done"][...]
+        rows = []
+        for row in np.flatnonzero(done == 0):
+            reason = self.failures.get(int(row), "not processed")
+            rows.append({"row": int(row) + 1, "image": self.table.rows["image"].iloc[row], "split": self.splits[row], "reason": reason})
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["row", "image", "split", "reason"])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        return rows
+
+    def write_summary(self, result, name):
+        with h5py.File(self.final, "r") as h5:
+            attrs = read_attrs(h5)
+            done = h5["done"][...] == 1
+        splits = {s or "(none)": int(((self.splits == s) & done).sum()) for s in sorted(set(self.splits))}
+        summary = {"name": name, "path": str(self.final), **{k: attrs.get(k) for k in (
+            "task", "label_names", "target_names", "backbone", "weights", "weights_sha256", "image_size", "preprocess",
+            "pooling", "augment_copies", "background", "zmuv_mean", "zmuv_std", "manifest_path", "manifest_sha256", "versions")},
+            "feature_shape": self.info["feature_shape"], "rows": result["rows"], "rows_done": int(done.sum()), "rows_by_split": splits,
+            "computed": result["computed"], "reused": result["reused"], "skipped": result["skipped"],
+            "seconds": round(result["seconds"], 2)}
+        summary_path = self.final.with_suffix(".json")
+        tmp = summary_path.with_name(summary_path.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, summary_path)
+        return CacheResult(path=self.final, summary_path=summary_path, skipped_path=result["skipped_path"],
+                           rows=result["rows"], computed=result["computed"], reused=result["reused"],
+                           skipped=result["skipped"], seconds=result["seconds"])
+
+
+def _pipeline(units, job, batch_size):
+    """Decodes images in parallel through tf.data, resizes with TF, batches and prefetches."""
+    import tensorflow as tf
+
+    rows = np.array([u[0] for u in units], dtype="int64")
+    views = np.array([u[1] for u in units], dtype="int64")
+    size = job.settings["image_size"]
+
+    def load(row, view):
+        row, view = int(row), int(view)
+        path = job.paths[row]
+        try:
+            data = read_bytes(path)
+            sha = sha256_bytes(data)
+            pixels = decode_image(data, path, job.background)
+            if view:
+                pixels = augment_view(pixels, view_seed(f"{sha}:{job.seed}", view), job.background)
+            return pixels, np.bytes_(sha.encode()), np.bool_(True)
+        except ImageReadError as error:
+            job.failures[row] = error.reason
+            return np.zeros((1, 1, 3), np.uint8), np.bytes_(b""), np.bool_(False)
+
+    def load_tf(row, view):
+        pixels, sha, ok = tf.numpy_function(load, [row, view], [tf.uint8, tf.string, tf.bool], stateful=False)
+        pixels.set_shape([None, None, 3])
+        return row, view, sha, ok, resize_images(tf.cast(pixels, tf.float32), size)
+
+    data = tf.data.Dataset.from_tensor_slices((rows, views))
+    data = data.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    data = data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    for row, view, sha, ok, pixels in data:
+        yield row.numpy(), view.numpy(), sha.numpy(), ok.numpy(), pixels
+
+
+def _file_stats(paths):
+    """(size, mtime_ns) per file, (-1, -1) when it cannot be stat'ed."""
+    stats = np.full((len(paths), 2), -1, dtype="int64")
+    for i, path in enumerate(paths):
+        try:
+            st = os.stat(path)
+            stats[i] = st.st_size, st.st_mtime_ns
+        except OSError:
+            pass
+    return stats
+
+
+def _previous_zmuv(final, partial, settings):
+    """zmuv statistics from an earlier cache with the same size and background, so reruns reuse rows."""
+    for path in (partial, final):
+        try:
+            with h5py.File(path, "r") as h5:
+                attrs = read_attrs(h5)
+        except OSError:
+            continue
+        if attrs.get("zmuv_mean") and all(str(attrs.get(k)) == str(settings[k]) for k in ("image_size", "background")):
+            return attrs["zmuv_mean"], attrs["zmuv_std"]
+    return None
+
+
+def _open_sources(paths, fingerprint):
+    """Earlier caches (finished or partial) made with the same fingerprint."""
+    sources = []
+    for path in paths:
+        try:
+            h5 = h5py.File(path, "r")
+        except OSError:
+            continue
+        if read_attrs(h5).get("fingerprint") == fingerprint:
+            sources.append(h5)
+        else:
+            h5.close()
+    return sources
+
+
+def _copy_reusable(h5, sources, job):
+    """Copies done rows whose key matches from earlier caches; returns how many rows were reused."""
+    reusable = {}
+    by_stat = {}
+    for source in sources:
+        attrs = read_attrs(source)
+        root = Path(attrs.get("manifest_root", "."))
+        done = np.flatnonzero(source["done"][...] == 1)
+        keys, shas = source["key"][...], source["image_sha256"][...]
+        sizes, mtimes, images = source["file_size"][...], source["file_mtime_ns"][...], source["image"][...]
+        for old in done:
+            reusable.setdefault(keys[old].decode(), (source, int(old)))
+            image = images[old].decode() if isinstance(images[old], bytes) else images[old]
+            by_stat[(str((root / image).resolve()), int(sizes[old]), int(mtimes[old]))] = shas[old].decode()
+    if not reusable:
+        return 0
+    shas = _image_hashes(job, by_stat)
+    plan = {}
+    for row, sha in enumerate(shas):
+        found = sha and reusable.get(job.key(sha, row))
+        if found:
+            plan.setdefault(found[0], []).append((row, found[1], sha))
+    for source, pairs in plan.items():
+        _copy_rows(h5, source, pairs, job)
+    return sum(len(pairs) for pairs in plan.values())
+
+
+def _image_hashes(job, by_stat):
+    """sha256 per row: trusted from an earlier cache when size and mtime match, else read and hashed."""
+    def one(row):
+        path = job.paths[row]
+        size, mtime = job.stats[row]
+        known = by_stat.get((str(Path(path).resolve()), int(size), int(mtime)))
+        if known:
+            return known
+        try:
+            return sha256_bytes(read_bytes(path))
+        except ImageReadError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        return list(pool.map(one, range(len(job.paths))))
+
+
+def _copy_rows(h5, source, pairs, job, chunk=512):
+    pairs.sort()
+    datasets = ["features"] + (["augmented"] if "augmented" in h5 else [])
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        new_rows = [p[0] for p in part]
+        old_rows = np.array([p[1] for p in part])
+        order = np.argsort(old_rows)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        for name in datasets:
+            values = source[name][old_rows[order].tolist()][inverse]
+            h5[name][new_rows] = values
+        h5["image_sha256"][new_rows] = [p[2].encode() for p in part]
+        h5["key"][new_rows] = [job.key(p[2], p[0]).encode() for p in part]
+        h5["file_size"][new_rows] = job.stats[new_rows, 0]
+        h5["file_mtime_ns"][new_rows] = job.stats[new_rows, 1]
+        h5["done"][new_rows] = 1
+
+
+def _progress(iterable, enabled, description, total=None, unit="img"):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=description, unit=unit, smoothing=0.1, dynamic_ncols=True)

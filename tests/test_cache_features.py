@@ -1,0 +1,163 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlkit.backbones import build_backbone, feature_extractor, get_backbone
+from mlkit.bottlenecks import cache_features, open_cache
+from mlkit.bottlenecks.cache import partial_path
+from mlkit.cli import main
+from mlkit.data import read_manifest, split_manifest, synthesize
+from mlkit.errors import CacheError
+from mlkit.images import load_image, resize_images
+
+SETTINGS = dict(backbone="mobilenetv2", weights="none", image_size=32, pooling="avg", progress=False)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    path = synthesize(tmp_path / "synth", task="multilabel", n=24, size=40, seed=3)
+    split_manifest(path, val=0.2, test=0.2, seed=0)
+    return path
+
+
+def test_cache_holds_every_row_with_features_equal_to_a_direct_forward_pass(manifest, tmp_path):
+    result = cache_features(manifest, tmp_path / "ws", batch_size=5, **SETTINGS)
+    table = read_manifest(manifest)
+    cache = open_cache(result.path)
+    assert result.path.name == "synth_all_mobilenetv2_inet_avg.h5"
+    assert (result.rows, result.computed, result.skipped) == (24, 24, 0)
+    assert cache.task == "multilabel" and cache.label_names == table.label_names
+    np.testing.assert_array_equal(cache.read("labels"), table.label_array())
+    assert list(cache.read("split")) == list(table.splits())
+    assert cache.attrs["image_size"] == 32 and cache.attrs["complete"]
+
+    model, _ = build_backbone("mobilenetv2", weights="none", image_size=32, pooling="avg")
+    extractor = feature_extractor(model, get_backbone("mobilenetv2"), "inet", 32)
+    pixels = np.stack([np.asarray(resize_images(load_image(p).astype("float32"), 32)) for p in table.image_paths()[:6]])
+    np.testing.assert_allclose(cache.read("features", range(6)), extractor.predict(pixels, verbose=0), rtol=1e-4, atol=1e-16)
+    assert result.summary_path.exists() and not partial_path(result.path).exists()
+
+
+def test_rerun_recomputes_only_the_image_that_changed(manifest, tmp_path):
+    first = cache_features(manifest, tmp_path / "ws", **SETTINGS)
+    before = open_cache(first.path).read("features")
+    changed = read_manifest(manifest).image_paths()[7]
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (0, 200, 0)).save(changed)
+    again = cache_features(manifest, tmp_path / "ws", **SETTINGS)
+    after = open_cache(again.path).read("features")
+    assert (again.computed, again.reused) == (1, 23)
+    assert not np.array_equal(after[7], before[7])
+    np.testing.assert_array_equal(np.delete(after, 7, axis=0), np.delete(before, 7, axis=0))
+    unchanged = cache_features(manifest, tmp_path / "ws", **SETTINGS)
+    assert unchanged.computed == 0
+
+
+def test_unreadable_images_are_reported_with_their_reason_and_keep_their_labels(manifest, tmp_path):
+    paths = read_manifest(manifest).image_paths()
+    paths[0].write_bytes(b"")
+    paths[1].write_bytes(paths[1].read_bytes()[:60])
+    paths[2].write_bytes(b"not an image at all")
+    paths[3].unlink()
+    result = cache_features(manifest, tmp_path / "ws", **SETTINGS)
+    skipped = pd.read_csv(result.skipped_path)
+    assert list(skipped["row"]) == [1, 2, 3, 4]
+    reasons = " ".join(skipped["reason"])
+    for word in ("empty", "truncated", "missing file"):
+        assert word in reasons
+    cache = open_cache(result.path)
+    assert result.skipped == 4 and len(cache.indices()) == 20
+    np.testing.assert_array_equal(cache.read("labels")[:4], read_manifest(manifest).label_array()[:4])
+
+    with pytest.raises(CacheError, match="--strict: 4 image"):
+        cache_features(manifest, tmp_path / "strict", strict=True, **SETTINGS)
+    assert partial_path(tmp_path / "strict" / "bottlenecks" / result.path.name).exists()
+
+
+def test_same_name_with_other_settings_is_refused_unless_overwritten(manifest, tmp_path):
+    cache_features(manifest, tmp_path / "ws", **SETTINGS)
+    with pytest.raises(CacheError, match="image_size 32 -> 48"):
+        cache_features(manifest, tmp_path / "ws", **dict(SETTINGS, image_size=48))
+    result = cache_features(manifest, tmp_path / "ws", overwrite=True, **dict(SETTINGS, image_size=48))
+    assert open_cache(result.path).attrs["image_size"] == 48
+
+
+def test_augmented_views_are_cached_for_training_rows_and_reproducible(manifest, tmp_path):
+    result = cache_features(manifest, tmp_path / "a", augment_copies=2, preprocess="zmuv", **SETTINGS)
+    cache = open_cache(result.path)
+    train = cache.indices("train")
+    x, y = cache.load("train", augmented=True)
+    assert x.shape == (3 * len(train), 1280) and len(y) == len(x)
+    views = cache.read("augmented", train)
+    assert not np.array_equal(views[:, 0], views[:, 1])
+    assert len(cache.attrs["zmuv_mean"]) == 3
+    again = open_cache(cache_features(manifest, tmp_path / "b", augment_copies=2, preprocess="zmuv", **SETTINGS).path)
+    np.testing.assert_allclose(again.read("augmented", train), views, rtol=1e-5, atol=1e-16)
+
+
+KILLABLE = textwrap.dedent(
+    """
+    import sys
+    from mlkit.bottlenecks import cache_features
+    def on_batch(done, total):
+        print("BATCH", done, flush=True)
+    cache_features(sys.argv[1], sys.argv[2], backbone="mobilenetv2", weights="none", image_size=32,
+                   pooling="avg", batch_size=3, progress=False, on_batch=on_batch)
+    """
+)
+
+
+def run_and_kill(manifest, workdir, after_batches=None, after_seconds=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(manifest), str(workdir)], stdout=subprocess.PIPE, text=True, env=env)
+    if after_batches is not None:
+        seen = 0
+        while seen < after_batches:
+            line = process.stdout.readline()
+            assert line, "the run ended before it could be killed"
+            seen += line.startswith("BATCH")
+    else:
+        time.sleep(after_seconds)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_same_features(manifest, tmp_path):
+    reference = open_cache(cache_features(manifest, tmp_path / "reference", **SETTINGS).path).read("features")
+    run_and_kill(manifest, tmp_path / "killed", after_batches=3)
+    partial = partial_path(tmp_path / "killed" / "bottlenecks" / "synth_all_mobilenetv2_inet_avg.h5")
+    with h5py.File(partial, "r") as h5:
+        done_before = int(h5["done"][...].sum())
+    assert 0 < done_before < 24
+    assert not partial.with_name("synth_all_mobilenetv2_inet_avg.h5").exists()
+    resumed = cache_features(manifest, tmp_path / "killed", **SETTINGS)
+    assert resumed.reused == done_before and resumed.computed == 24 - done_before
+    np.testing.assert_allclose(open_cache(resumed.path).read("features"), reference, rtol=1e-4, atol=1e-16)
+
+    run_and_kill(manifest, tmp_path / "early", after_seconds=1.0)  # most likely while starting up
+    early = cache_features(manifest, tmp_path / "early", **SETTINGS)
+    np.testing.assert_allclose(open_cache(early.path).read("features"), reference, rtol=1e-4, atol=1e-16)
+
+
+def test_cli_runs_the_issue_example_and_help_explains_every_option(manifest, tmp_path, capsys):
+    code = main(["cache-features", str(manifest), "--backbone", "mobilenetv2", "--weights", "none",
+                 "--image-size", "32", "--pooling", "avg", "--workdir", str(tmp_path / "ws"), "--no-progress"])
+    assert code == 0
+    assert len(list((tmp_path / "ws" / "bottlenecks").glob("*.h5"))) == 1
+    assert "24 computed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["cache-features", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--backbone", "--weights", "--image-size", "--preprocess", "--pooling", "--augment-copies",
+                   "--strict", "--background", "--overwrite", "--allow-unlabelled", "KERAS_HOME"):
+        assert option in text
