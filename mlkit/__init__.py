@@ -3,6 +3,36 @@
 Stage 1 caches a frozen backbone's features to HDF5, stage 2 grid-searches
 small top models on that cache, stage 3 fine-tunes the best one end to end and
 exports a model that takes raw images and returns labels.
+
+Example:
+    import mlkit
+    manifest = mlkit.synthesize("data/synth", task="multilabel", n=600, size=64)
+    mlkit.split_manifest(manifest, val=0.15, test=0.15)
+    cache = mlkit.cache_features(manifest, backbone="mobilenetv2", weights="none", image_size=64)
+    summary = mlkit.tune_top(cache.path, layers=[1, 2], units=[64, 128])
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # TensorFlow loads only when a stage function is first used, so `import mlkit` stays fast.
+    lazy = {
+        "cache_features": "mlkit.bottlenecks.extract",
+        "open_cache": "mlkit.bottlenecks.cache",
+        "tune_top": "mlkit.tuning",
+        "evaluate_scores": "mlkit.evaluate",
+        "read_manifest": "mlkit.data",
+        "write_manifest": "mlkit.data",
+        "split_manifest": "mlkit.data",
+        "synthesize": "mlkit.data",
+        "manifest_stats": "mlkit.data",
+        "parse_run_name": "mlkit.runs",
+        "format_run_name": "mlkit.runs",
+        "parse_rule": "mlkit.decisions",
+    }
+    if name not in lazy:
+        raise AttributeError(f"module 'mlkit' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(lazy[name]), name)

@@ -13,9 +13,6 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-# Decompression bombs are reported as unreadable rows, not raised as warnings.
-warnings.simplefilter("error", Image.DecompressionBombWarning)
-
 DEFAULT_BACKGROUND = (255, 255, 255)
 
 
@@ -76,11 +73,14 @@ def decode_image(data, path="<bytes>", background=DEFAULT_BACKGROUND):
         ImageReadError: truncated, corrupt, unknown format, or too large.
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image, background)
-    except Image.DecompressionBombWarning as error:
+        with warnings.catch_warnings():
+            # Decompression bombs become unreadable rows, whatever the caller's warning filters.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image, background)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"too large to decode safely ({error})") from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(path, "not an image PIL can identify (corrupt or unknown format)") from None

@@ -361,12 +361,6 @@ def test_decompression_bomb_warning_is_a_read_error_when_filter_armed(monkeypatc
     assert "too large" in caught.value.reason
 
 
-@pytest.mark.xfail(
-    reason="BUG: images.py turns DecompressionBombWarning into an error with a process-global "
-    "warnings.simplefilter at import time; any warnings.catch_warnings() around the import (pytest "
-    "does this around collection) undoes it, and the image then decodes instead of being reported",
-    strict=False,
-)
 def test_decompression_bomb_warning_is_a_read_error_without_help(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)
     with pytest.raises(ImageReadError) as caught:
@@ -374,12 +368,6 @@ def test_decompression_bomb_warning_is_a_read_error_without_help(monkeypatch):
     assert "too large" in caught.value.reason
 
 
-@pytest.mark.xfail(
-    reason="BUG: decode_image does not catch PIL.Image.DecompressionBombError (raised, not warned, "
-    "above twice MAX_IMAGE_PIXELS; a plain Exception subclass), so it escapes instead of an ImageReadError",
-    raises=Image.DecompressionBombError,
-    strict=False,
-)
 def test_huge_decompression_bomb_is_a_read_error(monkeypatch):
     # Over twice the limit: PIL raises DecompressionBombError instead of warning.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
