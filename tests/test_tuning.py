@@ -84,17 +84,37 @@ def test_streamed_data_matches_in_memory(tmp_path):
     assert all(np.isclose(seen, view).all(axis=1).any() for view in views)
 
 
+def test_inputs_are_standardised_with_frozen_training_statistics_even_at_tiny_scales(tmp_path):
+    import keras
+
+    from mlkit.tuning.top import STANDARDISE, build_top_model, set_input_statistics
+
+    # Random-weight backbones give features near 1e-12; standardised they still separate images.
+    features = np.random.default_rng(0).normal(3.0, 2.0, size=(50, 6)) * 1e-12
+    config = TopConfig(layers=1, units=4, reg="d5")
+    model = build_top_model(config, (6,), 2, "multilabel")
+    set_input_statistics(model, features.mean(0), features.var(0))
+    standardise = keras.Model(model.input, model.get_layer(STANDARDISE).output)
+    expected = (features - features.mean(0)) / features.std(0)
+    np.testing.assert_allclose(standardise.predict(features.astype("float32"), verbose=0), expected, rtol=1e-3, atol=1e-3)
+    path = tmp_path / "top.weights.h5"
+    model.save_weights(path)
+    again = build_top_model(config, (6,), 2, "multilabel")
+    again.load_weights(path)
+    np.testing.assert_allclose(again.predict(features.astype("float32"), verbose=0), model.predict(features.astype("float32"), verbose=0))
+
+
 def test_top_models_follow_the_config(tmp_path):
     from mlkit.tuning.top import build_top_model
 
     model = build_top_model(TopConfig(layers=2, units=8, reg="d3"), (12,), 5, "multilabel")
     kinds = [layer.__class__.__name__ for layer in model.layers]
-    assert kinds == ["InputLayer", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert kinds == ["InputLayer", "BatchNormalization", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
     assert model.get_layer("top_dropout1").rate == pytest.approx(0.3)
     assert model.get_layer("top_output").activation.__name__ == "sigmoid"
     for pool, size in (("flatten", 4 * 4 * 3), ("avg", 3), ("max", 3)):
         maps = build_top_model(TopConfig(layers=1, units=4, reg="bn", top_pool=pool), (4, 4, 3), 3, "multiclass")
-        assert maps.layers[1].output.shape[-1] == size and maps.output_shape == (None, 3)
+        assert maps.layers[2].output.shape[-1] == size and maps.output_shape == (None, 3)
     assert build_top_model(TopConfig(task="regression", layers=0), (12,), 2, "regression").output_shape == (None, 2)
 
 

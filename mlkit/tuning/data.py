@@ -196,6 +196,7 @@ class TopData:
         self.feature_shape = tuple(cache.feature_shape)
         self.in_memory = self.memory_bytes() <= max_memory
         self._tables = None
+        self._statistics = None
 
     @property
     def num_outputs(self):
@@ -282,6 +283,23 @@ class TopData:
             )
             val = tf.gather(table, np.searchsorted(rows, self.val_rows))
         return {"train": train, "val": val}
+
+    def input_statistics(self):
+        """Per-feature (per-channel for maps) mean and variance of the clean training rows, in float64."""
+        if self._statistics is None:
+            rows = np.unique(self.sample_rows)
+            total = total_sq = 0.0
+            count = 0
+            with h5py.File(self.cache.path, "r") as h5:
+                for start in range(0, len(rows), self.block_rows()):
+                    block = read_rows(h5["features"], rows[start:start + self.block_rows()]).astype("float64")
+                    block = block.reshape(-1, block.shape[-1])
+                    total = total + block.sum(0)
+                    total_sq = total_sq + np.square(block).sum(0)
+                    count += len(block)
+            mean = total / max(count, 1)
+            self._statistics = mean, np.maximum(total_sq / max(count, 1) - mean**2, 0.0)
+        return self._statistics
 
     def block_rows(self):
         return max(1, BLOCK_BYTES // (4 * int(np.prod(self.feature_shape))))

@@ -116,7 +116,7 @@ def lr_find(
     import keras
 
     from mlkit.tuning.search import cache_fields, num_outputs
-    from mlkit.tuning.top import build_top_model, compile_top
+    from mlkit.tuning.top import build_top_model, compile_top, set_input_statistics
 
     if not 0 < start_lr < end_lr:
         raise MlkitError(f"--start-lr {start_lr} and --end-lr {end_lr}: need 0 < start < end")
@@ -129,6 +129,7 @@ def lr_find(
     keras.utils.set_random_seed(seed)
     model = compile_top(build_top_model(config, cache.feature_shape, num_outputs(cache), cache.task), config,
                         data.pos_weight)
+    set_input_statistics(model, *data.input_statistics())
     lrs = np.geomspace(start_lr, end_lr, int(steps))
     raw, smoothed, stopped = range_test(model, iter(data.train_dataset(config.batch).repeat()), lrs, smoothing, diverge)
     lrs = lrs[: len(smoothed)]

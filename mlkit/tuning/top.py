@@ -29,6 +29,32 @@ def as_config(config):
     return config if isinstance(config, TopConfig) else TopConfig.from_dict(dict(config))
 
 
+# Epsilon and variance floor far below any real feature scale: random-weight
+# backbones give features of 1e-12 that still separate images once standardised.
+STANDARDISE_EPSILON = 1e-30
+STANDARDISE = "top_standardise"
+
+
+def standardise_layer():
+    """Per-feature (per-channel for maps) standardisation with frozen statistics.
+
+    A non-trainable BatchNormalization without centre or scale: it always runs
+    in inference mode, so it applies exactly the mean and variance that
+    `set_input_statistics` stores, and those travel in the weights file.
+    """
+    return keras.layers.BatchNormalization(
+        center=False, scale=False, epsilon=STANDARDISE_EPSILON, trainable=False, dtype="float32", name=STANDARDISE)
+
+
+def set_input_statistics(model, mean, variance):
+    """Stores the training features' per-feature mean and variance in the top's first layer."""
+    variance = np.asarray(variance, dtype="float64")
+    floor = max(float(variance.mean()) * 1e-6, STANDARDISE_EPSILON)
+    layer = model.get_layer(STANDARDISE)
+    layer.moving_mean.assign(np.asarray(mean, dtype="float32"))
+    layer.moving_variance.assign(np.maximum(variance, floor).astype("float32"))
+
+
 def build_top_model(config, input_shape, num_outputs, task):
     """Builds an uncompiled top model.
 
@@ -50,7 +76,7 @@ def build_top_model(config, input_shape, num_outputs, task):
         raise MlkitError(f"task {task!r} is not one of {', '.join(HEADS)}")
     input_shape = tuple(int(d) for d in input_shape)
     inputs = keras.Input(shape=input_shape, name="features")
-    x = inputs
+    x = standardise_layer()(inputs)
     if len(input_shape) == 3:
         x = {
             "flatten": keras.layers.Flatten(name="top_flatten"),

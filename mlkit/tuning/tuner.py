@@ -19,7 +19,7 @@ import numpy as np
 from mlkit.errors import MlkitError
 from mlkit.tuning.config import OBJECTIVES
 from mlkit.tuning.data import TopData
-from mlkit.tuning.top import build_top_model, compile_top, run_paths, schedule_callbacks
+from mlkit.tuning.top import build_top_model, compile_top, run_paths, schedule_callbacks, set_input_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class TopHyperModel(kt.HyperModel):
         config = self.trial_config(hp)
         data = self.data()
         compile_top(model, config, data.pos_weight)
+        set_input_statistics(model, *data.input_statistics())
         # The dataset reshuffles itself each epoch (shuffle=False only silences Keras).
         return model.fit(
             data.train_dataset(config.batch), epochs=config.epochs, verbose=0, shuffle=False,
