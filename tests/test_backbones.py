@@ -76,7 +76,7 @@ def test_offline_imagenet_download_names_the_file_and_where_to_put_it(tmp_path, 
     # Offline by design: conftest blocks the network, so the download must fail.
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(MlkitError) as raised:
-        backbones.build_backbone("mobilenetv2", weights="imagenet", image_size=96)
+        backbones.build_backbone("mobilenetv2", weights="imagenet", image_size=96)  # offline: must raise
     message = str(raised.value)
     assert "mobilenet_v2_weights" in message
     assert str(tmp_path / "models") in message
