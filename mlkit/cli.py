@@ -20,22 +20,21 @@ COMMAND_MODULES = (
     "mlkit.data.cli",
     "mlkit.bottlenecks.cli",
     "mlkit.tuning.cli",
-    "mlkit.models.cli",
     "mlkit.evaluate",
 )
 
 DESCRIPTION = """\
-Transfer learning on image collections, in three stages:
+Transfer learning on image collections, in stages:
 
   mlkit data synth|from-folders|from-coco|from-imet|from-csv|split|stats
                          make and check a manifest (CSV or JSON Lines)
   mlkit cache-features   1. run a frozen backbone once, cache features to HDF5
   mlkit tune-top         2. grid-search small top models on the cache
-  mlkit finetune         3. fine-tune the best top on the images and export
+  mlkit runs, lr-find    compare tuned runs; find a learning rate
+  mlkit evaluate         decide labels from scores and report metrics
 
-Start with `mlkit demo` (offline, CPU, built-in synthetic data).
+Start with examples/quickstart.sh (offline, CPU, built-in synthetic data).
 """
-
 
 def build_parser():
     parser = argparse.ArgumentParser(

@@ -1,2 +1,0 @@
-def register(subparsers):
-    """Adds this module's subcommands (being written)."""
