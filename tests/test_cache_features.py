@@ -151,13 +151,70 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_features(manifest, tmp_pa
 
 def test_cli_runs_the_issue_example_and_help_explains_every_option(manifest, tmp_path, capsys):
     code = main(["cache-features", str(manifest), "--backbone", "mobilenetv2", "--weights", "none",
-                 "--image-size", "32", "--pooling", "avg", "--workdir", str(tmp_path / "ws"), "--no-progress"])
+                 "--image-size", "32", "--pooling", "avg", "--workdir", str(tmp_path / "ws"), "--no-progress",
+                 "--captions", "--max-len", "3"])
     assert code == 0
     assert len(list((tmp_path / "ws" / "bottlenecks").glob("*.h5"))) == 1
-    assert "24 computed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "24 computed" in out and "3 tokens each; 0 rows without a caption" in out
     with pytest.raises(SystemExit):
         main(["cache-features", "--help"])
     text = capsys.readouterr().out
     for option in ("--backbone", "--weights", "--image-size", "--preprocess", "--pooling", "--augment-copies",
-                   "--strict", "--background", "--overwrite", "--allow-unlabelled", "KERAS_HOME"):
+                   "--strict", "--background", "--overwrite", "--allow-unlabelled", "KERAS_HOME", "--captions",
+                   "--num-words", "--max-len", "training split"):
         assert option in text
+
+
+def test_captions_are_cached_as_token_ids_with_a_vocabulary_fitted_on_the_training_split(manifest, tmp_path):
+    import json
+
+    from mlkit.data.manifest import update_column
+    from mlkit.text import encode_captions, fit_vocabulary
+
+    captions = [None if row in (1, 4) else caption for row, caption in enumerate(read_manifest(manifest).captions())]
+    update_column(manifest, "caption", ["" if c is None else c for c in captions])
+    splits = read_manifest(manifest).splits()
+    result = cache_features(manifest, tmp_path / "ws", captions=True, num_words=8, **SETTINGS)
+    cache = open_cache(result.path)
+    vocabulary = fit_vocabulary([c for c, s in zip(captions, splits) if s == "train"], num_words=8)
+    assert cache.vocabulary == vocabulary and vocabulary["size"] == 8
+    tokens = cache.read("tokens")
+    np.testing.assert_array_equal(tokens, encode_captions(captions, vocabulary))
+    assert tokens.dtype == np.int32 and tokens.shape == (24, vocabulary["max_len"])
+    assert not tokens[[1, 4]].any() and tokens[0].any()
+    summary = json.loads(result.summary_path.read_text())["captions"]
+    assert summary == result.captions and summary["rows_without_caption"] == 2 and summary["max_len"] == tokens.shape[1]
+
+
+def test_tokens_follow_the_captions_and_vocabulary_settings_while_features_are_reused(manifest, tmp_path):
+    from mlkit.data.manifest import update_column
+
+    first = cache_features(manifest, tmp_path / "ws", captions=True, **SETTINGS)
+    features = open_cache(first.path).read("features")
+    assert cache_features(manifest, tmp_path / "ws", captions=True, **SETTINGS).computed == 0
+
+    cut = cache_features(manifest, tmp_path / "ws", captions=True, num_words=4, max_len=1, **SETTINGS)
+    cache = open_cache(cut.path)
+    assert (cut.computed, cut.reused) == (0, 24) and cache.read("tokens").shape == (24, 1)
+    assert cache.read("tokens").max() <= 3 and cache.vocabulary["num_words"] == 4
+    np.testing.assert_array_equal(cache.read("features"), features)
+
+    captions = read_manifest(manifest).captions()
+    update_column(manifest, "caption", ["red circle"] * len(captions))
+    changed = cache_features(manifest, tmp_path / "ws", captions=True, num_words=4, max_len=1, **SETTINGS)
+    assert (changed.computed, changed.reused) == (0, 24)
+    assert set(open_cache(changed.path).read("tokens")[:, 0]) == {open_cache(changed.path).vocabulary["forms"]["red"]}
+
+    dropped = cache_features(manifest, tmp_path / "ws", **SETTINGS)
+    assert dropped.computed == 0 and not open_cache(dropped.path).has("tokens") and dropped.captions is None
+    assert open_cache(dropped.path).vocabulary is None
+
+
+def test_captions_need_a_caption_column_and_a_training_split(tmp_path):
+    classes = synthesize(tmp_path / "classes", task="multiclass", n=6, size=32, seed=0)
+    with pytest.raises(CacheError, match="no caption column"):
+        cache_features(classes, tmp_path / "ws", captions=True, **SETTINGS)
+    unsplit = synthesize(tmp_path / "unsplit", task="multilabel", n=6, size=32, seed=0)
+    with pytest.raises(CacheError, match="mlkit data split"):
+        cache_features(unsplit, tmp_path / "ws", captions=True, **SETTINGS)

@@ -8,7 +8,8 @@ Layout (N manifest rows, D feature dims, K augmented views, L labels):
     image       str (N,)   the manifest's image path as written there
     split       str (N,)   train / val / test, or "" when the manifest has none
     caption     str (N,)   optional
-    tokens      int32 (N, T) optional (caption token ids, 0 = padding)
+    tokens      int32 (N, T) with --captions: caption token ids (mlkit.text), 0 = padding;
+                           a row without a caption is all 0
     key         bytes (N,) sha256 of the image bytes and everything that changes the features
     image_sha256, file_size, file_mtime_ns   what the key was computed from (a rerun
                            trusts the hash of a file whose size and mtime are unchanged)
@@ -16,9 +17,11 @@ Layout (N manifest rows, D feature dims, K augmented views, L labels):
 
 Attributes hold the task, label names, backbone, weights and their sha256,
 input size, preprocessing (and its fitted statistics), pooling, augmentation
-copies, versions, the manifest hash, and `complete`. While the cache is being
-written it lives at `<name>.partial.h5`; it is renamed to `<name>.h5` only when
-every readable row is done, so a file under the final name is always whole.
+copies, versions, the manifest hash, `complete`, and with `tokens` the
+caption `vocabulary` they were encoded with (JSON; see mlkit.text). While
+the cache is being written it lives at `<name>.partial.h5`; it is renamed to
+`<name>.h5` only when every readable row is done, so a file under the final
+name is always whole.
 """
 
 import json
@@ -102,6 +105,11 @@ class FeatureCache:
     def feature_shape(self):
         with h5py.File(self.path, "r") as h5:
             return tuple(h5["features"].shape[1:])
+
+    @property
+    def vocabulary(self):
+        """The caption vocabulary `tokens` were encoded with (mlkit.text), or None without tokens."""
+        return self.attrs.get("vocabulary")
 
     @property
     def augment_copies(self):
@@ -206,7 +214,20 @@ def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_co
     h5.create_dataset("done", **_early((num_rows,), "uint8"))
 
 
-def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None):
+def write_tokens(h5, tokens=None, vocabulary=None):
+    """Replaces the cache's caption tokens and their vocabulary; with None, removes both."""
+    if "tokens" in h5:
+        del h5["tokens"]
+    if "vocabulary" in h5.attrs:
+        del h5.attrs["vocabulary"]
+    if tokens is None:
+        return
+    tokens = np.asarray(tokens, dtype="int32")
+    h5.create_dataset("tokens", data=tokens)
+    write_attrs(h5, {"vocabulary": vocabulary})
+
+
+def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None, tokens=None):
     """Writes a finished cache in one go (tests, shard merges, hand-made features).
 
     Args:
@@ -218,6 +239,7 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
         image: N image paths. Defaults to "row<i>".
         caption: optional N strings.
         augmented: optional (N, K, ...) views.
+        tokens: optional caption token ids (N, T); needs `attrs["vocabulary"]`.
     """
     path = Path(path)
     features = np.asarray(features, dtype="float32")
@@ -240,6 +262,8 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
             h5["caption"][...] = ["" if c is None else str(c) for c in caption]
         if augmented is not None:
             h5["augmented"][...] = np.asarray(augmented, dtype="float32")
+        if tokens is not None:
+            write_tokens(h5, tokens, attrs.get("vocabulary"))
         h5["done"][...] = 1
         write_attrs(h5, {"format_version": FORMAT_VERSION, "augment_copies": 0 if augmented is None else augmented.shape[1], **attrs, "complete": True})
     tmp.replace(path)

@@ -9,11 +9,19 @@ examples:
   mlkit cache-features data/manifest.csv --backbone resnet50 --weights imagenet
   mlkit cache-features DIR/manifest.csv --backbone mobilenetv2 --weights none \\
       --image-size 64 --pooling avg --workdir WS
+  mlkit cache-features DIR/manifest.csv --captions --num-words 10000 ...
 
 Writes WS/bottlenecks/<dataset>_<subset>_<backbone>_<prep>_<pool>.h5 (features,
 labels, image paths, splits, captions), a .json summary and a .skipped.csv listing
 images that could not be read. Rerunning reuses every row whose image and settings
 are unchanged and resumes an interrupted run (even one killed with SIGKILL).
+
+--captions also stores each row's caption as token ids (NLTK tokenisation, stop
+words dropped, Porter stems; offline) and the vocabulary, fitted on the training
+split only, for `mlkit tune-top --captions`. Rows without a caption get an empty
+sequence and are counted in the summary. Tokens follow the last run: changing
+--num-words or --max-len rewrites them (features are copied, not recomputed), and
+a rerun without --captions drops them.
 backbones: """ + ", ".join(sorted(BACKBONES))
 
 
@@ -44,6 +52,9 @@ def register(subparsers):
     parser.add_argument("--overwrite", action="store_true", help="replace a same-named cache that was made with other settings (size, weights, background)")
     parser.add_argument("--zmuv-samples", type=int, default=1000, help="training images sampled to fit zmuv statistics (default: 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds random weights (--weights none) and the augmented views (default: 0)")
+    parser.add_argument("--captions", action="store_true", help="also cache caption token ids and their vocabulary (needs a caption column and a train split)")
+    parser.add_argument("--num-words", type=int, default=10000, metavar="N", help="with --captions: the most token ids, padding and out-of-vocabulary included; the N-2 most frequent training stems are kept (default: 10000)")
+    parser.add_argument("--max-len", type=int, default=None, metavar="T", help="with --captions: tokens per caption; longer ones are cut (default: the 95th percentile of the training captions' token counts)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -57,10 +68,16 @@ def run(args):
         batch_size=args.batch_size, dataset=args.dataset, subset=args.subset, task=args.task,
         allow_unlabelled=args.allow_unlabelled, background=args.background, strict=args.strict,
         overwrite=args.overwrite, zmuv_samples=args.zmuv_samples, seed=args.seed, progress=not args.no_progress,
+        captions=args.captions, num_words=args.num_words, max_len=args.max_len,
     )
     rate = result.computed / result.seconds if result.seconds else 0.0
     print(f"cache: {result.path}")
     print(f"rows: {result.rows} ({result.computed} computed, {result.reused} reused, {result.skipped} skipped) in {result.seconds:.1f} s ({rate:.1f} rows/s)")
+    if result.captions:
+        text = result.captions
+        print(f"captions: {text['vocabulary_size']} token ids (of at most {text['num_words']}), {text['max_len']} tokens "
+              f"each; {text['rows_without_caption']} rows without a caption and {text['rows_without_words']} with "
+              f"only stop words (empty sequences), {text['rows_cut']} cut to {text['max_len']} tokens")
     print(f"summary: {result.summary_path}")
     if result.skipped:
         print(f"skipped images and why: {result.skipped_path}")

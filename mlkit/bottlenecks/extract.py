@@ -6,6 +6,14 @@ its image bytes plus a fingerprint of everything that changes features
 pooling, background colour, the number of augmented views). A rerun copies
 rows whose key is unchanged from the previous cache and recomputes only the
 rest; a run killed at any point continues where it stopped.
+
+With captions, the vocabulary is fitted on the training split's captions and
+every row's token ids are written beside its features. Tokens depend only on
+the captions and the vocabulary, never on image keys: every run encodes all
+rows again (cheap next to the backbone), and a cache whose stored vocabulary
+differs from this run's (other captions, --num-words or --max-len, or a rerun
+without --captions, which drops the tokens) is rewritten with its features
+copied, not recomputed.
 """
 
 import csv
@@ -24,7 +32,7 @@ import numpy as np
 from mlkit import __version__
 from mlkit.backbones import PREPROCESSING, build_backbone, check_choice, feature_extractor, get_backbone
 from mlkit.bottlenecks.cache import (
-    FORMAT_VERSION, create_datasets, partial_path, read_attrs, write_attrs,
+    FORMAT_VERSION, create_datasets, partial_path, read_attrs, write_attrs, write_tokens,
 )
 from mlkit.data.manifest import read_manifest
 from mlkit.errors import CacheError, MlkitError
@@ -50,6 +58,61 @@ class CacheResult:
     reused: int
     skipped: int
     seconds: float
+    captions: dict = None
+
+
+@dataclass
+class CaptionTokens:
+    """The caption vocabulary fitted on the training split, every row's token ids, and counts for the report."""
+
+    vocabulary: dict
+    tokens: np.ndarray
+    report: dict
+
+
+def caption_tokens(table, splits, num_words=10000, max_len=None):
+    """Fits the caption vocabulary on the training rows and encodes every row's caption.
+
+    Args:
+        table: the `Manifest`.
+        splits: each row's split.
+        num_words: the most token ids, padding and OOV included. Defaults to 10000.
+        max_len: tokens per caption. Defaults to the 95th percentile of the training captions'.
+
+    Returns:
+        A `CaptionTokens`; rows without a caption are all padding (0).
+
+    Raises:
+        CacheError: when the manifest has no caption column or no training rows.
+    """
+    from mlkit.text import OOV_ID, CaptionEncoder, fit_vocabulary
+
+    captions = table.captions()
+    if captions is None:
+        raise CacheError(f"--captions: {table.path} has no caption column; add one or drop --captions")
+    train = np.asarray(splits) == "train"
+    if not train.any():
+        raise CacheError(f"--captions fits the vocabulary on the training split, and {table.path} has no rows "
+                         f"with split 'train'; run `mlkit data split {table.path}` first")
+    vocabulary = fit_vocabulary([c for c, is_train in zip(captions, train) if is_train], num_words, max_len)
+    encoder = CaptionEncoder(vocabulary)
+    tokens = np.zeros((len(captions), encoder.max_len), dtype="int32")
+    lengths = np.zeros(len(captions), dtype="int64")
+    oov = np.zeros(len(captions), dtype="int64")
+    for row, caption in enumerate(captions):
+        ids = encoder.ids(caption)
+        lengths[row], oov[row] = len(ids), ids.count(OOV_ID)
+        tokens[row, : min(len(ids), encoder.max_len)] = ids[: encoder.max_len]
+    missing = np.array([c is None for c in captions], dtype=bool)
+    held_out = ~train & ~missing
+    report = {
+        "vocabulary_size": vocabulary["size"], "num_words": vocabulary["num_words"], "max_len": encoder.max_len,
+        "max_len_from": vocabulary["max_len_from"], "stop_words": vocabulary["stop_words_source"],
+        "rows_without_caption": int(missing.sum()), "rows_without_words": int(((lengths == 0) & ~missing).sum()),
+        "rows_cut": int((lengths > encoder.max_len).sum()),
+        "oov_share_outside_train": round(float(oov[held_out].sum() / max(lengths[held_out].sum(), 1)), 4),
+    }
+    return CaptionTokens(vocabulary, tokens, report)
 
 
 def clean_name(text):
@@ -70,7 +133,7 @@ def cache_features(
     manifest, workdir=".", *, backbone="mobilenetv2", weights="imagenet", image_size=None,
     preprocess="inet", pooling="avg", augment_copies=0, batch_size=64, dataset=None, subset=None,
     task=None, allow_unlabelled=False, background="white", strict=False, overwrite=False,
-    zmuv_samples=1000, seed=0, progress=True, on_batch=None,
+    zmuv_samples=1000, seed=0, progress=True, on_batch=None, captions=False, num_words=10000, max_len=None,
 ):
     """Caches a frozen backbone's features for every row of a manifest.
 
@@ -99,6 +162,13 @@ def cache_features(
         seed: seeds random weights and augmented views. Defaults to 0.
         progress: show a progress bar. Defaults to True.
         on_batch: called as `on_batch(rows_done, rows_total)` after each written batch.
+        captions: also store caption token ids (dataset `tokens`) and their
+            vocabulary (attribute `vocabulary`), fitted on the training split
+            (see mlkit.text). Rows without a caption get an empty (all 0)
+            sequence and are counted in the summary. Defaults to False.
+        num_words: with captions, the most token ids, padding and OOV included. Defaults to 10000.
+        max_len: with captions, tokens per caption. Defaults to the 95th
+            percentile of the training captions' token counts.
 
     Returns:
         A `CacheResult`.
@@ -108,6 +178,7 @@ def cache_features(
     if augment_copies < 0 or batch_size < 1:
         raise MlkitError(f"--augment-copies must be >= 0 and --batch-size >= 1 (got {augment_copies}, {batch_size})")
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
+    text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     name = cache_name(manifest, backbone, preprocess, pooling, dataset, subset)
     folder = Path(workdir) / "bottlenecks"
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,7 +190,7 @@ def cache_features(
         "augment_copies": int(augment_copies),
     }
     _check_same_settings(final, settings, overwrite)
-    job = _Job(table, settings, info, seed, final)
+    job = _Job(table, settings, info, seed, final, text)
     job.fit_preprocessing(zmuv_samples, progress)
     if job.final_is_current():
         log.info("%s is up to date", final)
@@ -128,6 +199,7 @@ def cache_features(
     job.extractor = feature_extractor(model, get_backbone(backbone), preprocess, info["image_size"], job.mean, job.std)
     job.forward = _compiled_forward(job.extractor, batch_size)
     with job.open_partial() as h5:
+        write_tokens(h5, *((text.tokens, text.vocabulary) if text else ()))
         reused = job.reused
         computed = job.compute(h5, batch_size, progress, on_batch)
         result = job.finish(h5, strict)
@@ -154,8 +226,9 @@ def _check_same_settings(final, settings, overwrite):
 class _Job:
     """One run's state: the manifest, settings, fingerprint and row bookkeeping."""
 
-    def __init__(self, table, settings, info, seed, final):
+    def __init__(self, table, settings, info, seed, final, text=None):
         self.table, self.settings, self.info, self.seed, self.final = table, settings, info, seed, final
+        self.text = text
         self.partial = partial_path(final)
         self.paths = [str(p) for p in table.image_paths()]
         self.splits = table.splits()
@@ -210,6 +283,8 @@ class _Job:
             with h5py.File(self.final, "r") as h5:
                 attrs = read_attrs(h5)
                 if attrs.get("fingerprint") != self.fingerprint or attrs.get("manifest_sha256") != self.table.manifest_hash():
+                    return False
+                if not same_vocabulary(attrs.get("vocabulary"), self.text.vocabulary if self.text else None):
                     return False
                 stats = np.stack([h5["file_size"][...], h5["file_mtime_ns"][...]], axis=1)
                 done = h5["done"][...]
@@ -384,13 +459,21 @@ class _Job:
             "feature_shape": self.info["feature_shape"], "rows": result["rows"], "rows_done": int(done.sum()), "rows_by_split": splits,
             "computed": result["computed"], "reused": result["reused"], "skipped": result["skipped"],
             "seconds": round(result["seconds"], 2)}
+        if self.text:
+            summary["captions"] = self.text.report
         summary_path = self.final.with_suffix(".json")
         tmp = summary_path.with_name(summary_path.name + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         os.replace(tmp, summary_path)
         return CacheResult(path=self.final, summary_path=summary_path, skipped_path=result["skipped_path"],
                            rows=result["rows"], computed=result["computed"], reused=result["reused"],
-                           skipped=result["skipped"], seconds=result["seconds"])
+                           skipped=result["skipped"], seconds=result["seconds"],
+                           captions=self.text.report if self.text else None)
+
+
+def same_vocabulary(stored, wanted):
+    """True when a cache's stored vocabulary (None: no tokens) is the one this run wants."""
+    return json.dumps(stored, sort_keys=True) == json.dumps(wanted, sort_keys=True)
 
 
 def _compiled_forward(extractor, batch_size):
