@@ -1,0 +1,167 @@
+"""`mlkit finetune`, `mlkit export`, `mlkit predict` and `mlkit demo`: thin parsers over mlkit.models."""
+
+import argparse
+
+from mlkit.models.augment import describe_codes
+
+FINETUNE_EPILOG = """\
+Augmentation codes (--augment, any order, or 'none'):
+{codes}
+
+Writes, under WORKDIR/models/ (RUN = the top's run name + _<frozen>_lr<XY>_b<B>_<aug>):
+  RUN.keras   uint8 images of any size -> {{"scores", "labels"}}; resize, preprocessing,
+              backbone, head and the label decision inside
+  RUN.json    label names, the decision rule and its thresholds, test metrics beside the
+              cached top's, and the resolved config
+  RUN.csv     the epoch log
+Rerun the same command to resume a killed run from its last finished epoch.
+
+Examples:
+  mlkit finetune bottlenecks/coco_2017_vgg16_inet_avg.h5 --top best --freeze block5 --lr 0.001
+  mlkit finetune CACHE --top RUN --freeze all --warmup-epochs 1 --augment hwrszf --mixed-precision
+"""
+
+
+def register(subparsers):
+    """Adds finetune, export, predict and demo."""
+    add_finetune(subparsers)
+    add_export(subparsers)
+    add_predict(subparsers)
+    add_demo(subparsers)
+
+
+def add_finetune(subparsers):
+    parser = subparsers.add_parser(
+        "finetune", help="3. fine-tune the best top on its backbone end to end, then export",
+        description="Put a tuned top back on the cache's backbone, train end to end on the images with "
+                    "tf.data augmentation, fit the label decision on validation, report on test, and "
+                    "export one model that takes raw images.",
+        epilog=FINETUNE_EPILOG.format(codes=describe_codes()), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cache", help="bottleneck cache (.h5) the top was tuned on")
+    parser.add_argument("--top", default="best", help="a run name from WORKDIR/tuning, or 'best' (default: the "
+                                                      "first in tuning/summary.csv tuned on this cache)")
+    parser.add_argument("--freeze", default="all",
+                        help="backbone layers kept frozen: 'all' (default; train the head on augmented images), "
+                             "a number of leading layers (e.g. 15), or a block name to train from (e.g. block5)")
+    parser.add_argument("--warmup-epochs", type=int, default=0,
+                        help="epochs training the head alone before unfreezing (fastai's fine_tune; default 0)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
+    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--epochs", type=int, default=10, help="most epochs (default 10)")
+    parser.add_argument("--patience", type=int, default=3, help="early stopping patience on val_loss (default 3)")
+    parser.add_argument("--augment", default="hwrszf", help="augmentation codes, or 'none' (default hwrszf)")
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="sgd with momentum (default) or adam")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    parser.add_argument("--decision", default=None,
+                        help="multilabel rule fitted on validation: cardinality (default), fbeta:B, per-class:B, "
+                             "threshold:T, topk:K (see `mlkit evaluate --help`)")
+    parser.add_argument("--min-labels", type=int, default=0, help="at least this many labels per image (default 0)")
+    parser.add_argument("--max-labels", type=int, default=None, help="at most this many labels per image")
+    parser.add_argument("--weights", default=None,
+                        help="where the backbone weights come from, if not where the cache says (must hash the same)")
+    parser.add_argument("--image-root", default=None,
+                        help="folder the cache's relative image paths start from (default: the manifest's folder)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="mixed_float16 on a GPU (mixed_bfloat16 on CPU); the exported model stays float32")
+    parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--strategy", default="none", choices=("none", "mirrored", "multiworker"),
+                        help="tf.distribute: mirrored (all local GPUs) or multiworker (workers from TF_CONFIG)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="redo a finished run")
+    parser.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
+    parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
+    parser.set_defaults(func=run_finetune)
+
+
+def run_finetune(args):
+    from mlkit.models.finetune import finetune
+
+    result = finetune(
+        args.cache, args.top, args.workdir, image_root=args.image_root, overwrite=args.overwrite,
+        progress=not args.no_progress, freeze=args.freeze, lr=args.lr, batch=args.batch, epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs, augment=args.augment, optimizer=args.optimizer, momentum=args.momentum,
+        patience=args.patience, decision=args.decision or "", min_labels=args.min_labels, max_labels=args.max_labels,
+        weights=args.weights or "", mixed_precision=args.mixed_precision, jit=args.jit, strategy=args.strategy,
+        seed=args.seed,
+    )
+    print(describe_result(result))
+    return 0
+
+
+def describe_result(result):
+    """Where the model went and the test metric beside the cached top's."""
+    name, finetuned, cached = result.headline
+    lines = [f"model: {result.model_path}", f"record: {result.json_path}", f"log: {result.csv_path}",
+             f"test {name}: {finetuned:.4f} fine-tuned vs {cached:.4f} for the cached top alone"]
+    if result.report["task"] == "multilabel":
+        decision = result.report["decision"]
+        lines.append(f"decision: {decision['spec']} (threshold {decision['threshold']}), fitted on validation")
+    return "\n".join(lines)
+
+
+def add_export(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="write an exported model as a SavedModel, TFLite or ONNX",
+        description="Write models/RUN.keras in serving formats beside it. The SavedModel serves with TensorFlow "
+                    "alone: tf.saved_model.load(PATH).serve(uint8_images) or .serve_bytes(encoded_files), "
+                    "each returning {'scores', 'labels'}.")
+    parser.add_argument("model", help="a run name under WORKDIR/models, or a .keras path")
+    parser.add_argument("--format", default="savedmodel",
+                        help="comma-separated: savedmodel (default), tflite, onnx (ONNX needs mlkit[export])")
+    parser.add_argument("--out", default=None, help="output folder (default: beside the .keras file)")
+    parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
+    parser.set_defaults(func=run_export)
+
+
+def run_export(args):
+    from mlkit.models.export import export_model
+
+    written = export_model(args.model, [f.strip() for f in args.format.split(",") if f.strip()],
+                           args.workdir, args.out)
+    for fmt, path in written.items():
+        print(f"{fmt}: {path}")
+    return 0
+
+
+def add_predict(subparsers):
+    parser = subparsers.add_parser(
+        "predict", help="label images, folders or a manifest with an exported model",
+        description="Ranked labels with scores per image; '*' marks the labels the model's decision rule "
+                    "chose, '+' true labels (when the input is a manifest). Unreadable images are reported, "
+                    "not fatal.")
+    parser.add_argument("model", help="a run name under WORKDIR/models, or a .keras path")
+    parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or a manifest")
+    parser.add_argument("--top", type=int, default=5, help="ranked labels shown per image (default 5)")
+    parser.add_argument("--csv", default=None, help="also write one row per image to this CSV")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table (with --csv)")
+    parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
+    parser.set_defaults(func=run_predict)
+
+
+def run_predict(args):
+    from mlkit.models.predict import format_predictions, predict
+
+    results = predict(args.model, args.inputs, workdir=args.workdir, top=args.top, csv_path=args.csv)
+    if not args.quiet:
+        print(format_predictions(results))
+    failed = sum(1 for r in results if r.error)
+    print(f"{len(results) - failed} images labelled, {failed} unreadable" + (f"; CSV: {args.csv}" if args.csv else ""))
+    return 0
+
+
+def add_demo(subparsers):
+    parser = subparsers.add_parser(
+        "demo", help="the whole pipeline on built-in synthetic data, offline, on CPU",
+        description="Synthesise a multilabel image set, split it, cache features, tune a small grid of top "
+                    "models, fine-tune the best end to end, export it and label a few images, printing where "
+                    "each artifact goes and the test metrics of the cached top and of the fine-tuned model.")
+    parser.add_argument("--workdir", default="demo", help="workspace folder for everything (default: ./demo)")
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (for CI): fewer images and epochs")
+    parser.set_defaults(func=run_demo)
+
+
+def run_demo(args):
+    from mlkit.models.demo import run_demo as demo
+
+    demo(args.workdir, quick=args.quick)
+    return 0

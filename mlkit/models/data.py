@@ -1,0 +1,124 @@
+"""The images behind a bottleneck cache, as tf.data pipelines for fine-tuning and scoring.
+
+Fine-tuning reads the same rows the cache holds (its `image` paths, labels and
+splits; rows the cache skipped as unreadable stay out) and decodes them the
+way the cache did: PIL in parallel through tf.data (EXIF rotation, CMYK,
+16-bit, transparency on the cache's background), then the one shared resize
+(`mlkit.images.resize_images`). An image that cannot be read any more is
+reported and given no weight, not fatal.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mlkit.errors import MlkitError
+from mlkit.images import ImageReadError, decode_image, parse_background, read_bytes, resize_images
+
+log = logging.getLogger(__name__)
+
+# Decoded, resized float32 pixels are kept in memory across epochs below this size.
+DEFAULT_MEMORY_CACHE = 2 << 30
+
+
+class ImageRows:
+    """Paths, labels and splits of a cache's usable rows.
+
+    Args:
+        cache: an open `FeatureCache`.
+        image_root: folder that relative image paths are resolved against.
+            Defaults to the folder of the manifest the cache was made from.
+    """
+
+    def __init__(self, cache, image_root=None):
+        self.cache = cache
+        root = Path(image_root or cache.attrs.get("manifest_root") or ".")
+        self.rows = cache.indices()
+        images = cache.read("image", self.rows)
+        self.paths = np.array([str(p if Path(p).is_absolute() else root / p) for p in images], dtype=object)
+        self.labels = cache.read("labels", self.rows)
+        self.splits = np.asarray(cache.read("split", self.rows))
+        self.background = parse_background(cache.attrs.get("background", "255,255,255"))
+        self.image_size = int(cache.attrs["image_size"])
+        self.failures = {}
+        missing = [p for p in self.paths[:1000] if not Path(p).exists()]
+        if len(missing) == min(len(self.paths), 1000) and missing:
+            raise MlkitError(
+                f"none of the cache's images can be found (first: {missing[0]}); the cache was made from "
+                f"{root}: pass --image-root with the folder that now holds them")
+
+    def split(self, name):
+        """(paths, labels) of one split; an error naming the splits there are when it is empty."""
+        mask = self.splits == name
+        if not mask.any():
+            raise MlkitError(f"{self.cache.path} has no usable rows in split {name!r} (splits: "
+                             f"{sorted(set(self.splits))}); run `mlkit data split MANIFEST` and rerun cache-features")
+        return self.paths[mask], self.labels[mask]
+
+    def dataset(self, paths, targets=None, *, batch_size, shuffle=False, augment=(), seed=0,
+                memory_cache=DEFAULT_MEMORY_CACHE):
+        """A batched, prefetched tf.data pipeline of float pixels in [0, 255] (and targets, weights).
+
+        Args:
+            paths: image paths.
+            targets: per-row training targets, or None to yield pixels only. With
+                targets each element is (pixels, targets, weight), weight 0
+                for an image that could not be read.
+            batch_size: images per batch.
+            shuffle: reshuffle every epoch. Defaults to False.
+            augment: Keras preprocessing layers applied per batch. Defaults to none.
+            seed: shuffling seed. Defaults to 0.
+            memory_cache: keep decoded images in memory when they fit in this many bytes.
+        """
+        import tensorflow as tf
+
+        size = self.image_size
+        index = np.arange(len(paths), dtype="int64")
+        data = tf.data.Dataset.from_tensor_slices(index)
+        decode = self._decoder(list(paths))
+
+        def load(i):
+            pixels, ok = tf.numpy_function(decode, [i], [tf.uint8, tf.bool], stateful=False)
+            pixels.set_shape([None, None, 3])
+            ok.set_shape([])
+            return i, ok, resize_images(tf.cast(pixels, tf.float32), size)
+
+        data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if len(paths) * size * size * 3 * 4 <= memory_cache:
+            data = data.cache()
+        if shuffle:
+            data = data.shuffle(min(len(paths), 10000), seed=seed, reshuffle_each_iteration=True)
+        if targets is not None:
+            # An unreadable image stays in the batch as a blank with weight 0, so batches
+            # keep their count (Keras knows the epoch's length) and labels stay aligned.
+            table = tf.constant(np.asarray(targets))
+            data = data.map(lambda i, ok, pixels: (pixels, tf.gather(table, i), tf.cast(ok, tf.float32)))
+        else:
+            data = data.map(lambda i, ok, pixels: pixels)
+        data = data.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
+        if augment:
+            def apply(pixels, *rest):
+                for layer in augment:
+                    pixels = layer(pixels, training=True)
+                return (pixels, *rest) if rest else pixels
+
+            data = data.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+        return data.prefetch(tf.data.AUTOTUNE)
+
+    def _decoder(self, paths):
+        def decode(i):
+            path = paths[int(i)]
+            try:
+                return decode_image(read_bytes(path), path, self.background), np.bool_(True)
+            except ImageReadError as error:
+                if path not in self.failures:
+                    log.warning("skipping %s: %s", path, error.reason)
+                self.failures[path] = error.reason
+                return np.zeros((1, 1, 3), np.uint8), np.bool_(False)
+
+        return decode
+
+    def readable(self, paths):
+        """Which of `paths` decode, as a bool mask (scoring needs rows aligned with labels)."""
+        return np.array([path not in self.failures for path in paths])

@@ -1,0 +1,216 @@
+"""Loading an exported model and writing it in serving formats: SavedModel, TFLite, ONNX.
+
+`models/<run>.keras` is the model; `mlkit export RUN --format ...` writes
+beside it:
+
+    <run>.savedmodel/   TensorFlow SavedModel. Signatures:
+                          serving_default / serve: uint8 images (N, H, W, 3) of any size
+                          serve_bytes: encoded image files (N,) as tf.string (JPEG, PNG, GIF, BMP)
+                        both return {"scores", "labels"}. Loads with TensorFlow alone:
+                          m = tf.saved_model.load(path); m.serve(images)["labels"]
+    <run>.tflite        TFLite, and
+    <run>.onnx          ONNX (needs `pip install "mlkit[export]"`): uint8 images at the model's
+                        own size (N, S, S, 3), returning {"scores", "labels"}. Neither format has
+                        TensorFlow's antialiased resize (ScaleAndTranslate), so resize first with
+                        `mlkit.images.resize_images` (bilinear, antialias) as the model would
+
+`serve_bytes` decodes with TensorFlow's decoders, which do not apply EXIF
+orientation or composite transparency on the training background; for
+photos with EXIF rotation, decode yourself (or use `mlkit predict`) and call
+`serve`.
+"""
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from mlkit.errors import MlkitError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+ONNX_OPSET = 17
+
+
+def model_paths(model, workdir="."):
+    """(`.keras` path, `.json` path) for a model path or a run name in `<workdir>/models/`."""
+    text = str(model)
+    path = Path(text)
+    if path.suffix != ".keras":
+        path = Path(workdir) / "models" / f"{text}.keras"
+    record = path.with_suffix(".json")
+    if not path.exists():
+        folder = path.parent
+        known = sorted(p.stem for p in folder.glob("*.keras")) if folder.exists() else []
+        hint = f"; models there: {', '.join(known[:10])}" if known else f"; run `mlkit finetune` to make one"
+        raise MlkitError(f"no exported model at {path}{hint}")
+    return path, record
+
+
+def load_model(model, workdir="."):
+    """The exported Keras model and its record (`<run>.json`).
+
+    Args:
+        model: a `.keras` path or a run name under `<workdir>/models/`.
+        workdir: the workspace. Defaults to ".".
+
+    Returns:
+        (keras.Model, dict): the record holds label names, the decision rule,
+        the metrics and the config; empty when the JSON is missing.
+    """
+    import keras
+
+    import mlkit.models.layers  # noqa: F401  (registers mlkit>LabelDecision and mlkit>Unscale)
+
+    path, record_path = model_paths(model, workdir)
+    try:
+        loaded = keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        raise MlkitError(f"cannot load {path}: {type(error).__name__}: {error}") from None
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    return loaded, record
+
+
+def export_model(model, formats=("savedmodel",), workdir=".", out_dir=None):
+    """Writes the exported model in serving formats.
+
+    Args:
+        model: a `.keras` path or a run name under `<workdir>/models/`.
+        formats: any of "savedmodel", "tflite", "onnx". Defaults to ("savedmodel",).
+        workdir: the workspace. Defaults to ".".
+        out_dir: where to write. Defaults to beside the `.keras` file.
+
+    Returns:
+        {format: path written}.
+
+    Example:
+        paths = export_model("models/coco_2017_vgg16_inet_avg_1x1024d5_lr12_b64_15_lr13_b32_hwrszf.keras",
+                             formats=("savedmodel", "tflite"))
+    """
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise MlkitError(f"--format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
+    path, _ = model_paths(model, workdir)
+    keras_model, record = load_model(path)
+    folder = Path(out_dir or path.parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = path.stem
+    written = {}
+    if "savedmodel" in formats:
+        written["savedmodel"] = write_savedmodel(keras_model, folder / f"{stem}.savedmodel")
+    if "tflite" in formats:
+        written["tflite"] = write_tflite(keras_model, record, folder / f"{stem}.tflite")
+    if "onnx" in formats:
+        written["onnx"] = write_onnx(keras_model, record, folder / f"{stem}.onnx")
+    return written
+
+
+def _replace_dir(partial, final):
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def write_savedmodel(model, path):
+    """A SavedModel with `serve` (uint8 images) and `serve_bytes` (encoded files) endpoints."""
+    import keras
+    import tensorflow as tf
+
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+
+    def serve(images):
+        return model(images, training=False)
+
+    def one_file(data):
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        outputs = model(image[None], training=False)
+        return {key: value[0] for key, value in outputs.items()}
+
+    def serve_bytes(files):
+        specs = {key: tf.TensorSpec(value.shape[1:], value.dtype) for key, value in model.output.items()}
+        return tf.map_fn(one_file, files, fn_output_signature=specs)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")])
+    archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name="files")])
+    archive.write_out(str(partial), verbose=False)
+    _replace_dir(partial, path)
+    return path
+
+
+def fixed_size_function(model, record):
+    """uint8 (N, S, S, 3) at the model's own size -> {"scores", "labels"}, without the resize layer.
+
+    TFLite and ONNX have no antialiased resize (TensorFlow's ScaleAndTranslate),
+    and at the model's own size that resize is the identity, so these formats
+    take images already resized to S x S.
+    """
+    import tensorflow as tf
+
+    size = int((record.get("input") or {}).get("image_size") or model.get_layer("resize").height)
+    network = model.get_layer("network")
+
+    @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8, name="images")])
+    def serve(images):
+        return _heads(model, network(tf.cast(images, tf.float32), training=False))
+
+    return serve
+
+
+def write_tflite(model, record, path):
+    """A TFLite model of `fixed_size_function` (builtin ops, Flex where needed)."""
+    import tensorflow as tf
+
+    import tempfile
+
+    import keras
+
+    serve = fixed_size_function(model, record)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve.python_function, input_signature=serve.input_signature)
+    # Through a SavedModel, so the TFLite file keeps a named "serve" signature (images -> scores, labels).
+    with tempfile.TemporaryDirectory() as folder:
+        archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:
+            raise MlkitError(f"TFLite conversion failed: {type(error).__name__}: {error}") from None
+    partial = Path(path).with_name(f".{Path(path).name}.partial")
+    partial.write_bytes(flatbuffer)
+    os.replace(partial, path)
+    return Path(path)
+
+
+def write_onnx(model, record, path):
+    """An ONNX model of `fixed_size_function` (needs tf2onnx)."""
+    try:
+        import tf2onnx
+    except ImportError:
+        raise MlkitError('ONNX export needs tf2onnx and onnx: pip install "mlkit[export]"') from None
+
+    serve = fixed_size_function(model, record)
+    partial = Path(path).with_name(f".{Path(path).name}.partial")
+    try:
+        tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=ONNX_OPSET,
+                                      output_path=str(partial))
+    except Exception as error:
+        raise MlkitError(f"ONNX conversion failed: {type(error).__name__}: {error}") from None
+    os.replace(partial, path)
+    return Path(path)
+
+
+def _heads(model, scores):
+    """The layers after the network (decision, unscaling) applied to its scores."""
+    if "unscale" in [layer.name for layer in model.layers]:
+        predictions = model.get_layer("unscale")(scores)
+        return {"scores": predictions, "labels": predictions}
+    return {"scores": scores, "labels": model.get_layer("labels")(scores)}

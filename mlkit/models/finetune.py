@@ -1,0 +1,479 @@
+"""Stage 3: fine-tune a tuned top end to end on the images, decide labels, and export.
+
+`finetune` rebuilds the backbone exactly as the cache records it (its weights
+hash must match), puts the stage-2 top on it, trains through tf.data with
+augmentation, fits the label decision on the validation split, reports on
+the test split beside the cached top's own result, and writes:
+
+    models/<run>.keras   uint8 images of any size -> {"scores", "labels"}
+    models/<run>.json    labels, the fitted rule, test metrics, the baseline, the resolved config
+    models/<run>.csv     the epoch log
+
+`<run>` is the top's run name plus the fine-tuning suffix
+`_<frozen>_lr<XY>_b<B>_<aug>` (see `mlkit.runs`). A killed run resumes from its
+last finished epoch (Keras's BackupAndRestore, kept in `models/.<run>.work/`);
+a finished one is not redone.
+"""
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlkit import __version__
+from mlkit.bottlenecks.cache import FeatureCache, open_cache
+from mlkit.decisions import parse_rule
+from mlkit.errors import MlkitError
+from mlkit.models.augment import augmentation_layers, parse_augment
+from mlkit.models.data import DEFAULT_MEMORY_CACHE, ImageRows
+from mlkit.runs import encode_lr, parse_run_name
+from mlkit.tuning.config import write_json
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("none", "mirrored", "multiworker")
+OPTIMIZERS = ("sgd", "adam")
+# Gradients of a whole backbone are clipped to this global norm: the top standardises its
+# features with frozen statistics, and a feature that was near constant in the cache would
+# otherwise turn a first large step into a diverging run.
+CLIPNORM = 1.0
+HEADLINE = {"multilabel": ("micro F1", lambda r: r["micro"]["f1"]),
+            "multiclass": ("accuracy", lambda r: r["accuracy"]),
+            "regression": ("MAE", lambda r: r["mae"])}
+
+
+@dataclass
+class FinetuneConfig:
+    """The fine-tuning settings; saved in `models/<run>.json` beside the top's config."""
+
+    top: str = "best"
+    freeze: str = "all"
+    lr: float = 1e-3
+    batch: int = 32
+    epochs: int = 10
+    warmup_epochs: int = 0
+    augment: str = "hwrszf"
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    patience: int = 3
+    decision: str = ""
+    min_labels: int = 0
+    max_labels: int = None
+    weights: str = ""
+    mixed_precision: bool = False
+    jit: bool = False
+    strategy: str = "none"
+    seed: int = 0
+    memory_cache: int = DEFAULT_MEMORY_CACHE
+    frozen: object = None
+
+    def validate(self):
+        self.augment = parse_augment(self.augment)
+        for name, minimum in (("batch", 1), ("epochs", 1), ("warmup_epochs", 0), ("patience", 1)):
+            if int(getattr(self, name)) < minimum:
+                raise MlkitError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= {minimum}")
+        if not float(self.lr) > 0:
+            raise MlkitError(f"--lr {self.lr}: learning rates must be positive")
+        encode_lr(self.lr)
+        if self.optimizer not in OPTIMIZERS:
+            raise MlkitError(f"--optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
+        if self.strategy not in STRATEGIES:
+            raise MlkitError(f"--strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        return self
+
+    def run_options(self):
+        """Fine-tuning settings that change what is trained, as run-name options."""
+        options = {}
+        if self.warmup_epochs:
+            options["wu"] = str(self.warmup_epochs)
+        if self.optimizer != "sgd":
+            options["ftopt"] = self.optimizer
+        return options
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune` made and measured."""
+
+    run: str
+    model_path: Path
+    json_path: Path
+    csv_path: Path
+    report: dict = field(repr=False)
+    baseline: dict = field(repr=False)
+    seconds: float = 0.0
+
+    @property
+    def headline(self):
+        """(metric name, fine-tuned value, cached-top value) on the test split."""
+        task = self.report["task"]
+        name, get = HEADLINE[task]
+        return name, get(self.report), get(self.baseline)
+
+
+def finetune(cache, top="best", workdir=".", *, image_root=None, overwrite=False, progress=True, **settings):
+    """Fine-tunes a tuned top on its backbone end to end, fits the decision, and exports the model.
+
+    Args:
+        cache: path of the bottleneck cache (.h5) the top was tuned on, or an open `FeatureCache`.
+        top: a run name from `tuning/`, or "best" (first in `tuning/summary.csv`
+            among this cache's runs). Defaults to "best".
+        workdir: the workspace holding `tuning/`; `models/` is written there. Defaults to ".".
+        image_root: folder the cache's relative image paths resolve against.
+            Defaults to the folder of the manifest the cache was made from.
+        overwrite: redo a finished run. Defaults to False.
+        progress: show Keras's progress bars. Defaults to True.
+        **settings: `FinetuneConfig` fields: freeze ("all", a number of layers
+            or a block name), lr, batch, epochs, warmup_epochs, augment codes,
+            optimizer, momentum, patience, decision (rule spec; default
+            cardinality for multilabel), min_labels, max_labels, weights,
+            mixed_precision, jit, strategy (none|mirrored|multiworker), seed.
+
+    Returns:
+        A `FinetuneResult`.
+
+    Example:
+        result = finetune("bottlenecks/synth_all_vgg16_inet_avg.h5", top="best", freeze="0",
+                          lr=1e-3, epochs=5, augment="hwf")
+        print(result.headline)   # ('micro F1', 0.71, 0.55)
+    """
+    started = time.perf_counter()
+    config = FinetuneConfig(top=str(top), **settings).validate()
+    cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
+    workdir = Path(workdir)
+    top_run = select_top(workdir, cache, top)
+    with precision_policy(config.mixed_precision):
+        strategy = make_strategy(config.strategy)
+        job = _Job(cache, workdir, top_run, config, strategy, image_root)
+        done = job.finished()
+        if done is not None and not overwrite:
+            log.info("%s is already fine-tuned: %s", job.run, job.paths["json"])
+            return done
+        if overwrite:
+            shutil.rmtree(job.work, ignore_errors=True)
+        job.train(progress)
+        result = job.evaluate_and_export(progress)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def select_top(workdir, cache, top):
+    """The top's run name: given, or the best of `tuning/summary.csv` trained on this cache."""
+    folder = Path(workdir) / "tuning"
+    if top != "best":
+        parse_run_name(top)
+        return str(top)
+    summary = folder / "summary.csv"
+    if not summary.exists():
+        raise MlkitError(f"--top best needs {summary}; run `mlkit tune-top {cache.path}` first, or name a run")
+    import pandas as pd
+
+    for run in pd.read_csv(summary)["run"]:
+        record = folder / f"{run}.json"
+        if record.exists() and Path(json.loads(record.read_text())["config"].get("cache", "")).name == cache.path.name:
+            return str(run)
+    raise MlkitError(f"{summary} lists no finished run tuned on {cache.path.name}; run `mlkit tune-top {cache.path}`")
+
+
+@contextlib.contextmanager
+def precision_policy(mixed):
+    """mixed_float16 on a GPU, mixed_bfloat16 on CPU (where float16 math is slow), restored after."""
+    import keras
+    import tensorflow as tf
+
+    previous = keras.config.dtype_policy()
+    if mixed:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        keras.config.set_dtype_policy(policy)
+        log.info("mixed precision: %s", policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def make_strategy(name):
+    """A tf.distribute strategy: the default (none), MirroredStrategy (all local GPUs, or the CPU),
+    or MultiWorkerMirroredStrategy (workers from TF_CONFIG; one worker without it)."""
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (RuntimeError, ValueError) as error:
+            raise MlkitError(f"--strategy multiworker must start before TensorFlow does anything else in the "
+                             f"process, with TF_CONFIG set on every worker: {error}") from None
+    return tf.distribute.get_strategy()
+
+
+def finetune_run_name(top_run, frozen, config):
+    """The top's run name with the fine-tuning suffix and options added."""
+    run = parse_run_name(top_run)
+    options = dict(run.options)
+    clash = sorted(set(options) & set(config.run_options()))
+    if clash:
+        raise MlkitError(f"top run {top_run} already has option(s) {', '.join(clash)}")
+    options.update(config.run_options())
+    return str(type(run)(**{**asdict(run), "frozen": frozen, "ft_lr": float(config.lr), "ft_batch": int(config.batch),
+                            "aug": config.augment, "options": options}))
+
+
+def read_log(path):
+    """The epoch log's rows, one per epoch (the last kept when a resumed run wrote an epoch twice)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as handle:
+        rows = {int(row["epoch"]): row for row in csv.DictReader(handle) if row.get("epoch", "").isdigit()}
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
+class _Job:
+    """One fine-tuning run: its model, data, files and phases."""
+
+    def __init__(self, cache, workdir, top_run, config, strategy, image_root):
+        import keras
+
+        from mlkit.models.network import build_network, check_top_matches, rebuild_backbone, resolve_freeze
+        from mlkit.tuning.data import target_scale
+        from mlkit.tuning.top import load_top
+
+        self.cache, self.workdir, self.config, self.strategy = cache, workdir, config, strategy
+        self.attrs = cache.attrs
+        with strategy.scope():
+            self.backbone, self.spec = rebuild_backbone(self.attrs, config.weights or None)
+            self.top, self.top_config = load_top(workdir, top_run)
+            check_top_matches(self.top_config, cache)
+            self.network = build_network(self.backbone, self.spec, self.attrs, self.top)
+        config.frozen = resolve_freeze(self.backbone, config.freeze)
+        self.task = cache.task
+        self.top_run = top_run
+        self.run = finetune_run_name(top_run, config.frozen, config)
+        folder = workdir / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.paths = {"keras": folder / f"{self.run}.keras", "json": folder / f"{self.run}.json",
+                      "csv": folder / f"{self.run}.csv"}
+        self.work = folder / f".{self.run}.work"
+        self.rows = ImageRows(cache, image_root)
+        train_labels = self.rows.split("train")[1]
+        self.target_low = self.target_high = None
+        if self.task == "regression":
+            self.target_low, self.target_high = target_scale(cache, np.asarray(train_labels, "float64"))
+        keras.utils.set_random_seed(config.seed)
+
+    # -- state ------------------------------------------------------------------------------
+    def finished(self):
+        """The finished run's result, or None."""
+        path = self.paths["json"]
+        if not (path.exists() and self.paths["keras"].exists()):
+            return None
+        record = json.loads(path.read_text())
+        if record.get("status") != "complete":
+            return None
+        return FinetuneResult(self.run, self.paths["keras"], path, self.paths["csv"], record["test"], record["baseline"])
+
+    def targets(self, labels):
+        if self.task == "multilabel":
+            return np.asarray(labels, "float32")
+        if self.task == "multiclass":
+            return np.asarray(labels, "int32")
+        scaled = (np.asarray(labels, "float64") - self.target_low) / (self.target_high - self.target_low)
+        return scaled.astype("float32")
+
+    def dataset(self, split, training):
+        paths, labels = self.rows.split(split)
+        config = self.config
+        augment = augmentation_layers(config.augment, config.seed) if training else ()
+        return self.rows.dataset(paths, self.targets(labels), batch_size=config.batch, shuffle=training,
+                                 augment=augment, seed=config.seed, memory_cache=config.memory_cache)
+
+    # -- training ---------------------------------------------------------------------------
+    def compile(self):
+        import keras
+
+        from mlkit.tuning.top import make_loss
+
+        config = self.config
+        with self.strategy.scope():
+            if config.optimizer == "adam":
+                optimizer = keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=CLIPNORM)
+            else:
+                optimizer = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum, global_clipnorm=CLIPNORM)
+            pos_weight = np.asarray(self.top_config.pos_weight, "float32") if self.top_config.pos_weight else None
+            self.network.compile(optimizer=optimizer, loss=make_loss(self.top_config, self.network.output_shape[-1], pos_weight),
+                                 jit_compile=bool(config.jit))
+
+    def train(self, progress):
+        """Warm-up (head only) then the main phase; each resumes from its last finished epoch."""
+        from mlkit.models.network import apply_freeze
+
+        config = self.config
+        self.work.mkdir(parents=True, exist_ok=True)
+        write_json(self.work / "config.json", {"run": self.run, "top": self.top_run, "finetune": asdict(config)})
+        apply_freeze(self.backbone, config.frozen)
+        self.trainable_summary = {"trainable_weights": int(sum(np.prod(w.shape) for w in self.network.trainable_weights)),
+                                  "frozen_layers": config.frozen}
+        trained = self.work / "trained.weights.h5"
+        if trained.exists():
+            self.network.load_weights(trained)
+            return
+        train, val = self.dataset("train", True), self.dataset("val", False)
+        warm = self.work / "warmup.weights.h5"
+        if config.warmup_epochs and config.frozen != "all":
+            if warm.exists():
+                self.network.load_weights(warm)
+            else:
+                apply_freeze(self.backbone, "all")
+                self.compile()
+                self.fit(train, val, config.warmup_epochs, "warmup", progress)
+                self.network.save_weights(warm)
+        apply_freeze(self.backbone, config.frozen)
+        log.info("fine-tuning %s: %s backbone layers frozen, %d trainable weights", self.run, config.frozen,
+                 self.trainable_summary["trainable_weights"])
+        self.compile()
+        self.fit(train, val, config.epochs, "main", progress)
+        best = self.work / "best.weights.h5"
+        if best.exists():
+            self.network.load_weights(best)
+        if not all(np.isfinite(np.asarray(w)).all() for w in self.network.weights):
+            shutil.rmtree(self.work / "backup_main", ignore_errors=True)
+            raise MlkitError(f"fine-tuning {self.run} diverged (the loss became NaN before any epoch improved on "
+                             "validation); lower --lr, freeze more layers (--freeze) or add --warmup-epochs")
+        # Marks the training as done: a crash while exporting resumes there, not from epoch 0.
+        self.network.save_weights(self.work / ".trained.weights.h5")
+        os.replace(self.work / ".trained.weights.h5", trained)
+
+    def fit(self, train, val, epochs, phase, progress):
+        import keras
+
+        log_path = self.work / f"{phase}.csv"
+        previous = [float(row["val_loss"]) for row in read_log(log_path) if row.get("val_loss")]
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(self.work / f"backup_{phase}")),
+            keras.callbacks.CSVLogger(str(log_path), append=True),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+        if phase == "main":
+            callbacks.insert(1, keras.callbacks.ModelCheckpoint(
+                str(self.work / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True,
+                initial_value_threshold=min(previous) if previous else None))
+        self.network.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False,
+                         verbose=1 if progress else 2)
+
+    # -- decision, report, export -----------------------------------------------------------
+    def scores(self, split):
+        """(scores, labels) of one split from the network, rows that failed to decode left out."""
+        paths, labels = self.rows.split(split)
+        data = self.rows.dataset(paths, None, batch_size=self.config.batch, memory_cache=0)
+        scores = self.network.predict(data, verbose=0)
+        keep = self.rows.readable(paths)
+        return scores, labels[keep]
+
+    def cached_scores(self, split):
+        """The stage-2 top's scores on the cached features: the baseline fine-tuning must beat."""
+        from mlkit.tuning.top import load_top
+
+        top, _ = load_top(self.workdir, self.top_run)
+        features, labels = self.cache.load(split)
+        return top.predict(features, batch_size=256, verbose=0), labels
+
+    def report(self, fit, test):
+        """The decision rule fitted on validation scores, and the test report it gives."""
+        from mlkit.evaluate import evaluate_scores
+
+        (val_scores, val_labels), (test_scores, test_labels) = fit, test
+        names = self.cache.label_names or self.attrs.get("target_names")
+        if self.task == "regression":
+            unscale = lambda s: np.asarray(s, "float64") * (self.target_high - self.target_low) + self.target_low
+            return None, evaluate_scores(unscale(test_scores), test_labels, names, task="regression")
+        if self.task == "multiclass":
+            rule = parse_rule("argmax")
+            return rule, evaluate_scores(test_scores, test_labels, names, task="multiclass")
+        spec = self.config.decision or "cardinality"
+        rule = parse_rule(spec, min_labels=self.config.min_labels, max_labels=self.config.max_labels)
+        train_labels = self.rows.split("train")[1]
+        rule.fit(val_scores, val_labels, train_cardinality=float(np.asarray(train_labels).sum(axis=1).mean()))
+        if not rule.deployable:
+            raise MlkitError(f"--decision {spec} needs the true labels; an exported model needs a deployable rule")
+        return rule, evaluate_scores(test_scores, test_labels, names, decisions=[rule], fit_scores=val_scores,
+                                     fit_labels=val_labels)
+
+    def evaluate_and_export(self, progress):
+        from mlkit.models.network import build_export_model
+
+        rule, report = self.report(self.scores("val"), self.scores("test"))
+        _, baseline = self.report(self.cached_scores("val"), self.cached_scores("test"))
+        with precision_policy(False):
+            network = self.float32_network() if self.config.mixed_precision else self.network
+            model = build_export_model(network, self.attrs, rule.to_dict() if rule else None, self.task,
+                                       self.target_low, self.target_high)
+            partial = self.paths["keras"].with_name(f".{self.run}.partial.keras")
+            model.save(partial)
+            os.replace(partial, self.paths["keras"])
+        self.write_log()
+        record = self.record(rule, report, baseline)
+        write_json(self.paths["json"], record)
+        shutil.rmtree(self.work, ignore_errors=True)
+        return FinetuneResult(self.run, self.paths["keras"], self.paths["json"], self.paths["csv"], report, baseline)
+
+    def float32_network(self):
+        """The trained network rebuilt in float32: an exported model computes in float32 whatever trained it."""
+        import keras
+
+        from mlkit.models.network import build_network, rebuild_backbone
+        from mlkit.tuning.top import load_top
+
+        keras.config.set_dtype_policy("float32")
+        backbone, spec = rebuild_backbone(self.attrs, self.config.weights or None)
+        top, _ = load_top(self.workdir, self.top_run)
+        network = build_network(backbone, spec, self.attrs, top)
+        network.set_weights(self.network.get_weights())
+        return network
+
+    def write_log(self):
+        rows = [dict(row, phase=phase) for phase in ("warmup", "main") for row in read_log(self.work / f"{phase}.csv")]
+        if not rows:
+            return
+        columns = ["phase"] + [key for key in rows[-1] if key != "phase"]
+        partial = self.paths["csv"].with_name(f".{self.paths['csv'].name}.partial")
+        with open(partial, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, self.paths["csv"])
+
+    def record(self, rule, report, baseline):
+        import keras
+        import tensorflow as tf
+
+        attrs = self.attrs
+        name, get = HEADLINE[self.task]
+        return {
+            "run": self.run, "status": "complete", "task": self.task, "top_run": self.top_run,
+            "label_names": self.cache.label_names, "target_names": attrs.get("target_names"),
+            "decision": rule.to_dict() if rule else parse_rule("identity").to_dict(),
+            "headline": {"metric": name, "finetuned": get(report), "cached_top": get(baseline)},
+            "test": report, "baseline": baseline,
+            "failed_images": dict(self.rows.failures),
+            "input": {"dtype": "uint8", "shape": [None, None, None, 3], "image_size": int(attrs["image_size"]),
+                      "resize": "bilinear, antialias", "background": attrs.get("background")},
+            "outputs": {"scores": "float32 (N, L)", "labels": "uint8 (N, L) decisions" if self.task != "regression"
+                        else "predictions in original units"},
+            "cache": {key: attrs.get(key) for key in ("backbone", "weights", "weights_sha256", "image_size", "preprocess",
+                                                      "pooling", "dataset", "subset", "manifest_sha256")},
+            "cache_path": str(self.cache.path),
+            "top_config": self.top_config.to_dict(), "finetune": asdict(self.config),
+            "trainable": self.trainable_summary,
+            "target_scale": None if self.target_low is None else {"low": list(map(float, self.target_low)),
+                                                                   "high": list(map(float, self.target_high))},
+            "versions": {"mlkit": __version__, "keras": keras.__version__, "tensorflow": tf.__version__},
+        }

@@ -1,0 +1,142 @@
+"""Putting a tuned top back on its backbone, freezing part of it, and wrapping it for export.
+
+Three models share one set of layers:
+
+- the *network*: float pixels (S, S, 3) in [0, 255] -> the cache's
+  preprocessing layers -> backbone -> top -> scores. This is what fine-tuning
+  trains. Before any training it computes exactly top(cached features).
+- the *exported model*: uint8 images of any size -> Resizing(antialias) ->
+  network -> scores, plus the label decision (and, for regression, the
+  targets back in original units).
+
+The backbone always runs in inference mode (`training=False`): its batch
+norm statistics are kept while its weights train, the usual practice for
+fine-tuning on small collections.
+"""
+
+import keras
+
+from mlkit.backbones import build_backbone, get_backbone, preprocessing_layers
+from mlkit.errors import MlkitError
+from mlkit.models.layers import LabelDecision, Unscale
+
+
+def rebuild_backbone(attrs, weights=None):
+    """The cache's backbone, rebuilt and checked against the cache's weights hash.
+
+    Args:
+        attrs: the cache's attributes.
+        weights: override where the weights come from ("imagenet", "none" or a
+            file), e.g. when the cache was made from a file that has moved.
+            Defaults to what the cache records.
+
+    Returns:
+        (backbone model, BackboneSpec).
+
+    Raises:
+        MlkitError: when the rebuilt weights differ from those the features were cached with.
+    """
+    weights = weights or attrs["weights"]
+    model, info = build_backbone(attrs["backbone"], weights, int(attrs["image_size"]), attrs["pooling"],
+                                 seed=int(attrs.get("seed", 0)))
+    if info["weights_sha256"] != attrs["weights_sha256"]:
+        raise MlkitError(
+            f"the {attrs['backbone']} rebuilt from weights {weights!r} is not the network the cache was made "
+            f"with (weights sha256 {info['weights_sha256'][:12]}... vs the cache's {attrs['weights_sha256'][:12]}...). "
+            "Fine-tuning on it would not start from the tuned top's features: pass --weights with the file the "
+            "cache used, or rerun cache-features and tune-top with these weights")
+    return model, get_backbone(attrs["backbone"])
+
+
+def check_top_matches(config, cache):
+    """Refuses a top trained on another cache (other features, labels or task)."""
+    problems = []
+    if config.task != cache.task:
+        problems.append(f"task {config.task} vs the cache's {cache.task}")
+    if tuple(config.input_shape) != tuple(cache.feature_shape):
+        problems.append(f"input shape {tuple(config.input_shape)} vs the cache's features {cache.feature_shape}")
+    if cache.task != "regression" and list(config.label_names) != list(cache.label_names):
+        problems.append("its label names differ from the cache's")
+    if problems:
+        raise MlkitError(f"top {config.run} was not trained on {cache.path.name}: " + "; ".join(problems))
+
+
+def build_network(backbone, spec, attrs, top):
+    """float pixels (S, S, 3) in [0, 255] -> preprocessing -> backbone -> top -> float32 scores."""
+    size = int(attrs["image_size"])
+    inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
+    x = inputs
+    for layer in preprocessing_layers(spec, attrs["preprocess"], attrs.get("zmuv_mean"), attrs.get("zmuv_std")):
+        x = layer(x)
+    features = backbone(x, training=False)
+    scores = top(features)
+    # Under mixed precision the head computes in float16; losses and decisions want float32.
+    scores = keras.layers.Activation("linear", dtype="float32", name="scores")(scores)
+    return keras.Model(inputs, scores, name="network")
+
+
+def resolve_freeze(backbone, freeze):
+    """The number of leading backbone layers to freeze for `--freeze all|N|blockname`.
+
+    `all` freezes every layer; a number freezes that many leading layers (as
+    counted by `backbone.layers`, the input layer included, so VGG16's 15
+    freezes blocks 1-4); a name freezes every layer before the first layer
+    whose name starts with it (`block5` for VGG16 is also 15).
+
+    Returns:
+        The run-name field: "all" or the number of frozen layers.
+    """
+    text = str(freeze).strip().lower()
+    layers = backbone.layers
+    if text == "all":
+        return "all"
+    if text.isdigit():
+        count = int(text)
+        if count > len(layers):
+            raise MlkitError(f"--freeze {freeze}: {backbone.name} has only {len(layers)} layers")
+        return "all" if count == len(layers) else count
+    for position, layer in enumerate(layers):
+        if layer.name.lower().startswith(text):
+            return position
+    prefixes = sorted({layer.name.split("_")[0] for layer in layers})
+    raise MlkitError(f"--freeze {freeze!r}: no layer of {backbone.name} is named like that; use all, a number of "
+                     f"layers (0-{len(layers)}) or a block prefix such as: {', '.join(prefixes[:20])}")
+
+
+def apply_freeze(backbone, frozen):
+    """Sets `trainable` on the backbone's layers; `frozen` from `resolve_freeze`."""
+    if frozen == "all":
+        backbone.trainable = False
+        return
+    backbone.trainable = True
+    for position, layer in enumerate(backbone.layers):
+        layer.trainable = position >= int(frozen)
+
+
+def build_export_model(network, attrs, rule, task, target_low=None, target_high=None):
+    """uint8 images (any size) -> resize -> network -> {"scores", "labels"}.
+
+    Args:
+        network: the trained network from `build_network`.
+        attrs: the cache's attributes (image size).
+        rule: the fitted rule's dict (`Rule.to_dict()`); unused for regression.
+        task: multilabel, multiclass or regression.
+        target_low: regression: per-target minimum the head was scaled with.
+        target_high: regression: per-target maximum.
+
+    Returns:
+        A Keras model. Multilabel and multiclass: "scores" (N, L) float32 and
+        "labels" (N, L) uint8 decisions (one-hot for multiclass). Regression:
+        "scores" and "labels" are both the predictions in original units.
+    """
+    size = int(attrs["image_size"])
+    image = keras.Input((None, None, 3), dtype="uint8", name="image")
+    pixels = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, dtype="float32",
+                                   name="resize")(image)
+    scores = network(pixels)
+    if task == "regression":
+        predictions = Unscale(target_low, target_high, name="unscale")(scores)
+        outputs = {"scores": predictions, "labels": keras.layers.Identity(name="labels")(predictions)}
+    else:
+        outputs = {"scores": scores, "labels": LabelDecision(rule, name="labels")(scores)}
+    return keras.Model(image, outputs, name="mlkit_model")

@@ -1,0 +1,168 @@
+"""`mlkit predict`: ranked labels with scores for images, folders or a manifest.
+
+Images are decoded as in training (PIL: EXIF rotation, CMYK, 16-bit,
+transparency on the cache's background colour) and passed to the exported
+model as uint8, which resizes and preprocesses inside. An image that cannot
+be read is reported in its row and does not stop the others.
+"""
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlkit.errors import MlkitError
+from mlkit.images import ImageReadError, load_image, parse_background
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+MANIFEST_SUFFIXES = {".csv", ".jsonl"}
+DEFAULT_TOP = 5
+
+
+@dataclass
+class Prediction:
+    """One image's result: scores by label, the decided labels, or why it failed."""
+
+    image: str
+    ranked: list = field(default_factory=list)
+    decided: list = field(default_factory=list)
+    truth: list = None
+    error: str = ""
+    task: str = "multilabel"
+
+
+def expand_inputs(inputs):
+    """Image paths (and true labels, None when unknown) from files, folders and manifests."""
+    items = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                log.warning("%s holds no images (%s)", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+            items += [(str(p), None) for p in found]
+        elif path.suffix.lower() in MANIFEST_SUFFIXES:
+            items += _manifest_items(path)
+        else:
+            items.append((str(path), None))
+    if not items:
+        raise MlkitError("no images to predict: give image files, folders or a manifest")
+    return items
+
+
+def _manifest_items(path):
+    from mlkit.data.manifest import read_manifest
+
+    table = read_manifest(path, allow_unlabelled=True)
+    images = [str(p) for p in table.image_paths()]
+    if table.task == "regression":
+        return [(image, None) for image in images]
+    truth = [list(labels) for labels in table.rows["labels"]]
+    return list(zip(images, truth))
+
+
+def predict(model, inputs, *, workdir=".", top=DEFAULT_TOP, csv_path=None, batch_size=32):
+    """Labels images with an exported model.
+
+    Args:
+        model: a `.keras` path or a run name under `<workdir>/models/`.
+        inputs: image files, folders (searched recursively) and manifests.
+        workdir: the workspace. Defaults to ".".
+        top: ranked labels kept per image (all decided ones are always kept). Defaults to 5.
+        csv_path: also write one row per image here. Defaults to None.
+        batch_size: images of the same size run through the model together. Defaults to 32.
+
+    Returns:
+        A list of `Prediction`, in input order.
+
+    Example:
+        for p in predict("models/run.keras", ["photos/"]):
+            print(p.image, p.decided)
+    """
+    from mlkit.models.export import load_model
+
+    keras_model, record = load_model(model, workdir)
+    names = record.get("label_names") or record.get("target_names") or []
+    task = record.get("task", "multilabel")
+    background = parse_background((record.get("input") or {}).get("background") or "white")
+    items = expand_inputs(inputs)
+    results = [Prediction(image, task=task) for image, _ in items]
+    for result, (_, truth) in zip(results, items):
+        result.truth = truth
+    pending = {}
+    for index, (image, _) in enumerate(items):
+        try:
+            pixels = load_image(image, background)
+        except ImageReadError as error:
+            results[index].error = error.reason
+            log.warning("cannot read %s: %s", image, error.reason)
+            continue
+        group = pending.setdefault(pixels.shape, [])
+        group.append((index, pixels))
+        if len(group) >= batch_size:
+            _run(keras_model, pending.pop(pixels.shape), results, names, task, top)
+    for group in pending.values():
+        _run(keras_model, group, results, names, task, top)
+    if csv_path:
+        write_csv(results, csv_path)
+    return results
+
+
+def _run(model, group, results, names, task, top):
+    outputs = model.predict_on_batch(np.stack([pixels for _, pixels in group]))
+    scores, labels = np.asarray(outputs["scores"]), np.asarray(outputs["labels"])
+    for row, (index, _) in enumerate(group):
+        result = results[index]
+        label_names = names if len(names) == scores.shape[1] else [str(i) for i in range(scores.shape[1])]
+        if task == "regression":
+            result.ranked = list(zip(label_names, map(float, scores[row])))
+            result.decided = [f"{name}={value:.4g}" for name, value in result.ranked]
+            continue
+        order = np.argsort(-scores[row], kind="stable")
+        decided = {int(i) for i in np.flatnonzero(labels[row])}
+        kept = [int(i) for i in order[:top]] + sorted(decided - set(int(i) for i in order[:top]), key=lambda i: -scores[row, i])
+        result.ranked = [(label_names[i], float(scores[row, i])) for i in kept]
+        result.decided = [label_names[i] for i in order if int(i) in decided]
+
+
+def format_predictions(results):
+    """The printed table: per image, ranked labels with scores; `*` marks a decided label, `+` a true one."""
+    lines = []
+    task = results[0].task if results else "multilabel"
+    for result in results:
+        lines.append(result.image)
+        if result.error:
+            lines.append(f"  unreadable: {result.error}")
+            continue
+        if task == "regression":
+            lines += [f"  {name}  {value:.4g}" for name, value in result.ranked]
+            continue
+        truth = set(result.truth or [])
+        for rank, (name, score) in enumerate(result.ranked, 1):
+            marks = ("*" if name in result.decided else " ") + ("+" if name in truth else " ")
+            lines.append(f"  {rank:>3} {marks} {score:6.3f}  {name}")
+        missed = sorted(truth - {name for name, _ in result.ranked})
+        if missed:
+            lines.append(f"        true, ranked lower: {', '.join(missed)}")
+    legend = "  (* decided by the model's rule, + true label)" if task != "regression" else ""
+    return "\n".join(lines + ([legend] if legend else []))
+
+
+def write_csv(results, path):
+    """One row per image: image, decided labels (|-joined), ranked label:score pairs, true labels, error."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "labels", "ranked", "true_labels", "error"])
+        for result in results:
+            ranked = "|".join(f"{name}:{score:.6g}" for name, score in result.ranked)
+            truth = "" if result.truth is None else "|".join(result.truth)
+            writer.writerow([result.image, "|".join(result.decided), ranked, truth, result.error])
+    os.replace(partial, path)
+    return path

@@ -1,0 +1,24 @@
+"""A tiny tuned workspace for stage-3 tests: synthetic images, a cache, one tuned top."""
+
+from pathlib import Path
+
+from mlkit.bottlenecks.extract import cache_features
+from mlkit.data.split import split_manifest
+from mlkit.data.synth import synthesize
+from mlkit.tuning.search import tune_top
+
+SIZE = 32
+BACKBONE = "mobilenetv2"
+
+
+def tuned_workspace(root, task="multilabel", n=60, backbone=BACKBONE):
+    """(workdir, cache path, top run name) for a tiny dataset of `task`."""
+    root = Path(root)
+    data = root / "data"
+    synthesize(data, task=task, n=n, size=SIZE, seed=0)
+    split_manifest(data / "manifest.csv", val=0.25, test=0.25, seed=0)
+    work = root / "ws"
+    result = cache_features(data / "manifest.csv", work, backbone=backbone, weights="none", image_size=SIZE,
+                            batch_size=32, progress=False)
+    summary = tune_top(result.path, work, layers=1, units=16, lr=0.01, batch=16, epochs=2, verbose=False)
+    return work, result.path, summary.run.iloc[0]
