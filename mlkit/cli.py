@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "mlkit.data.cli",
     "mlkit.bottlenecks.cli",
     "mlkit.tuning.cli",
+    "mlkit.models.cli",
     "mlkit.evaluate",
 )
 
@@ -31,9 +32,13 @@ Transfer learning on image collections, in stages:
   mlkit cache-features   1. run a frozen backbone once, cache features to HDF5
   mlkit tune-top         2. grid-search small top models on the cache
   mlkit runs, lr-find    compare tuned runs; find a learning rate
+  mlkit finetune         3. fine-tune the best top end to end, fit the decision, export
+  mlkit export           write the exported model as SavedModel / TFLite / ONNX
+  mlkit predict          label images, folders or a manifest with an exported model
   mlkit evaluate         decide labels from scores and report metrics
+  mlkit demo             all of the above on built-in synthetic data (offline, CPU)
 
-Start with examples/quickstart.sh (offline, CPU, built-in synthetic data).
+Start with `mlkit demo` (offline, CPU, built-in synthetic data).
 """
 
 def build_parser():
