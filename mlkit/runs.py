@@ -30,13 +30,23 @@ and digits. Stage 2 writes `loss-` (focal, wbce, mae, huber; default bce /
 cce / mse), `opt-` (adam; default sgd with momentum), `sched-` (step, plateau,
 cos; default constant), `views-K` (trained on K cached augmented views per
 image), `sw-bal` (balanced sample weights), `cap-N` (at most N training rows
-per class) and `over-N` (small classes oversampled to N rows). New keys (a
-caption branch, say `text-bilstm128`) need no change here: unknown keys are
-parsed and written back verbatim.
+per class) and `over-N` (small classes oversampled to N rows). New keys
+need no change here: unknown keys are parsed and written back verbatim.
+
+The caption branch (seed 001) adds `text-<kind><units>[only]`: its recurrent
+layer (`lstm`, or `bilstm` for a bidirectional one) and units per direction,
+then `only` when the top reads the captions alone, without the image
+features (the fixed fields still name the cache it was trained on); and
+`emb-N` for an embedding width other than the default 128. A name without
+`text-` is an image-only run. `RunName.branch` (and the `branch` field)
+reads this as "image", "both" or "caption", the three rows of the captions
+ablation.
 
     coco_2017_vgg16_zmuvs_avg_2x4096d5_lr11_b256
     coco_2017_vgg16_zmuvs_avg_2x4096d5_lr11_b256_15_lr11_b128_hwrszf
     met_culture_resnet50_inet_avg_1x1024bn_lr255_b64_loss-focal_opt-adam
+    synth_all_mobilenetv2_inet_avg_1x64d2_lr13_b32_opt-adam_text-bilstm128
+    synth_all_mobilenetv2_inet_avg_1x64d2_lr13_b32_emb-64_opt-adam_text-lstm32only
 """
 
 import re
@@ -58,6 +68,7 @@ AUG = re.compile(r"[a-z]+")
 OPTION_KEY = re.compile(r"[a-z]+")
 OPTION_VALUE = re.compile(r"[a-z0-9]+")
 REG = re.compile(r"bn|d\d")
+TEXT_ONLY_SUFFIX = "only"
 
 
 class RunNameError(MlkitError, ValueError):
@@ -173,11 +184,20 @@ class RunName:
         """One option's value, or `default` when the name omits it."""
         return dict(self.options).get(key, default)
 
+    @property
+    def branch(self):
+        """"image" (no `text-` option), "caption" (`text-...only`) or "both"."""
+        text = self.option("text")
+        if text is None:
+            return "image"
+        return "caption" if text.endswith(TEXT_ONLY_SUFFIX) else "both"
+
     def fields(self):
-        """All fields as a flat dict (options by key), for tables and filters."""
+        """All fields as a flat dict (options by key, and `branch`), for tables and filters."""
         values = asdict(self)
         values.pop("options")
         values["arch"] = self.arch
+        values["branch"] = self.branch
         values.update(dict(self.options))
         return values
 

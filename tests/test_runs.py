@@ -109,3 +109,14 @@ def test_format_and_parse_are_exact_inverses(run):
     assert parse_run_name(name) == run
     assert format_run_name(parse_run_name(name)) == name
     assert "_" not in run.dataset and name.count(".") == 0
+
+
+@pytest.mark.parametrize("options, branch", [
+    ({}, "image"), ({"opt": "adam"}, "image"), ({"text": "bilstm128"}, "both"),
+    ({"emb": "64", "text": "lstm32only"}, "caption"),
+])
+def test_the_caption_option_tells_the_branch(options, branch):
+    run = RunName("synth", "all", "vgg16", "inet", "avg", 1, 64, "d2", 0.01, 32, options=options)
+    parsed = parse_run_name(str(run))
+    assert parsed.branch == branch and parsed.fields()["branch"] == branch
+    assert parsed.fields().get("text") == options.get("text")

@@ -8,6 +8,15 @@ WORKDIR/tuning/: <run>.csv (per-epoch log), <run>.weights.h5 (best epoch),
 <run>.json (resolved config and result); summary.csv lists all trials, best
 first. Rerun the same command to resume after a crash.
 
+Captions (the cache needs `mlkit cache-features ... --captions`): --captions adds
+a caption branch (token embedding and an LSTM or bidirectional LSTM, merged with
+the image features before the hidden layers); --text-only trains that branch
+alone. Run the three for the ablation, then compare them with
+`mlkit runs WORKDIR/tuning --by branch --metric val_f1`:
+  mlkit tune-top CACHE --optimizer adam --lr 0.001
+  mlkit tune-top CACHE --optimizer adam --lr 0.001 --captions --text lstm,bilstm
+  mlkit tune-top CACHE --optimizer adam --lr 0.001 --text-only
+
 Distributed (KerasTuner chief/worker over gRPC; workers need the same cache
 path and WORKDIR, e.g. on a shared disk):
   mlkit tune-top CACHE ... --chief --oracle 10.0.0.1:8000
@@ -61,6 +70,11 @@ def add_tune_top(subparsers):
     parser.add_argument("--sample-weights", action="store_true", help="weight training rows by inverse class frequency")
     parser.add_argument("--cap", type=int, default=0, help="at most N training rows per class")
     parser.add_argument("--oversample", type=int, default=0, help="at least N training rows per class (with repeats)")
+    parser.add_argument("--captions", action="store_true", help="add the caption branch (cache made with --captions)")
+    parser.add_argument("--text-only", action="store_true", help="train the caption branch alone (implies --captions)")
+    parser.add_argument("--text", default=None, help="caption branch: lstm|bilstm (list; default bilstm)")
+    parser.add_argument("--text-units", default=None, help="caption branch: LSTM units per direction (list; default 128)")
+    parser.add_argument("--embed-dim", default=None, help="caption branch: token embedding width (list; default 128)")
     role = parser.add_mutually_exclusive_group()
     role.add_argument("--chief", action="store_true", help="serve the grid to workers (KerasTuner oracle)")
     role.add_argument("--worker", type=int, metavar="N", help="run trials for the chief as tuner N")
@@ -78,7 +92,8 @@ def run_tune_top(args):
         patience=args.patience, objective=args.objective, momentum=args.momentum, step_every=args.step_every,
         step_gamma=args.step_gamma, augmented=args.augmented, sample_weights=args.sample_weights, cap=args.cap,
         oversample=args.oversample, max_memory=args.max_memory, seed=args.seed, chief=args.chief,
-        worker=args.worker, oracle=args.oracle, verbose=not args.quiet,
+        worker=args.worker, oracle=args.oracle, verbose=not args.quiet, captions=args.captions,
+        text=args.text, text_units=args.text_units, embed_dim=args.embed_dim, text_only=args.text_only,
     )
 
 
@@ -89,7 +104,8 @@ def add_runs(subparsers):
     parser.add_argument("folder", nargs="?", default="tuning", help="a tuning/ folder (default: tuning)")
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                         help="keep runs whose field matches (repeatable; VALUE may be a,b for either)")
-    parser.add_argument("--by", metavar="FIELD", help="group the table and colour the plot by this field (e.g. lr)")
+    parser.add_argument("--by", metavar="FIELD",
+                        help="group the table and colour the plot by this field (e.g. lr; branch: image, caption, both)")
     parser.add_argument("--metric", default="val_loss", help="picks each run's best epoch and the curve (default val_loss)")
     parser.add_argument("--plot", metavar="OUT.png", help="draw validation curves to this image")
     parser.add_argument("--x", default="epoch", choices=("epoch", "time"), help="plot against epoch or training time")

@@ -2,7 +2,9 @@
 
 A `TopConfig` travels with the trained top: it is written beside the weights
 as `tuning/<run>.json`, so the model can be rebuilt without the command line
-that made it (timm's `PretrainedCfg` idea).
+that made it (timm's `PretrainedCfg` idea). A caption top's config holds its
+whole caption vocabulary (mlkit.text), so the token ids it was trained on
+keep their meaning after the cache is rebuilt.
 """
 
 import json
@@ -11,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mlkit.errors import MlkitError
-from mlkit.runs import RunName
+from mlkit.runs import TEXT_ONLY_SUFFIX, RunName
 
 TASKS = ("multilabel", "multiclass", "regression")
 LOSSES = {
@@ -22,6 +24,11 @@ LOSSES = {
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "plateau", "cosine")
 TOP_POOLS = ("flatten", "avg", "max")
+# The caption branch's recurrent layer (seed 001: a bidirectional LSTM of 128 units).
+TEXT_KINDS = ("lstm", "bilstm")
+DEFAULT_TEXT = "bilstm"
+DEFAULT_TEXT_UNITS = 128
+DEFAULT_EMBED_DIM = 128
 # Objectives KerasTuner optimises, with their direction, per task.
 OBJECTIVES = {
     "multilabel": {"val_loss": "min", "val_map": "max", "val_f1": "max", "val_auc": "max"},
@@ -32,12 +39,18 @@ OBJECTIVES = {
 SCHEDULE_CODES = {"step": "step", "plateau": "plateau", "cosine": "cos"}
 # Settings that change training but are not in the run name: a finished run
 # whose record disagrees with the request is reported, not silently reused.
-UNNAMED_SETTINGS = ("epochs", "patience", "momentum", "step_every", "step_gamma", "objective", "seed")
+UNNAMED_SETTINGS = ("epochs", "patience", "momentum", "step_every", "step_gamma", "objective", "seed", "vocabulary")
 
 
 @dataclass
 class TopConfig:
     """Everything needed to rebuild and retrain one top model.
+
+    The caption branch is on when `text` names its recurrent layer ("lstm"
+    or "bilstm"; "" for image-only tops): `embed_dim`-wide embeddings of the
+    cached token ids feed `text_units` LSTM units (per direction), merged with
+    the image features, or alone with `text_only`. `vocabulary` is the cache's
+    caption vocabulary (mlkit.text), {} without captions.
 
     Example:
         config = TopConfig(task="multilabel", layers=2, units=1024, reg="d5", lr=0.1, batch=128)
@@ -73,6 +86,11 @@ class TopConfig:
     target_min: list = field(default_factory=list)
     target_max: list = field(default_factory=list)
     pos_weight: list = field(default_factory=list)
+    text: str = ""
+    text_units: int = DEFAULT_TEXT_UNITS
+    embed_dim: int = DEFAULT_EMBED_DIM
+    text_only: bool = False
+    vocabulary: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.loss = self.loss or LOSSES.get(self.task, ("",))[0]
@@ -93,7 +111,33 @@ class TopConfig:
             raise MlkitError(f"--reg {self.reg!r}: use dN (dropout N/10, N = 0..9) or bn")
         if not self.lr > 0:
             raise MlkitError(f"--lr {self.lr}: learning rates must be positive")
+        self.validate_text()
         return self
+
+    def validate_text(self):
+        if not self.text:
+            if self.text_only:
+                raise MlkitError("--text-only trains the caption branch alone; it needs --text lstm or bilstm")
+            return
+        check_choice("--text", self.text, TEXT_KINDS)
+        for name in ("text_units", "embed_dim"):
+            if int(getattr(self, name)) < 1:
+                raise MlkitError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if not self.vocabulary.get("size") or not self.vocabulary.get("max_len"):
+            raise MlkitError("a caption top needs the cache's caption vocabulary; rebuild the cache with "
+                             "`mlkit cache-features MANIFEST --captions`")
+
+    @property
+    def inputs(self):
+        """The top's named inputs: ("features",), ("features", "tokens") or ("tokens",)."""
+        if not self.text:
+            return ("features",)
+        return ("tokens",) if self.text_only else ("features", "tokens")
+
+    @property
+    def branch(self):
+        """"image", "both" or "caption": which branches the top has (the ablation's rows)."""
+        return {("features",): "image", ("features", "tokens"): "both", ("tokens",): "caption"}[self.inputs]
 
     @property
     def dropout(self):
@@ -117,6 +161,10 @@ class TopConfig:
             options["cap"] = str(self.cap)
         if self.oversample:
             options["over"] = str(self.oversample)
+        if self.text:
+            options["text"] = f"{self.text}{int(self.text_units)}{TEXT_ONLY_SUFFIX if self.text_only else ''}"
+            if int(self.embed_dim) != DEFAULT_EMBED_DIM:
+                options["emb"] = str(int(self.embed_dim))
         return options
 
     def run_name(self, cache_fields, pool):

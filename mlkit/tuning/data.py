@@ -6,6 +6,10 @@ augmented views; the validation split is used as it is, and the test split is
 never read. Data that fits under `max_memory` is held as tensors and batched
 by index; a larger cache streams from HDF5 in contiguous blocks, shuffled
 block-wise and then within a buffer of blocks, so reads stay sequential.
+
+Caption tops also read the cached token ids (always held in memory: N x T
+int32 is small); their inputs are then a dict {"features": ..., "tokens": ...}
+(or {"tokens": ...} alone), while image-only tops get the bare features.
 """
 
 import re
@@ -159,6 +163,13 @@ def read_rows(dataset, rows):
     return np.concatenate(parts)
 
 
+def slice_inputs(x, start, stop):
+    """Rows start:stop of a top's inputs (a tensor, or a dict of them)."""
+    if isinstance(x, dict):
+        return {name: value[start:stop] for name, value in x.items()}
+    return x[start:stop]
+
+
 class TopData:
     """One cache's training and validation data, shaped for a task's top model.
 
@@ -171,10 +182,16 @@ class TopData:
         oversample: the fewest training rows per class, 0 for no oversampling.
         max_memory: bytes the features may take in memory before streaming.
         seed: seeds the rebalancing and the shuffling. Defaults to 0.
+        inputs: the top's inputs: ("features",), ("features", "tokens") or
+            ("tokens",). Defaults to ("features",).
     """
 
-    def __init__(self, cache, *, views=0, sample_weights="", cap=0, oversample=0, max_memory=4 << 30, seed=0):
+    def __init__(self, cache, *, views=0, sample_weights="", cap=0, oversample=0, max_memory=4 << 30, seed=0,
+                 inputs=("features",)):
         self.cache = cache
+        self.inputs = tuple(inputs)
+        if self.inputs not in (("features",), ("features", "tokens"), ("tokens",)):
+            raise MlkitError(f"top inputs {inputs!r}: expected ('features',), ('features', 'tokens') or ('tokens',)")
         self.task = cache.task
         self.seed = seed
         self.views = int(views)
@@ -194,7 +211,8 @@ class TopData:
         self.weights = balanced_weights(sample_labels, self.task) if sample_weights else None
         self.pos_weight = positive_weights(sample_labels) if self.task == "multilabel" else None
         self.feature_shape = tuple(cache.feature_shape)
-        self.in_memory = self.memory_bytes() <= max_memory
+        self.tokens = cache.read("tokens").astype("int32") if "tokens" in self.inputs else None
+        self.in_memory = "features" not in self.inputs or self.memory_bytes() <= max_memory
         self._tables = None
         self._statistics = None
 
@@ -218,15 +236,29 @@ class TopData:
         return np.asarray(predictions, dtype="float64") * (self.target_max - self.target_min) + self.target_min
 
     def memory_bytes(self):
+        """Bytes the features take in memory (0 for a text-only top); tokens are not counted."""
+        if "features" not in self.inputs:
+            return 0
         row_bytes = 4 * int(np.prod(self.feature_shape))
         unique = len(np.unique(self.sample_rows))
         return row_bytes * (unique * (1 + self.views) + len(self.val_rows))
 
     def describe(self):
         mode = "in memory" if self.in_memory else "streamed from HDF5"
+        parts = []
+        if "features" in self.inputs:
+            parts.append(f"features {self.feature_shape} {mode} ({self.memory_bytes() / 2**20:.0f} MiB)")
+        if self.tokens is not None:
+            parts.append(f"caption tokens ({self.tokens.shape[1]},)")
         return (f"{len(self.sample_rows)} training samples ({len(np.unique(self.sample_rows))} rows"
                 f"{f', {self.views} views each' if self.views else ''}), {len(self.val_rows)} validation rows, "
-                f"features {self.feature_shape} {mode} ({self.memory_bytes() / 2**20:.0f} MiB)")
+                + ", ".join(parts))
+
+    def model_inputs(self, features=None, tokens=None):
+        """What the top takes: the bare features for an image-only top, else a dict by input name."""
+        if self.inputs == ("features",):
+            return features
+        return {name: value for name, value in (("features", features), ("tokens", tokens)) if name in self.inputs}
 
     def train_dataset(self, batch):
         """A `tf.data.Dataset` of shuffled (x, y[, sample weight]) batches, reshuffled each epoch."""
@@ -235,10 +267,13 @@ class TopData:
         if not self.in_memory:
             return self.streamed_train(batch).prefetch(tf.data.AUTOTUNE)
         table, index, y, w = self.tables()["train"]
+        tokens = self.tables()["train_tokens"]
         count = len(self.sample_rows)
 
         def gather(positions):
-            x = tf.gather(table, tf.gather(index, positions))
+            x = self.model_inputs(
+                None if table is None else tf.gather(table, tf.gather(index, positions)),
+                None if tokens is None else tf.gather(tokens, positions))
             if w is None:
                 return x, tf.gather(y, positions)
             return x, tf.gather(y, positions), tf.gather(w, positions)
@@ -251,17 +286,32 @@ class TopData:
         if self.in_memory:
             # predict_on_batch skips the data adapter `predict` builds on every call.
             x = self.tables()["val"]
-            return np.concatenate([model.predict_on_batch(x[start:start + PREDICT_BATCH])
+            return np.concatenate([model.predict_on_batch(slice_inputs(x, start, start + PREDICT_BATCH))
                                    for start in range(0, len(self.val_rows), PREDICT_BATCH)])
         return model.predict(self.streamed_val(), verbose=0)
 
     def tables(self):
-        """Features as CPU tensors: one table of the needed rows (and views), indexed by sample."""
+        """Inputs as CPU tensors: one feature table of the needed rows (and views), indexed by sample; tokens per sample."""
         if self._tables is None:
             self._tables = self.load_tables()
         return self._tables
 
     def load_tables(self):
+        import tensorflow as tf
+
+        with tf.device("/cpu:0"):
+            targets = tf.constant(self.train_targets)
+            weights = None if self.weights is None else tf.constant(self.weights)
+            table, index, val = self.feature_tables() if "features" in self.inputs else (None, None, None)
+            train_tokens = val_tokens = None
+            if self.tokens is not None:
+                train_tokens = tf.constant(self.tokens[self.sample_rows])
+                val_tokens = tf.constant(self.tokens[self.val_rows])
+        return {"train": (table, index, targets, weights), "train_tokens": train_tokens,
+                "val": self.model_inputs(val, val_tokens)}
+
+    def feature_tables(self):
+        """A table of the needed rows' features (and views), each sample's index into it, and the validation features."""
         import tensorflow as tf
 
         train_unique = np.unique(self.sample_rows)
@@ -275,14 +325,8 @@ class TopData:
         viewed = self.sample_views > 0
         index[viewed] = len(rows) + np.searchsorted(train_unique, self.sample_rows[viewed]) * self.views + (
             self.sample_views[viewed] - 1)
-        with tf.device("/cpu:0"):
-            table = tf.constant(np.concatenate(parts).astype("float32", copy=False))
-            train = (
-                table, tf.constant(index), tf.constant(self.train_targets),
-                None if self.weights is None else tf.constant(self.weights),
-            )
-            val = tf.gather(table, np.searchsorted(rows, self.val_rows))
-        return {"train": train, "val": val}
+        table = tf.constant(np.concatenate(parts).astype("float32", copy=False))
+        return table, tf.constant(index), tf.gather(table, np.searchsorted(rows, self.val_rows))
 
     def input_statistics(self):
         """Per-feature (per-channel for maps) mean and variance of the clean training rows, in float64."""
@@ -308,7 +352,7 @@ class TopData:
         """Training batches read block by block from HDF5 (caches over `max_memory`)."""
         import tensorflow as tf
 
-        spec = [tf.TensorSpec((None,) + self.feature_shape, tf.float32),
+        spec = [self.model_inputs(tf.TensorSpec((None,) + self.feature_shape, tf.float32), self.token_spec()),
                 tf.TensorSpec((None,) + self.train_targets.shape[1:], tf.as_dtype(self.train_targets.dtype))]
         if self.weights is not None:
             spec.append(tf.TensorSpec((None,), tf.float32))
@@ -335,8 +379,14 @@ class TopData:
                     yield self.batch_of(pending[:batch], pending_x[:batch])
                     pending, pending_x = pending[batch:], pending_x[batch:]
 
+    def token_spec(self):
+        import tensorflow as tf
+
+        return None if self.tokens is None else tf.TensorSpec((None, self.tokens.shape[1]), tf.int32)
+
     def batch_of(self, samples, x):
-        parts = (x, self.train_targets[samples])
+        tokens = None if self.tokens is None else self.tokens[self.sample_rows[samples]]
+        parts = (self.model_inputs(x, tokens), self.train_targets[samples])
         return parts if self.weights is None else parts + (self.weights[samples],)
 
     def read_samples(self, h5, samples):
@@ -358,8 +408,10 @@ class TopData:
             step = self.block_rows()
             with h5py.File(self.cache.path, "r") as h5:
                 for start in range(0, len(self.val_rows), step):
-                    yield read_rows(h5["features"], self.val_rows[start:start + step])
+                    rows = self.val_rows[start:start + step]
+                    yield self.model_inputs(read_rows(h5["features"], rows),
+                                            None if self.tokens is None else self.tokens[rows])
 
-        spec = tf.TensorSpec((None,) + self.feature_shape, tf.float32)
+        spec = self.model_inputs(tf.TensorSpec((None,) + self.feature_shape, tf.float32), self.token_spec())
         dataset = tf.data.Dataset.from_generator(blocks, output_signature=spec)
         return dataset.apply(tf.data.experimental.assert_cardinality(-(-len(self.val_rows) // self.block_rows())))

@@ -79,7 +79,8 @@ def summary_frame(progress, runs, task, objective):
 
     Columns: rank, run, the objective, best_epoch (0-based, as in the CSV),
     epochs, seconds (training wall time), the validation metrics at the best
-    epoch, and the run's settings.
+    epoch, and the run's settings (with the caption branch's, and which
+    branches it has, for caption runs).
     """
     rows = []
     for run in runs:
@@ -94,6 +95,7 @@ def summary_frame(progress, runs, task, objective):
             **{("train_loss" if k == "loss" else k): v for k, v in result["metrics"].items() if k != objective},
             **{k: config[k] for k in ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule")},
             "diverged": result.get("diverged", False),
+            **caption_columns(config),
         })
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -102,6 +104,14 @@ def summary_frame(progress, runs, task, objective):
     frame = frame.sort_values(objective, ascending=ascending, na_position="last", kind="stable")
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame.reset_index(drop=True)
+
+
+def caption_columns(config):
+    """The caption branch's settings for a summary row; none for an image-only run."""
+    if not config.get("text"):
+        return {}
+    branch = "caption" if config.get("text_only") else "both"
+    return {"branch": branch, **{key: config[key] for key in ("text", "text_units", "embed_dim")}}
 
 
 def write_summary(frame, folder):

@@ -2,8 +2,9 @@
 
 The grid is the product of the listed values (seed 003, table 1: layers,
 units, regulariser, learning rate, batch size; plus loss, optimiser, schedule
-and, for raw feature maps, how the top pools them). KerasTuner's `GridSearch`
-walks it, alone or as a chief with workers; each trial writes its log,
+and, for raw feature maps, how the top pools them; with captions, the caption
+branch's recurrent layer, its units and the embedding width). KerasTuner's
+`GridSearch` walks it, alone or as a chief with workers; each trial writes its log,
 best-epoch weights and resolved config under its run name. Finished runs are
 recognised by their record (mlkit.tuning.records), so rerunning a command
 after a crash resumes it, and rerunning a finished one returns at once
@@ -24,14 +25,17 @@ import h5py
 
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
-from mlkit.tuning.config import LOSSES, UNNAMED_SETTINGS, TopConfig
+from mlkit.tuning.config import (
+    DEFAULT_EMBED_DIM, DEFAULT_TEXT, DEFAULT_TEXT_UNITS, LOSSES, UNNAMED_SETTINGS, TopConfig,
+)
 from mlkit.tuning.data import parse_memory
 from mlkit.tuning.records import Progress, summary_frame, write_summary
 
 logger = logging.getLogger(__name__)
 
 # Order of the grid's axes: KerasTuner's GridSearch varies the last one fastest.
-TUNABLE = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool")
+TUNABLE = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool", "text", "text_units",
+           "embed_dim")
 CACHE_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
 DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 
@@ -78,6 +82,13 @@ class Grid:
             return self.pooling
         return f"{shape[0]}{shape[1]}" if config.top_pool == "flatten" else config.top_pool
 
+    @property
+    def inputs(self):
+        """The inputs every trial's top takes (mlkit.tuning.config.TopConfig.inputs)."""
+        if "text" not in self.values:
+            return ("features",)
+        return ("tokens",) if self.base.text_only else ("features", "tokens")
+
 
 def as_list(value, name, cast):
     """A grid axis from a scalar, a list, or a comma-separated string."""
@@ -119,18 +130,21 @@ def num_outputs(cache):
     return int(shape[1]) if len(shape) > 1 else 1
 
 
-def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule, top_pool, augmented, **settings):
+def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule, top_pool, augmented, captions=False,
+              text=None, text_units=None, embed_dim=None, text_only=False, **settings):
     """The grid for one cache, its fixed settings checked before anything trains."""
     if cache.task not in LOSSES:
         raise MlkitError(f"{cache.path} has task {cache.task!r}; tune-top handles {', '.join(LOSSES)}")
     dataset, subset, backbone, prep, pooling = cache_fields(cache)
+    captions = check_caption_settings(cache, captions or text_only, text, text_units, embed_dim, text_only, augmented)
     if augmented and not cache.augment_copies:
         raise MlkitError(f"--augmented: {cache.path} has no augmented views; rebuild it with cache-features --augment K")
     shape = list(cache.feature_shape)
     base = TopConfig(
         task=cache.task, cache=str(cache.path), input_shape=shape, num_outputs=num_outputs(cache),
         label_names=cache.label_names, target_min=cache.attrs.get("target_min") or [],
-        target_max=cache.attrs.get("target_max") or [], views=cache.augment_copies if augmented else 0, **settings,
+        target_max=cache.attrs.get("target_max") or [], views=cache.augment_copies if augmented else 0,
+        text_only=bool(text_only), vocabulary=cache.vocabulary if captions else {}, **settings,
     )
     values = {
         "layers": as_list(layers, "layers", int), "units": as_list(units, "units", int),
@@ -142,7 +156,27 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
         values["top_pool"] = as_list(top_pool, "top_pool", str)
     elif as_list(top_pool, "top_pool", str) != ["flatten"]:
         logger.warning("--top-pool only applies to raw feature maps; %s holds pooled vectors", cache.path.name)
+    if captions:
+        values["text"] = as_list(text or DEFAULT_TEXT, "text", str)
+        values["text_units"] = as_list(text_units or DEFAULT_TEXT_UNITS, "text_units", int)
+        values["embed_dim"] = as_list(embed_dim or DEFAULT_EMBED_DIM, "embed_dim", int)
     return Grid(values, base, (dataset, subset, backbone, prep), pooling)
+
+
+def check_caption_settings(cache, captions, text, text_units, embed_dim, text_only, augmented):
+    """Whether the grid has a caption branch; raises MlkitError for caption settings that cannot apply."""
+    if not captions:
+        given = [name for name, value in (("--text", text), ("--text-units", text_units), ("--embed-dim", embed_dim))
+                 if value not in (None, "")]
+        if given:
+            raise MlkitError(f"{', '.join(given)} set the caption branch; add --captions (or --text-only)")
+        return False
+    if not cache.has("tokens") or not cache.vocabulary:
+        raise MlkitError(f"{cache.path} has no caption tokens; rebuild it with "
+                         "`mlkit cache-features MANIFEST --captions` (same settings otherwise)")
+    if text_only and augmented:
+        raise MlkitError("--augmented trains on augmented image views; a --text-only top has no image branch")
+    return True
 
 
 def distributed_env(chief=False, worker=None, oracle=None):
@@ -193,12 +227,17 @@ def current_role():
 
 def warn_changed_settings(progress, configs):
     """Says when a finished run was trained with settings its name does not show."""
+    defaults = TopConfig()
     for config in configs:
         record = progress.finished(config.run)
         if record is None:
             continue
-        changed = [f"{key} {record['config'].get(key)} -> {getattr(config, key)}" for key in UNNAMED_SETTINGS
-                   if record["config"].get(key) != getattr(config, key)]
+        changed = []
+        for key in UNNAMED_SETTINGS:
+            old, new = record["config"].get(key, getattr(defaults, key)), getattr(config, key)
+            if old != new:
+                # A vocabulary is too long to print; saying it changed is enough.
+                changed.append(f"{key} changed" if isinstance(new, dict) else f"{key} {old} -> {new}")
         if changed:
             logger.warning("%s finished earlier with other settings (%s); kept as it is. Delete %s to retrain it.",
                            config.run, ", ".join(changed), progress.record_path(config.run).name)
@@ -209,6 +248,7 @@ def tune_top(
     schedule="constant", top_pool="flatten", epochs=20, patience=5, objective="val_loss", momentum=0.9,
     step_every=10, step_gamma=0.1, augmented=False, sample_weights=False, cap=0, oversample=0,
     max_memory="4G", seed=0, chief=False, worker=None, oracle=None, verbose=True,
+    captions=False, text=None, text_units=None, embed_dim=None, text_only=False,
 ):
     """Grid-searches top models on a bottleneck cache and returns the summary.
 
@@ -244,6 +284,15 @@ def tune_top(
         seed: seeds weights, shuffling and resampling. Defaults to 0.
         chief, worker, oracle: distributed tuning (see `distributed_env`).
         verbose: print one line per trial. Defaults to True.
+        captions: add the caption branch (the cache needs `cache-features
+            --captions`): the cached token ids feed an embedding and an
+            (Bi)LSTM merged with the image features. Defaults to False.
+        text: the caption branch's recurrent layer, lstm or bilstm (tuned).
+            Defaults to "bilstm" (seed 001).
+        text_units: its units per direction (tuned). Defaults to 128.
+        embed_dim: the token embedding's width (tuned). Defaults to 128.
+        text_only: train the caption branch alone, without the image
+            features (implies `captions`), for the ablation. Defaults to False.
 
     Returns:
         A pandas DataFrame, one row per finished trial of this grid, best first
@@ -258,7 +307,7 @@ def tune_top(
         schedule=schedule, top_pool=top_pool, augmented=augmented, epochs=int(epochs), patience=int(patience),
         objective=objective, momentum=float(momentum), step_every=int(step_every), step_gamma=float(step_gamma),
         sample_weights="balanced" if sample_weights else "", cap=int(cap or 0), oversample=int(oversample or 0),
-        seed=int(seed),
+        seed=int(seed), captions=captions, text=text, text_units=text_units, embed_dim=embed_dim, text_only=text_only,
     )
     memory = parse_memory(max_memory)
     folder = Path(workdir) / "tuning"

@@ -6,6 +6,13 @@ stage 3 can put it on the backbone unchanged. Hidden layers are Dense + ReLU,
 each followed by dropout (`dN`) or batch norm (`bn`) as in seed 003; the head
 is sigmoid (multilabel), softmax (multiclass) or linear (regression, targets
 scaled to [0, 1]).
+
+A caption top (seed 001) has a second input, "tokens": the cached int32 token
+ids (max_len,), 0 = padding. They pass an Embedding(mask_zero=True) and an
+LSTM or bidirectional LSTM, whose output is concatenated with the
+standardised (and pooled) image features before the hidden layers. A
+text-only top has the "tokens" input alone. Caption tops take a dict of
+named inputs; image-only tops keep their single "features" input.
 """
 
 import json
@@ -74,17 +81,14 @@ def build_top_model(config, input_shape, num_outputs, task):
     config = as_config(config)
     if task not in HEADS:
         raise MlkitError(f"task {task!r} is not one of {', '.join(HEADS)}")
-    input_shape = tuple(int(d) for d in input_shape)
-    inputs = keras.Input(shape=input_shape, name="features")
-    x = standardise_layer()(inputs)
-    if len(input_shape) == 3:
-        x = {
-            "flatten": keras.layers.Flatten(name="top_flatten"),
-            "avg": keras.layers.GlobalAveragePooling2D(name="top_avg_pool"),
-            "max": keras.layers.GlobalMaxPooling2D(name="top_max_pool"),
-        }[config.top_pool](x)
-    elif len(input_shape) != 1:
-        raise MlkitError(f"features of shape {input_shape} are neither vectors nor H x W x C maps")
+    inputs, branches = {}, []
+    if "features" in config.inputs:
+        inputs["features"] = keras.Input(shape=tuple(int(d) for d in input_shape), name="features")
+        branches.append(image_branch(inputs["features"], config))
+    if "tokens" in config.inputs:
+        inputs["tokens"] = keras.Input(shape=(int(config.vocabulary["max_len"]),), dtype="int32", name="tokens")
+        branches.append(caption_branch(inputs["tokens"], config))
+    x = keras.layers.Concatenate(name="top_merge")(branches) if len(branches) > 1 else branches[0]
     for layer in range(1, int(config.layers) + 1):
         x = keras.layers.Dense(int(config.units), activation="relu", name=f"top_dense{layer}")(x)
         if config.reg == "bn":
@@ -92,7 +96,36 @@ def build_top_model(config, input_shape, num_outputs, task):
         elif config.dropout > 0:
             x = keras.layers.Dropout(config.dropout, name=f"top_dropout{layer}")(x)
     outputs = keras.layers.Dense(int(num_outputs), activation=HEADS[task], name="top_output")(x)
-    return keras.Model(inputs, outputs, name="top")
+    return keras.Model(inputs if config.text else inputs["features"], outputs, name="top")
+
+
+def image_branch(features, config):
+    """Standardised features, flattened or pooled when they are raw H x W x C maps."""
+    shape = tuple(features.shape[1:])
+    x = standardise_layer()(features)
+    if len(shape) == 3:
+        return {
+            "flatten": keras.layers.Flatten(name="top_flatten"),
+            "avg": keras.layers.GlobalAveragePooling2D(name="top_avg_pool"),
+            "max": keras.layers.GlobalMaxPooling2D(name="top_max_pool"),
+        }[config.top_pool](x)
+    if len(shape) != 1:
+        raise MlkitError(f"features of shape {shape} are neither vectors nor H x W x C maps")
+    return x
+
+
+def caption_branch(tokens, config):
+    """Embedding (0 masked) and an LSTM or bidirectional LSTM over the caption's token ids.
+
+    cuDNN's LSTM kernel rejects a fully masked row (Keras asserts on it), and a
+    row without a caption is exactly that, so the portable kernel is used.
+    """
+    x = keras.layers.Embedding(int(config.vocabulary["size"]), int(config.embed_dim), mask_zero=True,
+                               name="text_embedding")(tokens)
+    lstm = keras.layers.LSTM(int(config.text_units), use_cudnn=False, name="text_lstm")
+    if config.text == "bilstm":
+        lstm = keras.layers.Bidirectional(lstm, name="text_bilstm")
+    return lstm(x)
 
 
 class WeightedBinaryCrossentropy(keras.losses.Loss):

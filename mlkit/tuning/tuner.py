@@ -136,7 +136,8 @@ class TopHyperModel(kt.HyperModel):
         config = self.trial_config(hp)
         data = self.data()
         compile_top(model, config, data.pos_weight)
-        set_input_statistics(model, *data.input_statistics())
+        if "features" in config.inputs:
+            set_input_statistics(model, *data.input_statistics())
         # The dataset reshuffles itself each epoch (shuffle=False only silences Keras).
         return model.fit(
             data.train_dataset(config.batch), epochs=config.epochs, verbose=0, shuffle=False,
@@ -301,7 +302,8 @@ def run_search(grid, cache, progress, *, max_memory, verbose=True):
         if "data" not in loaded:
             base = grid.base
             loaded["data"] = TopData(cache, views=base.views, sample_weights=base.sample_weights, cap=base.cap,
-                                     oversample=base.oversample, max_memory=max_memory, seed=base.seed)
+                                     oversample=base.oversample, max_memory=max_memory, seed=base.seed,
+                                     inputs=grid.inputs)
             if verbose:
                 print(f"data: {loaded['data'].describe()}", flush=True)
         return loaded["data"]
