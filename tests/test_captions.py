@@ -92,13 +92,13 @@ def test_streamed_caption_batches_match_in_memory_ones(tmp_path):
     assert only.in_memory and set(only.tables()["val"]) == {"tokens"}
 
 
-def test_a_caption_top_is_tuned_recorded_and_rebuilt_by_load_top(tmp_path):
+def test_a_caption_top_is_tuned_recorded_and_rebuilt_by_load_top(tmp_path, caplog):
     from mlkit.tuning import load_top, tune_top
     from mlkit.tuning.top import make_loss
 
     path = make_caption_cache(tmp_path)
-    summary = tune_top(path, tmp_path, units=8, captions=True, text="lstm", text_units=4, embed_dim=4, epochs=2,
-                       optimizer="adam", lr=0.01, verbose=False)
+    grid = dict(units=8, captions=True, text="lstm", text_units=4, embed_dim=4, epochs=2, optimizer="adam", lr=0.01)
+    summary = tune_top(path, tmp_path, verbose=False, **grid)
     run = summary.run[0]
     assert run == "synth_t_tiny_inet_avg_1x8d5_lr12_b64_emb-4_opt-adam_text-lstm4"
     assert (summary.branch[0], summary.text[0], summary.text_units[0]) == ("both", "lstm", 4)
@@ -110,6 +110,11 @@ def test_a_caption_top_is_tuned_recorded_and_rebuilt_by_load_top(tmp_path):
     scores = model.predict({"features": cache.read("features", rows), "tokens": cache.read("tokens", rows)}, verbose=0)
     loss = float(make_loss(config, config.num_outputs)(cache.read("labels", rows).astype("float32"), scores))
     assert loss == pytest.approx(summary.val_loss[0], rel=1e-4)
+
+    # A cache rebuilt with another vocabulary: the finished run keeps its own, and the rerun says so.
+    make_caption_cache(tmp_path, seed=1)
+    tune_top(path, tmp_path, verbose=False, **grid)
+    assert "vocabulary changed" in caplog.text and load_top(tmp_path, run)[1].vocabulary == cache.vocabulary
 
 
 @pytest.mark.parametrize("with_tokens, settings, message", [
