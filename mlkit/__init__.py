@@ -10,6 +10,8 @@ Example:
     mlkit.split_manifest(manifest, val=0.15, test=0.15)
     cache = mlkit.cache_features(manifest, backbone="mobilenetv2", weights="none", image_size=64)
     summary = mlkit.tune_top(cache.path, layers=[1, 2], units=[64, 128])
+    result = mlkit.finetune(cache.path, "best", freeze="all", epochs=5)
+    predictions = mlkit.predict(result.model_path, ["data/synth/images"])
 """
 
 __version__ = "0.1.0"
@@ -30,6 +32,10 @@ def __getattr__(name):
         "parse_run_name": "mlkit.runs",
         "format_run_name": "mlkit.runs",
         "parse_rule": "mlkit.decisions",
+        "finetune": "mlkit.models.finetune",
+        "predict": "mlkit.models.predict",
+        "export_model": "mlkit.models.export",
+        "load_model": "mlkit.models.export",
     }
     if name not in lazy:
         raise AttributeError(f"module 'mlkit' has no attribute {name!r}")

@@ -280,3 +280,15 @@ def test_a_killed_finetune_resumes_from_its_last_epoch(multilabel, tmp_path):
     csv_path = next((work / "models").glob("*_w.csv"))
     assert [row["epoch"] for row in read_log(csv_path)] == ["0", "1", "2", "3"]
     assert "Epoch 1/" not in finished.stdout, "the resumed run started again from epoch 1"
+
+
+def test_quick_demo_runs_every_stage_and_prints_its_metrics(tmp_path, capsys):
+    from mlkit.cli import main
+
+    assert main(["demo", "--quick", "--workdir", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6"):
+        assert f"== {stage}" in printed
+    assert "Test micro F1: cached top" in printed and "fine-tuned" in printed
+    assert list((tmp_path / "demo" / "models").glob("*.savedmodel/saved_model.pb"))
+    assert len(list((tmp_path / "demo" / "models").glob("*.keras"))) == 1

@@ -28,7 +28,7 @@ class DemoSettings:
     top_epochs: int = 15
     freeze: str = "all"
     ft_lr: float = 0.01
-    ft_epochs: int = 6
+    ft_epochs: int = 15
     augment: str = "hwf"
 
 

@@ -114,7 +114,8 @@ def predict(model, inputs, *, workdir=".", top=DEFAULT_TOP, csv_path=None, batch
 
 
 def _run(model, group, results, names, task, top):
-    outputs = model.predict_on_batch(np.stack([pixels for _, pixels in group]))
+    # A direct call: predict_on_batch would retrace for every new image size.
+    outputs = model(np.stack([pixels for _, pixels in group]), training=False)
     scores, labels = np.asarray(outputs["scores"]), np.asarray(outputs["labels"])
     for row, (index, _) in enumerate(group):
         result = results[index]
