@@ -156,7 +156,8 @@ def fit_vocabulary(captions, num_words=DEFAULT_NUM_WORDS, max_len=None):
         vocabulary = fit_vocabulary(["a red circle", "two blue squares"], num_words=100)
     """
     if isinstance(num_words, bool) or not isinstance(num_words, (int, np.integer)) or num_words < FIRST_STEM_ID + 1:
-        raise MlkitError(f"--num-words {num_words!r} must be an integer >= {FIRST_STEM_ID + 1} (padding, OOV and a word)")
+        raise MlkitError(
+            f"--num-words {num_words!r} must be an integer >= {FIRST_STEM_ID + 1} (padding, OOV and a word)")
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1):
         raise MlkitError(f"--max-len {max_len!r} must be a positive integer (or left out to choose it from the data)")
     stop_words, source = default_stop_words()
@@ -197,7 +198,8 @@ def check_vocabulary(vocabulary):
         raise MlkitError(f"a caption vocabulary is a dict from fit_vocabulary, not {type(vocabulary).__name__}")
     missing = [key for key in VOCABULARY_KEYS if key not in vocabulary]
     if missing:
-        raise MlkitError(f"caption vocabulary lacks {', '.join(missing)}; refit it with `mlkit cache-features ... --captions`")
+        raise MlkitError(
+            f"caption vocabulary lacks {', '.join(missing)}; refit it with `mlkit cache-features ... --captions`")
     if vocabulary["format"] != VOCABULARY_FORMAT:
         raise MlkitError(f"caption vocabulary format {vocabulary['format']!r} is not {VOCABULARY_FORMAT}; "
                          "refit it with this mlkit version's `mlkit cache-features ... --captions`")
