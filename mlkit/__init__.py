@@ -36,6 +36,9 @@ def __getattr__(name):
         "predict": "mlkit.models.predict",
         "export_model": "mlkit.models.export",
         "load_model": "mlkit.models.export",
+        "fit_vocabulary": "mlkit.text",
+        "encode_captions": "mlkit.text",
+        "caption_vectorizer": "mlkit.text",
     }
     if name not in lazy:
         raise AttributeError(f"module 'mlkit' has no attribute {name!r}")
