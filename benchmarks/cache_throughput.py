@@ -14,11 +14,15 @@ each backbone (weights none, pooling avg) measures in one process:
                  (batch, size, size, 3): one warm-up batch, then batches
                  covering the same image count.
 
-The ratio (cache / forward) is therefore the pipeline's overhead only:
-reading, hashing, decoding, resizing, batching and writing HDF5. Targets:
-0.9 for resnet50 at 224 px, 0.75 for mobilenetv2 at 96 px. Also shown: the
-whole-command rate (set-up included) and the steady rate (from the first
-written batch to the last, the way the forward rate excludes its warm-up).
+Two ratios against the forward rate. "steady" is the like-for-like one that
+the targets are checked on (0.9 for resnet50 at 224 px, 0.75 for mobilenetv2
+at 96 px): cache-features from its first written batch to its last, the way
+the forward rate starts after its warm-up batch, so neither counts the
+one-time graph trace and first call (about 2 s on 2 cores, whatever the
+image count). It is the pipeline's overhead only: reading, hashing, decoding,
+resizing, batching and writing HDF5. "ratio" divides the whole run minus the
+backbone's set-up, so it still holds the trace; on a few hundred images that
+fixed cost dominates it. The whole-command rate (set-up included) is shown too.
 
 Run:
     python benchmarks/cache_throughput.py                     # 256 images, both backbones
@@ -193,11 +197,12 @@ def main(argv=None):
 
     print()
     print("cache img/s excludes backbone set-up (build, weight hashing, preprocessing wrap, timed separately);")
-    print("the ratio uses it. whole = the full cache_features call; steady = first to last written batch.")
+    print("whole = the full cache_features call; steady = first to last written batch, like the forward rate")
+    print("after its warm-up batch. The target is checked on the steady ratio; 'ratio' still holds the graph trace.")
     if args.eager:
         print("eager img/s = the same forward called eagerly (diagnostic only; the ratio uses the traced call).")
     header = f"{'backbone':<12} {'size':>4} {'batch':>5} {'images':>6} {'cache img/s':>11} {'forward img/s':>13} " \
-             f"{'ratio':>6} {'target':>6} {'ok':>3} {'whole img/s':>11} {'steady img/s':>12} {'set-up s':>8}" \
+             f"{'ratio':>6} {'steady img/s':>12} {'steady ratio':>12} {'target':>6} {'ok':>3} {'whole img/s':>11} {'set-up s':>8}" \
              + (f" {'eager img/s':>11}" if args.eager else "")
     print(header)
     print("-" * len(header))
@@ -205,8 +210,10 @@ def main(argv=None):
         target = CONFIGS[r["backbone"]][1]
         ratio = r["cache"] / r["forward"]
         steady = f"{r['steady']:.1f}" if r["steady"] is not None else "-"
+        steady_ratio = r["steady"] / r["forward"] if r["steady"] is not None else float("nan")
         print(f"{r['backbone']:<12} {r['size']:>4} {r['batch']:>5} {r['images']:>6} {r['cache']:>11.1f} {r['forward']:>13.1f} "
-              f"{ratio:>6.2f} {target:>6.2f} {'yes' if ratio >= target else 'NO':>3} {r['whole']:>11.1f} {steady:>12} {r['setup']:>8.1f}"
+              f"{ratio:>6.2f} {steady:>12} {steady_ratio:>12.2f} {target:>6.2f} {'yes' if steady_ratio >= target else 'NO':>3} "
+              f"{r['whole']:>11.1f} {r['setup']:>8.1f}"
               + (f" {r['forward_fn']:>11.1f}" if args.eager else ""))
     return 0
 
