@@ -6,6 +6,11 @@ way the cache did: PIL in parallel through tf.data (EXIF rotation, CMYK,
 16-bit, transparency on the cache's background), then the one shared resize
 (`mlkit.images.resize_images`). An image that cannot be read any more is
 reported and given no weight, not fatal.
+
+For a caption top the pipeline also yields each row's raw caption string
+(the cache's `caption` dataset; "" for a row without one or a cache without
+captions) beside the pixels, as {"pixels", "caption"}: the network
+vectorises captions itself, exactly as the exported model will.
 """
 
 import logging
@@ -39,6 +44,8 @@ class ImageRows:
         self.paths = np.array([str(p if Path(p).is_absolute() else root / p) for p in images], dtype=object)
         self.labels = cache.read("labels", self.rows)
         self.splits = np.asarray(cache.read("split", self.rows))
+        self.captions = (np.asarray(cache.read("caption", self.rows), dtype=object) if cache.has("caption")
+                         else np.full(len(self.rows), "", dtype=object))
         self.background = parse_background(cache.attrs.get("background", "255,255,255"))
         self.image_size = int(cache.attrs["image_size"])
         self.failures = {}
@@ -56,15 +63,22 @@ class ImageRows:
                              f"{sorted(set(self.splits))}); run `mlkit data split MANIFEST` and rerun cache-features")
         return self.paths[mask], self.labels[mask]
 
-    def dataset(self, paths, targets=None, *, batch_size, shuffle=False, augment=(), seed=0,
+    def split_captions(self, name):
+        """The caption strings of one split's rows ("" where a row has none), aligned with `split`."""
+        self.split(name)
+        return self.captions[self.splits == name]
+
+    def dataset(self, paths, targets=None, *, captions=None, batch_size, shuffle=False, augment=(), seed=0,
                 memory_cache=DEFAULT_MEMORY_CACHE):
         """A batched, prefetched tf.data pipeline of float pixels in [0, 255] (and targets, weights).
 
         Args:
             paths: image paths.
-            targets: per-row training targets, or None to yield pixels only. With
-                targets each element is (pixels, targets, weight), weight 0
+            targets: per-row training targets, or None to yield inputs only. With
+                targets each element is (inputs, targets, weight), weight 0
                 for an image that could not be read.
+            captions: per-row caption strings, or None. With them the inputs
+                are {"pixels", "caption"}; without, the pixels alone.
             batch_size: images per batch.
             shuffle: reshuffle every epoch. Defaults to False.
             augment: Keras preprocessing layers applied per batch. Defaults to none.
@@ -89,21 +103,21 @@ class ImageRows:
             data = data.cache()
         if shuffle:
             data = data.shuffle(min(len(paths), 10000), seed=seed, reshuffle_each_iteration=True)
-        if targets is not None:
+        data = data.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
+        caption_table = None if captions is None else tf.constant([str(c) for c in captions], tf.string)
+        target_table = None if targets is None else tf.constant(np.asarray(targets))
+
+        def element(i, ok, pixels):
+            for layer in augment:
+                pixels = layer(pixels, training=True)
+            inputs = pixels if caption_table is None else {"pixels": pixels, "caption": tf.gather(caption_table, i)}
+            if target_table is None:
+                return inputs
             # An unreadable image stays in the batch as a blank with weight 0, so batches
             # keep their count (Keras knows the epoch's length) and labels stay aligned.
-            table = tf.constant(np.asarray(targets))
-            data = data.map(lambda i, ok, pixels: (pixels, tf.gather(table, i), tf.cast(ok, tf.float32)))
-        else:
-            data = data.map(lambda i, ok, pixels: pixels)
-        data = data.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
-        if augment:
-            def apply(pixels, *rest):
-                for layer in augment:
-                    pixels = layer(pixels, training=True)
-                return (pixels, *rest) if rest else pixels
+            return inputs, tf.gather(target_table, i), tf.cast(ok, tf.float32)
 
-            data = data.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+        data = data.map(element, num_parallel_calls=tf.data.AUTOTUNE)
         return data.prefetch(tf.data.AUTOTUNE)
 
     def _decoder(self, paths):

@@ -9,6 +9,13 @@ the test split beside the cached top's own result, and writes:
     models/<run>.json    labels, the fitted rule, test metrics, the baseline, the resolved config
     models/<run>.csv     the epoch log
 
+A caption top (image + caption, `tune-top --captions`) is fine-tuned with its
+caption branch: the network reads each row's caption string from the cache
+beside the image and tokenises it in the graph with the top run's own
+vocabulary, and the exported model takes {"image": uint8, "caption": string}.
+A caption-only top (`--text-only`) has no backbone to fine-tune and is
+refused; `--top best` passes over such runs.
+
 `<run>` is the top's run name plus the fine-tuning suffix
 `_<frozen>_lr<XY>_b<B>_<aug>` (see `mlkit.runs`). A killed run resumes from its
 last finished epoch (Keras's BackupAndRestore, kept in `models/.<run>.work/`);
@@ -124,7 +131,9 @@ def finetune(cache, top="best", workdir=".", *, image_root=None, overwrite=False
     Args:
         cache: path of the bottleneck cache (.h5) the top was tuned on, or an open `FeatureCache`.
         top: a run name from `tuning/`, or "best" (first in `tuning/summary.csv`
-            among this cache's runs). Defaults to "best".
+            among this cache's runs that have image features). An image +
+            caption top gives a model of two inputs, image and caption; a
+            caption-only top is refused. Defaults to "best".
         workdir: the workspace holding `tuning/`; `models/` is written there. Defaults to ".".
         image_root: folder the cache's relative image paths resolve against.
             Defaults to the folder of the manifest the cache was made from.
@@ -175,11 +184,21 @@ def select_top(workdir, cache, top):
         raise MlkitError(f"--top best needs {summary}; run `mlkit tune-top {cache.path}` first, or name a run")
     import pandas as pd
 
+    caption_only = 0
     for run in pd.read_csv(summary)["run"]:
         record = folder / f"{run}.json"
-        if record.exists() and Path(json.loads(record.read_text())["config"].get("cache", "")).name == cache.path.name:
-            return str(run)
-    raise MlkitError(f"{summary} lists no finished run tuned on {cache.path.name}; run `mlkit tune-top {cache.path}`")
+        if not record.exists():
+            continue
+        config = json.loads(record.read_text())["config"]
+        if Path(config.get("cache", "")).name != cache.path.name:
+            continue
+        if config.get("text_only"):
+            caption_only += 1
+            continue
+        return str(run)
+    extra = f" other than {caption_only} caption-only run(s), which have no backbone to fine-tune" if caption_only else ""
+    raise MlkitError(f"{summary} lists no finished run tuned on {cache.path.name}{extra}; run "
+                     f"`mlkit tune-top {cache.path}`")
 
 
 @contextlib.contextmanager
@@ -227,6 +246,15 @@ def finetune_run_name(top_run, frozen, config):
                             "aug": config.augment, "options": options}))
 
 
+def refuse_caption_only(top_config):
+    """A caption-only top has no image features, so no backbone under it to fine-tune."""
+    if top_config.text_only:
+        raise MlkitError(
+            f"top {top_config.run} is caption-only (tune-top --text-only): it takes no image features, so there is "
+            "no backbone to fine-tune or export with it. Fine-tune an image or image + caption top instead "
+            "(--top RUN, or --top best, which passes over caption-only runs)")
+
+
 def read_log(path):
     """The epoch log's rows, one per epoch (the last kept when a resumed run wrote an epoch twice)."""
     if not Path(path).exists():
@@ -252,7 +280,13 @@ class _Job:
             self.backbone, self.spec = rebuild_backbone(self.attrs, config.weights or None)
             self.top, self.top_config = load_top(workdir, top_run)
             check_top_matches(self.top_config, cache)
-            self.network = build_network(self.backbone, self.spec, self.attrs, self.top)
+            refuse_caption_only(self.top_config)
+            self.vocabulary = self.top_config.vocabulary if self.top_config.text else None
+            if self.vocabulary and config.jit:
+                raise MlkitError(f"--jit compiles the whole training step with XLA, which has no string ops, and "
+                                 f"top {top_run} tokenises its captions inside the network: drop --jit for caption "
+                                 "tops")
+            self.network = build_network(self.backbone, self.spec, self.attrs, self.top, self.vocabulary)
         config.frozen = resolve_freeze(self.backbone, config.freeze)
         self.task = cache.task
         self.top_run = top_run
@@ -288,12 +322,16 @@ class _Job:
         scaled = (np.asarray(labels, "float64") - self.target_low) / (self.target_high - self.target_low)
         return scaled.astype("float32")
 
+    def captions(self, split):
+        """The split's caption strings for a caption top, else None."""
+        return self.rows.split_captions(split) if self.vocabulary else None
+
     def dataset(self, split, training):
         paths, labels = self.rows.split(split)
         config = self.config
         augment = augmentation_layers(config.augment, config.seed) if training else ()
-        return self.rows.dataset(paths, self.targets(labels), batch_size=config.batch, shuffle=training,
-                                 augment=augment, seed=config.seed, memory_cache=config.memory_cache)
+        return self.rows.dataset(paths, self.targets(labels), captions=self.captions(split), batch_size=config.batch,
+                                 shuffle=training, augment=augment, seed=config.seed, memory_cache=config.memory_cache)
 
     # -- training ---------------------------------------------------------------------------
     def compile(self):
@@ -373,17 +411,26 @@ class _Job:
     def scores(self, split):
         """(scores, labels) of one split from the network, rows that failed to decode left out."""
         paths, labels = self.rows.split(split)
-        data = self.rows.dataset(paths, None, batch_size=self.config.batch, memory_cache=0)
+        data = self.rows.dataset(paths, None, captions=self.captions(split), batch_size=self.config.batch,
+                                 memory_cache=0)
         scores = self.network.predict(data, verbose=0)
         keep = self.rows.readable(paths)
         return scores, labels[keep]
 
     def cached_scores(self, split):
-        """The stage-2 top's scores on the cached features: the baseline fine-tuning must beat."""
+        """The stage-2 top's scores on the cached features: the baseline fine-tuning must beat.
+
+        A caption top gets its captions encoded as in stage 2 (Python, with
+        the run's own vocabulary), not through the network's in-graph vectoriser.
+        """
+        from mlkit.text import encode_captions
         from mlkit.tuning.top import load_top
 
         top, _ = load_top(self.workdir, self.top_run)
         features, labels = self.cache.load(split)
+        if self.vocabulary:
+            captions = self.cache.read("caption", self.cache.indices(split))
+            features = {"features": features, "tokens": encode_captions(captions, self.vocabulary)}
         return top.predict(features, batch_size=256, verbose=0), labels
 
     def report(self, fit, test):
@@ -435,7 +482,7 @@ class _Job:
         keras.config.set_dtype_policy("float32")
         backbone, spec = rebuild_backbone(self.attrs, self.config.weights or None)
         top, _ = load_top(self.workdir, self.top_run)
-        network = build_network(backbone, spec, self.attrs, top)
+        network = build_network(backbone, spec, self.attrs, top, self.vocabulary)
         network.set_weights(self.network.get_weights())
         return network
 
@@ -450,6 +497,15 @@ class _Job:
             writer.writeheader()
             writer.writerows(rows)
         os.replace(partial, self.paths["csv"])
+
+    def caption_input(self):
+        """What the "caption" input is, for the record (the full vocabulary is in the model's layer config)."""
+        if not self.vocabulary:
+            return None
+        vocabulary = self.vocabulary
+        return {"dtype": "string", "shape": [None], "missing": "empty string", "vocabulary_size": vocabulary["size"],
+                "max_len": vocabulary["max_len"], "num_words": vocabulary.get("num_words"),
+                "stop_words_source": vocabulary.get("stop_words_source"), "branch": self.top_config.branch}
 
     def record(self, rule, report, baseline):
         import keras
@@ -466,6 +522,8 @@ class _Job:
             "failed_images": dict(self.rows.failures),
             "input": {"dtype": "uint8", "shape": [None, None, None, 3], "image_size": int(attrs["image_size"]),
                       "resize": "bilinear, antialias", "background": attrs.get("background")},
+            "inputs": ["image", "caption"] if self.vocabulary else ["image"],
+            "caption_input": self.caption_input(),
             "outputs": {"scores": "float32 (N, L)", "labels": "uint8 (N, L) decisions" if self.task != "regression"
                         else "predictions in original units"},
             "cache": {key: attrs.get(key) for key in ("backbone", "weights", "weights_sha256", "image_size", "preprocess",

@@ -9,6 +9,13 @@ Three models share one set of layers:
   network -> scores, plus the label decision (and, for regression, the
   targets back in original units).
 
+A caption top (image + caption, `mlkit.tuning.top`) makes both models take
+two named inputs: the network {"pixels", "caption"} and the exported model
+{"image", "caption"}, a caption being one tf.string per image. The caption
+passes `mlkit.text.caption_vectorizer` with the top run's own vocabulary
+inside the network, so training, the `.keras` file and the SavedModel all
+tokenise it the same way, with TensorFlow ops only.
+
 The backbone always runs in inference mode (`training=False`): its batch
 norm statistics are kept while its weights train, the usual practice for
 fine-tuning on small collections.
@@ -19,6 +26,8 @@ import keras
 from mlkit.backbones import build_backbone, get_backbone, preprocessing_layers
 from mlkit.errors import MlkitError
 from mlkit.models.layers import LabelDecision, Unscale
+
+CAPTION = "caption"
 
 
 def rebuild_backbone(attrs, weights=None):
@@ -61,18 +70,41 @@ def check_top_matches(config, cache):
         raise MlkitError(f"top {config.run} was not trained on {cache.path.name}: " + "; ".join(problems))
 
 
-def build_network(backbone, spec, attrs, top):
-    """float pixels (S, S, 3) in [0, 255] -> preprocessing -> backbone -> top -> float32 scores."""
+def build_network(backbone, spec, attrs, top, vocabulary=None):
+    """float pixels (S, S, 3) in [0, 255] -> preprocessing -> backbone -> top -> float32 scores.
+
+    Args:
+        backbone: the model from `rebuild_backbone`.
+        spec: its `BackboneSpec`.
+        attrs: the cache's attributes (image size, preprocessing).
+        top: the stage-2 top; a caption top takes {"features", "tokens"}.
+        vocabulary: a caption top's vocabulary (`TopConfig.vocabulary`). With
+            it the network takes {"pixels", "caption"} and vectorises the
+            caption strings itself. Defaults to None (pixels only).
+    """
     size = int(attrs["image_size"])
-    inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
-    x = inputs
+    pixels = keras.Input((size, size, 3), dtype="float32", name="pixels")
+    x = pixels
     for layer in preprocessing_layers(spec, attrs["preprocess"], attrs.get("zmuv_mean"), attrs.get("zmuv_std")):
         x = layer(x)
     features = backbone(x, training=False)
-    scores = top(features)
+    if vocabulary:
+        from mlkit.text import caption_vectorizer
+
+        caption = keras.Input((), dtype="string", name=CAPTION)
+        inputs = {"pixels": pixels, CAPTION: caption}
+        scores = top({"features": features, "tokens": caption_vectorizer(vocabulary)(caption)})
+    else:
+        inputs = pixels
+        scores = top(features)
     # Under mixed precision the head computes in float16; losses and decisions want float32.
     scores = keras.layers.Activation("linear", dtype="float32", name="scores")(scores)
     return keras.Model(inputs, scores, name="network")
+
+
+def takes_captions(model):
+    """Whether a network or exported model has a "caption" input."""
+    return isinstance(model.input, dict) and CAPTION in model.input
 
 
 def resolve_freeze(backbone, freeze):
@@ -116,6 +148,9 @@ def apply_freeze(backbone, frozen):
 def build_export_model(network, attrs, rule, task, target_low=None, target_high=None):
     """uint8 images (any size) -> resize -> network -> {"scores", "labels"}.
 
+    A network with a caption input gives a model of two inputs,
+    {"image": uint8 (N, H, W, 3), "caption": string (N,)}.
+
     Args:
         network: the trained network from `build_network`.
         attrs: the cache's attributes (image size).
@@ -133,10 +168,16 @@ def build_export_model(network, attrs, rule, task, target_low=None, target_high=
     image = keras.Input((None, None, 3), dtype="uint8", name="image")
     pixels = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, dtype="float32",
                                    name="resize")(image)
-    scores = network(pixels)
+    if takes_captions(network):
+        caption = keras.Input((), dtype="string", name=CAPTION)
+        inputs = {"image": image, CAPTION: caption}
+        scores = network({"pixels": pixels, CAPTION: caption})
+    else:
+        inputs = image
+        scores = network(pixels)
     if task == "regression":
         predictions = Unscale(target_low, target_high, name="unscale")(scores)
         outputs = {"scores": predictions, "labels": keras.layers.Identity(name="labels")(predictions)}
     else:
         outputs = {"scores": scores, "labels": LabelDecision(rule, name="labels")(scores)}
-    return keras.Model(image, outputs, name="mlkit_model")
+    return keras.Model(inputs, outputs, name="mlkit_model")
