@@ -16,6 +16,11 @@ Writes, under WORKDIR/models/ (RUN = the top's run name + _<frozen>_lr<XY>_b<B>_
   RUN.csv     the epoch log
 Rerun the same command to resume a killed run from its last finished epoch.
 
+An image + caption top (tune-top --captions) is fine-tuned with its caption branch:
+RUN.keras then takes {{"image": uint8, "caption": string}}, the caption tokenised
+inside with the top's own vocabulary. Caption-only tops (--text-only) have no
+backbone to fine-tune and are refused; --top best passes over them.
+
 Examples:
   mlkit finetune bottlenecks/coco_2017_vgg16_inet_avg.h5 --top best --freeze block5 --lr 0.001
   mlkit finetune CACHE --top RUN --freeze all --warmup-epochs 1 --augment hwrszf --mixed-precision
@@ -63,7 +68,7 @@ def add_finetune(subparsers):
                         help="folder the cache's relative image paths start from (default: the manifest's folder)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="mixed_float16 on a GPU (mixed_bfloat16 on CPU); the exported model stays float32")
-    parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--jit", action="store_true", help="compile the training step with XLA (not for caption tops: XLA has no string ops)")
     parser.add_argument("--strategy", default="none", choices=("none", "mirrored", "multiworker"),
                         help="tf.distribute: mirrored (all local GPUs) or multiworker (workers from TF_CONFIG)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -104,7 +109,9 @@ def add_export(subparsers):
         "export", help="write an exported model as a SavedModel, TFLite or ONNX",
         description="Write models/RUN.keras in serving formats beside it. The SavedModel serves with TensorFlow "
                     "alone: tf.saved_model.load(PATH).serve(uint8_images) or .serve_bytes(encoded_files), "
-                    "each returning {'scores', 'labels'}.")
+                    "each returning {'scores', 'labels'}; a caption model's take the captions too: "
+                    "serve(images, captions), serve_bytes(files, captions). Caption models export as "
+                    "SavedModel only (no TFLite or ONNX).")
     parser.add_argument("model", help="a run name under WORKDIR/models, or a .keras path")
     parser.add_argument("--format", default="savedmodel",
                         help="comma-separated: savedmodel (default), tflite, onnx (ONNX needs mlkit[export])")
@@ -128,9 +135,14 @@ def add_predict(subparsers):
         "predict", help="label images, folders or a manifest with an exported model",
         description="Ranked labels with scores per image; '*' marks the labels the model's decision rule "
                     "chose, '+' true labels (when the input is a manifest). Unreadable images are reported, "
-                    "not fatal.")
+                    "not fatal. A model fine-tuned from an image + caption top takes a caption per image: "
+                    "--caption TEXT, or a manifest's caption column.")
     parser.add_argument("model", help="a run name under WORKDIR/models, or a .keras path")
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or a manifest")
+    parser.add_argument("--caption", default=None,
+                        help="caption models: the caption of every image given (default: each manifest row's "
+                             "caption column; images without one are an error; --caption '' for none). "
+                             "Image-only models ignore it, with a warning")
     parser.add_argument("--top", type=int, default=5, help="ranked labels shown per image (default 5)")
     parser.add_argument("--csv", default=None, help="also write one row per image to this CSV")
     parser.add_argument("--quiet", action="store_true", help="do not print the table (with --csv)")
@@ -141,7 +153,8 @@ def add_predict(subparsers):
 def run_predict(args):
     from mlkit.models.predict import format_predictions, predict
 
-    results = predict(args.model, args.inputs, workdir=args.workdir, top=args.top, csv_path=args.csv)
+    results = predict(args.model, args.inputs, caption=args.caption, workdir=args.workdir, top=args.top,
+                      csv_path=args.csv)
     if not args.quiet:
         print(format_predictions(results))
     failed = sum(1 for r in results if r.error)

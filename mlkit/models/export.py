@@ -18,6 +18,16 @@ beside it:
 orientation or composite transparency on the training background; for
 photos with EXIF rotation, decode yourself (or use `mlkit predict`) and call
 `serve`.
+
+A caption model (fine-tuned from an image + caption top) takes a raw caption
+string per image as well: its `.keras` file takes {"image", "caption"}, and
+its SavedModel has `serve(images, captions)` and `serve_bytes(files,
+captions)`, captions a tf.string (N,) ("" for an image without one). The
+caption is tokenised inside, with TensorFlow ops only, so the SavedModel
+still serves without mlkit. Such models are not written as TFLite or ONNX:
+tf2onnx leaves the vectoriser's string ops (regex replace, string split, a
+string hash table) unconverted, and TFLite keeps them only as Flex ops that
+its stock interpreter cannot run; use the SavedModel.
 """
 
 import json
@@ -63,6 +73,7 @@ def load_model(model, workdir="."):
     import keras
 
     import mlkit.models.layers  # noqa: F401  (registers mlkit>LabelDecision and mlkit>Unscale)
+    import mlkit.text  # noqa: F401  (registers mlkit>CaptionVectorizer)
 
     path, record_path = model_paths(model, workdir)
     try:
@@ -115,30 +126,53 @@ def _replace_dir(partial, final):
 
 
 def write_savedmodel(model, path):
-    """A SavedModel with `serve` (uint8 images) and `serve_bytes` (encoded files) endpoints."""
+    """A SavedModel with `serve` (uint8 images) and `serve_bytes` (encoded files) endpoints.
+
+    A caption model's endpoints take the captions as a second argument:
+    `serve(images, captions)` and `serve_bytes(files, captions)`.
+    """
     import keras
     import tensorflow as tf
+
+    from mlkit.models.network import takes_captions
 
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
+    specs = {key: tf.TensorSpec(value.shape[1:], value.dtype) for key, value in model.output.items()}
+    images = tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")
+    files = tf.TensorSpec((None,), tf.string, name="files")
 
-    def serve(images):
-        return model(images, training=False)
+    def decode(data):
+        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)[None]
 
-    def one_file(data):
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        outputs = model(image[None], training=False)
+    def first(outputs):
         return {key: value[0] for key, value in outputs.items()}
-
-    def serve_bytes(files):
-        specs = {key: tf.TensorSpec(value.shape[1:], value.dtype) for key, value in model.output.items()}
-        return tf.map_fn(one_file, files, fn_output_signature=specs)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")])
-    archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name="files")])
+    if takes_captions(model):
+        captions = tf.TensorSpec((None,), tf.string, name="captions")
+
+        def serve(images, captions):
+            return model({"image": images, "caption": captions}, training=False)
+
+        def serve_bytes(files, captions):
+            return tf.map_fn(lambda pair: first(model({"image": decode(pair[0]), "caption": pair[1][None]},
+                                                      training=False)),
+                             (files, captions), fn_output_signature=specs)
+
+        archive.add_endpoint("serve", serve, input_signature=[images, captions])
+        archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[files, captions])
+    else:
+        def serve(images):
+            return model(images, training=False)
+
+        def serve_bytes(files):
+            return tf.map_fn(lambda data: first(model(decode(data), training=False)), files, fn_output_signature=specs)
+
+        archive.add_endpoint("serve", serve, input_signature=[images])
+        archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[files])
     archive.write_out(str(partial), verbose=False)
     _replace_dir(partial, path)
     return path
@@ -153,6 +187,14 @@ def fixed_size_function(model, record):
     """
     import tensorflow as tf
 
+    from mlkit.models.network import takes_captions
+
+    if takes_captions(model):
+        raise MlkitError(
+            "this model takes captions, and its caption vectoriser's string ops (regex replace, string split, "
+            "a string hash table) convert to neither format: tf2onnx leaves them unconverted, and TFLite keeps "
+            "them only as Flex ops that its stock interpreter cannot run. Export --format savedmodel instead "
+            "and call serve(images, captions) with TensorFlow")
     size = int((record.get("input") or {}).get("image_size") or model.get_layer("resize").height)
     network = model.get_layer("network")
 

@@ -4,6 +4,13 @@ Images are decoded as in training (PIL: EXIF rotation, CMYK, 16-bit,
 transparency on the cache's background colour) and passed to the exported
 model as uint8, which resizes and preprocesses inside. An image that cannot
 be read is reported in its row and does not stop the others.
+
+A caption model (one fine-tuned from an image + caption top) also takes one
+caption per image: `caption=TEXT` (`--caption`) gives every image the same
+one, else a manifest's `caption` column gives each row its own (a blank cell
+is the empty caption, as in training). Images left without a caption are an
+error, not silently captioned "": pass `--caption ""` to mean no caption.
+Image-only models ignore `--caption`, with a warning.
 """
 
 import csv
@@ -34,10 +41,16 @@ class Prediction:
     truth: list = None
     error: str = ""
     task: str = "multilabel"
+    caption: str = None
 
 
 def expand_inputs(inputs):
-    """Image paths (and true labels, None when unknown) from files, folders and manifests."""
+    """(image path, true labels, caption) from files, folders and manifests.
+
+    True labels are None when unknown; the caption is a manifest row's
+    (blank -> "") and None for images from files, folders or a manifest
+    without a caption column.
+    """
     items = []
     for entry in inputs:
         path = Path(entry)
@@ -45,11 +58,11 @@ def expand_inputs(inputs):
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 log.warning("%s holds no images (%s)", path, ", ".join(sorted(IMAGE_SUFFIXES)))
-            items += [(str(p), None) for p in found]
+            items += [(str(p), None, None) for p in found]
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
             items += _manifest_items(path)
         else:
-            items.append((str(path), None))
+            items.append((str(path), None, None))
     if not items:
         raise MlkitError("no images to predict: give image files, folders or a manifest")
     return items
@@ -60,18 +73,40 @@ def _manifest_items(path):
 
     table = read_manifest(path, allow_unlabelled=True)
     images = [str(p) for p in table.image_paths()]
-    if table.task == "regression":
-        return [(image, None) for image in images]
-    truth = [list(labels) for labels in table.rows["labels"]]
-    return list(zip(images, truth))
+    captions = table.captions()
+    captions = [None] * len(images) if captions is None else ["" if text is None else str(text) for text in captions]
+    truth = ([None] * len(images) if table.task == "regression"
+             else [list(labels) for labels in table.rows["labels"]])
+    return list(zip(images, truth, captions))
 
 
-def predict(model, inputs, *, workdir=".", top=DEFAULT_TOP, csv_path=None, batch_size=32):
+def attach_captions(items, caption, captioned, model):
+    """The items with the captions the model gets; see this module's docstring."""
+    if caption is not None:
+        if not captioned:
+            log.warning("%s takes no caption: --caption is ignored", model)
+        return [(image, truth, str(caption)) for image, truth, _ in items]
+    if not captioned:
+        return items
+    lacking = [image for image, _, text in items if text is None]
+    if lacking:
+        raise MlkitError(
+            f"{model} takes a caption with each image, and {len(lacking)} of {len(items)} image(s) have none "
+            f"(first: {lacking[0]}): give --caption TEXT (one caption for every image; --caption '' for none) "
+            "or a manifest with a caption column")
+    return items
+
+
+def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_path=None, batch_size=32):
     """Labels images with an exported model.
 
     Args:
         model: a `.keras` path or a run name under `<workdir>/models/`.
         inputs: image files, folders (searched recursively) and manifests.
+        caption: for a caption model, the caption of every image; without it
+            each manifest row's `caption` cell is used, and images with no
+            caption are an error. Ignored, with a warning, by image-only
+            models. Defaults to None.
         workdir: the workspace. Defaults to ".".
         top: ranked labels kept per image (all decided ones are always kept). Defaults to 5.
         csv_path: also write one row per image here. Defaults to None.
@@ -83,19 +118,21 @@ def predict(model, inputs, *, workdir=".", top=DEFAULT_TOP, csv_path=None, batch
     Example:
         for p in predict("models/run.keras", ["photos/"]):
             print(p.image, p.decided)
+        predict("models/captioned.keras", ["photo.jpg"], caption="two red circles")
     """
     from mlkit.models.export import load_model
+    from mlkit.models.network import takes_captions
 
     keras_model, record = load_model(model, workdir)
+    captioned = takes_captions(keras_model)
     names = record.get("label_names") or record.get("target_names") or []
     task = record.get("task", "multilabel")
     background = parse_background((record.get("input") or {}).get("background") or "white")
-    items = expand_inputs(inputs)
-    results = [Prediction(image, task=task) for image, _ in items]
-    for result, (_, truth) in zip(results, items):
-        result.truth = truth
+    items = attach_captions(expand_inputs(inputs), caption, captioned, model)
+    results = [Prediction(image, truth=truth, task=task, caption=text if captioned else None)
+               for image, truth, text in items]
     pending = {}
-    for index, (image, _) in enumerate(items):
+    for index, (image, _, _) in enumerate(items):
         try:
             pixels = load_image(image, background)
         except ImageReadError as error:
@@ -114,8 +151,11 @@ def predict(model, inputs, *, workdir=".", top=DEFAULT_TOP, csv_path=None, batch
 
 
 def _run(model, group, results, names, task, top):
+    images = np.stack([pixels for _, pixels in group])
+    if results[group[0][0]].caption is not None:
+        images = {"image": images, "caption": np.array([results[index].caption for index, _ in group], dtype=object)}
     # A direct call: predict_on_batch would retrace for every new image size.
-    outputs = model(np.stack([pixels for _, pixels in group]), training=False)
+    outputs = model(images, training=False)
     scores, labels = np.asarray(outputs["scores"]), np.asarray(outputs["labels"])
     for row, (index, _) in enumerate(group):
         result = results[index]
@@ -136,7 +176,7 @@ def format_predictions(results):
     lines = []
     task = results[0].task if results else "multilabel"
     for result in results:
-        lines.append(result.image)
+        lines.append(result.image if result.caption is None else f"{result.image}  caption: {result.caption!r}")
         if result.error:
             lines.append(f"  unreadable: {result.error}")
             continue
@@ -155,15 +195,18 @@ def format_predictions(results):
 
 
 def write_csv(results, path):
-    """One row per image: image, decided labels (|-joined), ranked label:score pairs, true labels, error."""
+    """One row per image: image, decided labels (|-joined), ranked label:score pairs, true labels, error,
+    and for a caption model the caption used last."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
+    captioned = any(result.caption is not None for result in results)
     with open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "labels", "ranked", "true_labels", "error"])
+        writer.writerow(["image", "labels", "ranked", "true_labels", "error"] + (["caption"] if captioned else []))
         for result in results:
             ranked = "|".join(f"{name}:{score:.6g}" for name, score in result.ranked)
             truth = "" if result.truth is None else "|".join(result.truth)
-            writer.writerow([result.image, "|".join(result.decided), ranked, truth, result.error])
+            row = [result.image, "|".join(result.decided), ranked, truth, result.error]
+            writer.writerow(row + ([result.caption] if captioned else []))
     os.replace(partial, path)
     return path
