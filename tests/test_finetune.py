@@ -203,6 +203,19 @@ def test_predict_ranks_labels_marks_decisions_and_reports_a_corrupt_image(multil
     assert "+" in capsys.readouterr().out, "true labels from a manifest are marked"
 
 
+def test_an_image_only_model_ignores_a_caption_with_a_warning(multilabel, caplog):
+    from mlkit.models.predict import predict
+
+    _, cache_path, _, result = multilabel
+    cache = open_cache(cache_path)
+    image = str(Path(cache.attrs["manifest_root"]) / cache.read("image", cache.indices("test")[:1])[0])
+    plain = predict(result.model_path, [image])
+    with caplog.at_level("WARNING", logger="mlkit.models.predict"):
+        captioned = predict(result.model_path, [image], caption="a red circle")
+    assert "takes no caption: --caption is ignored" in caplog.text
+    assert captioned[0].ranked == plain[0].ranked and captioned[0].caption is None
+
+
 def test_a_top_from_another_cache_or_other_weights_is_refused(multilabel, tmp_path):
     import h5py
 
