@@ -25,10 +25,10 @@ class DemoSettings:
     backbone: str = "vgg16"
     units: tuple = (64, 128)
     top_lr: float = 0.01
-    top_epochs: int = 15
+    top_epochs: int = 60
     freeze: str = "all"
     ft_lr: float = 0.01
-    ft_epochs: int = 15
+    ft_epochs: int = 40
     augment: str = "hwf"
 
 
