@@ -227,7 +227,8 @@ def write_tokens(h5, tokens=None, vocabulary=None):
     write_attrs(h5, {"vocabulary": vocabulary})
 
 
-def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None, tokens=None):
+def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None, tokens=None,
+                image_sha256=None):
     """Writes a finished cache in one go (tests, shard merges, hand-made features).
 
     Args:
@@ -240,6 +241,7 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
         caption: optional N strings.
         augmented: optional (N, K, ...) views.
         tokens: optional caption token ids (N, T); needs `attrs["vocabulary"]`.
+        image_sha256: optional N hex digests of the image bytes (what `mlkit audit` groups exact duplicates by).
     """
     path = Path(path)
     features = np.asarray(features, dtype="float32")
@@ -258,6 +260,8 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
         h5["split"][...] = list(split)
         h5["image"][...] = list(image) if image is not None else [f"row{i}" for i in range(n)]
         h5["key"][...] = [f"row{i}" for i in range(n)]
+        if image_sha256 is not None:
+            h5["image_sha256"][...] = [str(digest).encode() for digest in image_sha256]
         if caption is not None:
             h5["caption"][...] = ["" if c is None else str(c) for c in caption]
         if augmented is not None:

@@ -1,0 +1,74 @@
+"""`mlkit audit`: a thin parser over `mlkit.audit` and `mlkit.auditing.apply_corrections`."""
+
+import argparse
+from dataclasses import fields
+
+from mlkit.auditing.config import AuditConfig
+
+EPILOG = """\
+examples:
+  mlkit audit bottlenecks/stamps_all_mobilenetv2_inet_avg.h5
+  mlkit audit CACHE --folds 0 --near-threshold 0.95       # duplicates and outliers only
+  mlkit audit CACHE --top stamps_all_mobilenetv2_inet_avg_1x1024d5_lr11_b64   # fold tops with a tuned run's settings
+  mlkit audit --apply audit/<cache>/issues.csv            # after filling its decision column
+
+Writes WORKDIR/audit/<cache>/: issues.csv (one row per finding: leaks first, then
+conflicts, duplicates, label errors, outliers), summary.json, groups.csv (for
+`mlkit data split --group-duplicates`), scores.npz and a contact sheet <kind>.png
+per kind found. Fill issues.csv's decision column with accept or reject and run
+--apply: accepted findings drop their row or take the suggested labels (edit the
+suggested column first to choose other labels). The corrected manifest is written
+beside the original as <name>.audited.csv; the original is never overwritten.
+"""
+
+HELP = {
+    "near_threshold": "cosine similarity (mean-centred features) at or above which two rows are near duplicates",
+    "neighbours": "nearest neighbours searched per row",
+    "outlier_k": "neighbours whose mean cosine distance is a row's outlier score",
+    "outlier_z": "robust z-score of that distance above which a row is an outlier",
+    "folds": "k of the k-fold top models for the label check; 0 skips it",
+    "top": "a tuned run (in WORKDIR/tuning) whose settings train the fold tops; default: a small top",
+    "units": "hidden units of the default fold top",
+    "epochs": "most epochs per fold top (10%% of its rows stop it early)",
+    "batch": "batch size of the default fold top",
+    "lr": "Adam learning rate of the default fold top",
+    "residual_z": "regression: standardised residual above which a row is flagged",
+    "sheet_size": "findings per contact sheet",
+    "seed": "seeds the folds and the fold tops",
+}
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "audit", help="find duplicates, split leaks, likely label errors and outliers in a cache",
+        description="Audit a bottleneck cache: exact duplicates (image sha256), near duplicates (feature cosine), "
+        "leaks across splits, likely label errors (out-of-fold scores of k-fold top models) and outliers.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cache", nargs="?", help="bottleneck cache (.h5) from cache-features")
+    parser.add_argument("--workdir", default=".", help="workspace folder; writes WORKDIR/audit/<cache>/ (default: .)")
+    parser.add_argument("--apply", metavar="ISSUES_CSV", help="write a corrected manifest from an edited issues.csv")
+    parser.add_argument("--manifest", help="with --apply: the manifest to correct (default: the one the cache was made from)")
+    parser.add_argument("--out", help="with --apply: where to write (default: <manifest>.audited.<suffix> beside it)")
+    defaults = AuditConfig()
+    for field in fields(AuditConfig):
+        default = getattr(defaults, field.name)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(default), default=default,
+                            help=f"{HELP[field.name]} (default: {default if default != '' else 'none'})")
+    parser.set_defaults(func=run, parser=parser)
+
+
+def run(args):
+    if args.apply:
+        from mlkit.auditing.apply import apply_corrections
+
+        apply_corrections(args.apply, manifest=args.manifest, out=args.out)
+        return 0
+    if not args.cache:
+        args.parser.error("give a CACHE to audit, or --apply ISSUES_CSV")
+    from mlkit.auditing.run import audit
+
+    config = AuditConfig(**{field.name: getattr(args, field.name) for field in fields(AuditConfig)})
+    result = audit(args.cache, workdir=args.workdir, config=config)
+    counts = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in result.summary["findings"].items())
+    print(f"audit: {len(result.issues)} findings ({counts}) in {result.folder}")
+    return 0

@@ -1,0 +1,83 @@
+"""The audit's settings, their defaults, and the names of what it writes.
+
+`AuditConfig` holds every default once; the `mlkit audit` parser and
+`mlkit.audit(...)` are built from it, and the resolved config is written into
+`summary.json` beside the findings.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+from mlkit.errors import MlkitError
+
+AUDIT_DIR = "audit"
+ISSUES_CSV = "issues.csv"
+SUMMARY_JSON = "summary.json"
+GROUPS_CSV = "groups.csv"
+SCORES_NPZ = "scores.npz"
+# Finding kinds, in the order issues.csv lists them: leaks first.
+KINDS = ("leak", "conflict", "duplicate", "label_error", "outlier")
+PAIR_KINDS = ("leak", "conflict", "duplicate")
+# What accepting a finding does in `mlkit audit --apply`.
+ACTIONS = {"leak": "drop", "conflict": "relabel", "duplicate": "drop", "label_error": "relabel", "outlier": "drop"}
+DECISION_COLUMN = "decision"
+ACCEPT, REJECT = "accept", "reject"
+
+
+@dataclass
+class AuditConfig:
+    """What the audit looks for, and how hard.
+
+    Args:
+        near_threshold: cosine similarity (of mean-centred features) at or
+            above which two rows are near duplicates. Defaults to 0.92.
+        neighbours: nearest neighbours searched per row. Defaults to 10.
+        outlier_k: neighbours whose mean cosine distance is a row's outlier score. Defaults to 5.
+        outlier_z: robust z-score (median and MAD of the outlier scores)
+            above which a row is an outlier. Defaults to 4.0.
+        folds: k of the k-fold top models giving out-of-fold scores; 0 skips
+            the label check. Defaults to 5.
+        top: a tuned run name whose settings train the fold models, or "" for
+            the small default top below. Defaults to "".
+        units: hidden units of the default top. Defaults to 256.
+        epochs: most epochs per fold model (10% of its training rows stop it early). Defaults to 30.
+        batch: batch size of the default top. Defaults to 128.
+        lr: Adam learning rate of the default top. Defaults to 0.001.
+        residual_z: regression: standardised residual above which a row is flagged. Defaults to 3.0.
+        sheet_size: findings per contact sheet. Defaults to 24.
+        seed: seeds the folds and the fold models. Defaults to 0.
+    """
+
+    near_threshold: float = 0.92
+    neighbours: int = 10
+    outlier_k: int = 5
+    outlier_z: float = 4.0
+    folds: int = 5
+    top: str = ""
+    units: int = 256
+    epochs: int = 30
+    batch: int = 128
+    lr: float = 0.001
+    residual_z: float = 3.0
+    sheet_size: int = 24
+    seed: int = 0
+
+    def __post_init__(self):
+        if not -1.0 <= float(self.near_threshold) <= 1.0:
+            raise MlkitError(f"near threshold {self.near_threshold} is not a cosine similarity in [-1, 1]")
+        if self.folds == 1 or self.folds < 0:
+            raise MlkitError(f"folds {self.folds}: use 2 or more (5 is usual), or 0 to skip the label check")
+        for name in ("neighbours", "outlier_k", "units", "epochs", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.outlier_k > self.neighbours:
+            raise MlkitError(f"outlier-k {self.outlier_k} is more than the {self.neighbours} neighbours searched; "
+                             "raise --neighbours or lower --outlier-k")
+        if not self.lr > 0:
+            raise MlkitError(f"lr {self.lr}: learning rates must be positive")
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls):
+        return [f.name for f in fields(cls)]

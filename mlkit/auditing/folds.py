@@ -1,0 +1,156 @@
+"""Out-of-fold scores: k top models trained on the cache, each scoring the fold it never saw.
+
+The folds are stratified by label (mlkit's iterative stratification) for
+classification and random for regression. Each fold's top is mlkit's own
+(`build_top_model`, `compile_top`), with either a tuned run's settings or a
+small default (one hidden layer, dropout 0.5, Adam); 10% of its training
+rows stop it early. Batches are gathered from the one in-memory feature
+matrix, so no fold copies it.
+"""
+
+import json
+import logging
+import math
+
+import keras
+import numpy as np
+
+from mlkit.data.split import iterative_stratification
+from mlkit.errors import MlkitError
+from mlkit.tuning.config import TopConfig
+from mlkit.tuning.data import positive_weights
+from mlkit.tuning.top import build_top_model, compile_top, run_paths, set_input_statistics
+
+logger = logging.getLogger(__name__)
+
+STOPPING_SHARE = 0.1
+PATIENCE = 3
+PREDICT_BATCH = 4096
+
+
+class RowBatches(keras.utils.PyDataset):
+    """Batches of (features, targets) at given rows of in-memory arrays, reshuffled each epoch when seeded."""
+
+    def __init__(self, features, targets, rows, batch, seed=None):
+        super().__init__()
+        self.features, self.targets, self.batch = features, targets, int(batch)
+        self.rows = np.asarray(rows)
+        self.rng = None if seed is None else np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return math.ceil(len(self.rows) / self.batch)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch:(index + 1) * self.batch]
+        return self.features[rows], self.targets[rows]
+
+    def on_epoch_end(self):
+        self.order = self.rows if self.rng is None else self.rng.permutation(self.rows)
+
+
+def assign_folds(labels, task, folds, seed=0):
+    """A fold number per row: stratified by label for classification, random for regression."""
+    if task == "regression":
+        return np.random.default_rng(seed).permutation(len(labels)) % folds
+    if task == "multiclass":
+        row_labels = [np.array([label]) for label in labels]
+        num_labels = int(np.max(labels)) + 1 if len(labels) else 0
+    else:
+        row_labels = [np.flatnonzero(row) for row in labels]
+        num_labels = labels.shape[1]
+    return iterative_stratification(row_labels, num_labels, [1.0 / folds] * folds, np.full(len(labels), -1), seed=seed)
+
+
+def fold_top_config(config, task, workdir="."):
+    """The `TopConfig` each fold trains: a tuned run's settings, or the audit's small default."""
+    if not config.top:
+        return TopConfig(task=task, layers=1, units=config.units, reg="d5", lr=config.lr, batch=config.batch,
+                         optimizer="adam", epochs=config.epochs, patience=PATIENCE, seed=config.seed)
+    path = run_paths(workdir, config.top)["json"]
+    if not path.exists():
+        raise MlkitError(f"--top {config.top}: no tuned run record at {path}; list runs with `mlkit runs {path.parent}`")
+    tuned = TopConfig.from_dict(json.loads(path.read_text())["config"])
+    if tuned.task != task or tuned.text:
+        raise MlkitError(f"--top {config.top} is a {tuned.task} top{' with a caption branch' if tuned.text else ''}; "
+                         f"the audit trains image-only {task} tops: pick another run or leave --top out")
+    return TopConfig.from_dict({**tuned.to_dict(), "views": 0, "cap": 0, "oversample": 0, "sample_weights": ""})
+
+
+def training_targets(labels, task, rows):
+    """Targets as the top trains on them: regression standardised on the training rows."""
+    if task != "regression":
+        return labels, None
+    mean, std = labels[rows].mean(axis=0), labels[rows].std(axis=0) + 1e-12
+    return ((labels - mean) / std).astype(np.float32), (mean, std)
+
+
+def row_statistics(features, rows, block=8192):
+    """Per-feature mean and variance over `rows`, in float64 blocks (no copy of the matrix)."""
+    total = total_sq = 0.0
+    for start in range(0, len(rows), block):
+        chunk = features[rows[start:start + block]].astype(np.float64)
+        total, total_sq = total + chunk.sum(axis=0), total_sq + np.square(chunk).sum(axis=0)
+    mean = total / len(rows)
+    return mean, np.maximum(total_sq / len(rows) - mean**2, 0.0)
+
+
+def train_fold(features, labels, task, num_outputs, top, train_rows, seed):
+    """One fold's top, trained on `train_rows` (10% of them held out to stop it early)."""
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(train_rows)
+    stop = max(1, int(len(shuffled) * STOPPING_SHARE))
+    fit_rows, stop_rows = np.sort(shuffled[stop:]), np.sort(shuffled[:stop])
+    targets, scale = training_targets(labels, task, fit_rows)
+    keras.utils.set_random_seed(seed)
+    model = build_top_model(top, features.shape[1:], num_outputs, task)
+    compile_top(model, top, positive_weights(labels[fit_rows]) if top.loss == "wbce" else None)
+    # XLA compiles each fold's new model for seconds of CPU (7 s against 2 s without, on 2 cores):
+    # more than a small top's whole training.
+    model.jit_compile = False
+    set_input_statistics(model, *row_statistics(features, fit_rows))
+    model.fit(
+        RowBatches(features, targets, fit_rows, top.batch, seed=seed), epochs=top.epochs, verbose=0,
+        validation_data=RowBatches(features, targets, stop_rows, PREDICT_BATCH),
+        callbacks=[keras.callbacks.EarlyStopping(patience=top.patience, restore_best_weights=True)],
+    )
+    return model, scale
+
+
+def predict_rows(model, features, rows, scale):
+    """Scores of `rows`, in large batches, unstandardised for regression."""
+    parts = [np.asarray(model.predict_on_batch(features[rows[start:start + PREDICT_BATCH]]))
+             for start in range(0, len(rows), PREDICT_BATCH)]
+    scores = np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
+    return scores if scale is None else scores * scale[1] + scale[0]
+
+
+def out_of_fold_scores(features, labels, task, num_outputs, config, workdir=".", progress=None):
+    """Every row's scores from the one fold model that did not train on it.
+
+    Args:
+        features: (N, D) float32 feature vectors, in memory.
+        labels: multi-hot (N, L), class indices (N,) or targets (N, T).
+        task: multilabel, multiclass or regression.
+        num_outputs: labels, classes or targets.
+        config: the `AuditConfig` (folds, seed, top settings).
+        workdir: the workspace holding `tuning/` when `config.top` names a run. Defaults to ".".
+        progress: called with (fold, folds) after each fold. Defaults to None.
+
+    Returns:
+        (scores, folds): float32 scores shaped like the model's output, and each row's fold.
+    """
+    top = fold_top_config(config, task, workdir)
+    folds = assign_folds(labels, task, config.folds, config.seed)
+    scores = None
+    for fold in range(config.folds):
+        held_out, train_rows = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
+        model, scale = train_fold(features, labels, task, num_outputs, top, train_rows, config.seed + fold)
+        fold_scores = predict_rows(model, features, held_out, scale)
+        if scores is None:
+            scores = np.zeros((len(labels), fold_scores.shape[1]), np.float32)
+        scores[held_out] = fold_scores
+        keras.backend.clear_session()
+        if progress:
+            progress(fold + 1, config.folds)
+    return scores, folds

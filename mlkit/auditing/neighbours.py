@@ -1,0 +1,120 @@
+"""Nearest neighbours by cosine on cached features: near duplicates and outlier scores.
+
+Pooled CNN features are non-negative, so their raw cosines crowd near 1 and
+separate images poorly; each feature is centred on the mean of all rows
+before its cosine is taken. The search is faiss's (faiss-cpu): exact inner
+products (`IndexFlatIP`) up to `EXACT_MAX_ROWS` rows, above that an inverted
+file (`IndexIVFFlat`, about sqrt(N) lists, 8 probed), which found every
+planted near duplicate where HNSW (faiss's and hnswlib) missed some and took
+longer; `benchmarks/knn_choice.py` measured them (BENCHMARKS.md). Features
+are read from the cache in blocks: only their centred, unit-length copy,
+inside the index, is held whole.
+"""
+
+import h5py
+import numpy as np
+
+BLOCK_ROWS = 4096
+# Exact search costs N^2 D: about 5 s at 10,000 x 1,280 on 2 cores, minutes at 100,000.
+EXACT_MAX_ROWS = 20000
+PROBES = 8
+# faiss's k-means wants at least 39 training rows per list.
+TRAINING_ROWS_PER_LIST = 50
+
+
+def feature_shape(path):
+    with h5py.File(path, "r") as h5:
+        return h5["features"].shape[1:]
+
+
+def as_vectors(block):
+    """Feature vectors of a block: raw H x W x C maps are averaged over their positions."""
+    block = np.asarray(block, dtype=np.float32)
+    return block.reshape(len(block), -1, block.shape[-1]).mean(axis=1) if block.ndim == 4 else block
+
+
+def feature_blocks(path, rows, block_rows=BLOCK_ROWS):
+    """(positions, vectors) blocks of the cache's features at sorted `rows`, read in contiguous slices."""
+    with h5py.File(path, "r") as h5:
+        features = h5["features"]
+        for start in range(0, len(rows), block_rows):
+            chunk = rows[start:start + block_rows]
+            block = features[chunk[0]:chunk[-1] + 1][chunk - chunk[0]]
+            yield np.arange(start, start + len(chunk)), as_vectors(block)
+
+
+def scan(path, rows, sample_size=0, seed=0):
+    """One pass over the features: their mean (float64 sums) and a random sample of `sample_size` rows."""
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(rows), dtype=bool)
+    chosen[rng.choice(len(rows), min(sample_size, len(rows)), replace=False)] = True
+    total, sample = 0.0, []
+    for at, block in feature_blocks(path, rows):
+        total = total + block.sum(axis=0, dtype=np.float64)
+        sample.append(block[chosen[at]])
+    return (total / max(len(rows), 1)).astype(np.float32), np.concatenate(sample)
+
+
+def centred_unit(block, mean):
+    """Rows centred on `mean` and scaled to unit length (an all-mean row stays zero)."""
+    block = block - mean
+    norms = np.linalg.norm(block, axis=1, keepdims=True)
+    return np.ascontiguousarray(block / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def make_index(dim, num_rows):
+    """An inner-product faiss index, and how many rows it must be trained on (0: none)."""
+    import faiss
+
+    if num_rows <= EXACT_MAX_ROWS:
+        return faiss.IndexFlatIP(dim), 0
+    lists = int(round(np.sqrt(num_rows)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.nprobe = PROBES
+    return index, TRAINING_ROWS_PER_LIST * lists
+
+
+def without_self(similarities, ids, own, k):
+    """Each row's k best matches other than itself (its own id is dropped wherever it ranks).
+
+    A row whose own id is not among the matches loses its last one instead; a
+    self match left over when there are too few rows becomes "none" (-inf, -1).
+    """
+    is_self = ids == own[:, None]
+    similarities = np.where(is_self, -np.inf, similarities)
+    ids = np.where(is_self, -1, ids)
+    # A stable sort puts each row's other matches first, in their ranked order.
+    keep = np.argsort(is_self, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(similarities, keep, 1), np.take_along_axis(ids, keep, 1)
+
+
+def nearest_neighbours(path, rows, k):
+    """Each row's k nearest other rows by cosine of mean-centred features.
+
+    Args:
+        path: the cache file.
+        rows: sorted cache row indices to search among.
+        k: neighbours per row.
+
+    Returns:
+        (similarities, positions): float32 and int64 arrays (len(rows), k),
+        best first; positions index into `rows`, -1 (similarity -inf) where a
+        collection has fewer than k + 1 rows.
+    """
+    rows = np.asarray(rows)
+    dim = as_vectors(np.zeros((1, *feature_shape(path)), np.float32)).shape[1]
+    index, training_rows = make_index(dim, len(rows))
+    mean, sample = scan(path, rows, training_rows)
+    if training_rows:
+        index.train(centred_unit(sample, mean))
+    del sample
+    for _, block in feature_blocks(path, rows):
+        index.add(centred_unit(block, mean))
+    similarities = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    positions = np.full((len(rows), k), -1, dtype=np.int64)
+    for at, block in feature_blocks(path, rows):
+        found_sim, found_ids = index.search(centred_unit(block, mean), min(k + 1, len(rows)))
+        found_sim[found_ids < 0] = -np.inf
+        sims, ids = without_self(found_sim, found_ids, at, k)
+        similarities[at, : sims.shape[1]], positions[at, : ids.shape[1]] = sims, ids
+    return similarities, positions

@@ -1,0 +1,122 @@
+"""`mlkit.audit`: every check on one cache, written to `audit/<cache>/`."""
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlkit.auditing import duplicates, findings, neighbours, report
+from mlkit.auditing.config import AUDIT_DIR, AuditConfig
+from mlkit.auditing.labels import label_quality
+from mlkit.bottlenecks.cache import open_cache
+from mlkit.errors import MlkitError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AuditResult:
+    """What `audit` found and where it wrote it.
+
+    Attributes:
+        folder: `audit/<cache>/`.
+        issues: the findings (the rows of issues.csv), a DataFrame.
+        summary: the contents of summary.json.
+        timings: seconds per part.
+    """
+
+    folder: Path
+    issues: object
+    summary: dict
+    timings: dict = field(default_factory=dict)
+
+
+class _Timer:
+    """Seconds and peak resident memory (MiB, since the process started) after each named part."""
+
+    def __init__(self):
+        self.parts = {}
+        self.start = time.perf_counter()
+
+    def done(self, name):
+        now = time.perf_counter()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.parts[name] = {"seconds": round(now - self.start, 2), "peak_mib": round(peak)}
+        logger.info("audit: %s in %.1f s (peak memory %.0f MiB)", name, now - self.start, peak)
+        self.start = now
+
+
+def load_rows(cache):
+    """The rows with features, and their images, splits, labels and image hashes."""
+    rows = cache.indices()
+    if len(rows) < 2:
+        raise MlkitError(f"{cache.path} has {len(rows)} rows with features; an audit needs at least 2")
+    sha256 = cache.read("image_sha256", rows) if cache.has("image_sha256") else np.full(len(rows), b"")
+    return {
+        "rows": rows, "image": cache.read("image", rows), "split": cache.read("split", rows),
+        "labels": cache.read("labels", rows), "sha256": np.asarray(sha256).astype("S64"),
+    }
+
+
+def check_labels(cache, table, config, workdir):
+    """Out-of-fold scores and label quality, or None when folds is 0 or there are too few rows."""
+    if not config.folds:
+        return None
+    if len(table["rows"]) < 2 * config.folds:
+        logger.warning("audit: %d rows are too few for %d folds; label check skipped", len(table["rows"]), config.folds)
+        return None
+    from mlkit.auditing.folds import out_of_fold_scores
+
+    features = np.concatenate([block for _, block in neighbours.feature_blocks(cache.path, table["rows"])])
+    names = cache.label_names or list(cache.attrs.get("target_names") or [])
+    num_outputs = table["labels"].shape[1] if table["labels"].ndim > 1 else len(names)
+    scores, folds = out_of_fold_scores(
+        features, table["labels"], cache.task, num_outputs, config, workdir,
+        progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total))
+    del features
+    quality = label_quality(cache.task, table["labels"], scores, names, config.residual_z)
+    return {"scores": scores, "folds": folds, "quality": quality, "names": names}
+
+
+def audit(cache, workdir=".", config=None, **settings):
+    """Finds duplicates, split leaks, likely label errors and outliers in a bottleneck cache.
+
+    Writes `WORKDIR/audit/<cache>/`: `issues.csv` (one row per finding, leaks
+    first), `summary.json`, `groups.csv` (duplicate groups, for `mlkit data
+    split --group-duplicates`), `scores.npz` (out-of-fold scores and per-row
+    scores) and a contact sheet `<kind>.png` per kind found.
+
+    Args:
+        cache: the `.h5` cache from `mlkit cache-features`.
+        workdir: the workspace; also where `tuning/` is looked up for `top`. Defaults to ".".
+        config: an `AuditConfig`. Defaults to one built from `settings`.
+        **settings: `AuditConfig` fields, e.g. `near_threshold=0.95, folds=0`.
+
+    Returns:
+        An `AuditResult`.
+
+    Example:
+        result = mlkit.audit("bottlenecks/stamps_all_mobilenetv2_inet_avg.h5", folds=5)
+        print(result.issues.head())
+    """
+    config = config or AuditConfig(**settings)
+    timer = _Timer()
+    cache = open_cache(cache)
+    table = load_rows(cache)
+    groups = duplicates.exact_groups(table["sha256"])
+    timer.done("exact duplicates")
+    similarities, positions = neighbours.nearest_neighbours(cache.path, table["rows"], config.neighbours)
+    near = duplicates.near_pairs(similarities, positions, config.near_threshold, groups)
+    outlier = findings.outlier_scores(similarities, config.outlier_k)
+    del similarities, positions
+    timer.done("nearest neighbours")
+    labels = check_labels(cache, table, config, workdir)
+    timer.done("label check")
+    issues, duplicate_group = findings.collect(cache, table, groups, near, outlier, labels, config)
+    folder = Path(workdir) / AUDIT_DIR / cache.name
+    summary = report.write_all(folder, cache, table, issues, duplicate_group, groups, near, outlier, labels,
+                               config, timer)
+    return AuditResult(folder, issues, summary, timer.parts)
