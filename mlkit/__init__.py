@@ -39,6 +39,8 @@ def __getattr__(name):
         "fit_vocabulary": "mlkit.text",
         "encode_captions": "mlkit.text",
         "caption_vectorizer": "mlkit.text",
+        "audit": "mlkit.auditing.run",
+        "apply_corrections": "mlkit.auditing.apply",
     }
     if name not in lazy:
         raise AttributeError(f"module 'mlkit' has no attribute {name!r}")

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "mlkit.tuning.cli",
     "mlkit.models.cli",
     "mlkit.evaluate",
+    "mlkit.auditing.cli",
 )
 
 DESCRIPTION = """\
@@ -36,6 +37,7 @@ Transfer learning on image collections, in stages:
   mlkit export           write the exported model as SavedModel / TFLite / ONNX
   mlkit predict          label images, folders or a manifest with an exported model
   mlkit evaluate         decide labels from scores and report metrics
+  mlkit audit            duplicates, split leaks, likely label errors, outliers
   mlkit demo             all of the above on built-in synthetic data (offline, CPU)
 
 Start with `mlkit demo` (offline, CPU, built-in synthetic data).

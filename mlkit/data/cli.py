@@ -57,7 +57,12 @@ def _run_from_csv(args):
 
 
 def _run_split(args):
-    split_manifest(args.manifest, val=args.val, test=args.test, seed=args.seed, resplit=args.resplit)
+    groups = None
+    if args.group_duplicates:
+        from mlkit.auditing.apply import read_duplicate_groups
+
+        groups = read_duplicate_groups(args.group_duplicates)
+    split_manifest(args.manifest, val=args.val, test=args.test, seed=args.seed, resplit=args.resplit, groups=groups)
 
 
 def _run_stats(args):
@@ -162,6 +167,8 @@ def _register_split(subparsers):
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same split (default: 0)")
     parser.add_argument("--resplit", action="store_true",
                         help="reassign every row, discarding existing splits (default: keep them)")
+    parser.add_argument("--group-duplicates", metavar="AUDIT", default=None,
+                        help="keep each duplicate group of an audit (its audit/<cache>/ folder or groups.csv) in one split")
     parser.set_defaults(func=_run_split)
 
 

@@ -127,7 +127,34 @@ def _check_fractions(val, test):
         )
 
 
-def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False):
+def split_by_groups(row_labels, n_labels, fractions, assigned, groups, seed=0):
+    """Iterative stratification over groups of rows, so each group lands in one fold.
+
+    Each group becomes one unit carrying the union of its rows' labels (a
+    group counts as one row toward the fold sizes). A group with an assigned
+    row follows that row; rows that already have a fold keep it.
+
+    Args:
+        row_labels, n_labels, fractions, assigned, seed: as `iterative_stratification`.
+        groups: int array, a group id per row; rows with -1 are alone.
+
+    Returns:
+        int array, the fold of every row.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    alone = groups < 0
+    groups = np.where(alone, groups.max(initial=-1) + 1 + np.cumsum(alone), groups)
+    units, unit_of = np.unique(groups, return_inverse=True)
+    unit_fold = np.full(len(units), -1, dtype=np.int64)
+    known = np.flatnonzero(np.asarray(assigned) >= 0)
+    unit_fold[unit_of[known[::-1]]] = np.asarray(assigned)[known[::-1]]
+    members = pd.Series(np.arange(len(groups))).groupby(unit_of).agg(list)
+    unit_labels = [np.unique(np.concatenate([row_labels[row] for row in rows])).astype(np.int64) for rows in members]
+    unit_fold = iterative_stratification(unit_labels, n_labels, fractions, unit_fold, seed=seed)
+    return np.where(np.asarray(assigned) >= 0, assigned, unit_fold[unit_of])
+
+
+def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False, groups=None):
     """Fills the manifest's `split` column with a stratified train/val/test split.
 
     Rows that already have a split keep it; only rows with an empty split
@@ -143,6 +170,8 @@ def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False):
         test: the fraction of rows for testing. Defaults to 0.15.
         seed: the same seed and manifest give the same split. Defaults to 0.
         resplit: reassign every row, discarding existing splits. Defaults to False.
+        groups: {image: group id} (`mlkit.auditing.read_duplicate_groups`):
+            rows of one group go to one split. Defaults to None.
 
     Returns:
         The `Manifest` with its new splits.
@@ -159,7 +188,12 @@ def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False):
         return manifest
     assigned = np.array([FOLDS.index(split) if split else -1 for split in current])
     row_labels, n_labels = _strata(manifest)
-    folds = iterative_stratification(row_labels, n_labels, [1 - val - test, val, test], assigned, seed=seed)
+    fractions = [1 - val - test, val, test]
+    if groups:
+        row_groups = np.array([groups.get(image, -1) for image in manifest.rows["image"]], dtype=np.int64)
+        folds = split_by_groups(row_labels, n_labels, fractions, assigned, row_groups, seed=seed)
+    else:
+        folds = iterative_stratification(row_labels, n_labels, fractions, assigned, seed=seed)
     splits = [FOLDS[fold] for fold in folds]
     update_column(manifest.path, "split", splits)
     manifest.rows["split"] = splits
