@@ -30,7 +30,7 @@ HELP = {
     "top": "a tuned run (in WORKDIR/tuning) whose settings train the fold tops; default: a small top",
     "units": "hidden units of the default fold top",
     "epochs": "most epochs per fold top (10%% of its rows stop it early)",
-    "batch": "batch size of the default fold top",
+    "batch": "batch size of the fold tops (lowered to give an epoch at least 10 steps)",
     "lr": "Adam learning rate of the default fold top",
     "residual_z": "regression: standardised residual above which a row is flagged",
     "sheet_size": "findings per contact sheet",

@@ -40,7 +40,8 @@ class AuditConfig:
             the small default top below. Defaults to "".
         units: hidden units of the default top. Defaults to 256.
         epochs: most epochs per fold model (10% of its training rows stop it early). Defaults to 30.
-        batch: batch size of the default top. Defaults to 128.
+        batch: batch size of the fold tops, lowered so that an epoch has at least
+            10 steps. Defaults to 128.
         lr: Adam learning rate of the default top. Defaults to 0.001.
         residual_z: regression: standardised residual above which a row is flagged. Defaults to 3.0.
         sheet_size: findings per contact sheet. Defaults to 24.

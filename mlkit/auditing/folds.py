@@ -25,28 +25,31 @@ logger = logging.getLogger(__name__)
 
 STOPPING_SHARE = 0.1
 PATIENCE = 3
+# A small collection still gets this many steps per epoch: the default batch shrinks to fit.
+MIN_STEPS_PER_EPOCH = 10
 PREDICT_BATCH = 4096
 
 
-class RowBatches(keras.utils.PyDataset):
-    """Batches of (features, targets) at given rows of in-memory arrays, reshuffled each epoch when seeded."""
+def row_batches(features, targets, rows, batch, seed=None):
+    """A tf.data pipeline of (features, targets) batches gathered at `rows` of in-memory arrays.
 
-    def __init__(self, features, targets, rows, batch, seed=None):
-        super().__init__()
-        self.features, self.targets, self.batch = features, targets, int(batch)
-        self.rows = np.asarray(rows)
-        self.rng = None if seed is None else np.random.default_rng(seed)
-        self.on_epoch_end()
+    Only row indices pass through tf.data; each batch is gathered from the
+    NumPy arrays, so no copy of the feature matrix is made (a tf.constant
+    would be one). This costs less CPU per epoch than a keras PyDataset.
+    Reshuffled each epoch when seeded.
+    """
+    import tensorflow as tf
 
-    def __len__(self):
-        return math.ceil(len(self.rows) / self.batch)
+    def gather(index):
+        x, y = tf.numpy_function(lambda i: (features[i], targets[i]), [index], (tf.float32, tf.as_dtype(targets.dtype)))
+        x.set_shape((None, *features.shape[1:]))
+        y.set_shape((None, *targets.shape[1:]))
+        return x, y
 
-    def __getitem__(self, index):
-        rows = self.order[index * self.batch:(index + 1) * self.batch]
-        return self.features[rows], self.targets[rows]
-
-    def on_epoch_end(self):
-        self.order = self.rows if self.rng is None else self.rng.permutation(self.rows)
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(rows, dtype=np.int64))
+    if seed is not None:
+        dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(int(batch)).map(gather).prefetch(1)
 
 
 def assign_folds(labels, task, folds, seed=0):
@@ -109,9 +112,10 @@ def train_fold(features, labels, task, num_outputs, top, train_rows, seed):
     # more than a small top's whole training.
     model.jit_compile = False
     set_input_statistics(model, *row_statistics(features, fit_rows))
+    batch = min(int(top.batch), max(1, math.ceil(len(fit_rows) / MIN_STEPS_PER_EPOCH)))
     model.fit(
-        RowBatches(features, targets, fit_rows, top.batch, seed=seed), epochs=top.epochs, verbose=0,
-        validation_data=RowBatches(features, targets, stop_rows, PREDICT_BATCH),
+        row_batches(features, targets, fit_rows, batch, seed=seed), epochs=top.epochs, verbose=0, shuffle=False,
+        validation_data=row_batches(features, targets, stop_rows, PREDICT_BATCH),
         callbacks=[keras.callbacks.EarlyStopping(patience=top.patience, restore_best_weights=True)],
     )
     return model, scale

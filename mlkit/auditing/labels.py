@@ -25,6 +25,8 @@ import numpy as np
 
 # MAD times this estimates a normal distribution's standard deviation.
 MAD_TO_STD = 1.4826
+# A mean of equal scores can round above them; a score this close to its threshold counts as reaching it.
+TOLERANCE = 1e-9
 
 
 @dataclass
@@ -68,7 +70,7 @@ def multiclass_quality(labels, scores, names):
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     rows = np.arange(len(labels))
-    above = scores >= class_thresholds(labels, scores)
+    above = scores >= class_thresholds(labels, scores) - TOLERANCE
     confident = np.where(above.any(axis=1), np.argmax(np.where(above, scores, -1.0), axis=1), -1)
     flagged = (confident >= 0) & (confident != labels)
     others = scores.copy()
@@ -100,8 +102,8 @@ def multilabel_quality(labels, scores, names):
     # Typical score of rows with the label (t1) and typical "not this label" score of rows without it (t0).
     t1 = np.where(positives > 0, (scores * given).sum(axis=0) / np.maximum(positives, 1), 1.0)
     t0 = np.where(negatives > 0, ((1 - scores) * ~given).sum(axis=0) / np.maximum(negatives, 1), 1.0)
-    missing = ~given & (scores >= t1) & ((1 - scores < t0) | (scores > 0.5))
-    extra = given & (1 - scores >= t0) & ((scores < t1) | (scores < 0.5))
+    missing = ~given & (scores >= t1 - TOLERANCE) & ((1 - scores < t0) | (scores > 0.5))
+    extra = given & (1 - scores >= t0 - TOLERANCE) & ((scores < t1) | (scores < 0.5))
     # Shortfall of each label's self-confidence below its class's typical one, relative to it.
     shortfall = np.where(given, (t1 - scores) / np.maximum(t1, 1e-6), (t0 - (1 - scores)) / np.maximum(t0, 1e-6))
     weakest = np.argmax(shortfall, axis=1)

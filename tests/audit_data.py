@@ -1,0 +1,87 @@
+"""Test data for the audit: the synthetic set with planted near duplicates, and injected label errors.
+
+Shared by tests/test_audit*.py and benchmarks/audit_quality.py.
+"""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+PRETRAINED = Path(__file__).resolve().parents[1].parent / "shared" / "pretrained" / "mobilenetv2_nsfwjs.weights.h5"
+VARIANTS = ("jpeg75", "resize80", "crop5")
+
+
+def variant(image, kind):
+    """The image re-encoded as JPEG q75, resized by 0.8, or cropped by 5% (2.5% off each side).
+
+    Transparency is kept, except in the JPEG, which is composited on white as cache-features does.
+    """
+    image = image.convert("RGBA")
+    if kind == "jpeg75":
+        flat = Image.new("RGBA", image.size, "white")
+        flat.alpha_composite(image)
+        buffer = io.BytesIO()
+        flat.convert("RGB").save(buffer, format="JPEG", quality=75)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    if kind == "resize80":
+        return image.resize((round(image.width * 0.8), round(image.height * 0.8)), Image.BILINEAR)
+    dx, dy = round(image.width * 0.025), round(image.height * 0.025)
+    return image.crop((dx, dy, image.width - dx, image.height - dy))
+
+
+def plant_near_duplicates(manifest_path, sources, seed=0):
+    """Appends one copy of each variant of every source row to the manifest.
+
+    Returns:
+        The planted groups: a list of manifest-row index lists, the source first.
+    """
+    manifest_path = Path(manifest_path)
+    table = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    rng = np.random.default_rng(seed)
+    splits = ("train", "val", "test")
+    added, groups = [], []
+    for source in sources:
+        row = table.iloc[source]
+        group = [int(source)]
+        with Image.open(manifest_path.parent / row["image"]) as image:
+            for kind in VARIANTS:
+                name = f"images/{Path(row['image']).stem}_{kind}.{'jpg' if kind == 'jpeg75' else 'png'}"
+                variant(image, kind).save(manifest_path.parent / name)
+                copy = row.copy()
+                copy["image"] = name
+                if "split" in copy:
+                    copy["split"] = splits[rng.integers(3)]
+                group.append(len(table) + len(added))
+                added.append(copy)
+        groups.append(group)
+    pd.concat([table, pd.DataFrame(added)], ignore_index=True).to_csv(manifest_path, index=False)
+    return groups
+
+
+def inject_label_errors(labels, task, share=0.05, seed=0):
+    """Corrupts `share` of the rows: multilabel drops one true label or adds one false one; multiclass flips the class.
+
+    Returns:
+        (noisy labels, corrupted row indices).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.array(labels, copy=True)
+    rows = np.sort(rng.choice(len(labels), int(round(share * len(labels))), replace=False))
+    for row in rows:
+        if task == "multiclass":
+            num_classes = int(labels.max()) + 1
+            labels[row] = (labels[row] + rng.integers(1, num_classes)) % num_classes
+            continue
+        present, absent = np.flatnonzero(labels[row]), np.flatnonzero(labels[row] == 0)
+        drop = len(present) > 1 and (len(absent) == 0 or rng.random() < 0.5)
+        labels[row, rng.choice(present if drop else absent)] = 0 if drop else 1
+    return labels, rows
+
+
+def precision_recall(flagged_rows, true_rows):
+    flagged, true = set(map(int, flagged_rows)), set(map(int, true_rows))
+    hits = len(flagged & true)
+    return hits / max(len(flagged), 1), hits / max(len(true), 1)

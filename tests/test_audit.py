@@ -1,0 +1,218 @@
+"""mlkit.auditing on hand-made caches: duplicates, leaks, label checks, outputs, --apply, grouped splits."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlkit.auditing import duplicates
+from mlkit.auditing.apply import apply_corrections, read_duplicate_groups
+from mlkit.auditing.config import AuditConfig
+from mlkit.auditing.findings import robust_z
+from mlkit.auditing.labels import multiclass_quality, multilabel_quality, regression_quality
+from mlkit.auditing.neighbours import without_self
+from mlkit.bottlenecks.cache import write_cache
+from mlkit.cli import main
+from mlkit.data.manifest import read_manifest, write_manifest
+from mlkit.data.split import split_by_groups, split_manifest
+from mlkit.errors import MlkitError
+
+CLASSES = ("ant", "bee", "cat", "dog")
+
+
+def test_exact_groups_find_every_shared_hash():
+    sha = ["a", "b", "a", "c", "b", "a", ""]
+    groups = duplicates.exact_groups(sha)
+    assert groups.tolist() == [0, 1, 0, -1, 1, 0, -1]
+    assert sorted(map(tuple, duplicates.exact_pairs(groups).tolist())) == [(2, 0), (4, 1), (5, 0)]
+
+
+def test_near_pairs_once_each_without_exact_ones():
+    similarities = np.array([[0.99, 0.5], [0.99, 0.95], [0.95, 0.2]], np.float32)
+    positions = np.array([[1, 2], [0, 2], [1, 0]])
+    rows, partners, sims = duplicates.near_pairs(similarities, positions, 0.9, np.array([0, 0, -1]))
+    assert list(zip(rows, partners)) == [(2, 1)] and sims[0] == pytest.approx(0.95)
+
+
+def test_duplicate_groups_join_chains():
+    groups = duplicates.duplicate_groups(6, [[1, 0], [3, 1], [5, 4]])
+    assert groups.tolist() == [0, 0, -1, 0, 1, 1]
+
+
+def test_without_self_drops_own_id_wherever_it_ranks():
+    sims = np.array([[1.0, 1.0, 0.5], [0.9, 0.8, 0.7]])
+    ids = np.array([[3, 0, 2], [4, 5, 6]])
+    kept_sims, kept_ids = without_self(sims, ids, np.array([0, 1]), 2)
+    assert kept_ids.tolist() == [[3, 2], [4, 5]]
+
+
+def test_multiclass_quality_flags_flips_and_suggests_the_confident_class():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    scores = np.full((200, 4), 0.05)
+    scores[np.arange(200), labels] = 0.85
+    flipped = np.array([3, 50, 120])
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + 1) % 4
+    quality = multiclass_quality(noisy, scores, CLASSES)
+    assert set(np.flatnonzero(quality.flagged)) == set(flipped)
+    assert (quality.suggested[flipped] == labels[flipped]).all()
+    assert set(np.argsort(-quality.score)[:3]) == set(flipped)
+
+
+def test_multilabel_quality_finds_missing_and_extra_labels():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((300, 4)) < 0.3).astype(np.uint8)
+    scores = np.where(labels == 1, rng.uniform(0.7, 0.95, labels.shape), rng.uniform(0.02, 0.2, labels.shape))
+    noisy = labels.copy()
+    for row, label in ((10, 0), (20, 3)):
+        noisy[row, label] ^= 1
+        # A confident model: the true answer scored at the edge of its range.
+        scores[row, label] = 0.95 if labels[row, label] else 0.02
+    quality = multilabel_quality(noisy, scores, CLASSES)
+    assert set(np.argsort(-quality.score)[:2]) == {10, 20}
+    assert quality.flagged[[10, 20]].all() and quality.flagged.sum() == 2
+    assert (quality.suggested[[10, 20]] == labels[[10, 20]]).all()
+    assert "missing" in quality.detail[10] or "extra" in quality.detail[10]
+
+
+def test_regression_quality_uses_robust_standard_units():
+    rng = np.random.default_rng(2)
+    predictions = rng.normal(size=(100, 1))
+    targets = predictions + rng.normal(scale=0.1, size=(100, 1))
+    targets[7] += 3.0
+    quality = regression_quality(targets, predictions, ["target"], 3.0)
+    assert np.flatnonzero(quality.flagged).tolist() == [7]
+    assert quality.suggested[7, 0] == pytest.approx(predictions[7, 0])
+
+
+def test_robust_z_ignores_the_outliers_themselves():
+    values = np.r_[np.linspace(0.4, 0.6, 99), 5.0]
+    assert robust_z(values)[-1] > 20
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(MlkitError, match="folds 1"):
+        AuditConfig(folds=1)
+    with pytest.raises(MlkitError, match="outlier-k 20"):
+        AuditConfig(outlier_k=20, neighbours=10)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A 4-class cache of 120 rows (30 per class, well separated) with planted findings and its manifest.
+
+    Rows 1 and 100 share their bytes across splits (a leak); row 60 is a near copy of row 2 whose label
+    differs (a conflict); row 7 is mislabelled; row 90 lies far from every other row (an outlier).
+    """
+    rng = np.random.default_rng(0)
+    n, dims = 120, 24
+    labels = np.repeat(np.arange(4), 30)
+    centres = rng.normal(scale=1.5, size=(4, dims))
+    features = centres[labels] + rng.normal(size=(n, dims))
+    features[100] = features[1]
+    features[60] = features[2] + 0.01 * rng.normal(size=dims)
+    features[90] = rng.normal(scale=40.0, size=dims)
+    given = labels.copy()
+    given[7] = 3
+    given[60] = (labels[2] + 1) % 4
+    split = np.array(["train"] * 80 + ["val"] * 20 + ["test"] * 20, dtype=object)
+    split[60] = "train"
+    images = [f"img/{i:03d}.png" for i in range(n)]
+    sha = [f"{i:064x}" for i in range(n)]
+    sha[100] = sha[1]
+    manifest = tmp_path / "data" / "manifest.csv"
+    write_manifest(pd.DataFrame({"image": images, "labels": [CLASSES[g] for g in given], "split": split}), manifest)
+    cache = tmp_path / "bottlenecks" / "toy_all_x_inet_avg.h5"
+    cache.parent.mkdir()
+    write_cache(cache, features=features, labels=given, split=split, image=images, image_sha256=sha,
+                attrs={"task": "multiclass", "label_names": list(CLASSES), "manifest_path": str(manifest),
+                       "manifest_root": str(manifest.parent)})
+    return {"cache": cache, "manifest": manifest, "root": tmp_path, "images": images}
+
+
+def test_audit_cli_reports_leaks_first_and_every_planted_finding(workspace):
+    code = main(["audit", str(workspace["cache"]), "--workdir", str(workspace["root"]), "--folds", "3",
+                 "--units", "32"])
+    assert code == 0
+    folder = workspace["root"] / "audit" / "toy_all_x_inet_avg"
+    issues = pd.read_csv(folder / "issues.csv", keep_default_na=False, dtype={"partner_row": str})
+    issues["partner_row"] = [int(cell) if cell else -1 for cell in issues["partner_row"]]
+    assert issues["kind"].iloc[0] == "leak" and issues["match"].iloc[0] == "exact"
+    leak = issues.iloc[0]
+    assert (leak["row"], leak["partner_row"], leak["action"]) == (100, 1, "drop")
+    conflict = issues[issues["kind"] == "conflict"]
+    assert conflict[["row", "partner_row"]].values.tolist() == [[60, 2]]
+    assert conflict["suggested"].iloc[0] == CLASSES[0]
+    errors = issues[issues["kind"] == "label_error"]
+    assert 7 in errors["row"].tolist()
+    assert errors.loc[errors["row"] == 7, "suggested"].iloc[0] == "ant"
+    assert issues.loc[issues["kind"] == "outlier", "row"].tolist() == [90]
+    kinds = issues["kind"].tolist()
+    assert kinds == sorted(kinds, key=["leak", "conflict", "duplicate", "label_error", "outlier"].index)
+    summary = json.loads((folder / "summary.json").read_text())
+    print(json.dumps(summary["timings"]))
+    assert summary["findings"]["leak"] == 1 and summary["manifest"] == str(workspace["manifest"])
+    for kind in ("leak", "conflict", "label_error", "outlier"):
+        assert (folder / f"{kind}.png").stat().st_size > 1000
+    assert not list(folder.glob(".*tmp*"))
+    scores = np.load(folder / "scores.npz")
+    assert scores["oof_scores"].shape == (120, 4) and sorted(set(scores["fold"])) == [0, 1, 2]
+
+
+def test_apply_writes_a_corrected_copy_and_never_the_original(workspace):
+    import mlkit
+
+    result = mlkit.audit(workspace["cache"], workdir=workspace["root"], folds=0)
+    issues_path = result.folder / "issues.csv"
+    issues = pd.read_csv(issues_path, dtype=str, keep_default_na=False)
+    issues.loc[issues["kind"] == "leak", "decision"] = "accept"
+    issues.loc[issues["kind"] == "conflict", "decision"] = "Accept"
+    issues.loc[issues["kind"] == "outlier", "decision"] = "reject"
+    issues.to_csv(issues_path, index=False)
+    before = workspace["manifest"].read_bytes()
+    out = apply_corrections(issues_path)
+    assert out == workspace["manifest"].with_name("manifest.audited.csv")
+    assert workspace["manifest"].read_bytes() == before
+    corrected = read_manifest(out)
+    assert len(corrected.rows) == 119 and workspace["images"][100] not in set(corrected.rows["image"])
+    relabelled = corrected.rows.set_index("image").loc[workspace["images"][60], "labels"]
+    assert relabelled == ("ant",)
+    with pytest.raises(MlkitError, match="never overwrites"):
+        apply_corrections(issues_path, out=workspace["manifest"])
+    issues.loc[0, "decision"] = "maybe"
+    issues.to_csv(issues_path, index=False)
+    with pytest.raises(MlkitError, match="line 2: decision 'maybe'"):
+        main(["audit", "--apply", str(issues_path)]) and None
+        apply_corrections(issues_path)
+
+
+def test_split_group_duplicates_keeps_groups_together(workspace):
+    import mlkit
+
+    result = mlkit.audit(workspace["cache"], workdir=workspace["root"], folds=0)
+    manifest = read_manifest(workspace["manifest"])
+    write_manifest(manifest.rows.assign(split=""), workspace["manifest"])
+    code = main(["data", "split", str(workspace["manifest"]), "--group-duplicates", str(result.folder), "--seed", "3"])
+    assert code == 0
+    splits = dict(zip(*[read_manifest(workspace["manifest"]).rows[c] for c in ("image", "split")]))
+    for group in pd.Series(read_duplicate_groups(result.folder)).groupby(lambda image: 0).groups.values():
+        pass
+    groups = read_duplicate_groups(result.folder)
+    by_group = {}
+    for image, group in groups.items():
+        by_group.setdefault(group, set()).add(splits[image])
+    assert len(by_group) == 2 and all(len(found) == 1 for found in by_group.values())
+
+
+def test_split_by_groups_keeps_existing_splits():
+    row_labels = [np.array([i % 3]) for i in range(30)]
+    assigned = np.full(30, -1)
+    assigned[0] = 2
+    groups = np.full(30, -1)
+    groups[[0, 5, 9]] = 0
+    groups[[1, 2]] = 1
+    folds = split_by_groups(row_labels, 3, [0.6, 0.2, 0.2], assigned, groups, seed=0)
+    assert folds[[0, 5, 9]].tolist() == [2, 2, 2] and folds[1] == folds[2]
+    assert set(folds) == {0, 1, 2}
