@@ -123,9 +123,9 @@ def test_freeze_resolves_all_numbers_and_block_names():
         resolve_freeze(backbone, "conv9")
     with pytest.raises(MlkitError, match="only 7 layers"):
         resolve_freeze(backbone, "99")
-    apply_freeze(backbone, 5)
+    apply_freeze(backbone, backbone, 5)
     assert [layer.trainable for layer in backbone.layers] == [False] * 5 + [True] * 2
-    apply_freeze(backbone, "all")
+    apply_freeze(backbone, backbone, "all")
     assert not backbone.trainable_weights
 
 

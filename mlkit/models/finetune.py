@@ -358,7 +358,7 @@ class _Job:
         config = self.config
         self.work.mkdir(parents=True, exist_ok=True)
         write_json(self.work / "config.json", {"run": self.run, "top": self.top_run, "finetune": asdict(config)})
-        apply_freeze(self.backbone, config.frozen)
+        apply_freeze(self.network, self.backbone, config.frozen)
         self.trainable_summary = {"trainable_weights": int(sum(np.prod(w.shape) for w in self.network.trainable_weights)),
                                   "frozen_layers": config.frozen}
         trained = self.work / "trained.weights.h5"
@@ -371,11 +371,11 @@ class _Job:
             if warm.exists():
                 self.network.load_weights(warm)
             else:
-                apply_freeze(self.backbone, "all")
+                apply_freeze(self.network, self.backbone, "all")
                 self.compile()
                 self.fit(train, val, config.warmup_epochs, "warmup", progress)
                 save_weights_atomic(self.network, warm)
-        apply_freeze(self.backbone, config.frozen)
+        apply_freeze(self.network, self.backbone, config.frozen)
         log.info("fine-tuning %s: %s backbone layers frozen, %d trainable weights", self.run, config.frozen,
                  self.trainable_summary["trainable_weights"])
         self.compile()
