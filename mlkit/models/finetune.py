@@ -62,14 +62,17 @@ HEADLINE = {"multilabel": ("micro F1", lambda r: r["micro"]["f1"]),
 class FinetuneConfig:
     """The fine-tuning settings; saved in `models/<run>.json` beside the top's config."""
 
+    # The defaults are the settings measured to work on a pretrained backbone (BENCHMARKS.md,
+    # "Transfer quality"): the last quarter of the backbone trains at Adam's 1e-4 from the
+    # cached top, which already is a trained head, so no warm-up is needed.
     top: str = "best"
-    freeze: str = "all"
-    lr: float = 1e-3
+    freeze: str = "75%"
+    lr: float = 1e-4
     batch: int = 32
-    epochs: int = 10
+    epochs: int = 12
     warmup_epochs: int = 0
-    augment: str = "hwrszf"
-    optimizer: str = "sgd"
+    augment: str = "hwzf"
+    optimizer: str = "adam"
     momentum: float = 0.9
     patience: int = 3
     decision: str = ""
@@ -102,7 +105,7 @@ class FinetuneConfig:
         options = {}
         if self.warmup_epochs:
             options["wu"] = str(self.warmup_epochs)
-        if self.optimizer != "sgd":
+        if self.optimizer != "adam":
             options["ftopt"] = self.optimizer
         return options
 
