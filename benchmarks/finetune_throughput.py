@@ -89,7 +89,7 @@ def measure(args, folder):
 
     opened = open_cache(cache.path)
     job = _Job(opened, work, select_top(work, opened, "best"), config, make_strategy("none"), None)
-    apply_freeze(job.backbone, config.frozen)
+    apply_freeze(job.network, job.backbone, config.frozen)
     job.compile()
     train_paths, train_labels = job.rows.split("train")
     count = len(train_paths)

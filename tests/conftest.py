@@ -3,6 +3,7 @@
 import os
 import random
 import socket
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -40,3 +41,16 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     yield
+
+
+# A real ImageNet-trained MobileNetV2 (see ../shared/pretrained/README.md). Random weights hide the
+# faults that matter (batch norm, fine-tuning), so the tests that need it fail when it is missing.
+PRETRAINED_MOBILENETV2 = Path(__file__).resolve().parents[2] / "shared" / "pretrained" / "mobilenetv2_nsfwjs.weights.h5"
+
+
+@pytest.fixture(scope="session")
+def pretrained_mobilenetv2():
+    """The path of the pretrained MobileNetV2 weights file; the test fails (never skips) without it."""
+    if not PRETRAINED_MOBILENETV2.is_file():
+        pytest.fail(f"{PRETRAINED_MOBILENETV2} is missing: the shared/ folder must sit beside the checkout")
+    return str(PRETRAINED_MOBILENETV2)

@@ -45,6 +45,38 @@ def test_from_folders_without_images_explains_the_layout(tmp_path):
         from_folders(tmp_path, tmp_path / "m.csv")
 
 
+def test_from_folders_path_labels_make_every_folder_level_a_label_with_sidecar_captions(tmp_path, caplog):
+    root = tmp_path / "stamps"
+    save_image(root / "food" / "fruit" / "cartoon" / "apple.png")
+    (root / "food" / "fruit" / "cartoon" / "apple.txt").write_text("A cartoon apple.\nfr.utf8=Une pomme.\n")
+    (root / "food" / "fruit" / "cartoon" / "apple_desc_fr.ogg").write_bytes(b"OggS")
+    save_image(root / "food" / "bread.jpg")
+    (root / "food" / "bread.svg").write_text("<svg/>")
+    save_image(root / "animals" / "birds" / "food" / "seed.png")
+    (root / "animals" / "birds" / "food" / "seed.txt").write_text("\ufeffBird seed\n")
+    save_image(root / "loose.png")
+    with caplog.at_level(logging.INFO):
+        path = from_folders(root, tmp_path / "stamps.csv", labels="path", captions="sidecar")
+    manifest = read_manifest(path)
+    assert manifest.task == "multilabel"
+    assert list(manifest.rows["image"]) == ["stamps/animals/birds/food/seed.png", "stamps/food/bread.jpg",
+                                            "stamps/food/fruit/cartoon/apple.png"]
+    assert list(manifest.rows["labels"]) == [("animals", "birds", "food"), ("food",), ("food", "fruit", "cartoon")]
+    assert list(manifest.rows["caption"]) == ["Bird seed", None, "A cartoon apple."]
+    assert "passed over 4 files that are not images (1 .ogg, 1 .svg, 2 .txt)" in caplog.text
+    assert "1 of 3 images have no caption file" in caplog.text
+    assert "skipped 1 images directly under" in caplog.text
+
+
+def test_from_folders_cli_takes_labels_and_captions(tmp_path):
+    save_image(tmp_path / "tree" / "a" / "b" / "x.png")
+    (tmp_path / "tree" / "a" / "b" / "x.txt").write_text("an x")
+    assert main(["data", "from-folders", str(tmp_path / "tree"), "--labels", "path", "--captions", "sidecar",
+                 "--out", str(tmp_path / "m.jsonl")]) == 0
+    manifest = read_manifest(tmp_path / "m.jsonl")
+    assert list(manifest.rows["labels"]) == [("a", "b")] and list(manifest.rows["caption"]) == ["an x"]
+
+
 def test_from_coco_drops_images_without_annotations(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         path = from_coco(COCO, tmp_path / "val2017", tmp_path / "coco.csv")

@@ -46,7 +46,7 @@ def test_network_starts_from_exactly_the_cached_tops_scores(multilabel):
 
 def test_finetune_writes_model_record_and_log_under_the_extended_run_name(multilabel):
     work, cache, run, result = multilabel
-    assert result.run == f"{run}_all_lr13_b16_hf"
+    assert result.run == f"{run}_all_lr14_b16_hf"
     for path in (result.model_path, result.json_path, result.csv_path):
         assert path.exists() and path.parent == work / "models"
     assert not list((work / "models").glob(".*")), "work files are removed after a finished run"

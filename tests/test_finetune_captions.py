@@ -54,7 +54,7 @@ def test_caption_model_takes_image_and_caption_and_records_its_vocabulary(captio
     from mlkit.models.export import load_model
 
     work, cache_path, run, result = captioned
-    assert "_all_lr13_b16_hf_" in result.run and result.run.endswith("text-lstm8")
+    assert "_all_lr14_b16_hf_" in result.run and result.run.endswith("text-lstm8")
     model, record = load_model(result.model_path)
     assert {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in model.input.items()} == {
         "image": ("uint8", (None, None, None, 3)), "caption": ("string", (None,))}

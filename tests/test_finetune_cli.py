@@ -23,4 +23,4 @@ def test_multiworker_strategy_runs_as_a_single_cpu_worker_from_the_cli(tmp_path)
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test micro F1:" in done.stdout
-    assert list((work / "models").glob("*_all_lr13_b8_none.keras"))
+    assert list((work / "models").glob("*_116_lr14_b8_none.keras"))

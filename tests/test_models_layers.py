@@ -119,20 +119,24 @@ def test_freeze_resolves_all_numbers_and_block_names():
     assert resolve_freeze(backbone, "3") == 3
     assert resolve_freeze(backbone, "block3") == 5
     assert resolve_freeze(backbone, str(len(backbone.layers))) == "all"
+    assert resolve_freeze(backbone, "75%") == 5 and resolve_freeze(backbone, "0%") == 0
+    assert resolve_freeze(backbone, "100%") == "all"
+    with pytest.raises(MlkitError, match="percentage"):
+        resolve_freeze(backbone, "120%")
     with pytest.raises(MlkitError, match="block prefix"):
         resolve_freeze(backbone, "conv9")
     with pytest.raises(MlkitError, match="only 7 layers"):
         resolve_freeze(backbone, "99")
-    apply_freeze(backbone, 5)
+    apply_freeze(backbone, backbone, 5)
     assert [layer.trainable for layer in backbone.layers] == [False] * 5 + [True] * 2
-    apply_freeze(backbone, "all")
+    apply_freeze(backbone, backbone, "all")
     assert not backbone.trainable_weights
 
 
 def test_finetune_run_names_extend_the_top_run_and_parse_back():
-    config = FinetuneConfig(lr=0.001, batch=32, augment="fh", warmup_epochs=2, optimizer="adam").validate()
+    config = FinetuneConfig(lr=0.001, batch=32, augment="fh", warmup_epochs=2, optimizer="sgd").validate()
     name = finetune_run_name("coco_2017_vgg16_inet_avg_2x4096d5_lr11_b256_loss-focal", 15, config)
-    assert name == "coco_2017_vgg16_inet_avg_2x4096d5_lr11_b256_15_lr13_b32_hf_ftopt-adam_loss-focal_wu-2"
+    assert name == "coco_2017_vgg16_inet_avg_2x4096d5_lr11_b256_15_lr13_b32_hf_ftopt-sgd_loss-focal_wu-2"
     run = parse_run_name(name)
     assert (run.frozen, run.ft_lr, run.ft_batch, run.aug) == (15, 0.001, 32, "hf")
     assert run.option("wu") == "2" and run.option("loss") == "focal"

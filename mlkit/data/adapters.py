@@ -4,7 +4,8 @@ Each adapter reads one source layout, writes a manifest with
 `write_manifest` (image paths relative to the manifest's folder), reads it
 back to validate it, logs what it did, and returns the manifest's path:
 
-    from_folders   a class-per-folder tree (multiclass)
+    from_folders   a class-per-folder tree (multiclass), or nested category
+                   folders, every level a label (multilabel), with sidecar captions
     from_coco      COCO `instances_*.json` (multilabel, category names)
     from_imet      iMet 2019 `train.csv` + `labels.csv` (multilabel)
     from_csv       a generic CSV with space-separated label ids or names and
@@ -63,44 +64,94 @@ def _is_image(path):
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def from_folders(root, out):
-    """Writes a multiclass manifest from a class-per-folder tree.
+FOLDER_LABELS = ("first", "path")
+FOLDER_CAPTIONS = ("none", "sidecar")
 
-    `root/<class>/<image>`: the first-level folder names the class; images in
-    deeper folders belong to their first-level folder. Image files are those
-    ending in .jpg .jpeg .png .bmp .gif .tif .tiff .webp (any case); hidden
-    files and folders are skipped, and so are images directly under `root`.
+
+def from_folders(root, out, labels="first", captions="none"):
+    """Writes a manifest from a tree of folders of images.
+
+    With `labels="first"` (a class-per-folder tree), `root/<class>/.../<image>`
+    is one multiclass row whose class is its first-level folder. With
+    `labels="path"` (nested categories), every folder level becomes a label
+    of a multilabel row: `food/fruit/cartoon/x.png` gets food|fruit|cartoon.
+
+    Image files are those ending in .jpg .jpeg .png .bmp .gif .tif .tiff .webp
+    (any case). Other files (text, sound, SVG, ...) are passed over and counted
+    by extension in the log; hidden files and folders are skipped, and so are
+    images directly under `root`, which have no folder to label them.
 
     Args:
-        root: the folder holding one folder per class.
+        root: the top folder of the tree.
         out: the manifest to write (CSV, or JSON Lines for `.jsonl`).
+        labels: "first" (multiclass) or "path" (multilabel). Defaults to "first".
+        captions: "sidecar" takes each image's caption from the first line of
+            the text file beside it with the same stem (`x.txt` for `x.png`),
+            the layout many caption datasets use; images without one get an
+            empty caption, and are counted. Defaults to "none".
 
     Returns:
         The manifest's path.
 
     Example:
         from_folders("plankton/train", "plankton/manifest.csv")
+        from_folders("/usr/share/tuxpaint/stamps", "stamps.csv", labels="path", captions="sidecar")
     """
     root, out = Path(root), Path(out)
+    if labels not in FOLDER_LABELS:
+        raise MlkitError(f"from-folders: --labels {labels!r}: use {' or '.join(FOLDER_LABELS)}")
+    if captions not in FOLDER_CAPTIONS:
+        raise MlkitError(f"from-folders: --captions {captions!r}: use {' or '.join(FOLDER_CAPTIONS)}")
     if not root.is_dir():
         raise MlkitError(f"from-folders: {root} is not a folder; give the folder holding one folder per class")
     manifest_dir = out.absolute().parent
-    rows = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        label = _check_label_name(class_dir.name, f"folder {class_dir}")
-        for image in sorted(class_dir.rglob("*")):
-            hidden = any(part.startswith(".") for part in image.relative_to(class_dir).parts)
-            if not hidden and _is_image(image):
-                rows.append({"image": _relative_image(image, manifest_dir), "labels": (label,)})
+    rows, passed_over, uncaptioned = [], defaultdict(int), 0
+    for path in sorted(root.rglob("*")):
+        folders = path.relative_to(root).parts[:-1]
+        if any(part.startswith(".") for part in path.relative_to(root).parts) or not path.is_file():
+            continue
+        if not _is_image(path):
+            passed_over[path.suffix.lower() or "(no extension)"] += 1
+            continue
+        if not folders:
+            continue
+        names = folders[:1] if labels == "first" else folders
+        row = {"image": _relative_image(path, manifest_dir),
+               "labels": tuple(dict.fromkeys(_check_label_name(name, f"folder {root.joinpath(*folders)}")
+                                             for name in names))}
+        if captions == "sidecar":
+            row["caption"] = _sidecar_caption(path)
+            uncaptioned += not row["caption"]
+        rows.append(row)
     loose = sum(1 for p in root.iterdir() if _is_image(p))
     if loose:
-        logger.warning("from-folders: skipped %d images directly under %s (no class folder)", loose, root)
+        logger.warning("from-folders: skipped %d images directly under %s (no folder to label them)", loose, root)
+    if passed_over:
+        logger.info("from-folders: passed over %d files that are not images (%s)", sum(passed_over.values()),
+                    ", ".join(f"{count} {ext}" for ext, count in sorted(passed_over.items())))
+    if uncaptioned:
+        logger.warning("from-folders: %d of %d images have no caption file beside them (x.txt for x.png); their "
+                       "caption is empty", uncaptioned, len(rows))
     if not rows:
         raise MlkitError(
             f"from-folders: no images found in class folders under {root}; expected "
             f"{root}/<class>/<image> with extensions {' '.join(IMAGE_EXTENSIONS)}"
         )
-    return _finish(rows, out, "multiclass", "from-folders")
+    task = "multiclass" if labels == "first" else "multilabel"
+    return _finish(rows, out, task, "from-folders")
+
+
+def _sidecar_caption(image):
+    """The first line of the text file beside `image` with its stem, or "" when there is none."""
+    sidecar = image.with_suffix(".txt")
+    if not sidecar.is_file():
+        return ""
+    try:
+        with open(sidecar, encoding="utf-8-sig") as handle:
+            return handle.readline().strip()
+    except UnicodeDecodeError as error:
+        raise MlkitError(f"from-folders: caption file {sidecar} is not UTF-8 text ({error.reason} at byte "
+                         f"{error.start}); convert it to UTF-8") from None
 
 
 def _load_json_file(path):

@@ -8,7 +8,7 @@ import argparse
 import json
 import textwrap
 
-from mlkit.data.adapters import from_coco, from_csv, from_folders, from_imet
+from mlkit.data.adapters import FOLDER_CAPTIONS, FOLDER_LABELS, from_coco, from_csv, from_folders, from_imet
 from mlkit.data.manifest import TASKS
 from mlkit.data.split import split_manifest
 from mlkit.data.stats import format_stats, manifest_stats
@@ -40,7 +40,7 @@ def _run_synth(args):
 
 
 def _run_from_folders(args):
-    from_folders(args.root, args.out)
+    from_folders(args.root, args.out, labels=args.labels, captions=args.captions)
 
 
 def _run_from_coco(args):
@@ -88,13 +88,22 @@ def _register_synth(subparsers):
 
 def _register_from_folders(subparsers):
     parser = _add_parser(
-        subparsers, "from-folders", "manifest from a class-per-folder tree (multiclass)",
-        "Write a multiclass manifest from ROOT/<class>/<image>; images in deeper folders take their "
-        "first-level folder's class. Extensions: jpg jpeg png bmp gif tif tiff webp, any case.",
-        "mlkit data from-folders plankton/train --out plankton/manifest.csv",
+        subparsers, "from-folders", "manifest from a tree of image folders (multiclass or multilabel)",
+        "Write a manifest from a folder tree. By default ROOT/<class>/<image> gives a multiclass manifest; "
+        "images in deeper folders take their first-level folder's class. With --labels path every folder "
+        "level is a label (multilabel): food/fruit/cartoon/x.png gets food|fruit|cartoon. Extensions: jpg "
+        "jpeg png bmp gif tif tiff webp, any case; other files are passed over and counted.",
+        "mlkit data from-folders plankton/train --out plankton/manifest.csv\n"
+        "  mlkit data from-folders /usr/share/tuxpaint/stamps --labels path --captions sidecar --out stamps.csv",
     )
-    parser.add_argument("root", help="the folder holding one folder per class")
+    parser.add_argument("root", help="the top folder of the tree")
     parser.add_argument("--out", required=True, help="the manifest to write (.csv, or .jsonl for JSON Lines)")
+    parser.add_argument("--labels", choices=FOLDER_LABELS, default="first",
+                        help="first: the first-level folder is the class (multiclass); path: every folder level is "
+                             "a label (multilabel). Default: first")
+    parser.add_argument("--captions", choices=FOLDER_CAPTIONS, default="none",
+                        help="sidecar: each image's caption is the first line of the .txt file beside it with the "
+                             "same name (x.txt for x.png). Default: none")
     parser.set_defaults(func=_run_from_folders)
 
 

@@ -3,6 +3,9 @@
 import argparse
 
 from mlkit.models.augment import describe_codes
+from mlkit.models.finetune import OPTIMIZERS, FinetuneConfig
+
+DEFAULTS = FinetuneConfig()
 
 FINETUNE_EPILOG = """\
 Augmentation codes (--augment, any order, or 'none'):
@@ -22,6 +25,7 @@ inside with the top's own vocabulary. Caption-only tops (--text-only) have no
 backbone to fine-tune and are refused; --top best passes over them.
 
 Examples:
+  mlkit finetune bottlenecks/stamps_all_mobilenetv2_inet_avg.h5      # the measured defaults
   mlkit finetune bottlenecks/coco_2017_vgg16_inet_avg.h5 --top best --freeze block5 --lr 0.001
   mlkit finetune CACHE --top RUN --freeze all --warmup-epochs 1 --augment hwrszf --mixed-precision
 """
@@ -45,18 +49,25 @@ def add_finetune(subparsers):
     parser.add_argument("cache", help="bottleneck cache (.h5) the top was tuned on")
     parser.add_argument("--top", default="best", help="a run name from WORKDIR/tuning, or 'best' (default: the "
                                                       "first in tuning/summary.csv tuned on this cache)")
-    parser.add_argument("--freeze", default="all",
-                        help="backbone layers kept frozen: 'all' (default; train the head on augmented images), "
-                             "a number of leading layers (e.g. 15), or a block name to train from (e.g. block5)")
-    parser.add_argument("--warmup-epochs", type=int, default=0,
-                        help="epochs training the head alone before unfreezing (fastai's fine_tune; default 0)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--epochs", type=int, default=10, help="most epochs (default 10)")
-    parser.add_argument("--patience", type=int, default=3, help="early stopping patience on val_loss (default 3)")
-    parser.add_argument("--augment", default="hwrszf", help="augmentation codes, or 'none' (default hwrszf)")
-    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="sgd with momentum (default) or adam")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    parser.add_argument("--freeze", default=DEFAULTS.freeze,
+                        help="leading backbone layers kept frozen: a share of its layers (default "
+                             f"{DEFAULTS.freeze.replace('%', '%%')}: the last quarter trains), a number (e.g. 15), a block name to train "
+                             "from (e.g. block5 for VGG16, block_13 for MobileNetV2), or 'all' (train the head alone "
+                             "on augmented images). Batch norm keeps its statistics whatever is unfrozen")
+    parser.add_argument("--warmup-epochs", type=int, default=DEFAULTS.warmup_epochs,
+                        help="epochs training the head alone before unfreezing (fastai's fine_tune; default "
+                             f"{DEFAULTS.warmup_epochs}: the tuned top already is a trained head)")
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"learning rate (default {DEFAULTS.lr:g})")
+    parser.add_argument("--batch", type=int, default=DEFAULTS.batch, help=f"batch size (default {DEFAULTS.batch})")
+    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help=f"most epochs (default {DEFAULTS.epochs})")
+    parser.add_argument("--patience", type=int, default=DEFAULTS.patience,
+                        help=f"early stopping patience on val_loss; the best epoch is kept (default {DEFAULTS.patience})")
+    parser.add_argument("--augment", default=DEFAULTS.augment,
+                        help=f"augmentation codes, or 'none' (default {DEFAULTS.augment})")
+    parser.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=OPTIMIZERS,
+                        help=f"adam or sgd with momentum (default {DEFAULTS.optimizer})")
+    parser.add_argument("--momentum", type=float, default=DEFAULTS.momentum,
+                        help=f"SGD momentum (default {DEFAULTS.momentum})")
     parser.add_argument("--decision", default=None,
                         help="multilabel rule fitted on validation: cardinality (default), fbeta:B, per-class:B, "
                              "threshold:T, topk:K (see `mlkit evaluate --help`)")

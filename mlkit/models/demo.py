@@ -26,7 +26,10 @@ class DemoSettings:
     units: tuple = (64, 128)
     top_lr: float = 0.01
     top_epochs: int = 60
+    # Random weights: the head trains on augmented images with SGD (measured on the demo's own data);
+    # finetune's defaults are for pretrained backbones.
     freeze: str = "all"
+    ft_optimizer: str = "sgd"
     ft_lr: float = 0.01
     ft_epochs: int = 100
     ft_patience: int = 30
@@ -77,7 +80,8 @@ def run_demo(workdir="demo", quick=False):
     print(summary[["rank", "run", "val_loss"]].to_string(index=False))
 
     step(f"4/6 fine-tune the best top end to end (--freeze {settings.freeze}, --augment {settings.augment})")
-    result = finetune(cache.path, "best", work, freeze=settings.freeze, lr=settings.ft_lr, batch=32,
+    result = finetune(cache.path, "best", work, freeze=settings.freeze, optimizer=settings.ft_optimizer,
+                      lr=settings.ft_lr, batch=32,
                       epochs=settings.ft_epochs, augment=settings.augment, patience=settings.ft_patience,
                       progress=False)
     print(describe_result(result))

@@ -16,9 +16,13 @@ passes `mlkit.text.caption_vectorizer` with the top run's own vocabulary
 inside the network, so training, the `.keras` file and the SavedModel all
 tokenise it the same way, with TensorFlow ops only.
 
-The backbone always runs in inference mode (`training=False`): its batch
-norm statistics are kept while its weights train, the usual practice for
-fine-tuning on small collections.
+Every batch-norm layer of the network, in the backbone and in the top, runs
+in inference mode during fine-tuning, whatever `--freeze` unfreezes: it keeps
+the statistics the features were cached with, so the first training step
+starts from the cached top's loss. In Keras 3 that takes `trainable = False`
+on each such layer (`apply_freeze`); a `training=False` given when the
+backbone is called inside the network is not kept once `fit` calls the
+network with `training=True` (keras-team/keras#20285).
 """
 
 import keras
@@ -108,12 +112,15 @@ def takes_captions(model):
 
 
 def resolve_freeze(backbone, freeze):
-    """The number of leading backbone layers to freeze for `--freeze all|N|blockname`.
+    """The number of leading backbone layers to freeze for `--freeze all|N|P%|blockname`.
 
     `all` freezes every layer; a number freezes that many leading layers (as
     counted by `backbone.layers`, the input layer included, so VGG16's 15
-    freezes blocks 1-4); a name freezes every layer before the first layer
-    whose name starts with it (`block5` for VGG16 is also 15).
+    freezes blocks 1-4); a percentage freezes that share of the layers,
+    rounded (`75%` of MobileNetV2's 154 layers is 116, the start of
+    block_13), which works for every backbone; a name freezes every layer
+    before the first layer whose name starts with it (`block5` for VGG16 is
+    also 15).
 
     Returns:
         The run-name field: "all" or the number of frozen layers.
@@ -122,6 +129,8 @@ def resolve_freeze(backbone, freeze):
     layers = backbone.layers
     if text == "all":
         return "all"
+    if text.endswith("%") and text[:-1].replace(".", "", 1).isdigit() and float(text[:-1]) <= 100:
+        text = str(int(round(len(layers) * float(text[:-1]) / 100)))
     if text.isdigit():
         count = int(text)
         if count > len(layers):
@@ -132,17 +141,42 @@ def resolve_freeze(backbone, freeze):
             return position
     prefixes = sorted({layer.name.split("_")[0] for layer in layers})
     raise MlkitError(f"--freeze {freeze!r}: no layer of {backbone.name} is named like that; use all, a number of "
-                     f"layers (0-{len(layers)}) or a block prefix such as: {', '.join(prefixes[:20])}")
+                     f"layers (0-{len(layers)}), a percentage (75%) or a block prefix such as: {', '.join(prefixes[:20])}")
 
 
-def apply_freeze(backbone, frozen):
-    """Sets `trainable` on the backbone's layers; `frozen` from `resolve_freeze`."""
-    if frozen == "all":
-        backbone.trainable = False
-        return
-    backbone.trainable = True
-    for position, layer in enumerate(backbone.layers):
-        layer.trainable = position >= int(frozen)
+def apply_freeze(network, backbone, frozen):
+    """Sets which backbone layers train; every batch norm of the network stays in inference mode.
+
+    Args:
+        network: the network from `build_network` (its top's batch norms are
+            kept in inference mode too).
+        backbone: the backbone inside it.
+        frozen: from `resolve_freeze`: "all" or the number of leading layers to freeze.
+    """
+    backbone.trainable = frozen != "all"
+    if frozen != "all":
+        for position, layer in enumerate(backbone.layers):
+            layer.trainable = position >= int(frozen)
+    keep_statistics(network)
+
+
+def keep_statistics(model):
+    """Sets every BatchNormalization layer in `model`, nested models included, to `trainable = False`.
+
+    Keras 3 runs such a layer in inference mode even inside `fit`: it
+    normalises with its moving statistics and never updates them, and its
+    scale and offset stay fixed too (as in the Keras transfer-learning guide).
+    """
+    for layer in walk_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def walk_layers(model):
+    """Every layer of a model, depth first, nested models' layers included."""
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from walk_layers(layer)
 
 
 def build_export_model(network, attrs, rule, task, target_low=None, target_high=None):

@@ -1,0 +1,96 @@
+"""Stage 3 with a real pretrained backbone: batch norm keeps its statistics while blocks train.
+
+With random weights a batch norm's statistics barely matter, which is how a fine-tuning network that
+normalised with batch statistics in `fit` (keras-team/keras#20285) passed every other test. These use
+the ImageNet-trained MobileNetV2 in ../shared/pretrained/.
+"""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from mlkit.bottlenecks.cache import open_cache
+from mlkit.bottlenecks.extract import cache_features
+from mlkit.data.split import split_manifest
+from mlkit.data.synth import synthesize
+from mlkit.images import load_image, resize_images
+from mlkit.models.finetune import finetune, read_log
+from mlkit.models.network import apply_freeze, build_network, rebuild_backbone, resolve_freeze, walk_layers
+from mlkit.tuning.search import tune_top
+from mlkit.tuning.top import load_top
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, pretrained_mobilenetv2):
+    """A cache of pretrained MobileNetV2 features and one top without dropout (so training mode is deterministic)."""
+    root = tmp_path_factory.mktemp("pretrained")
+    synthesize(root / "data", task="multilabel", n=80, size=64, seed=0)
+    split_manifest(root / "data" / "manifest.csv", val=0.25, test=0.25, seed=0)
+    work = root / "ws"
+    cache = cache_features(root / "data" / "manifest.csv", work, backbone="mobilenetv2", weights=pretrained_mobilenetv2,
+                           image_size=SIZE, batch_size=32, progress=False)
+    summary = tune_top(cache.path, work, units=32, reg="d0", optimizer="adam", lr=0.001, batch=16, epochs=8,
+                       verbose=False)
+    return work, open_cache(cache.path), summary.run.iloc[0]
+
+
+def training_rows(cache, count=32):
+    rows = cache.indices("train")[:count]
+    images = [load_image(Path(cache.attrs["manifest_root"]) / path) for path in cache.read("image", rows)]
+    pixels = np.stack([resize_images(image.astype("float32"), SIZE) for image in images])
+    return pixels, cache.read("features", rows), cache.read("labels", rows).astype("float32")
+
+
+def fine_tuning_network(work, cache, run, freeze):
+    backbone, spec = rebuild_backbone(cache.attrs)
+    top, _ = load_top(work, run)
+    network = build_network(backbone, spec, cache.attrs, top)
+    apply_freeze(network, backbone, resolve_freeze(backbone, freeze))
+    return network, backbone, top
+
+
+@pytest.mark.parametrize("freeze", ["block_13", "0"])
+def test_training_mode_loss_equals_inference_mode_and_the_cached_tops(workspace, freeze):
+    work, cache, run = workspace
+    network, backbone, top = fine_tuning_network(work, cache, run, freeze)
+    assert backbone.trainable_weights, "blocks are unfrozen"
+    pixels, features, labels = training_rows(cache)
+    loss = keras.losses.BinaryCrossentropy()
+    cached = float(loss(labels, top(features, training=False)))
+    inference = float(loss(labels, network(pixels, training=False)))
+    training = float(loss(labels, network(pixels, training=True)))
+    assert cached < 0.5
+    assert inference == pytest.approx(cached, rel=1e-4)
+    assert training == pytest.approx(inference, rel=1e-4), "batch norm normalised with batch statistics in training mode"
+
+
+def test_a_training_step_keeps_every_batch_norms_statistics(workspace):
+    work, cache, run = workspace
+    network, backbone, _ = fine_tuning_network(work, cache, run, "block_13")
+    norms = [layer for layer in walk_layers(backbone) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) > 40
+    before = [np.asarray(layer.moving_mean).copy() for layer in norms]
+    weights_before = [np.asarray(w).copy() for w in backbone.trainable_weights]
+    pixels, _, labels = training_rows(cache, 16)
+    network.compile(optimizer=keras.optimizers.SGD(0.01), loss="binary_crossentropy")
+    network.fit(pixels, labels, batch_size=8, epochs=1, verbose=0)
+    for layer, mean in zip(norms, before):
+        np.testing.assert_array_equal(np.asarray(layer.moving_mean), mean, err_msg=layer.name)
+    assert any(not np.array_equal(np.asarray(w), old) for w, old in zip(backbone.trainable_weights, weights_before))
+
+
+@pytest.mark.slow
+def test_the_first_fine_tuning_epoch_starts_from_the_cached_tops_loss(workspace):
+    """The issue's reproduction: before the fix this epoch's training loss was over 200."""
+    work, cache, run = workspace
+    top, _ = load_top(work, run)
+    features, labels = cache.load("train")
+    cached = float(keras.losses.BinaryCrossentropy()(labels.astype("float32"), top.predict(features, verbose=0)))
+    result = finetune(cache.path, run, work, freeze="block_13", optimizer="adam", lr=1e-5, augment="none", epochs=1,
+                      warmup_epochs=0, batch=16, progress=False)
+    first = float(read_log(result.csv_path)[0]["loss"])
+    assert first == pytest.approx(cached, rel=0.05)
