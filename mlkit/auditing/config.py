@@ -39,9 +39,9 @@ class AuditConfig:
         top: a tuned run name whose settings train the fold models, or "" for
             the small default top below. Defaults to "".
         units: hidden units of the default top. Defaults to 256.
-        epochs: most epochs per fold model (10% of its training rows stop it early). Defaults to 30.
+        epochs: most epochs per fold model (10% of its training rows stop it early). Defaults to 20.
         batch: batch size of the fold tops, lowered so that an epoch has at least
-            10 steps. Defaults to 128.
+            10 steps. Defaults to 512.
         lr: Adam learning rate of the default top. Defaults to 0.001.
         residual_z: regression: standardised residual above which a row is flagged. Defaults to 3.0.
         sheet_size: findings per contact sheet. Defaults to 24.
@@ -55,8 +55,8 @@ class AuditConfig:
     folds: int = 5
     top: str = ""
     units: int = 256
-    epochs: int = 30
-    batch: int = 128
+    epochs: int = 20
+    batch: int = 512
     lr: float = 0.001
     residual_z: float = 3.0
     sheet_size: int = 24

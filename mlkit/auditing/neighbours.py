@@ -3,12 +3,14 @@
 Pooled CNN features are non-negative, so their raw cosines crowd near 1 and
 separate images poorly; each feature is centred on the mean of all rows
 before its cosine is taken. The search is faiss's (faiss-cpu): exact inner
-products (`IndexFlatIP`) up to `EXACT_MAX_ROWS` rows, above that an inverted
-file (`IndexIVFFlat`, about sqrt(N) lists, 8 probed), which found every
-planted near duplicate where HNSW (faiss's and hnswlib) missed some and took
-longer; `benchmarks/knn_choice.py` measured them (BENCHMARKS.md). Features
-are read from the cache in blocks: only their centred, unit-length copy,
-inside the index, is held whole.
+products (`IndexFlatIP`) up to `EXACT_MAX_ROWS` rows. Above that, vectors are
+projected on their first `REDUCED_DIMS` principal components and renormalised,
+then searched in an inverted file (`IndexIVFFlat`, about sqrt(N) lists, 8
+probed): it found every planted near duplicate where HNSW (faiss's and
+hnswlib) missed some and took longer (`benchmarks/knn_choice.py`,
+BENCHMARKS.md), and the projection makes it five times cheaper and its index
+a fifth of the features' size. Features are read from the cache in blocks:
+only the index holds them whole.
 """
 
 import h5py
@@ -18,6 +20,7 @@ BLOCK_ROWS = 4096
 # Exact search costs N^2 D: about 5 s at 10,000 x 1,280 on 2 cores, minutes at 100,000.
 EXACT_MAX_ROWS = 20000
 PROBES = 8
+REDUCED_DIMS = 256
 # faiss's k-means wants at least 39 training rows per list.
 TRAINING_ROWS_PER_LIST = 50
 
@@ -41,6 +44,16 @@ def feature_blocks(path, rows, block_rows=BLOCK_ROWS):
             chunk = rows[start:start + block_rows]
             block = features[chunk[0]:chunk[-1] + 1][chunk - chunk[0]]
             yield np.arange(start, start + len(chunk)), as_vectors(block)
+
+
+def read_vectors(path, rows):
+    """All feature vectors at `rows`, filled block by block into one float32 array (no second copy)."""
+    vectors = None
+    for at, block in feature_blocks(path, rows):
+        if vectors is None:
+            vectors = np.empty((len(rows), block.shape[1]), dtype=np.float32)
+        vectors[at] = block
+    return vectors
 
 
 def scan(path, rows, sample_size=0, seed=0):
@@ -69,9 +82,16 @@ def make_index(dim, num_rows):
     if num_rows <= EXACT_MAX_ROWS:
         return faiss.IndexFlatIP(dim), 0
     lists = int(round(np.sqrt(num_rows)))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-    index.nprobe = PROBES
-    return index, TRAINING_ROWS_PER_LIST * lists
+    reduced = min(dim, REDUCED_DIMS)
+    inverted = faiss.IndexIVFFlat(faiss.IndexFlatIP(reduced), reduced, lists, faiss.METRIC_INNER_PRODUCT)
+    inverted.nprobe = PROBES
+    transforms = [faiss.PCAMatrix(dim, reduced), faiss.NormalizationTransform(reduced)]
+    index = faiss.IndexPreTransform(inverted)
+    for transform in reversed(transforms):
+        index.prepend_transform(transform)
+    # The C++ index points at these; keep their Python owners alive as long as it.
+    index.referenced_objects = [inverted, *transforms]
+    return index, max(TRAINING_ROWS_PER_LIST * lists, 2 * dim)
 
 
 def without_self(similarities, ids, own, k):

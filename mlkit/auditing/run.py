@@ -70,7 +70,7 @@ def check_labels(cache, table, config, workdir):
         return None
     from mlkit.auditing.folds import out_of_fold_scores
 
-    features = np.concatenate([block for _, block in neighbours.feature_blocks(cache.path, table["rows"])])
+    features = neighbours.read_vectors(cache.path, table["rows"])
     names = cache.label_names or list(cache.attrs.get("target_names") or [])
     num_outputs = table["labels"].shape[1] if table["labels"].ndim > 1 else len(names)
     scores, folds = out_of_fold_scores(
