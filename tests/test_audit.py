@@ -152,7 +152,6 @@ def test_audit_cli_reports_leaks_first_and_every_planted_finding(workspace):
     kinds = issues["kind"].tolist()
     assert kinds == sorted(kinds, key=["leak", "conflict", "duplicate", "label_error", "outlier"].index)
     summary = json.loads((folder / "summary.json").read_text())
-    print(json.dumps(summary["timings"]))
     assert summary["findings"]["leak"] == 1 and summary["manifest"] == str(workspace["manifest"])
     for kind in ("leak", "conflict", "label_error", "outlier"):
         assert (folder / f"{kind}.png").stat().st_size > 1000
@@ -183,8 +182,8 @@ def test_apply_writes_a_corrected_copy_and_never_the_original(workspace):
         apply_corrections(issues_path, out=workspace["manifest"])
     issues.loc[0, "decision"] = "maybe"
     issues.to_csv(issues_path, index=False)
+    assert main(["audit", "--apply", str(issues_path)]) == 1
     with pytest.raises(MlkitError, match="line 2: decision 'maybe'"):
-        main(["audit", "--apply", str(issues_path)]) and None
         apply_corrections(issues_path)
 
 
@@ -197,8 +196,6 @@ def test_split_group_duplicates_keeps_groups_together(workspace):
     code = main(["data", "split", str(workspace["manifest"]), "--group-duplicates", str(result.folder), "--seed", "3"])
     assert code == 0
     splits = dict(zip(*[read_manifest(workspace["manifest"]).rows[c] for c in ("image", "split")]))
-    for group in pd.Series(read_duplicate_groups(result.folder)).groupby(lambda image: 0).groups.values():
-        pass
     groups = read_duplicate_groups(result.folder)
     by_group = {}
     for image, group in groups.items():

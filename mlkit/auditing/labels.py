@@ -12,6 +12,10 @@ Given each row's out-of-fold scores (from models that never saw the row):
   given but scored above the mean score of the rows with it is "missing". A
   row is ranked by its weakest label: how far that label's score falls short
   of the label's typical given score, as a fraction of that threshold.
+  Labels the fold models did not learn (their positives' mean score within
+  `LEARNED_SEPARATION` of their negatives') are not judged: a rare label
+  that every model scores near 0 says nothing about any one row, and judging
+  it flagged almost every row of the Tux Paint stamps.
 - regression: the residual in robust standard units (median and MAD of all
   residuals), per target; the suggestion is the out-of-fold prediction.
 
@@ -27,6 +31,7 @@ import numpy as np
 MAD_TO_STD = 1.4826
 # A mean of equal scores can round above them; a score this close to its threshold counts as reaching it.
 TOLERANCE = 1e-9
+LEARNED_SEPARATION = 0.2
 
 
 @dataclass
@@ -102,10 +107,12 @@ def multilabel_quality(labels, scores, names):
     # Typical score of rows with the label (t1) and typical "not this label" score of rows without it (t0).
     t1 = np.where(positives > 0, (scores * given).sum(axis=0) / np.maximum(positives, 1), 1.0)
     t0 = np.where(negatives > 0, ((1 - scores) * ~given).sum(axis=0) / np.maximum(negatives, 1), 1.0)
-    missing = ~given & (scores >= t1 - TOLERANCE) & ((1 - scores < t0) | (scores > 0.5))
-    extra = given & (1 - scores >= t0 - TOLERANCE) & ((scores < t1) | (scores < 0.5))
+    learned = t1 - (1 - t0) >= LEARNED_SEPARATION
+    missing = ~given & (scores >= t1 - TOLERANCE) & ((1 - scores < t0) | (scores > 0.5)) & learned
+    extra = given & (1 - scores >= t0 - TOLERANCE) & ((scores < t1) | (scores < 0.5)) & learned
     # Shortfall of each label's self-confidence below its class's typical one, relative to it.
     shortfall = np.where(given, (t1 - scores) / np.maximum(t1, 1e-6), (t0 - (1 - scores)) / np.maximum(t0, 1e-6))
+    shortfall = np.where(learned, shortfall, -1.0)
     weakest = np.argmax(shortfall, axis=1)
     flip = missing | extra
     none_flagged = ~flip.any(axis=1)
