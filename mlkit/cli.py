@@ -129,7 +129,7 @@ def main(argv=None):
         # A full disk can surface anywhere (h5py, Keras, KerasTuner); it is the user's to fix, not a bug.
         from mlkit.files import disk_full_error
 
-        full = disk_full_error(error)
+        full = disk_full_error(error, path=getattr(args, "workdir", None))
         if full is None:
             raise
         print(f"mlkit {args.command}: error: {full}", file=sys.stderr)

@@ -82,7 +82,8 @@ def disk_full_error(error, path=None, need=None):
             return error
         text = str(error)
         if getattr(error, "errno", None) in FULL_ERRNOS or HDF5_FULL.search(text):
-            named = getattr(error, "filename", None) or (HDF5_FILENAME.search(text) or [None, None])[1]
+            hdf5_name = HDF5_FILENAME.search(text)
+            named = getattr(error, "filename", None) or (hdf5_name.group(1) if hdf5_name else None)
             if named or path:
                 return DiskFullError(named or path, need)
         error = error.__cause__ or error.__context__
@@ -134,9 +135,8 @@ def atomic_path(path, need=None, tmp=None):
     except BaseException as error:
         close_hdf5(tmp)
         tmp.unlink(missing_ok=True)
-        full = disk_full_error(error, path, need) if isinstance(error, Exception) else None
-        if full is not None:
-            raise full from None
+        if isinstance(error, Exception) and disk_full_error(error, path) is not None:
+            raise DiskFullError(path, need) from None  # the file the user knows, not its temporary name
         raise
 
 
