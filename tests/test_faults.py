@@ -167,7 +167,7 @@ def test_a_second_finetune_of_the_same_run_is_refused(workspace):
     holder = hold_in_another_process(workspace["work"] / "models" / f".{run}.lock")
     try:
         with pytest.raises(LockedError, match=f"fine-tuning run {run} is being written by process {holder.pid}"):
-            finetune(workspace["a"], workspace["run"], workspace["work"], epochs=1, progress=False)
+            finetune(workspace["a"], workspace["run"], workspace["work"], freeze="all", epochs=1, progress=False)
     finally:
         holder.kill()
         holder.wait()
