@@ -13,6 +13,7 @@ Keras without importing mlkit.
 import contextlib
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,11 +158,17 @@ def build_backbone(name, weights="imagenet", image_size=None, pooling="avg", see
         keras.utils.set_random_seed(seed)
     constructor = getattr(keras.applications, spec.constructor)
     kwargs = dict(include_top=False, weights=source, input_shape=(size, size, 3), pooling=None if pooling == "none" else pooling)
-    with _explain_download_failure(spec):
+    # Keras warns once per layer it cannot match (hundreds of lines for another architecture's file);
+    # they are shown only when the model is built anyway, not before the error that explains them.
+    with _explain_download_failure(spec), warnings.catch_warnings(record=True) as caught:
         try:
             model = constructor(**kwargs)
-        except ValueError as error:
-            raise MlkitError(f"cannot build {spec.name} at {size} px with weights {weights!r}: {error}") from None
+        except Exception as error:
+            if not isinstance(error, ValueError) and source in (None, "imagenet"):
+                raise
+            raise MlkitError(_build_failure(spec, size, weights, source, error)) from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     info = {
         "weights": str(weights),
         "weights_sha256": weights_sha256(model),
@@ -169,6 +176,16 @@ def build_backbone(name, weights="imagenet", image_size=None, pooling="avg", see
         "image_size": size,
     }
     return model, info
+
+
+def _build_failure(spec, size, weights, source, error):
+    """One line saying why the backbone could not be built, from Keras's or h5py's (multi-line) error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = " ".join(lines[:2])[:400] or type(error).__name__
+    if source not in (None, "imagenet"):
+        return (f"--weights {weights}: not a {spec.name} weights file ({reason}). Give a Keras weights file "
+                f"saved from {spec.name} (.weights.h5 or .h5), or --weights imagenet|none")
+    return f"cannot build {spec.name} at {size} px with weights {weights!r}: {reason}"
 
 
 def _weights_source(weights):

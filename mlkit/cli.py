@@ -8,12 +8,19 @@ handler taking the parsed arguments. Handlers import TensorFlow lazily, so
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 
 from mlkit import __version__
 from mlkit.errors import MlkitError
+
+# What TensorFlow prints on import on a machine without CUDA drivers (see QuietTensorFlowImport).
+TENSORFLOW_NOISE = re.compile(rb"All log messages before absl::InitializeLog\(\) is called|"
+                              rb"cudart_stub\.cc:\d+\] Could not find cuda drivers|failed call to cuInit")
 
 # Order is the order `mlkit --help` lists them: the pipeline first.
 COMMAND_MODULES = (
@@ -57,9 +64,52 @@ def build_parser():
     return parser
 
 
+class QuietTensorFlowImport:
+    """Filters TensorFlow's CUDA start-up lines out of stderr while TensorFlow is first imported.
+
+    On a machine without a GPU, `import tensorflow` prints "Could not find cuda
+    drivers" twice from C++ before its logging is set up, so no setting of
+    TF_CPP_MIN_LOG_LEVEL hides them (TensorFlow 2.21). This meta-path finder
+    runs that one import with file descriptor 2 captured and writes back
+    every line that is not that noise, so Python warnings and real errors
+    still show. It removes itself after the import.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+            spec.loader.exec_module = lambda module: self.filtered(run, module)
+        return spec
+
+    @staticmethod
+    def filtered(run, module):
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                run(module)
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                for line in captured.read().splitlines(keepends=True):
+                    if not TENSORFLOW_NOISE.search(line):
+                        os.write(2, line)
+
+
 def main(argv=None):
-    # TensorFlow's C++ info lines drown the progress bars; errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ log: level 3 hides its info lines, which drown the progress bars, and the
+    # "failed call to cuInit" error every CPU-only run prints. mlkit's own messages go through
+    # Python's logging and are never affected; set TF_CPP_MIN_LOG_LEVEL yourself to see TensorFlow's.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, QuietTensorFlowImport())
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -77,3 +127,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"mlkit {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as error:
+        # A full disk can surface anywhere (h5py, Keras, KerasTuner); it is the user's to fix, not a bug.
+        from mlkit.files import disk_full_error
+
+        full = disk_full_error(error, path=getattr(args, "workdir", None))
+        if full is None:
+            raise
+        print(f"mlkit {args.command}: error: {full}", file=sys.stderr)
+        return 1

@@ -401,6 +401,11 @@ def load_scores_file(path):
     if "targets" in data:
         data["task"] = "regression"
     else:
+        for key in ("scores", "val_scores"):
+            if key in data and np.ndim(data[key]) != 2:
+                raise MlkitError(
+                    f"{path}: {key} has shape {np.shape(data[key])}; it needs one score per label or class for each "
+                    "image, shape (N, L). For one yes/no label save scores[:, None] (N, 1) and labels (N, 1)")
         data["task"] = "multiclass" if np.ndim(data["labels"]) == 1 else "multilabel"
     if "train_cardinality" in data:
         data["train_cardinality"] = float(data["train_cardinality"])

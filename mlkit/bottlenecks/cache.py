@@ -35,6 +35,10 @@ from mlkit.errors import CacheError
 
 FORMAT_VERSION = 1
 STR = h5py.string_dtype("utf-8")
+# What makes a cache's rows what they are (the fingerprint covers the weights, preprocessing and its
+# statistics; the manifest hash the rows, labels and splits). A top tuned on one cache fits only it.
+IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size", "preprocess", "pooling",
+                  "background", "fingerprint", "manifest_sha256")
 JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary")
 
 
@@ -98,6 +102,11 @@ class FeatureCache:
         return list(self.attrs.get("label_names") or [])
 
     @property
+    def identity(self):
+        """The attributes that identify this cache's features and rows (`IDENTITY_ATTRS`)."""
+        return {key: self.attrs.get(key) for key in IDENTITY_ATTRS}
+
+    @property
     def num_rows(self):
         return len(self._done)
 
@@ -156,6 +165,16 @@ class FeatureCache:
             x = np.concatenate([x, views.reshape((-1,) + x.shape[1:])])
             y = np.concatenate([y, np.repeat(y, self.augment_copies, axis=0)])
         return x, y
+
+
+def identity_differences(stored, identity):
+    """"key: stored vs now" for each identity attribute both dicts hold and that differs."""
+    def short(value):
+        text = str(value)
+        return text[:12] + "..." if len(text) == 64 else text
+
+    return [f"{key} {short(stored[key])} vs {short(identity[key])}" for key in IDENTITY_ATTRS
+            if stored.get(key) is not None and identity.get(key) is not None and str(stored[key]) != str(identity[key])]
 
 
 def open_cache(path):

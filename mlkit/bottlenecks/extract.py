@@ -18,9 +18,11 @@ copied, not recomputed.
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +38,9 @@ from mlkit.bottlenecks.cache import (
 )
 from mlkit.data.manifest import read_manifest
 from mlkit.errors import CacheError, MlkitError
+from mlkit.files import DiskFullError, atomic_path, stage_folder, write_text
 from mlkit.images import ImageReadError, augment_view, decode_image, parse_background, read_bytes, resize_array, sha256_bytes, view_seed
+from mlkit.locks import hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -180,31 +184,26 @@ def cache_features(
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     name = cache_name(manifest, backbone, preprocess, pooling, dataset, subset)
-    folder = Path(workdir) / "bottlenecks"
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{name}.h5"
-    model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
-    settings = {
-        "backbone": get_backbone(backbone).name, "weights": str(weights), "image_size": info["image_size"],
-        "preprocess": preprocess, "pooling": pooling, "background": ",".join(map(str, parse_background(background))),
-        "augment_copies": int(augment_copies),
-    }
-    _check_same_settings(final, settings, overwrite)
-    job = _Job(table, settings, info, seed, final, text)
-    job.fit_preprocessing(zmuv_samples, progress)
-    if job.final_is_current():
-        log.info("%s is up to date", final)
-        return job.write_summary({"rows": len(job.paths), "computed": 0, "reused": len(job.paths), "skipped": 0,
-                                  "skipped_path": job.skipped_path, "seconds": time.perf_counter() - started}, name)
-    job.extractor = feature_extractor(model, get_backbone(backbone), preprocess, info["image_size"], job.mean, job.std)
-    job.forward = _compiled_forward(job.extractor, batch_size)
-    with job.open_partial() as h5:
-        write_tokens(h5, *((text.tokens, text.vocabulary) if text else ()))
-        reused = job.reused
-        computed = job.compute(h5, batch_size, progress, on_batch)
-        result = job.finish(h5, strict)
-    result.update(computed=computed, reused=reused, seconds=time.perf_counter() - started)
-    return job.write_summary(result, name)
+    final = stage_folder(workdir, "bottlenecks") / f"{name}.h5"
+    with hold_lock(final.with_name(f"{name}.lock"), f"cache {final}"):
+        model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
+        settings = {
+            "backbone": get_backbone(backbone).name, "weights": str(weights), "image_size": info["image_size"],
+            "preprocess": preprocess, "pooling": pooling, "background": ",".join(map(str, parse_background(background))),
+            "augment_copies": int(augment_copies),
+        }
+        _check_same_settings(final, settings, overwrite)
+        job = _Job(table, settings, info, seed, final, text)
+        job.fit_preprocessing(zmuv_samples, progress)
+        if job.final_is_current():
+            log.info("%s is up to date", final)
+            return job.write_summary({"rows": len(job.paths), "computed": 0, "reused": len(job.paths), "skipped": 0,
+                                      "skipped_path": job.skipped_path, "seconds": time.perf_counter() - started}, name)
+        job.extractor = feature_extractor(model, get_backbone(backbone), preprocess, info["image_size"], job.mean, job.std)
+        job.forward = _compiled_forward(job.extractor, batch_size)
+        result = job.run(batch_size, progress, on_batch, strict)
+        result.update(seconds=time.perf_counter() - started)
+        return job.write_summary(result, name)
 
 
 def _check_same_settings(final, settings, overwrite):
@@ -294,6 +293,20 @@ class _Job:
 
     # -- the partial file ---------------------------------------------------------------------
 
+    def run(self, batch_size, progress, on_batch, strict):
+        """Fills the partial cache and renames it into place; returns the counts for the summary."""
+        try:
+            with self.open_partial() as h5:
+                write_tokens(h5, *((self.text.tokens, self.text.vocabulary) if self.text else ()))
+                computed = self.compute(h5, batch_size, progress, on_batch)
+                result = self.finish(h5, strict)
+        finally:
+            # The warm-up thread may still be inside TensorFlow after an early error; Python exiting
+            # under it aborted the process (rc 134) instead of printing the error.
+            self.forward.wait()
+        result.update(computed=computed, reused=self.reused)
+        return result
+
     def open_partial(self):
         """The partial cache to fill: the interrupted one if it matches, else a new one seeded with reusable rows."""
         self.stats = _file_stats(self.paths)
@@ -324,19 +337,27 @@ class _Job:
         return h5
 
     def _start_new(self):
-        tmp = self.partial.with_name(self.partial.name + ".tmp")
+        need = self.expected_size()
+        if shutil.disk_usage(self.partial.parent).free < need:  # fail before writing, not mid-way
+            raise DiskFullError(self.partial, need)
         sources = _open_sources([self.final, self.partial], self.fingerprint)
         try:
-            with h5py.File(tmp, "w") as h5:
-                self._create(h5)
-                self.reused = _copy_reusable(h5, sources, self)
+            with atomic_path(self.partial, need, tmp=self.partial.with_name(self.partial.name + ".tmp")) as tmp:
+                with h5py.File(tmp, "w") as h5:
+                    self._create(h5)
+                    self.reused = _copy_reusable(h5, sources, self)
         finally:
             for source in sources:
                 source.close()
-        os.replace(tmp, self.partial)
         if self.reused:
             log.info("reusing %d of %d rows from the previous cache", self.reused, len(self.paths))
         return h5py.File(self.partial, "r+")
+
+    def expected_size(self):
+        """Bytes the partial cache takes: its features and views are allocated when it is created."""
+        per_row = 4 * int(np.prod(self.info["feature_shape"]))
+        strings = sum(len(p) for p in self.paths) + 256 * len(self.paths)
+        return per_row * (len(self.paths) + int(self.views.sum())) + strings + (64 << 10)
 
     def _create(self, h5):
         table = self.table
@@ -442,12 +463,11 @@ class _Job:
         for row in np.flatnonzero(done == 0):
             reason = self.failures.get(int(row), "not processed")
             rows.append({"row": int(row) + 1, "image": self.table.rows["image"].iloc[row], "split": self.splits[row], "reason": reason})
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["row", "image", "split", "reason"])
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=["row", "image", "split", "reason"])
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, text.getvalue())
         return rows
 
     def write_summary(self, result, name):
@@ -464,9 +484,7 @@ class _Job:
         if self.text:
             summary["captions"] = self.text.report
         summary_path = self.final.with_suffix(".json")
-        tmp = summary_path.with_name(summary_path.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, summary_path)
+        write_text(summary_path, json.dumps(summary, indent=2) + "\n")
         return CacheResult(path=self.final, summary_path=summary_path, skipped_path=result["skipped_path"],
                            rows=result["rows"], computed=result["computed"], reused=result["reused"],
                            skipped=result["skipped"], seconds=result["seconds"],
@@ -515,6 +533,7 @@ def _compiled_forward(extractor, batch_size):
             pixels = tf.pad(pixels, [[0, batch_size - count], [0, 0], [0, 0], [0, 0]])
         return graph(pixels).numpy()[:count]
 
+    forward.wait = warming.join
     return forward
 
 
@@ -641,7 +660,7 @@ def _copy_reusable(h5, sources, job):
         for old in done:
             reusable.setdefault(keys[old].decode(), (source, int(old)))
             image = images[old].decode() if isinstance(images[old], bytes) else images[old]
-            by_stat[(str((root / image).resolve()), int(sizes[old]), int(mtimes[old]))] = shas[old].decode()
+            by_stat[(real_path(root / image), int(sizes[old]), int(mtimes[old]))] = shas[old].decode()
     if not reusable:
         return 0
     shas = _image_hashes(job, by_stat)
@@ -655,12 +674,21 @@ def _copy_reusable(h5, sources, job):
     return sum(len(pairs) for pairs in plan.values())
 
 
+def real_path(path):
+    """The path with symlinks resolved; a symlink loop stays as it is (it is an unreadable image, not an error).
+
+    `Path.resolve` raises RuntimeError on a loop (Python < 3.13), which aborted every run after the
+    first had listed the looped image as skipped.
+    """
+    return os.path.realpath(path)
+
+
 def _image_hashes(job, by_stat):
     """sha256 per row: trusted from an earlier cache when size and mtime match, else read and hashed."""
     def one(row):
         path = job.paths[row]
         size, mtime = job.stats[row]
-        known = by_stat.get((str(Path(path).resolve()), int(size), int(mtime)))
+        known = by_stat.get((real_path(path), int(size), int(mtime)))
         if known:
             return known
         try:

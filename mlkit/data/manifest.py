@@ -19,7 +19,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,19 +153,80 @@ def _csv_record_lines(path):
 
 def _read_csv(path):
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        # index_col=False: a first row with an extra field must not silently become the row index;
+        # pandas then warns (ParserWarning) instead, which is turned into an error here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
+    except pd.errors.ParserWarning:
+        raise ManifestError(_extra_field_message(path)) from None
     except FileNotFoundError:
         raise ManifestError(f"manifest {path} not found; check the path") from None
     except pd.errors.EmptyDataError:
         raise ManifestError(f"manifest {path} is empty; it needs a header row with an 'image' column") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ManifestError(
-            f"manifest {path} is not a valid UTF-8 CSV: {error}. Quote fields that contain commas, "
-            "or build the manifest with an adapter (mlkit data from-csv handles unquoted captions)"
-        ) from None
+    except UnicodeDecodeError:
+        raise ManifestError(_encoding_message(path)) from None
+    except pd.errors.ParserError as error:
+        raise ManifestError(_parser_message(path, error)) from None
     table.columns = [str(name).strip() for name in table.columns]
     # Short rows leave NaN even with keep_default_na=False.
     return table.fillna(""), _RowLocator(path)
+
+
+def _row_at_line(path, line):
+    """"FILE row R (line L)" for the record that holds file line `line` (the header is line 1)."""
+    text = Path(path).read_bytes().decode("latin-1")  # never fails: only row boundaries matter here
+    reader = csv.reader(text.splitlines(keepends=True))
+    next(reader, None)
+    row = 0
+    for record in reader:
+        row += bool(record)  # pandas skips blank lines, so they are not rows
+        if reader.line_num >= line:
+            return f"{path} row {max(row, 1)} (line {line})"
+    return f"{path} line {line}"
+
+
+def _encoding_message(path):
+    """Where a manifest stops being UTF-8, and how to convert it."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8-sig")
+        return f"manifest {path} is not valid UTF-8; save it as UTF-8"
+    except UnicodeDecodeError as error:
+        offset = error.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+    line = data[:offset].count(b"\n") + 1
+    line_text = data.splitlines()[line - 1].decode("latin-1") if data.splitlines() else ""
+    return (f"{_row_at_line(path, line)}: byte 0x{data[offset]:02x} is not UTF-8 (in {line_text.strip()[:60]!r} "
+            "read as Latin-1); the file is in another encoding, such as Latin-1 or Windows-1252. Save it as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path} > utf8.csv")
+
+
+def _extra_field_message(path):
+    """Names the first record with more fields than the header."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        start = reader.line_num + 1
+        for record in reader:
+            if len(record) > len(header):
+                return _fields_message(path, start, len(header), len(record))
+            start = reader.line_num + 1
+    return f"manifest {path} has a row with more fields than its header; quote fields that contain commas"
+
+
+def _fields_message(path, line, expected, saw):
+    return (f"{_row_at_line(path, line)} has {saw} fields where the header has {expected}. Quote fields that "
+            "contain commas, or build the manifest with an adapter (mlkit data from-csv handles unquoted captions)")
+
+
+def _parser_message(path, error):
+    """A CSV the parser rejects: say which line and why, in words."""
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+    if fields:
+        expected, line, saw = map(int, fields.groups())
+        return _fields_message(path, line, expected, saw)
+    return (f"manifest {path} is not a valid CSV: {error}. Quote fields that contain commas or line breaks, or "
+            "build the manifest with an adapter (mlkit data from-csv handles unquoted captions)")
 
 
 def _read_json_lines(path):
@@ -184,7 +247,8 @@ def _read_json_lines(path):
         if not isinstance(record, dict):
             where = f"line {number}" if number else f"item {index + 1}"
             raise ManifestError(f"{path} {where}: expected a JSON object per row, got {record!r}")
-    table = pd.DataFrame([_flatten_json_record(record) for _, record in numbered])
+    table = pd.DataFrame([_flatten_json_record(record, f"{path} line {number}" if number else f"{path} item {index + 1}")
+                          for index, (number, record) in enumerate(numbered)])
     for column in KNOWN_COLUMNS:
         if column in table:
             table[column] = table[column].fillna("")
@@ -198,14 +262,24 @@ def _load_json(path, text, where):
         raise ManifestError(f"{path} {where} is not valid JSON: {error}") from None
 
 
-def _flatten_json_record(record):
-    """Turns the known columns into the CSV cell form, so one parser serves both formats."""
+def _flatten_json_record(record, where):
+    """Turns the known columns into the CSV cell form, so one parser serves both formats.
+
+    A list's items are separate already, so an item holding the separator is
+    refused rather than split (as `from-folders` refuses such a folder name):
+    the label would not survive a round trip through a CSV manifest.
+    """
     flat = dict(record)
     for column in KNOWN_COLUMNS:
         value = record.get(column)
         if value is None:
             continue
         if isinstance(value, (list, tuple)):
+            joined = [str(item) for item in value if LABEL_SEP in str(item)]
+            if joined:
+                raise ManifestError(
+                    f"{where}: {column} item {joined[0]!r} contains '{LABEL_SEP}', which manifests use to join "
+                    f"{column}; rename it (list items are kept whole, never split)")
             flat[column] = LABEL_SEP.join(str(item) for item in value)
         else:
             flat[column] = str(value)
@@ -214,6 +288,11 @@ def _flatten_json_record(record):
 
 def _read_table(path):
     """The manifest's cells as read (strings for the known columns), and a row locator."""
+    if Path(path).is_dir():
+        inside = sorted(p.name for p in Path(path).glob("*") if p.suffix.lower() in (".csv", *JSON_SUFFIXES))
+        hint = f" such as {Path(path) / inside[0]}" if inside else ""
+        raise ManifestError(f"manifest {path} is a folder; give the manifest file{hint} (or make one with "
+                            "mlkit data from-folders)")
     if Path(path).suffix.lower() in JSON_SUFFIXES:
         return _read_json_lines(path)
     return _read_csv(path)

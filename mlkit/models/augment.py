@@ -7,8 +7,6 @@ grayscale. Codes are written in one canonical order, so `fh` and `hf` name the
 same run; `none` means no augmentation.
 """
 
-import keras
-
 from mlkit.errors import MlkitError
 
 # code: (what it does, for --help and errors)
@@ -57,6 +55,8 @@ def augmentation_layers(codes, seed=0):
     They take float pixels in [0, 255] and keep that range; they are active in
     training only, so a model holding them predicts on clean images.
     """
+    import keras  # here, not at the top: the CLI reads the codes for --help without loading TensorFlow
+
     codes = parse_augment(codes)
     if codes == NONE:
         return []

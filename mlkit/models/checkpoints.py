@@ -10,24 +10,11 @@ dies, the files on disk are either the previous complete state or the new one.
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from mlkit.tuning.config import write_json
-
-
-def save_weights_atomic(model, path):
-    """`model.save_weights(path)`, written to a temporary file first and then renamed over `path`."""
-    path = Path(path)
-    # Keras insists on the ".weights.h5" suffix, so the temporary name keeps it.
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    try:
-        model.save_weights(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from mlkit.files import save_weights_atomic, write_json
 
 
 def _backup_class():

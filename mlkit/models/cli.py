@@ -1,6 +1,7 @@
 """`mlkit finetune`, `mlkit export`, `mlkit predict` and `mlkit demo`: thin parsers over mlkit.models."""
 
 import argparse
+import sys
 
 from mlkit.models.augment import describe_codes
 from mlkit.models.finetune import OPTIMIZERS, FinetuneConfig
@@ -170,6 +171,9 @@ def run_predict(args):
         print(format_predictions(results))
     failed = sum(1 for r in results if r.error)
     print(f"{len(results) - failed} images labelled, {failed} unreadable" + (f"; CSV: {args.csv}" if args.csv else ""))
+    if failed == len(results):
+        print("mlkit predict: error: no image could be read (reasons above); nothing was labelled", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -39,11 +39,12 @@ from mlkit import __version__
 from mlkit.bottlenecks.cache import FeatureCache, open_cache
 from mlkit.decisions import parse_rule
 from mlkit.errors import MlkitError
+from mlkit.files import check_workdir, write_json
+from mlkit.locks import hold_lock
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
 from mlkit.models.data import DEFAULT_MEMORY_CACHE, ImageRows
 from mlkit.runs import encode_lr, parse_run_name
-from mlkit.tuning.config import write_json
 
 log = logging.getLogger(__name__)
 
@@ -166,25 +167,32 @@ def finetune(cache, top="best", workdir=".", *, image_root=None, overwrite=False
     started = time.perf_counter()
     config = FinetuneConfig(top=str(top), **settings).validate()
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
-    workdir = Path(workdir)
+    workdir = check_workdir(workdir)
     top_run = select_top(workdir, cache, top)
     with precision_policy(config.mixed_precision):
         strategy = make_strategy(config.strategy)
         job = _Job(cache, workdir, top_run, config, strategy, image_root)
-        done = job.finished()
-        if done is not None and not overwrite:
-            log.info("%s is already fine-tuned: %s", job.run, job.paths["json"])
-            return done
-        if overwrite:
-            shutil.rmtree(job.work, ignore_errors=True)
-        job.train(progress)
-        result = job.evaluate_and_export(progress)
+        # One process per run: two would share `models/.<run>.work/` and overwrite each other's checkpoints.
+        with hold_lock(job.work.with_name(f".{job.run}.lock"), f"fine-tuning run {job.run}"):
+            done = job.finished()
+            if done is not None and not overwrite:
+                log.info("%s is already fine-tuned: %s", job.run, job.paths["json"])
+                return done
+            if overwrite:
+                shutil.rmtree(job.work, ignore_errors=True)
+            job.train(progress)
+            result = job.evaluate_and_export(progress)
     result.seconds = time.perf_counter() - started
     return result
 
 
 def select_top(workdir, cache, top):
-    """The top's run name: given, or the best of `tuning/summary.csv` trained on this cache."""
+    """The top's run name: given, or the best in `tuning/summary.csv` tuned on this very cache.
+
+    The summary ranks every run in the folder; its `cache` column and each
+    run's record (the identity of the cache it was tuned on) keep the runs of
+    other caches, and of an earlier cache of the same name, out.
+    """
     folder = Path(workdir) / "tuning"
     if top != "best":
         parse_run_name(top)
@@ -194,21 +202,29 @@ def select_top(workdir, cache, top):
         raise MlkitError(f"--top best needs {summary}; run `mlkit tune-top {cache.path}` first, or name a run")
     import pandas as pd
 
-    caption_only = 0
-    for run in pd.read_csv(summary)["run"]:
+    from mlkit.bottlenecks.cache import identity_differences
+
+    table = pd.read_csv(summary, keep_default_na=False)
+    if "cache" in table:
+        table = table[table["cache"] == cache.path.name]
+    caption_only = rebuilt = 0
+    for run in table["run"]:
         record = folder / f"{run}.json"
         if not record.exists():
             continue
         config = json.loads(record.read_text())["config"]
         if Path(config.get("cache", "")).name != cache.path.name:
             continue
-        if config.get("text_only"):
+        if identity_differences(config.get("cache_identity") or {}, cache.identity):
+            rebuilt += 1
+        elif config.get("text_only"):
             caption_only += 1
-            continue
-        return str(run)
-    extra = f" other than {caption_only} caption-only run(s), which have no backbone to fine-tune" if caption_only else ""
-    raise MlkitError(f"{summary} lists no finished run tuned on {cache.path.name}{extra}; run "
-                     f"`mlkit tune-top {cache.path}`")
+        else:
+            return str(run)
+    extra = [f"{caption_only} caption-only run(s), which have no backbone to fine-tune"] if caption_only else []
+    extra += [f"{rebuilt} run(s) tuned on an earlier {cache.path.name}, since rebuilt"] if rebuilt else []
+    raise MlkitError(f"{summary} lists no finished run tuned on {cache.path.name}"
+                     f"{' other than ' + ' and '.join(extra) if extra else ''}; run `mlkit tune-top {cache.path}`")
 
 
 @contextlib.contextmanager

@@ -25,9 +25,12 @@ backbone is called inside the network is not kept once `fit` calls the
 network with `training=True` (keras-team/keras#20285).
 """
 
+from pathlib import Path
+
 import keras
 
 from mlkit.backbones import build_backbone, get_backbone, preprocessing_layers
+from mlkit.bottlenecks.cache import identity_differences
 from mlkit.errors import MlkitError
 from mlkit.models.layers import LabelDecision, Unscale
 
@@ -62,8 +65,18 @@ def rebuild_backbone(attrs, weights=None):
 
 
 def check_top_matches(config, cache):
-    """Refuses a top trained on another cache (other features, labels or task)."""
+    """Refuses a top trained on another cache: other rows, features, preprocessing, labels or task.
+
+    The top's record holds the identity of the cache it was tuned on
+    (`FeatureCache.identity`); a record from before identities were kept is
+    compared by the cache's file name.
+    """
     problems = []
+    tuned_on = Path(config.cache).name
+    if config.cache_identity:
+        problems += identity_differences(config.cache_identity, cache.identity)
+    elif tuned_on and tuned_on != cache.path.name:
+        problems.append("its record predates cache identities, so only the file names were compared")
     if config.task != cache.task:
         problems.append(f"task {config.task} vs the cache's {cache.task}")
     if tuple(config.input_shape) != tuple(cache.feature_shape):
@@ -71,7 +84,9 @@ def check_top_matches(config, cache):
     if cache.task != "regression" and list(config.label_names) != list(cache.label_names):
         problems.append("its label names differ from the cache's")
     if problems:
-        raise MlkitError(f"top {config.run} was not trained on {cache.path.name}: " + "; ".join(problems))
+        raise MlkitError(f"top {config.run} was not tuned on {cache.path} but on {config.cache or 'another cache'} "
+                         f"({'; '.join(problems)}); fine-tune it with the cache it was tuned on, or tune a top on "
+                         f"this one (mlkit tune-top {cache.path})")
 
 
 def build_network(backbone, spec, attrs, top, vocabulary=None):

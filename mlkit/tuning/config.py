@@ -7,10 +7,7 @@ whole caption vocabulary (mlkit.text), so the token ids it was trained on
 keep their meaning after the cache is rebuilt.
 """
 
-import json
-import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 from mlkit.errors import MlkitError
 from mlkit.runs import TEXT_ONLY_SUFFIX, RunName
@@ -46,6 +43,10 @@ UNNAMED_SETTINGS = ("epochs", "patience", "momentum", "step_every", "step_gamma"
 class TopConfig:
     """Everything needed to rebuild and retrain one top model.
 
+    `cache` is the path of the cache the top was tuned on and `cache_identity`
+    that cache's `FeatureCache.identity`, so stage 3 can refuse another cache
+    (records written before it was kept have {} there).
+
     The caption branch is on when `text` names its recurrent layer ("lstm"
     or "bilstm"; "" for image-only tops): `embed_dim`-wide embeddings of the
     cached token ids feed `text_units` LSTM units (per direction), merged with
@@ -80,6 +81,7 @@ class TopConfig:
     oversample: int = 0
     run: str = ""
     cache: str = ""
+    cache_identity: dict = field(default_factory=dict)
     input_shape: list = field(default_factory=list)
     num_outputs: int = 0
     label_names: list = field(default_factory=list)
@@ -188,11 +190,3 @@ class TopConfig:
 def check_choice(name, value, choices):
     if value not in choices:
         raise MlkitError(f"{name} {value!r} is not one of {', '.join(map(str, choices))}")
-
-
-def write_json(path, payload):
-    """Writes JSON atomically, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, path)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlkit.tuning.config import OBJECTIVES, write_json
+from mlkit.bottlenecks.cache import identity_differences
+from mlkit.files import atomic_path, write_json
+from mlkit.tuning.config import OBJECTIVES
 
 PROGRESS = "progress.jsonl"
 SUMMARY = "summary.csv"
@@ -39,8 +41,14 @@ class Progress:
     def record_path(self, run):
         return self.folder / f"{run}.json"
 
-    def finished(self, run):
-        """The run's record when it finished, else None."""
+    def finished(self, run, identity=None):
+        """The run's record when it finished, else None.
+
+        With a cache's `identity`, a run tuned on an earlier cache of the same
+        name that has since been rebuilt (other rows, weights or preprocessing)
+        does not count as finished: its top no longer fits the cache. Records
+        that predate identities count.
+        """
         path = self.record_path(run)
         if not path.exists():
             return None
@@ -48,7 +56,16 @@ class Progress:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return record if record.get("status") == "complete" else None
+        if record.get("status") != "complete":
+            return None
+        if identity and identity_differences(record["config"].get("cache_identity") or {}, identity):
+            return None
+        return record
+
+    def finished_runs(self):
+        """Names of every finished run in the folder, whichever grid or cache it came from."""
+        return sorted(path.name[: -len(".json")] for path in self.folder.glob("*.json")
+                      if self.finished(path.name[: -len(".json")]) is not None)
 
     def finish(self, run, config, result):
         """Writes the run's record: the resolved config and its result. Call last."""
@@ -77,10 +94,12 @@ class Progress:
 def summary_frame(progress, runs, task, objective):
     """One row per finished run of `runs`, best objective first.
 
-    Columns: rank, run, the objective, best_epoch (0-based, as in the CSV),
-    epochs, seconds (training wall time), the validation metrics at the best
-    epoch, and the run's settings (with the caption branch's, and which
-    branches it has, for caption runs).
+    Columns: rank, run, cache (the file name of the cache it was tuned on),
+    the objective, best_epoch (counted from 1, as Keras's progress bar
+    counts; the per-epoch CSV and the record count from 0, as Keras's
+    CSVLogger does), epochs, seconds (training wall time), the validation
+    metrics at the best epoch, and the run's settings (with the caption
+    branch's, and which branches it has, for caption runs).
     """
     rows = []
     for run in runs:
@@ -89,8 +108,8 @@ def summary_frame(progress, runs, task, objective):
             continue
         result, config = record["result"], record["config"]
         rows.append({
-            "run": str(run), objective: result["metrics"].get(objective),
-            "best_epoch": result["best_epoch"], "epochs": result["epochs"], "seconds": result["fit_seconds"],
+            "run": str(run), "cache": Path(config.get("cache", "")).name, objective: result["metrics"].get(objective),
+            "best_epoch": result["best_epoch"] + 1, "epochs": result["epochs"], "seconds": result["fit_seconds"],
             # The training loss is renamed: "loss" is the loss function's name here.
             **{("train_loss" if k == "loss" else k): v for k, v in result["metrics"].items() if k != objective},
             **{k: config[k] for k in ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule")},
@@ -117,7 +136,6 @@ def caption_columns(config):
 def write_summary(frame, folder):
     """Writes `summary.csv` atomically; returns its path."""
     path = Path(folder) / SUMMARY
-    tmp = path.with_name(f".{SUMMARY}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
     return path

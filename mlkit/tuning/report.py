@@ -49,7 +49,7 @@ def read_logs(folder):
 
 
 def run_row(run, log, metric, folder):
-    """One table row: name fields, epochs, best epoch by `metric`, metrics there, time."""
+    """One table row: name fields, epochs, best epoch by `metric` (counted from 1), metrics there, time."""
     if metric not in log:
         raise MlkitError(f"{run}.csv has no {metric!r} column (columns: {', '.join(log.columns)}); pick one with --metric")
     values = log[metric].to_numpy(dtype="float64")
@@ -60,7 +60,7 @@ def run_row(run, log, metric, folder):
     seconds = log["seconds"].sum() if "seconds" in log else np.nan
     metrics = {name: log[name].iloc[best] for name in log.columns if name.startswith("val_")}
     finished = (Path(folder) / f"{run}.json").exists()
-    return {"run": run, **parse_run_name(run).fields(), "epochs": len(log), "best_epoch": int(log["epoch"].iloc[best]),
+    return {"run": run, **parse_run_name(run).fields(), "epochs": len(log), "best_epoch": int(log["epoch"].iloc[best]) + 1,
             **metrics, "seconds": float(seconds), "status": "complete" if finished else "partial"}
 
 
@@ -190,7 +190,7 @@ def plot_runs(folder, out, *, where=(), by=None, x="epoch", metric="val_loss"):
         group = str(row[by]) if by else row.run
         label = f"{by}={group}" if by else (row.run if len(groups) <= MAX_LEGEND_RUNS else None)
         axes.plot(xs, log[metric], color=colors[group], alpha=0.85, lw=1.4, label=None if group in labelled else label)
-        best = log["epoch"].tolist().index(row.best_epoch)
+        best = log["epoch"].tolist().index(row.best_epoch - 1)  # the log counts from 0, as Keras does
         axes.plot(xs.iloc[best], log[metric].iloc[best], "o", color=colors[group], ms=4)
         labelled.add(group)
     if x == "epoch":

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import h5py
 
-from mlkit.bottlenecks.cache import open_cache
+from mlkit.bottlenecks.cache import identity_differences, open_cache
 from mlkit.errors import MlkitError
+from mlkit.files import stage_folder
+from mlkit.locks import hold_lock
 from mlkit.tuning.config import (
     DEFAULT_EMBED_DIM, DEFAULT_TEXT, DEFAULT_TEXT_UNITS, LOSSES, UNNAMED_SETTINGS, TopConfig,
 )
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 TUNABLE = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool", "text", "text_units",
            "embed_dim")
 CACHE_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
+# Held by a search tuning alone or by the chief (mlkit.locks).
+LOCK = ".tune-top.lock"
 DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 
 
@@ -141,7 +145,7 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
         raise MlkitError(f"--augmented: {cache.path} has no augmented views; rebuild it with cache-features --augment K")
     shape = list(cache.feature_shape)
     base = TopConfig(
-        task=cache.task, cache=str(cache.path), input_shape=shape, num_outputs=num_outputs(cache),
+        task=cache.task, cache=str(cache.path), cache_identity=cache.identity, input_shape=shape, num_outputs=num_outputs(cache),
         label_names=cache.label_names, target_min=cache.attrs.get("target_min") or [],
         target_max=cache.attrs.get("target_max") or [], views=cache.augment_copies if augmented else 0,
         text_only=bool(text_only), vocabulary=cache.vocabulary if captions else {}, **settings,
@@ -226,11 +230,16 @@ def current_role():
 
 
 def warn_changed_settings(progress, configs):
-    """Says when a finished run was trained with settings its name does not show."""
+    """Says when a finished run was trained with settings its name does not show, or on a rebuilt cache."""
     defaults = TopConfig()
     for config in configs:
         record = progress.finished(config.run)
         if record is None:
+            continue
+        rebuilt = identity_differences(record["config"].get("cache_identity") or {}, config.cache_identity)
+        if rebuilt:
+            logger.warning("%s was tuned on an earlier %s (%s); training it again", config.run,
+                           Path(config.cache).name, "; ".join(rebuilt))
             continue
         changed = []
         for key in UNNAMED_SETTINGS:
@@ -295,8 +304,12 @@ def tune_top(
             features (implies `captions`), for the ablation. Defaults to False.
 
     Returns:
-        A pandas DataFrame, one row per finished trial of this grid, best first
-        (also written to `tuning/summary.csv`, except by workers).
+        A pandas DataFrame, one row per finished trial of this grid, best first.
+        `tuning/summary.csv` (not written by workers) ranks every finished run
+        in the folder the same way, earlier grids included, with each run's cache.
+
+    Raises:
+        LockedError: when another tune-top (alone, or a chief) is using the folder.
 
     Example:
         summary = tune_top("bottlenecks/coco_2017_vgg16_zmuvs_avg.h5", layers=[1, 2], units=[1024, 4096])
@@ -310,21 +323,27 @@ def tune_top(
         seed=int(seed), captions=captions, text=text, text_units=text_units, embed_dim=embed_dim, text_only=text_only,
     )
     memory = parse_memory(max_memory)
-    folder = Path(workdir) / "tuning"
+    folder = stage_folder(workdir, "tuning")
     with environment(distributed_env(chief, worker, oracle)):
         role = current_role()
-        progress = Progress(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
-        warn_changed_settings(progress, grid.configs())
-        pending = [run for run in grid.runs if progress.finished(run) is None]
-        if pending or role != "alone":
-            from mlkit.tuning.tuner import run_search
+        # Workers share the chief's folder by design; anyone else tuning here would clobber this search.
+        lock = contextlib.nullcontext() if role == "worker" else hold_lock(folder / LOCK, f"tuning folder {folder}")
+        with lock:
+            progress = Progress(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
+            warn_changed_settings(progress, grid.configs())
+            pending = [run for run in grid.runs if progress.finished(run, cache.identity) is None]
+            if pending or role != "alone":
+                from mlkit.tuning.tuner import run_search
 
-            run_search(grid, cache, progress, max_memory=memory, verbose=verbose)
-        elif verbose:
-            print(f"all {len(grid.runs)} trials of this grid are finished in {folder}", flush=True)
-    summary = summary_frame(progress, grid.runs, cache.task, objective)
-    if role != "worker" and not summary.empty:
-        path = write_summary(summary, folder)
-        if verbose:
-            print(f"summary: {path} (best: {summary.run.iloc[0]}, {objective} {summary[objective].iloc[0]:.4g})")
+                run_search(grid, cache, progress, max_memory=memory, verbose=verbose)
+            elif verbose:
+                print(f"all {len(grid.runs)} trials of this grid are finished in {folder}", flush=True)
+            summary = summary_frame(progress, grid.runs, cache.task, objective)
+            if role != "worker" and not summary.empty:
+                # Every finished run in the folder, earlier grids and other caches too (the `cache` column).
+                every = summary_frame(progress, progress.finished_runs(), cache.task, objective)
+                path = write_summary(every, folder)
+                if verbose:
+                    print(f"summary: {path} ({len(every)} runs; best of this grid: {summary.run.iloc[0]}, {objective} "
+                          f"{summary[objective].iloc[0]:.4g})")
     return summary

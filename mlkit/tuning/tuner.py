@@ -8,7 +8,6 @@ whether the search runs alone or as KerasTuner workers fed by a chief.
 
 import gc
 import logging
-import os
 import re
 import time
 
@@ -17,6 +16,7 @@ import keras_tuner as kt
 import numpy as np
 
 from mlkit.errors import MlkitError
+from mlkit.files import disk_full_error, save_weights_atomic
 from mlkit.tuning.config import OBJECTIVES
 from mlkit.tuning.data import TopData
 from mlkit.tuning.top import build_top_model, compile_top, run_paths, schedule_callbacks, set_input_statistics
@@ -182,7 +182,7 @@ class TopTuner(kt.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
         config = self.hypermodel.trial_config(hp)
-        record = self.progress.finished(config.run)
+        record = self.progress.finished(config.run, config.cache_identity)
         if record is not None:
             self.progress.log("skip", config.run)
             return self.report(config, record["result"], skipped=True)
@@ -193,6 +193,9 @@ class TopTuner(kt.Tuner):
         except MlkitError as error:
             raise TrialUserError(str(error)) from error
         except Exception as error:
+            full = disk_full_error(error)
+            if full is not None:
+                raise TrialUserError(str(full)) from error
             raise kt.errors.FatalError(f"trial {config.run} failed: {error!r}") from error
         self.progress.log("done", config.run, seconds=result["fit_seconds"])
         return self.report(config, result)
@@ -206,9 +209,7 @@ class TopTuner(kt.Tuner):
         started = time.perf_counter()
         history = self.hypermodel.fit(hp, model, csv_path=paths["csv"])
         result = trial_result(history.history, config, time.perf_counter() - started)
-        tmp = paths["weights"].with_name(f".{config.run}.{os.getpid()}.weights.h5")
-        model.save_weights(tmp)
-        os.replace(tmp, paths["weights"])
+        save_weights_atomic(model, paths["weights"])
         if config.loss == "wbce":
             config.pos_weight = data.pos_weight.tolist()
         self.progress.finish(config.run, config.to_dict(), result)
@@ -229,7 +230,7 @@ class TopTuner(kt.Tuner):
         if skipped:
             self.say(f"trial {self.position(config)} {config.run}: finished earlier, skipped ({objective} {value:.4g})")
         else:
-            self.say(f"  {objective} {value:.4g} at epoch {result['best_epoch']} of {result['epochs']} "
+            self.say(f"  {objective} {value:.4g} at epoch {result['best_epoch'] + 1} of {result['epochs']} "
                      f"({result['fit_seconds']:.1f} s){' DIVERGED' if result['diverged'] else ''}; "
                      f"best so far: {best} {self.scores[best]:.4g}")
         return {objective: float(score)}

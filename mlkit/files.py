@@ -1,0 +1,178 @@
+"""Writing the workspace's files: atomic replacement, full disks, and the stage folders.
+
+Every file a stage finishes is written under a temporary name in its own
+folder and renamed over the real name, so a reader, or a rerun after a crash,
+sees either the old file or the new one. When a write fails, the temporary
+file is removed, and a full disk becomes one `DiskFullError` that says where
+and how much to free; what earlier steps finished stays on disk, so the same
+command resumes once there is room.
+"""
+
+import contextlib
+import errno
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+from mlkit.errors import MlkitError
+
+MB = 1 << 20
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# HDF5 reports a failed write inside its own message, e.g. "errno = 28, error message = 'No space left on device'".
+HDF5_FULL = re.compile(r"errno = (%s)\b|No space left on device|Disk quota exceeded" % "|".join(map(str, FULL_ERRNOS)))
+HDF5_FILENAME = re.compile(r"filename = '([^']+)'")
+
+
+class DiskFullError(MlkitError):
+    """No space left while writing one of the workspace's files.
+
+    Args:
+        path: the file being written.
+        need: bytes the write needed, when known; the message asks to free
+            what is missing of it (at least 1 MB). Defaults to None.
+    """
+
+    def __init__(self, path, need=None):
+        self.path = Path(path)
+        folder = existing_folder(self.path)
+        free = shutil.disk_usage(folder).free if folder else 0
+        missing = max(int(need or 0) - free, MB)
+        self.free_mb = math.ceil(missing / MB)
+        self.errno = errno.ENOSPC
+        super().__init__(f"no space left on {device_name(folder or self.path)} while writing {self.path}; "
+                         f"free at least {self.free_mb} MB and rerun: finished work is kept")
+
+
+def existing_folder(path):
+    """The nearest folder of `path` (itself or a parent) that exists, or None."""
+    for folder in (Path(path), *Path(path).parents):
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def device_name(path):
+    """The mount point holding `path` and its device, e.g. "/data (/dev/sdb1)"."""
+    mount = Path(os.path.abspath(path))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        with open("/proc/self/mounts") as handle:
+            devices = {fields[1]: fields[0] for fields in (line.split() for line in handle) if len(fields) > 1}
+    except OSError:
+        devices = {}
+    device = devices.get(str(mount))
+    return f"{mount} ({device})" if device else str(mount)
+
+
+def disk_full_error(error, path=None, need=None):
+    """A `DiskFullError` when `error` (or what it was raised from) is a full disk, else None.
+
+    h5py reports full disks as OSError, RuntimeError or ValueError carrying
+    HDF5's message, and KerasTuner wraps errors in its own; both are
+    recognised. The file named in the error wins over `path`.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFullError):
+            return error
+        text = str(error)
+        if getattr(error, "errno", None) in FULL_ERRNOS or HDF5_FULL.search(text):
+            hdf5_name = HDF5_FILENAME.search(text)
+            named = getattr(error, "filename", None) or (hdf5_name.group(1) if hdf5_name else None)
+            if named or path:
+                return DiskFullError(named or path, need)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def close_hdf5(path):
+    """Closes HDF5 handles left open on `path` by a failed write (Keras's save_weights leaves one).
+
+    A handle left open tries to flush when Python exits; on a full disk that
+    crashed the process with a segmentation fault. Closing it can fail for the
+    same reason, which no longer matters once the file is deleted.
+    """
+    import sys
+
+    if "h5py" not in sys.modules:
+        return
+    import h5py
+
+    target = os.path.abspath(path)
+    for handle in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            name = os.path.abspath(os.fsdecode(handle.name))
+        except Exception:
+            continue
+        if name == target:
+            with contextlib.suppress(Exception):
+                h5py.File(handle).close()
+
+
+@contextlib.contextmanager
+def atomic_path(path, need=None, tmp=None):
+    """Yields a temporary path to write; renames it over `path` when the block succeeds.
+
+    On any failure the temporary file is removed, and a full disk raises
+    `DiskFullError` instead of the writer's own error.
+
+    Args:
+        path: the file to replace.
+        need: bytes the file is expected to take, for the full-disk message. Defaults to None.
+        tmp: the temporary path. Defaults to a hidden, per-process name in the
+            same folder that keeps the file's suffix (Keras checks it).
+    """
+    path = Path(path)
+    tmp = Path(tmp) if tmp else path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as error:
+        close_hdf5(tmp)
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, Exception) and disk_full_error(error, path) is not None:
+            raise DiskFullError(path, need) from None  # the file the user knows, not its temporary name
+        raise
+
+
+def write_text(path, text):
+    """Writes text atomically, so a reader never sees half a file."""
+    data = text.encode()
+    with atomic_path(path, need=len(data)) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+
+def write_json(path, payload):
+    """Writes JSON atomically, so a reader never sees half a file."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def save_weights_atomic(model, path):
+    """`model.save_weights(path)`, written to a temporary file first and then renamed over `path`."""
+    need = sum(int(getattr(weight, "nbytes", 0) or 0) for weight in model.get_weights()) + (64 << 10)
+    with atomic_path(path, need) as tmp:
+        model.save_weights(str(tmp))
+
+
+def check_workdir(workdir):
+    """The workspace folder as a Path; refuses one that is a file."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise MlkitError(f"--workdir {workdir} is a file, not a folder; give the workspace folder (it is created "
+                         "when missing)")
+    return workdir
+
+
+def stage_folder(workdir, name):
+    """`<workdir>/<name>`, created when missing; refuses a `workdir` that is a file."""
+    folder = check_workdir(workdir) / name
+    if folder.exists() and not folder.is_dir():
+        raise MlkitError(f"{folder} is a file where mlkit keeps a folder; move it away or use another --workdir")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

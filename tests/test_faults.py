@@ -1,0 +1,437 @@
+"""Faults a user can cause: foreign tops, concurrent runs, full disks, bad paths and files (issue 12).
+
+Each test reproduces one defect a probe found; the next probe can add its cases here. Most share one
+tiny workspace: two synthetic datasets (`a` and `b`), a cache of each (VGG16 with random weights at
+32 px) and one top tuned on `a`'s cache.
+"""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlkit.bottlenecks.cache import open_cache, partial_path
+from mlkit.bottlenecks.extract import cache_features
+from mlkit.cli import main
+from mlkit.data.manifest import read_manifest
+from mlkit.data.split import split_manifest
+from mlkit.data.synth import synthesize
+from mlkit.errors import ManifestError, MlkitError
+from mlkit.files import DiskFullError
+from mlkit.locks import LockedError
+from mlkit.models.finetune import FinetuneConfig, finetune, finetune_run_name, select_top
+from mlkit.tuning.search import LOCK, tune_top
+
+SIZE = 32
+CACHE = dict(backbone="vgg16", weights="none", image_size=SIZE, batch_size=32, progress=False)
+TOP = dict(layers=1, units=8, lr=0.01, batch=16, epochs=1, verbose=False)
+
+
+def make_data(folder, seed, n=24):
+    manifest = synthesize(folder, task="multilabel", n=n, size=SIZE, seed=seed)
+    split_manifest(manifest, val=0.25, test=0.25, seed=0)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """{"work", "a", "b" (cache paths), "run" (a top tuned on a), "manifest_a"}."""
+    root = tmp_path_factory.mktemp("faults")
+    work = root / "ws"
+    manifest_a, manifest_b = make_data(root / "a", 0), make_data(root / "b", 1)
+    a = cache_features(manifest_a, work, **CACHE).path
+    b = cache_features(manifest_b, work, preprocess="zmuvs", **CACHE).path
+    run = tune_top(a, work, **TOP).run.iloc[0]
+    return {"work": work, "a": a, "b": b, "run": run, "manifest_a": manifest_a, "root": root}
+
+
+def hidden_leftovers(folder):
+    """Temporary files a failed write could leave behind."""
+    return sorted(p.name for p in Path(folder).rglob("*") if p.name.startswith(".partial-") or p.name.endswith(".tmp"))
+
+
+# -- 1. a top tuned on another cache ------------------------------------------------------------
+
+def test_finetune_refuses_a_top_tuned_on_another_cache(workspace):
+    with pytest.raises(MlkitError, match=r"not tuned on .*b_all_vgg16_zmuvs_avg\.h5.*dataset a vs b; preprocess inet "
+                                         r"vs zmuvs"):
+        finetune(workspace["b"], workspace["run"], workspace["work"], epochs=1, progress=False)
+    assert not list((workspace["work"] / "models").glob("*.keras"))
+
+
+def test_a_record_without_the_cache_identity_is_compared_by_file_name(workspace, tmp_path):
+    work = tmp_path / "ws"
+    shutil.copytree(workspace["work"] / "tuning", work / "tuning")
+    record_path = work / "tuning" / f"{workspace['run']}.json"
+    record = json.loads(record_path.read_text())
+    del record["config"]["cache_identity"]  # as written before identities were kept
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(MlkitError, match="predates cache identities"):
+        finetune(workspace["b"], workspace["run"], work, epochs=1, progress=False)
+
+
+def test_a_rebuilt_cache_of_the_same_name_retunes_its_runs_and_best_skips_the_stale_ones(workspace, tmp_path):
+    from mlkit.tuning.records import Progress
+
+    work = tmp_path / "ws"
+    shutil.copytree(workspace["work"] / "tuning", work / "tuning")
+    cache = open_cache(workspace["a"])
+    cache.attrs = dict(cache.attrs, manifest_sha256="0" * 64)  # as if rows had been added and the cache rebuilt
+    with pytest.raises(MlkitError, match="1 run.s. tuned on an earlier a_all_vgg16_inet_avg.h5"):
+        select_top(work, cache, "best")
+    assert Progress(work / "tuning").finished(workspace["run"], cache.identity) is None
+
+
+# -- 2. the summary ranks every run in the folder -----------------------------------------------
+
+def test_summary_ranks_every_grid_and_cache_and_best_picks_per_cache(workspace, tmp_path, capsys):
+    work = tmp_path / "ws"
+    shutil.copytree(workspace["work"] / "tuning", work / "tuning")
+    tune_top(workspace["a"], work, **dict(TOP, units=16, verbose=True))
+    printed = capsys.readouterr().out
+    tune_top(workspace["b"], work, **TOP)
+    summary = pd.read_csv(work / "tuning" / "summary.csv")
+    assert len(summary) == 3 and list(summary["rank"]) == [1, 2, 3]
+    assert summary.groupby("cache").size().to_dict() == {"a_all_vgg16_inet_avg.h5": 2, "b_all_vgg16_zmuvs_avg.h5": 1}
+    b_run = summary.run[summary.cache == "b_all_vgg16_zmuvs_avg.h5"].iloc[0]
+    assert select_top(work, open_cache(workspace["b"]), "best") == b_run
+    a_runs = summary.run[summary.cache == "a_all_vgg16_inet_avg.h5"]
+    assert select_top(work, open_cache(workspace["a"]), "best") == a_runs.iloc[0]
+    # 8. Epochs count from 1: the printed best epoch, the summary's, and the record's (0-based) + 1.
+    run = a_runs[a_runs.str.contains("1x16")].iloc[0]
+    record = json.loads((work / "tuning" / f"{run}.json").read_text())["result"]
+    best = record["best_epoch"] + 1
+    assert f"at epoch {best} of {record['epochs']}" in printed
+    assert int(summary.best_epoch[summary.run == run].iloc[0]) == best
+
+
+# -- 3. one writer at a time --------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from mlkit.locks import hold_lock
+    with hold_lock(sys.argv[1], "test"):
+        print("held", flush=True)
+        time.sleep(120)
+""")
+
+
+def hold_in_another_process(path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def refused_then_free_after_kill(path, action):
+    """`action` is refused while another process holds `path`, and runs once that process is SIGKILLed."""
+    holder = hold_in_another_process(path)
+    try:
+        with pytest.raises(LockedError) as refused:
+            action()
+        message = str(refused.value)
+        assert f"process {holder.pid} on host {socket.gethostname()}" in message and str(path) in message
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert path.exists()  # a killed holder leaves its lock file; it must not block
+    return action()
+
+
+def test_a_second_cache_features_is_refused_and_a_killed_holders_lock_does_not_block(workspace, tmp_path):
+    work = tmp_path / "ws"
+    result = refused_then_free_after_kill(work / "bottlenecks" / "a_all_vgg16_inet_avg.lock",
+                                          lambda: cache_features(workspace["manifest_a"], work, **CACHE))
+    assert result.computed == result.rows and not (work / "bottlenecks" / "a_all_vgg16_inet_avg.lock").exists()
+
+
+def test_a_second_tune_top_on_the_workspace_is_refused(workspace, tmp_path):
+    work = tmp_path / "ws"
+    summary = refused_then_free_after_kill(work / "tuning" / LOCK, lambda: tune_top(workspace["a"], work, **TOP))
+    assert len(summary) == 1
+
+
+def test_a_second_finetune_of_the_same_run_is_refused(workspace):
+    run = finetune_run_name(workspace["run"], "all", FinetuneConfig(top=workspace["run"]).validate())
+    holder = hold_in_another_process(workspace["work"] / "models" / f".{run}.lock")
+    try:
+        with pytest.raises(LockedError, match=f"fine-tuning run {run} is being written by process {holder.pid}"):
+            finetune(workspace["a"], workspace["run"], workspace["work"], freeze="all", epochs=1, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (workspace["work"] / "models" / f".{run}.work").exists()
+
+
+def mlkit_command(*args):
+    return [sys.executable, "-m", "mlkit", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_two_cache_features_processes_on_one_cache(workspace, tmp_path):
+    work = tmp_path / "ws"
+    command = mlkit_command("cache-features", workspace["manifest_a"], "--backbone", "vgg16", "--weights", "none",
+                            "--image-size", SIZE, "--workdir", work, "--no-progress")
+    lock = work / "bottlenecks" / "a_all_vgg16_inet_avg.lock"
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not lock.exists() and first.poll() is None:
+        time.sleep(0.05)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 1 and f"process {first.pid} on host {socket.gethostname()}" in second.stderr
+    assert "Traceback" not in second.stderr and str(lock) in second.stderr
+    assert open_cache(work / "bottlenecks" / "a_all_vgg16_inet_avg.h5").attrs["complete"]
+
+
+# -- 4. a full disk -----------------------------------------------------------------------------
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_creating_the_cache_is_one_error_and_a_rerun_finishes(workspace, tmp_path, monkeypatch):
+    from mlkit.bottlenecks import extract
+
+    work = tmp_path / "ws"
+    create = extract._Job._create
+
+    def create_then_fail(self, h5):
+        create(self, h5)
+        h5.flush()
+        full_disk()
+
+    monkeypatch.setattr(extract._Job, "_create", create_then_fail)
+    with pytest.raises(DiskFullError, match=r"no space left on .* while writing .*a_all_vgg16_inet_avg\.partial\.h5; "
+                                            r"free at least \d+ MB and rerun: finished work is kept"):
+        cache_features(workspace["manifest_a"], work, **CACHE)
+    assert hidden_leftovers(work) == [] and not partial_path(work / "bottlenecks" / "a_all_vgg16_inet_avg.h5").exists()
+    monkeypatch.undo()
+    assert cache_features(workspace["manifest_a"], work, **CACHE).rows == 24
+
+
+def test_too_little_room_for_the_cache_is_refused_before_writing(workspace, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1000))
+    with pytest.raises(DiskFullError, match="free at least 1 MB"):
+        cache_features(workspace["manifest_a"], tmp_path, **CACHE)
+    assert not list((tmp_path / "bottlenecks").glob("*.h5*"))
+
+
+def test_a_full_disk_while_writing_the_summary_keeps_the_cache(workspace, tmp_path, monkeypatch):
+    from mlkit import files
+
+    real = files.write_text
+
+    def fail_on_json(path, text):
+        if str(path).endswith(".json"):
+            with files.atomic_path(path) as tmp:
+                Path(tmp).write_text(text[:10])
+                full_disk()
+        return real(path, text)
+
+    monkeypatch.setattr("mlkit.bottlenecks.extract.write_text", fail_on_json)
+    with pytest.raises(DiskFullError, match=r"a_all_vgg16_inet_avg\.json"):
+        cache_features(workspace["manifest_a"], tmp_path, **CACHE)
+    assert hidden_leftovers(tmp_path) == [] and (tmp_path / "bottlenecks" / "a_all_vgg16_inet_avg.h5").exists()
+    monkeypatch.undo()
+    assert cache_features(workspace["manifest_a"], tmp_path, **CACHE).computed == 0
+
+
+def test_a_full_disk_while_saving_a_trial_is_one_error_and_a_rerun_finishes(workspace, tmp_path, monkeypatch):
+    import keras
+
+    save = keras.Model.save_weights
+
+    def save_then_fail(self, path, *args, **kwargs):
+        save(self, path, *args, **kwargs)
+        full_disk()
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_then_fail)
+    with pytest.raises(MlkitError, match=r"no space left on .* while writing \S*/tuning/a_all\S*\.weights\.h5; "
+                                         r"free at least"):
+        tune_top(workspace["a"], tmp_path, **TOP)
+    assert hidden_leftovers(tmp_path / "tuning") == [] and not list((tmp_path / "tuning").glob("*.weights.h5"))
+    monkeypatch.undo()
+    assert len(tune_top(workspace["a"], tmp_path, **TOP)) == 1
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 600 KB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def resize(mount, size):
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_cache_features_and_tune_top_on_a_real_full_disk(tmp_path, tmpfs):
+    manifest = make_data(tmp_path / "big", 0, n=400)  # 400 x 512 float32 features: 800 KB
+    work = tmpfs / "ws"
+    cache = mlkit_command("cache-features", manifest, "--backbone", "vgg16", "--weights", "none", "--image-size", SIZE,
+                          "--workdir", work, "--no-progress")
+    full = subprocess.run(cache, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert "no space left on" in full.stderr and "finished work is kept" in full.stderr
+    assert hidden_leftovers(work) == [] and not list(work.rglob("*.h5"))
+    resize(tmpfs, "2m")
+    assert subprocess.run(cache, capture_output=True, text=True, timeout=300).returncode == 0
+    tune = mlkit_command("tune-top", work / "bottlenecks" / "big_all_vgg16_inet_avg.h5", "--units", "2048",
+                         "--epochs", "1", "--workdir", work)
+    full = subprocess.run(tune, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert "no space left on" in full.stderr and hidden_leftovers(work) == []
+    resize(tmpfs, "32m")
+    done = subprocess.run(tune, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(pd.read_csv(work / "tuning" / "summary.csv")) == 1
+
+
+# -- 5. a symlink loop --------------------------------------------------------------------------
+
+def test_a_symlink_loop_is_an_unreadable_image_on_every_run(tmp_path):
+    manifest = make_data(tmp_path / "data", 0, n=12)
+    images = sorted((tmp_path / "data" / "images").iterdir())
+    looped = images[0]
+    looped.unlink()
+    os.symlink(looped.name + ".other", looped)
+    os.symlink(looped.name, looped.with_name(looped.name + ".other"))
+    for _ in range(2):
+        result = cache_features(manifest, tmp_path, **CACHE)
+        assert result.skipped == 1
+    assert "cannot read file" in result.skipped_path.read_text()
+
+
+# -- 6. plain mistakes get one line, not a traceback ---------------------------------------------
+
+def one_line_error(capsys, argv):
+    code = main([str(arg) for arg in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_plain_mistakes_give_one_line_and_rc_1(workspace, tmp_path, capsys):
+    folder = workspace["manifest_a"].parent
+    assert "is a folder; give the manifest file such as" in one_line_error(capsys, ["data", "stats", folder])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "is a file, not a folder" in one_line_error(
+        capsys, ["cache-features", workspace["manifest_a"], "--weights", "none", "--workdir", afile])
+    assert "is a file, not a folder" in one_line_error(
+        capsys, ["finetune", workspace["a"], "--top", workspace["run"], "--workdir", afile])
+    text = tmp_path / "notweights.h5"
+    text.write_text("not weights\n")
+    assert "not a vgg16 weights file" in one_line_error(
+        capsys, ["cache-features", workspace["manifest_a"], "--backbone", "vgg16", "--weights", text,
+                 "--image-size", SIZE, "--workdir", tmp_path])
+    assert "not a vgg16 weights file" in one_line_error(
+        capsys, ["finetune", workspace["a"], "--top", workspace["run"], "--weights", text,
+                 "--workdir", workspace["work"]])
+
+
+def test_another_architectures_weights_give_the_error_without_kerass_warnings(workspace, tmp_path, capsys):
+    import keras
+
+    other = tmp_path / "mobilenetv2.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)).save_weights(other)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        err = one_line_error(capsys, ["cache-features", workspace["manifest_a"], "--backbone", "vgg16", "--weights",
+                                      other, "--image-size", SIZE, "--workdir", tmp_path])
+    assert "not a vgg16 weights file" in err
+    assert not [w for w in caught if "keras" in w.filename], "Keras's per-layer warnings come before the error"
+
+
+# -- 7. list labels in JSON Lines -----------------------------------------------------------------
+
+def test_a_list_label_holding_the_separator_is_refused_not_split(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"image": "a.png", "labels": ["jazz", "rock|roll"]}\n{"image": "b.png", "labels": ["x", "y"]}\n')
+    with pytest.raises(ManifestError, match=r"m\.jsonl line 1: labels item 'rock\|roll' contains '\|'"):
+        read_manifest(path)
+    path.write_text('{"image": "a.png", "labels": ["jazz", "rock and roll"]}\n{"image": "b.png", "labels": ["x"]}\n')
+    assert read_manifest(path).rows.labels[0] == ("jazz", "rock and roll")
+
+
+# -- 8. messages that said the wrong thing ----------------------------------------------------------
+
+def test_a_latin1_manifest_names_the_row_line_and_encoding(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes("image,labels,caption\na.png,x,plain\nb.png,y,caf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"row 2 \(line 3\): byte 0xe9 is not UTF-8 .*Latin-1") as error:
+        read_manifest(path)
+    assert "commas" not in str(error.value)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("image,labels\na.png,x\nb.png,y,extra\n", r"row 2 \(line 3\)"),
+    ("image,labels\na.png,x,extra\nb.png,y\n", r"row 1 \(line 2\)"),  # pandas made column 1 the index here
+])
+def test_a_row_with_an_extra_field_is_called_that(tmp_path, text, where):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match=where + " has 3 fields where the header has 2") as error:
+        read_manifest(path)
+    assert "UTF-8" not in str(error.value)
+
+
+def test_evaluate_explains_one_dimensional_scores(tmp_path, capsys):
+    path = tmp_path / "scores.npz"
+    np.savez(path, scores=np.array([0.2, 0.8, 0.6]), labels=np.array([0, 1, 1]))
+    assert "scores has shape (3,); it needs one score per label or class" in one_line_error(capsys, ["evaluate", path])
+
+
+def test_predict_exits_non_zero_when_nothing_was_labelled(tmp_path, capsys, monkeypatch):
+    from mlkit.models import predict
+
+    failed = [predict.Prediction(image=str(tmp_path / "nope.png"), error="missing file")]
+    monkeypatch.setattr(predict, "predict", lambda *args, **kwargs: failed)
+    monkeypatch.setattr(predict, "format_predictions", lambda results: "")
+    assert main(["predict", "model.keras", str(tmp_path / "nope.png")]) == 1
+    assert "nothing was labelled" in capsys.readouterr().err
+
+
+# -- 9. TensorFlow's CUDA noise -------------------------------------------------------------------
+
+def run_python(code, *args):
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_the_cli_parser_and_data_commands_do_not_load_tensorflow():
+    done = run_python("import sys; from mlkit.cli import build_parser; build_parser(); "
+                      "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))")
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_the_cli_filters_tensorflows_cuda_noise_but_not_other_output(workspace):
+    done = run_python("import sys, warnings; from mlkit.cli import main; "
+                      "main(['data', 'stats', sys.argv[1], '--no-images']); "
+                      "warnings.warn('mlkit test warning'); import tensorflow; tensorflow.constant(1) + 1",
+                      workspace["manifest_a"])
+    assert done.returncode == 0, done.stderr
+    assert "cuda drivers" not in done.stderr and "cuInit" not in done.stderr and "absl::InitializeLog" not in done.stderr
+    assert "mlkit test warning" in done.stderr
