@@ -7,8 +7,6 @@ kind as thumbnails, pairs side by side, captioned with the given and
 suggested labels.
 """
 
-import contextlib
-import os
 import textwrap
 from pathlib import Path
 
@@ -18,23 +16,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from mlkit.auditing.config import GROUPS_CSV, ISSUES_CSV, KINDS, PAIR_KINDS, SCORES_NPZ, SUMMARY_JSON
-from mlkit.tuning.config import write_json
+from mlkit.files import atomic_path, write_json
 
 THUMB = 112
 SHEET_COLUMNS = 4
 CAPTION_WIDTH = 34
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary path beside `path`; renames it over `path` when the block succeeds."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def thumbnail(path):
