@@ -21,6 +21,8 @@ def __getattr__(name):
     # TensorFlow loads only when a stage function is first used, so `import mlkit` stays fast.
     lazy = {
         "cache_features": "mlkit.bottlenecks.extract",
+        "fit_zmuv_stats": "mlkit.bottlenecks.extract",
+        "merge_shards": "mlkit.bottlenecks.shards",
         "open_cache": "mlkit.bottlenecks.cache",
         "tune_top": "mlkit.tuning",
         "evaluate_scores": "mlkit.evaluate",

@@ -38,6 +38,7 @@ Transfer learning on image collections, in stages:
   mlkit data synth|from-folders|from-coco|from-imet|from-csv|split|stats
                          make and check a manifest (CSV or JSON Lines)
   mlkit cache-features   1. run a frozen backbone once, cache features to HDF5
+  mlkit cache-merge      join the shards of cache-features --shard I/N into one cache
   mlkit tune-top         2. grid-search small top models on the cache
   mlkit runs, lr-find    compare tuned runs; find a learning rate
   mlkit finetune         3. fine-tune the best top end to end, fit the decision, export

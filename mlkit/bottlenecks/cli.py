@@ -22,6 +22,11 @@ split only, for `mlkit tune-top --captions`. Rows without a caption get an empty
 sequence and are counted in the summary. Tokens follow the last run: changing
 --num-words or --max-len rewrites them (features are copied, not recomputed), and
 a rerun without --captions drops them.
+
+On many machines: --shard I/N caches the rows whose image path hashes to shard I
+of N (I = 0 .. N-1) to <cache>.shard-I-of-N.h5, with the same resume and locks;
+`mlkit cache-merge` joins the N shards into <cache>.h5. With --preprocess zmuv, run
+the same command with --fit-stats once first: every shard reads those statistics.
 backbones: """ + ", ".join(sorted(BACKBONES))
 
 
@@ -55,20 +60,43 @@ def register(subparsers):
     parser.add_argument("--captions", action="store_true", help="also cache caption token ids and their vocabulary (needs a caption column and a train split)")
     parser.add_argument("--num-words", type=int, default=10000, metavar="N", help="with --captions: the most token ids, padding and out-of-vocabulary included; the N-2 most frequent training stems are kept (default: 10000)")
     parser.add_argument("--max-len", type=int, default=None, metavar="T", help="with --captions: tokens per caption; longer ones are cut (default: the 95th percentile of the training captions' token counts)")
+    parser.add_argument("--shard", default=None, metavar="I/N", help="cache only shard I of N (I from 0): the rows whose image path hashes to I, to <cache>.shard-I-of-N.h5; join the shards with `mlkit cache-merge` (default: every row)")
+    parser.add_argument("--fit-stats", action="store_true", help="with --preprocess zmuv: only fit the statistics on the whole manifest, to <cache>.zmuv.json, which every --shard run reads; run once before the shards")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
+    merge = subparsers.add_parser(
+        "cache-merge",
+        help="join the shards of a cache (cache-features --shard I/N) into one file",
+        description="Join bottlenecks/<cache>.shard-I-of-N.h5, I = 0 .. N-1, into bottlenecks/<cache>.h5: the same "
+        "file an unsharded cache-features run writes, rows in manifest order. Shards that differ in settings, weights, "
+        "zmuv statistics or manifest, and missing or duplicated shards, are refused.",
+        epilog="example:\n  mlkit cache-merge WS/bottlenecks/synth_all_mobilenetv2_inet_avg.h5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    merge.add_argument("cache", help="the cache to write: bottlenecks/<cache>.h5, or <cache> (looked up in WORKDIR/bottlenecks/)")
+    merge.add_argument("--workdir", default=".", help="workspace folder when CACHE is a name (default: .)")
+    merge.set_defaults(func=run_merge)
+
 
 def run(args):
-    from mlkit.bottlenecks.extract import cache_features
+    from mlkit.bottlenecks.extract import cache_features, fit_zmuv_stats
 
+    if args.fit_stats:
+        path = fit_zmuv_stats(
+            args.manifest, args.workdir, backbone=args.backbone, image_size=args.image_size, preprocess=args.preprocess,
+            pooling=args.pooling, dataset=args.dataset, subset=args.subset, task=args.task,
+            allow_unlabelled=args.allow_unlabelled, background=args.background, zmuv_samples=args.zmuv_samples,
+            progress=not args.no_progress)
+        print(f"zmuv statistics: {path}")
+        return 0
     result = cache_features(
         args.manifest, args.workdir, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
         preprocess=args.preprocess, pooling=args.pooling, augment_copies=args.augment_copies,
         batch_size=args.batch_size, dataset=args.dataset, subset=args.subset, task=args.task,
         allow_unlabelled=args.allow_unlabelled, background=args.background, strict=args.strict,
         overwrite=args.overwrite, zmuv_samples=args.zmuv_samples, seed=args.seed, progress=not args.no_progress,
-        captions=args.captions, num_words=args.num_words, max_len=args.max_len,
+        captions=args.captions, num_words=args.num_words, max_len=args.max_len, shard=args.shard,
     )
     rate = result.computed / result.seconds if result.seconds else 0.0
     print(f"cache: {result.path}")
@@ -81,4 +109,11 @@ def run(args):
     print(f"summary: {result.summary_path}")
     if result.skipped:
         print(f"skipped images and why: {result.skipped_path}")
+    return 0
+
+
+def run_merge(args):
+    from mlkit.bottlenecks.shards import merge_shards
+
+    print(f"cache: {merge_shards(args.cache, args.workdir)}")
     return 0

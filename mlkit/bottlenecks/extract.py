@@ -17,6 +17,7 @@ copied, not recomputed.
 """
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ from mlkit.backbones import PREPROCESSING, build_backbone, check_choice, feature
 from mlkit.bottlenecks.cache import (
     FORMAT_VERSION, create_datasets, partial_path, read_attrs, write_attrs, write_tokens,
 )
+from mlkit.bottlenecks.shards import parse_shard, read_zmuv_stats, shard_path, shard_rows, stats_path, write_zmuv_stats
 from mlkit.data.manifest import read_manifest
 from mlkit.errors import CacheError, MlkitError
 from mlkit.files import DiskFullError, atomic_path, stage_folder, write_text
@@ -138,8 +140,9 @@ def cache_features(
     preprocess="inet", pooling="avg", augment_copies=0, batch_size=64, dataset=None, subset=None,
     task=None, allow_unlabelled=False, background="white", strict=False, overwrite=False,
     zmuv_samples=1000, seed=0, progress=True, on_batch=None, captions=False, num_words=10000, max_len=None,
+    shard=None,
 ):
-    """Caches a frozen backbone's features for every row of a manifest.
+    """Caches a frozen backbone's features for every row of a manifest (or one shard of its rows).
 
     Writes `<workdir>/bottlenecks/<name>.h5` (see `mlkit.bottlenecks.cache`
     for the layout), `<name>.json` (a readable summary) and
@@ -173,6 +176,10 @@ def cache_features(
         num_words: with captions, the most token ids, padding and OOV included. Defaults to 10000.
         max_len: with captions, tokens per caption. Defaults to the 95th
             percentile of the training captions' token counts.
+        shard: (i, n) or "i/n": cache only the rows whose image path hashes to
+            shard i of n, to `<name>.shard-i-of-n.h5` (mlkit.bottlenecks.shards);
+            `merge_shards` joins the n shards. With zmuv, the statistics must
+            have been fitted first (`fit_zmuv_stats`). Defaults to None (every row).
 
     Returns:
         A `CacheResult`.
@@ -184,16 +191,16 @@ def cache_features(
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     name = cache_name(manifest, backbone, preprocess, pooling, dataset, subset)
-    final = stage_folder(workdir, "bottlenecks") / f"{name}.h5"
+    whole = final = stage_folder(workdir, "bottlenecks") / f"{name}.h5"
+    if shard is not None:
+        shard = parse_shard(shard)
+        final = shard_path(whole, *shard)
+        name = final.name[: -len(".h5")]
     with hold_lock(final.with_name(f"{name}.lock"), f"cache {final}"):
         model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
-        settings = {
-            "backbone": get_backbone(backbone).name, "weights": str(weights), "image_size": info["image_size"],
-            "preprocess": preprocess, "pooling": pooling, "background": ",".join(map(str, parse_background(background))),
-            "augment_copies": int(augment_copies),
-        }
+        settings = _settings(backbone, weights, info["image_size"], preprocess, pooling, background, augment_copies)
         _check_same_settings(final, settings, overwrite)
-        job = _Job(table, settings, info, seed, final, text)
+        job = _Job(table, settings, info, seed, final, text, whole=whole, shard=shard)
         job.fit_preprocessing(zmuv_samples, progress)
         if job.final_is_current():
             log.info("%s is up to date", final)
@@ -204,6 +211,43 @@ def cache_features(
         result = job.run(batch_size, progress, on_batch, strict)
         result.update(seconds=time.perf_counter() - started)
         return job.write_summary(result, name)
+
+
+def fit_zmuv_stats(
+    manifest, workdir=".", *, backbone="mobilenetv2", image_size=None, preprocess="zmuv", pooling="avg",
+    dataset=None, subset=None, task=None, allow_unlabelled=False, background="white", zmuv_samples=1000, progress=True,
+):
+    """Fits zmuv statistics once on the whole manifest for its sharded cache: `<name>.zmuv.json`.
+
+    Every `cache_features(..., shard=(i, n))` with zmuv reads them, so the shards
+    compute the same features as one unsharded run (which fits the same numbers).
+
+    Args:
+        manifest, workdir, backbone, image_size, pooling, dataset, subset,
+        task, allow_unlabelled, background, zmuv_samples: as for `cache_features`.
+        preprocess: must be "zmuv". Defaults to "zmuv".
+
+    Returns:
+        The path of the statistics file.
+    """
+    if preprocess != "zmuv":
+        raise MlkitError(f"--fit-stats fits zmuv statistics; --preprocess {preprocess} has none to fit")
+    table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
+    final = stage_folder(workdir, "bottlenecks") / f"{cache_name(manifest, backbone, preprocess, pooling, dataset, subset)}.h5"
+    size = int(image_size or get_backbone(backbone).default_size)
+    settings = _settings(backbone, "none", size, preprocess, pooling, background, 0)
+    with hold_lock(final.with_name(f"{final.name[:-len('.h5')]}.lock"), f"cache {final}"):
+        mean, std = _Job(table, settings, {"image_size": size}, 0, final)._fit_zmuv(zmuv_samples, progress)
+        return write_zmuv_stats(final, settings, mean, std, table.manifest_hash())
+
+
+def _settings(backbone, weights, image_size, preprocess, pooling, background, augment_copies):
+    """The settings that change a cache's features, as stored in its attributes."""
+    return {
+        "backbone": get_backbone(backbone).name, "weights": str(weights), "image_size": int(image_size),
+        "preprocess": preprocess, "pooling": pooling, "background": ",".join(map(str, parse_background(background))),
+        "augment_copies": int(augment_copies),
+    }
 
 
 def _check_same_settings(final, settings, overwrite):
@@ -225,9 +269,19 @@ def _check_same_settings(final, settings, overwrite):
 class _Job:
     """One run's state: the manifest, settings, fingerprint and row bookkeeping."""
 
-    def __init__(self, table, settings, info, seed, final, text=None):
+    def __init__(self, table, settings, info, seed, final, text=None, whole=None, shard=None):
+        # A shard's job sees only its rows; `whole_table` keeps what is fitted on every row (target range).
+        self.whole_table, self.whole, self.shard = table, whole or final, shard
+        self.manifest_row = None
+        if shard is not None:
+            self.manifest_row = shard_rows(table.rows["image"], *shard)
+            table = dataclasses.replace(table, rows=table.rows.iloc[self.manifest_row])
+            if text is not None:
+                text = dataclasses.replace(text, tokens=text.tokens[self.manifest_row])
         self.table, self.settings, self.info, self.seed, self.final = table, settings, info, seed, final
         self.text = text
+        # A shard records the whole manifest's hash: shards of one manifest agree, and its rows follow from it.
+        self.manifest_sha256 = self.whole_table.manifest_hash()
         self.partial = partial_path(final)
         self.paths = [str(p) for p in table.image_paths()]
         self.splits = table.splits()
@@ -240,11 +294,25 @@ class _Job:
     # -- preprocessing statistics and fingerprint --------------------------------------------
 
     def fit_preprocessing(self, samples, progress):
-        if self.settings["preprocess"] == "zmuv":
-            self.mean, self.std = _previous_zmuv(self.final, self.partial, self.settings) or self._fit_zmuv(samples, progress)
+        if self.settings["preprocess"] == "zmuv" and self.shard is not None:
+            self.mean, self.std = self._shared_zmuv()
+        elif self.settings["preprocess"] == "zmuv":
+            self.mean, self.std = (_previous_zmuv(self.final, self.partial, self.settings)
+                                   or read_zmuv_stats(self.whole, self.settings) or self._fit_zmuv(samples, progress))
         payload = dict(self.settings, weights_sha256=self.info["weights_sha256"], zmuv_mean=self.mean,
                        zmuv_std=self.std, feature_version=FEATURE_VERSION, seed=self.seed if self.settings["weights"].lower() == "none" else None)
         self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def _shared_zmuv(self):
+        """The statistics fitted once for every shard; fitting them on one shard's rows would make shards disagree."""
+        stats = read_zmuv_stats(self.whole, self.settings, required=True)
+        if stats is None:
+            table = self.whole_table
+            raise CacheError(
+                f"zmuv shards need statistics fitted once on the whole manifest, and {stats_path(self.whole)} is "
+                f"missing; run `mlkit cache-features {table.path} --fit-stats` with the same --backbone, --image-size, "
+                "--preprocess, --pooling, --background, --dataset and --subset first, then the shards")
+        return stats
 
     def _fit_zmuv(self, samples, progress):
         """Per-channel mean and std of resized training images (a seeded, path-ordered sample)."""
@@ -281,7 +349,7 @@ class _Job:
         try:
             with h5py.File(self.final, "r") as h5:
                 attrs = read_attrs(h5)
-                if attrs.get("fingerprint") != self.fingerprint or attrs.get("manifest_sha256") != self.table.manifest_hash():
+                if attrs.get("fingerprint") != self.fingerprint or attrs.get("manifest_sha256") != self.manifest_sha256:
                     return False
                 if not same_vocabulary(attrs.get("vocabulary"), self.text.vocabulary if self.text else None):
                     return False
@@ -324,7 +392,7 @@ class _Job:
         except OSError as error:
             log.warning("ignoring unreadable %s (%s); starting it again", self.partial, error)
             return None
-        same = attrs.get("fingerprint") == self.fingerprint and attrs.get("manifest_sha256") == self.table.manifest_hash() and len(h5["done"]) == len(self.paths)
+        same = attrs.get("fingerprint") == self.fingerprint and attrs.get("manifest_sha256") == self.manifest_sha256 and len(h5["done"]) == len(self.paths)
         if not same:
             h5.close()
             return None
@@ -340,7 +408,9 @@ class _Job:
         need = self.expected_size()
         if shutil.disk_usage(self.partial.parent).free < need:  # fail before writing, not mid-way
             raise DiskFullError(self.partial, need)
-        sources = _open_sources([self.final, self.partial], self.fingerprint)
+        # A shard also reuses rows of the merged cache, so re-sharding a grown manifest recomputes only new rows.
+        earlier = [self.final, self.partial] + ([self.whole] if self.shard is not None else [])
+        sources = _open_sources(earlier, self.fingerprint)
         try:
             with atomic_path(self.partial, need, tmp=self.partial.with_name(self.partial.name + ".tmp")) as tmp:
                 with h5py.File(tmp, "w") as h5:
@@ -373,6 +443,8 @@ class _Job:
             h5["split"][...] = [str(v) for v in self.splits]
             if table.captions() is not None:
                 h5["caption"][...] = ["" if c is None else str(c) for c in table.captions()]
+        if self.shard is not None:
+            h5.create_dataset("manifest_row", data=self.manifest_row)
         write_attrs(h5, self._attrs())
         h5.flush()
 
@@ -385,12 +457,15 @@ class _Job:
                      dataset=self.final.stem.split("_")[0], subset=self.final.stem.split("_")[1],
                      weights_sha256=self.info["weights_sha256"], zmuv_mean=self.mean, zmuv_std=self.std,
                      fingerprint=self.fingerprint, seed=self.seed, manifest_path=str(Path(table.path).resolve()),
-                     manifest_root=str(table.root.resolve()), manifest_sha256=table.manifest_hash(),
+                     manifest_root=str(table.root.resolve()), manifest_sha256=self.manifest_sha256,
                      format_version=FORMAT_VERSION, feature_version=FEATURE_VERSION, complete=False,
                      versions={"mlkit": __version__, "keras": keras.__version__, "tensorflow": tf.__version__, "h5py": h5py.__version__})
         if table.task == "regression":
-            train = labels[self.splits == "train"] if (self.splits == "train").any() else labels
+            whole, splits = self.whole_table.label_array(), self.whole_table.splits()
+            train = whole[splits == "train"] if (splits == "train").any() else whole
             attrs.update(target_names=list(table.target_names), target_min=train.min(0).tolist(), target_max=train.max(0).tolist())
+        if self.shard is not None:
+            attrs.update(shard_index=self.shard[0], shard_count=self.shard[1], manifest_rows=len(self.whole_table.rows))
         return attrs
 
     # -- computing rows --------------------------------------------------------------------
@@ -462,7 +537,7 @@ class _Job:
         rows = []
         for row in np.flatnonzero(done == 0):
             reason = self.failures.get(int(row), "not processed")
-            rows.append({"row": int(row) + 1, "image": self.table.rows["image"].iloc[row], "split": self.splits[row], "reason": reason})
+            rows.append({"row": int(row if self.manifest_row is None else self.manifest_row[row]) + 1, "image": self.table.rows["image"].iloc[row], "split": self.splits[row], "reason": reason})
         text = io.StringIO(newline="")
         writer = csv.DictWriter(text, fieldnames=["row", "image", "split", "reason"])
         writer.writeheader()

@@ -30,10 +30,11 @@ def _backup_class():
         that were still being written, and the epoch always matches them.
         """
 
-        def __init__(self, backup_dir):
+        def __init__(self, backup_dir, restore_from=None):
             super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=True)
             self._folder = Path(backup_dir)
             self._state = self._folder / "state.json"
+            self._restore_from = Path(restore_from or backup_dir)
 
         def on_train_begin(self, logs=None):
             state = self.read_state()
@@ -41,16 +42,16 @@ def _backup_class():
                 return
             if self.model.optimizer is not None and not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(str(self._folder / state["weights"]))
+            self.model.load_weights(str(self._restore_from / state["weights"]))
             self.model._initial_epoch = int(state["epoch"])  # what Keras's own callback sets
 
         def read_state(self):
             """{"epoch", "weights"} of the last complete backup, or None when there is none."""
             try:
-                state = json.loads(self._state.read_text())
+                state = json.loads((self._restore_from / self._state.name).read_text())
             except FileNotFoundError:
                 return None
-            if not (self._folder / state["weights"]).exists():
+            if not (self._restore_from / state["weights"]).exists():
                 return None
             return state
 
@@ -67,9 +68,16 @@ def _backup_class():
     return AtomicBackupAndRestore
 
 
-def backup_and_restore(backup_dir):
-    """A BackupAndRestore callback whose files are never half written (see the module's docstring)."""
-    return _backup_class()(backup_dir)
+def backup_and_restore(backup_dir, restore_from=None):
+    """A BackupAndRestore callback whose files are never half written (see the module's docstring).
+
+    Args:
+        backup_dir: the folder it writes its backups to.
+        restore_from: the folder it resumes from: a multi-worker run's other
+            workers resume from the chief's backup and write theirs elsewhere.
+            Defaults to `backup_dir`.
+    """
+    return _backup_class()(backup_dir, restore_from)
 
 
 def best_weights_checkpoint(path, monitor="val_loss", initial_value_threshold=None):

@@ -101,6 +101,9 @@ def run_finetune(args):
         weights=args.weights or "", mixed_precision=args.mixed_precision, jit=args.jit, strategy=args.strategy,
         seed=args.seed,
     )
+    if result is None:
+        print("worker: finished training in step with the chief, which writes the model, record and log")
+        return 0
     print(describe_result(result))
     return 0
 

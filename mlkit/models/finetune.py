@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,7 +158,8 @@ def finetune(cache, top="best", workdir=".", *, image_root=None, overwrite=False
             (none|mirrored|multiworker), seed.
 
     Returns:
-        A `FinetuneResult`.
+        A `FinetuneResult`; None on a multi-worker run's non-chief workers,
+        which train in step with the chief and leave writing to it.
 
     Example:
         result = finetune("bottlenecks/stamps_all_mobilenetv2_inet_avg.h5")   # the defaults
@@ -172,6 +174,8 @@ def finetune(cache, top="best", workdir=".", *, image_root=None, overwrite=False
     with precision_policy(config.mixed_precision):
         strategy = make_strategy(config.strategy)
         job = _Job(cache, workdir, top_run, config, strategy, image_root)
+        if not job.chief:
+            return job.train_as_worker(progress)
         # One process per run: two would share `models/.<run>.work/` and overwrite each other's checkpoints.
         with hold_lock(job.work.with_name(f".{job.run}.lock"), f"fine-tuning run {job.run}"):
             done = job.finished()
@@ -253,11 +257,39 @@ def make_strategy(name):
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         try:
-            return tf.distribute.MultiWorkerMirroredStrategy()
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=tf.distribute.experimental.
+                                                             CommunicationOptions(timeout_seconds=collective_timeout()))
         except (RuntimeError, ValueError) as error:
             raise MlkitError(f"--strategy multiworker must start before TensorFlow does anything else in the "
                              f"process, with TF_CONFIG set on every worker: {error}") from None
     return tf.distribute.get_strategy()
+
+
+def collective_timeout():
+    """Seconds a multi-worker step waits for the other workers before failing (`MLKIT_WORKER_TIMEOUT`, default 600).
+
+    A worker that dies mid-run would otherwise leave the others waiting in their next
+    all-reduce for ever.
+    """
+    value = os.environ.get("MLKIT_WORKER_TIMEOUT", "600")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise MlkitError(f"MLKIT_WORKER_TIMEOUT={value!r}: give the seconds a worker waits for the others, e.g. 600")
+    return seconds
+
+
+def worker_role(strategy):
+    """(is_chief, "type:index") of this process: TF_CONFIG's chief, else worker 0, writes the run's files."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:
+        return True, "chief"
+    task_id = int(resolver.task_id or 0)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief), f"{task_type}:{task_id}"
 
 
 def finetune_run_name(top_run, frozen, config):
@@ -321,7 +353,11 @@ class _Job:
         folder.mkdir(parents=True, exist_ok=True)
         self.paths = {"keras": folder / f"{self.run}.keras", "json": folder / f"{self.run}.json",
                       "csv": folder / f"{self.run}.csv"}
-        self.work = folder / f".{self.run}.work"
+        self.chief, self.role = worker_role(strategy)
+        # Checkpoints of a resumed run are the chief's; other workers read them and write theirs elsewhere.
+        self.chief_work = self.work = folder / f".{self.run}.work"
+        if not self.chief:
+            self.work = Path(tempfile.mkdtemp(prefix=f"mlkit-{self.role.replace(':', '')}-"))
         self.rows = ImageRows(cache, image_root)
         train_labels = self.rows.split("train")[1]
         self.target_low = self.target_high = None
@@ -374,6 +410,9 @@ class _Job:
             pos_weight = np.asarray(self.top_config.pos_weight, "float32") if self.top_config.pos_weight else None
             self.network.compile(optimizer=optimizer, loss=make_loss(self.top_config, self.network.output_shape[-1], pos_weight),
                                  jit_compile=bool(config.jit))
+        if config.strategy == "multiworker":
+            _build_from_local_batch(self.network)
+            _average_logs_over_workers()
 
     def train(self, progress):
         """Warm-up (head only) then the main phase; each resumes from its last finished epoch."""
@@ -386,14 +425,14 @@ class _Job:
         self.trainable_summary = {"trainable_weights": int(sum(np.prod(w.shape) for w in self.network.trainable_weights)),
                                   "frozen_layers": config.frozen}
         trained = self.work / "trained.weights.h5"
-        if trained.exists():
-            self.network.load_weights(trained)
+        if (self.chief_work / trained.name).exists():
+            self.network.load_weights(self.chief_work / trained.name)
             return
         train, val = self.dataset("train", True), self.dataset("val", False)
         warm = self.work / "warmup.weights.h5"
         if config.warmup_epochs and config.frozen != "all":
-            if warm.exists():
-                self.network.load_weights(warm)
+            if (self.chief_work / warm.name).exists():
+                self.network.load_weights(self.chief_work / warm.name)
             else:
                 apply_freeze(self.network, self.backbone, "all")
                 self.compile()
@@ -420,7 +459,7 @@ class _Job:
         log_path = self.work / f"{phase}.csv"
         previous = [float(row["val_loss"]) for row in read_log(log_path) if row.get("val_loss")]
         callbacks = [
-            backup_and_restore(self.work / f"backup_{phase}"),
+            backup_and_restore(self.work / f"backup_{phase}", restore_from=self.chief_work / f"backup_{phase}"),
             keras.callbacks.CSVLogger(str(log_path), append=True),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience),
             keras.callbacks.TerminateOnNaN(),
@@ -428,8 +467,25 @@ class _Job:
         if phase == "main":
             callbacks.insert(1, best_weights_checkpoint(self.work / "best.weights.h5", "val_loss",
                                                         min(previous) if previous else None))
-        self.network.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False,
-                         verbose=1 if progress else 2)
+        try:
+            self.network.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False,
+                             verbose=1 if progress else 2)
+        except Exception as error:
+            if self.config.strategy != "multiworker" or not _lost_worker(error):
+                raise
+            raise MlkitError(
+                f"fine-tuning {self.run}: {self.role} lost the other workers ({str(error).strip().splitlines()[0][:200]}). "
+                f"Restart every worker with the same command and TF_CONFIG: training resumes from the chief's last "
+                f"finished epoch in {self.chief_work}") from None
+
+    def train_as_worker(self, progress):
+        """A non-chief worker: trains in step with the chief, then leaves evaluating and writing to it."""
+        try:
+            self.train(progress)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+        log.info("%s finished training %s; the chief writes the model, record and log", self.role, self.run)
+        return None
 
     # -- decision, report, export -----------------------------------------------------------
     def scores(self, split):
@@ -481,6 +537,10 @@ class _Job:
     def evaluate_and_export(self, progress):
         from mlkit.models.network import build_export_model
 
+        if self.config.strategy == "multiworker":
+            # Scoring under the strategy is collective (Keras gathers every batch across workers), so the chief
+            # scores alone with a local copy of the trained weights, while the workers are gone.
+            self.network = self.local_network()
         rule, report = self.report(self.scores("val"), self.scores("test"))
         _, baseline = self.report(self.cached_scores("val"), self.cached_scores("test"))
         with precision_policy(False):
@@ -500,10 +560,14 @@ class _Job:
         """The trained network rebuilt in float32: an exported model computes in float32 whatever trained it."""
         import keras
 
+        keras.config.set_dtype_policy("float32")
+        return self.local_network()
+
+    def local_network(self):
+        """The trained network rebuilt outside the distribution strategy, under the current dtype policy."""
         from mlkit.models.network import build_network, rebuild_backbone
         from mlkit.tuning.top import load_top
 
-        keras.config.set_dtype_policy("float32")
         backbone, spec = rebuild_backbone(self.attrs, self.config.weights or None)
         top, _ = load_top(self.workdir, self.top_run)
         network = build_network(backbone, spec, self.attrs, top, self.vocabulary)
@@ -559,3 +623,65 @@ class _Job:
                                                                    "high": list(map(float, self.target_high))},
             "versions": {"mlkit": __version__, "keras": keras.__version__, "tensorflow": tf.__version__},
         }
+
+
+def _lost_worker(error):
+    """True when a multi-worker step failed because another worker died or stopped answering."""
+    import tensorflow as tf
+
+    return isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                              tf.errors.AbortedError))
+
+
+def _build_from_local_batch(network):
+    """Lets Keras 3 build the optimizer and metrics from this worker's part of the first batch.
+
+    With two or more workers, `fit` averages the first batch across workers to build them
+    (`_maybe_symbolic_build`), which fails on any batch that is a structure, such as (images, labels):
+    "Attempt to convert a value (PerReplica...) ... to a Tensor" (keras-team/keras#20329, Keras 3.15).
+    Building needs only shapes and dtypes, which every worker's part has.
+    """
+    import tensorflow as tf
+    from keras import tree
+
+    strategy = network.distribute_strategy
+
+    def local(value):
+        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(local, next(batches))
+                break
+        with strategy.scope():
+            network._symbolic_build(data_batch=data_batch)
+
+    network._maybe_symbolic_build = symbolic_build
+
+
+
+def _average_logs_over_workers():
+    """Makes Keras 3 average each step's logs over all workers, as it means to.
+
+    Keras 3.15 reduces the logs of every train and test step with `reduction="auto"`, which
+    across workers becomes `strategy.reduce("MEAN", value, axis=0)` and fails on the scalar
+    logs ("Invalid reduction dimension 0 for input with 0 dimensions"), so no multi-worker `fit`
+    runs. Here "auto" across workers is the mean over all replicas (axis None): every worker
+    logs, early-stops and checkpoints on the same numbers. Only multi-worker processes, which
+    must be processes of their own (`make_strategy`), call this.
+    """
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "averages_over_workers", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction == "auto" and trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.averages_over_workers = True
+    trainer.reduce_per_replica = reduce_per_replica
