@@ -18,6 +18,13 @@ from mlkit.metrics import as_multi_hot, as_score_matrix, label_curve_counts
 DEFAULT_TOP_N = 10
 
 
+def new_figure(figsize):
+    """A figure on its own Agg canvas and its axes: no pyplot, no switch of the caller's backend."""
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
 def _save(figure, path):
     """Writes the figure as a PNG, creating the folder, and returns the path."""
     path = Path(path)

@@ -23,8 +23,12 @@ def test_suggestions_on_a_known_curve():
 def test_lr_find_writes_the_curve_and_stops_on_divergence(tmp_path, capsys):
     from mlkit.tuning import lr_find
 
+    import matplotlib
+
+    matplotlib.use("svg")  # a notebook user's backend: plotting must not switch it
     cache = make_cache(tmp_path)
     result = lr_find(cache, tmp_path, units=8, batch=16, start_lr=1e-4, end_lr=1e4, steps=40, diverge=3.0)
+    assert matplotlib.get_backend() == "svg"
     assert result.stopped == "diverged" and 10 < len(result.lrs) < 40
     assert result.suggestion in (result.steepest, result.min_over_10) and result.method in capsys.readouterr().out
     assert np.all(np.diff(result.lrs) > 0)

@@ -158,12 +158,9 @@ def describe(result):
 
 def plot_range_test(result, out):
     """Smoothed (and raw) loss against the learning rate, log scale, both suggestions marked."""
-    import matplotlib
+    from mlkit.plots import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = new_figure((7, 4.5))
     axes.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="batch loss")
     axes.plot(result.lrs, result.smoothed, color="C0", lw=1.8, label="smoothed loss")
     if result.steepest is not None:
@@ -179,4 +176,3 @@ def plot_range_test(result, out):
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
-    plt.close(figure)

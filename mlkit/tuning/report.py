@@ -163,10 +163,9 @@ def plot_runs(folder, out, *, where=(), by=None, x="epoch", metric="val_loss"):
         The runs table that was drawn.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from mlkit.plots import new_figure
 
     if x not in ("epoch", "time"):
         raise MlkitError(f"--x {x!r}: use epoch or time")
@@ -177,9 +176,9 @@ def plot_runs(folder, out, *, where=(), by=None, x="epoch", metric="val_loss"):
         check_field(frame, by)
     logs = read_logs(folder)
     groups = sorted(frame[by].astype(str).unique(), key=natural_key) if by else list(frame.run)
-    palette = plt.get_cmap("tab10" if len(groups) <= 10 else "viridis")
+    palette = matplotlib.colormaps["tab10" if len(groups) <= 10 else "viridis"]
     colors = {g: palette(i if len(groups) <= 10 else i / (len(groups) - 1)) for i, g in enumerate(groups)}
-    figure, axes = plt.subplots(figsize=(9, 5.5))
+    figure, axes = new_figure((9, 5.5))
     labelled = set()
     # Drawn group by group, so the legend lists the groups in order.
     order = frame.assign(_group=frame[by].astype(str) if by else frame.run)
@@ -203,7 +202,6 @@ def plot_runs(folder, out, *, where=(), by=None, x="epoch", metric="val_loss"):
         axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
-    plt.close(figure)
     return frame
 
 
