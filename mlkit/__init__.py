@@ -17,35 +17,43 @@ Example:
 __version__ = "0.1.0"
 
 
+# Public name -> the module that defines it. TensorFlow loads only when a stage function is
+# first used, so `import mlkit` stays fast; `__all__` and `__dir__` still show every name.
+_LAZY = {
+    "cache_features": "mlkit.bottlenecks.extract",
+    "fit_zmuv_stats": "mlkit.bottlenecks.extract",
+    "merge_shards": "mlkit.bottlenecks.shards",
+    "open_cache": "mlkit.bottlenecks.cache",
+    "tune_top": "mlkit.tuning",
+    "evaluate_scores": "mlkit.evaluate",
+    "read_manifest": "mlkit.data",
+    "write_manifest": "mlkit.data",
+    "split_manifest": "mlkit.data",
+    "synthesize": "mlkit.data",
+    "manifest_stats": "mlkit.data",
+    "parse_run_name": "mlkit.runs",
+    "format_run_name": "mlkit.runs",
+    "parse_rule": "mlkit.decisions",
+    "finetune": "mlkit.models.finetune",
+    "predict": "mlkit.models.predict",
+    "export_model": "mlkit.models.export",
+    "load_model": "mlkit.models.export",
+    "fit_vocabulary": "mlkit.text",
+    "encode_captions": "mlkit.text",
+    "caption_vectorizer": "mlkit.text",
+    "audit": "mlkit.auditing.run",
+    "apply_corrections": "mlkit.auditing.apply",
+}
+__all__ = ["__version__", *_LAZY]
+
+
 def __getattr__(name):
-    # TensorFlow loads only when a stage function is first used, so `import mlkit` stays fast.
-    lazy = {
-        "cache_features": "mlkit.bottlenecks.extract",
-        "fit_zmuv_stats": "mlkit.bottlenecks.extract",
-        "merge_shards": "mlkit.bottlenecks.shards",
-        "open_cache": "mlkit.bottlenecks.cache",
-        "tune_top": "mlkit.tuning",
-        "evaluate_scores": "mlkit.evaluate",
-        "read_manifest": "mlkit.data",
-        "write_manifest": "mlkit.data",
-        "split_manifest": "mlkit.data",
-        "synthesize": "mlkit.data",
-        "manifest_stats": "mlkit.data",
-        "parse_run_name": "mlkit.runs",
-        "format_run_name": "mlkit.runs",
-        "parse_rule": "mlkit.decisions",
-        "finetune": "mlkit.models.finetune",
-        "predict": "mlkit.models.predict",
-        "export_model": "mlkit.models.export",
-        "load_model": "mlkit.models.export",
-        "fit_vocabulary": "mlkit.text",
-        "encode_captions": "mlkit.text",
-        "caption_vectorizer": "mlkit.text",
-        "audit": "mlkit.auditing.run",
-        "apply_corrections": "mlkit.auditing.apply",
-    }
-    if name not in lazy:
+    if name not in _LAZY:
         raise AttributeError(f"module 'mlkit' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(lazy[name]), name)
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
