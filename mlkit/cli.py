@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "mlkit.bottlenecks.cli",
     "mlkit.tuning.cli",
     "mlkit.models.cli",
+    "mlkit.demo",
     "mlkit.evaluate",
     "mlkit.auditing.cli",
 )

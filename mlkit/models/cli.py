@@ -1,4 +1,4 @@
-"""`mlkit finetune`, `mlkit export`, `mlkit predict` and `mlkit demo`: thin parsers over mlkit.models."""
+"""`mlkit finetune`, `mlkit export` and `mlkit predict`: thin parsers over mlkit.models."""
 
 import argparse
 import sys
@@ -33,11 +33,10 @@ Examples:
 
 
 def register(subparsers):
-    """Adds finetune, export, predict and demo."""
+    """Adds finetune, export and predict."""
     add_finetune(subparsers)
     add_export(subparsers)
     add_predict(subparsers)
-    add_demo(subparsers)
 
 
 def add_finetune(subparsers):
@@ -104,19 +103,8 @@ def run_finetune(args):
     if result is None:
         print("worker: finished training in step with the chief, which writes the model, record and log")
         return 0
-    print(describe_result(result))
+    print(result.describe())
     return 0
-
-
-def describe_result(result):
-    """Where the model went and the test metric beside the cached top's."""
-    name, finetuned, cached = result.headline
-    lines = [f"model: {result.model_path}", f"record: {result.json_path}", f"log: {result.csv_path}",
-             f"test {name}: {finetuned:.4f} fine-tuned vs {cached:.4f} for the cached top alone"]
-    if result.report["task"] == "multilabel":
-        decision = result.report["decision"]
-        lines.append(f"decision: {decision['spec']} (threshold {decision['threshold']}), fitted on validation")
-    return "\n".join(lines)
 
 
 def add_export(subparsers):
@@ -177,22 +165,4 @@ def run_predict(args):
     if failed == len(results):
         print("mlkit predict: error: no image could be read (reasons above); nothing was labelled", file=sys.stderr)
         return 1
-    return 0
-
-
-def add_demo(subparsers):
-    parser = subparsers.add_parser(
-        "demo", help="the whole pipeline on built-in synthetic data, offline, on CPU",
-        description="Synthesise a multilabel image set, split it, cache features, tune a small grid of top "
-                    "models, fine-tune the best end to end, export it and label a few images, printing where "
-                    "each artifact goes and the test metrics of the cached top and of the fine-tuned model.")
-    parser.add_argument("--workdir", default="demo", help="workspace folder for everything (default: ./demo)")
-    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (for CI): fewer images and epochs")
-    parser.set_defaults(func=run_demo)
-
-
-def run_demo(args):
-    from mlkit.models.demo import run_demo as demo
-
-    demo(args.workdir, quick=args.quick)
     return 0

@@ -126,6 +126,16 @@ class FinetuneResult:
     baseline: dict = field(repr=False)
     seconds: float = 0.0
 
+    def describe(self):
+        """Where the model went and the test metric beside the cached top's, for the console."""
+        name, finetuned, cached = self.headline
+        lines = [f"model: {self.model_path}", f"record: {self.json_path}", f"log: {self.csv_path}",
+                 f"test {name}: {finetuned:.4f} fine-tuned vs {cached:.4f} for the cached top alone"]
+        if self.report["task"] == "multilabel":
+            decision = self.report["decision"]
+            lines.append(f"decision: {decision['spec']} (threshold {decision['threshold']}), fitted on validation")
+        return "\n".join(lines)
+
     @property
     def headline(self):
         """(metric name, fine-tuned value, cached-top value) on the test split."""

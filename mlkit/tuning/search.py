@@ -335,7 +335,7 @@ def tune_top(
             if pending or role != "alone":
                 from mlkit.tuning.tuner import run_search
 
-                run_search(grid, cache, progress, max_memory=memory, verbose=verbose)
+                run_search(grid, cache, progress, role=role, max_memory=memory, verbose=verbose)
             elif verbose:
                 print(f"all {len(grid.runs)} trials of this grid are finished in {folder}", flush=True)
             summary = summary_frame(progress, grid.runs, cache.task, objective)

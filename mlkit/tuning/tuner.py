@@ -290,11 +290,8 @@ def pin_gpu(tuner_id):
         logger.info("%s uses %s", tuner_id, gpus[int(index.group(1)) % len(gpus)].name)
 
 
-def run_search(grid, cache, progress, *, max_memory, verbose=True):
-    """Runs the grid's trials with KerasTuner: alone, as the chief, or as a worker."""
-    from mlkit.tuning.search import current_role
-
-    role = current_role()
+def run_search(grid, cache, progress, *, role, max_memory, verbose=True):
+    """Runs the grid's trials with KerasTuner: `role` "alone", "chief" or "worker"."""
     if role == "worker":
         pin_gpu(progress.tuner_id)
     loaded = {}

@@ -55,7 +55,6 @@ def run_demo(workdir="demo", quick=False):
     from mlkit.bottlenecks.extract import cache_features
     from mlkit.data.split import split_manifest
     from mlkit.data.synth import synthesize
-    from mlkit.models.cli import describe_result
     from mlkit.models.export import export_model
     from mlkit.models.predict import format_predictions, predict
     from mlkit.tuning.search import tune_top
@@ -84,7 +83,7 @@ def run_demo(workdir="demo", quick=False):
                       lr=settings.ft_lr, batch=32,
                       epochs=settings.ft_epochs, augment=settings.augment, patience=settings.ft_patience,
                       progress=False)
-    print(describe_result(result))
+    print(result.describe())
 
     step("5/6 export a SavedModel that serves with TensorFlow alone")
     for fmt, path in export_model(result.model_path, ["savedmodel"]).items():
@@ -101,3 +100,20 @@ def run_demo(workdir="demo", quick=False):
     print(f"\ndone in {time.perf_counter() - started:.0f} s. Test {name}: cached top {cached:.3f}, "
           f"fine-tuned {finetuned:.3f}. Everything is under {work}/.")
     return result
+
+
+def register(subparsers):
+    """Adds `mlkit demo`."""
+    parser = subparsers.add_parser(
+        "demo", help="the whole pipeline on built-in synthetic data, offline, on CPU",
+        description="Synthesise a multilabel image set, split it, cache features, tune a small grid of top "
+                    "models, fine-tune the best end to end, export it and label a few images, printing where "
+                    "each artifact goes and the test metrics of the cached top and of the fine-tuned model.")
+    parser.add_argument("--workdir", default="demo", help="workspace folder for everything (default: ./demo)")
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (for CI): fewer images and epochs")
+    parser.set_defaults(func=_run_demo_command)
+
+
+def _run_demo_command(args):
+    run_demo(args.workdir, quick=args.quick)
+    return 0
