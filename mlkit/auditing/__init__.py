@@ -12,7 +12,7 @@ _EXPORTS = {
     "AuditResult": "mlkit.auditing.run",
     "AuditConfig": "mlkit.auditing.config",
     "apply_corrections": "mlkit.auditing.apply",
-    "read_duplicate_groups": "mlkit.auditing.apply",
+    "read_duplicate_groups": "mlkit.data.split",
     "label_quality": "mlkit.auditing.labels",
 }
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlkit.auditing.config import ACCEPT, DECISION_COLUMN, GROUPS_CSV, REJECT, SUMMARY_JSON
+from mlkit.auditing.config import ACCEPT, DECISION_COLUMN, REJECT, SUMMARY_JSON
+from mlkit.data.split import read_duplicate_groups  # noqa: F401 (re-exported: the audit writes the groups)
 from mlkit.data.manifest import LABEL_SEP, read_manifest, write_manifest
 from mlkit.errors import MlkitError
 
@@ -100,13 +101,3 @@ def apply_corrections(issues, manifest=None, out=None):
     logger.info("audit: %d findings accepted (%d rows relabelled, %d dropped); wrote %s",
                 len(accepted), relabel["image"].nunique(), len(dropped), out)
     return out
-
-
-def read_duplicate_groups(audit):
-    """{image: group} for every image in a duplicate group, from an audit folder or its groups.csv."""
-    path = Path(audit)
-    path = path / GROUPS_CSV if path.is_dir() else path
-    if not path.exists():
-        raise MlkitError(f"no duplicate groups at {path}; run `mlkit audit CACHE` and pass its audit/<cache>/ folder")
-    groups = pd.read_csv(path, dtype={"image": str, "group": int}, keep_default_na=False)
-    return dict(zip(groups["image"], groups["group"]))

@@ -12,7 +12,6 @@ from mlkit.errors import MlkitError
 AUDIT_DIR = "audit"
 ISSUES_CSV = "issues.csv"
 SUMMARY_JSON = "summary.json"
-GROUPS_CSV = "groups.csv"
 SCORES_NPZ = "scores.npz"
 # Finding kinds, in the order issues.csv lists them: leaks first.
 KINDS = ("leak", "conflict", "duplicate", "label_error", "outlier")

@@ -15,7 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mlkit.auditing.config import GROUPS_CSV, ISSUES_CSV, KINDS, PAIR_KINDS, SCORES_NPZ, SUMMARY_JSON
+from mlkit.auditing.config import ISSUES_CSV, KINDS, PAIR_KINDS, SCORES_NPZ, SUMMARY_JSON
+from mlkit.data.split import GROUPS_CSV
 from mlkit.files import atomic_path, write_json
 
 THUMB = 112

@@ -10,7 +10,7 @@ import textwrap
 
 from mlkit.data.adapters import FOLDER_CAPTIONS, FOLDER_LABELS, from_coco, from_csv, from_folders, from_imet
 from mlkit.data.manifest import TASKS
-from mlkit.data.split import split_manifest
+from mlkit.data.split import read_duplicate_groups, split_manifest
 from mlkit.data.stats import format_stats, manifest_stats
 from mlkit.data.synth import synthesize
 
@@ -59,8 +59,6 @@ def _run_from_csv(args):
 def _run_split(args):
     groups = None
     if args.group_duplicates:
-        from mlkit.auditing.apply import read_duplicate_groups
-
         groups = read_duplicate_groups(args.group_duplicates)
     split_manifest(args.manifest, val=args.val, test=args.test, seed=args.seed, resplit=args.resplit, groups=groups)
 

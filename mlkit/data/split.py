@@ -12,12 +12,16 @@ iterstrat recounts a dense N x L matrix once per label (hours for iMet's
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mlkit.data.manifest import read_manifest, update_column
 from mlkit.errors import MlkitError
+
+# The duplicate groups `mlkit audit` writes into its folder, which `split --group-duplicates` reads.
+GROUPS_CSV = "groups.csv"
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +174,7 @@ def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False, groups=None
         test: the fraction of rows for testing. Defaults to 0.15.
         seed: the same seed and manifest give the same split. Defaults to 0.
         resplit: reassign every row, discarding existing splits. Defaults to False.
-        groups: {image: group id} (`mlkit.auditing.read_duplicate_groups`):
+        groups: {image: group id} (`read_duplicate_groups`):
             rows of one group go to one split. Defaults to None.
 
     Returns:
@@ -204,3 +208,13 @@ def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False, groups=None
         ", ".join(f"{fold} {splits.count(fold)}" for fold in FOLDS),
     )
     return manifest
+
+
+def read_duplicate_groups(audit):
+    """{image: group} for every image in a duplicate group, from an audit folder (`mlkit audit`) or its groups.csv."""
+    path = Path(audit)
+    path = path / GROUPS_CSV if path.is_dir() else path
+    if not path.exists():
+        raise MlkitError(f"no duplicate groups at {path}; run `mlkit audit CACHE` and pass its audit/<cache>/ folder")
+    groups = pd.read_csv(path, dtype={"image": str, "group": int}, keep_default_na=False)
+    return dict(zip(groups["image"], groups["group"]))
