@@ -1,8 +1,9 @@
 """`mlkit evaluate`: decide labels from scores and report the metrics.
 
 `evaluate_scores` works on arrays and is what the stages call (stage 2 on
-scores from the cache, stage 3 on an exported model's); the command line only
-adds reading a `.npz` file, printing and writing JSON.
+scores from the cache, stage 3 on an exported model's); `evaluate_file` reads a
+`.npz` file and writes the JSON report and plots. The command line is
+`mlkit.evaluate_cli`.
 
 The report (what `evaluate_scores` returns and `--json` writes) for a
 multilabel task:
@@ -42,18 +43,15 @@ regression reports "mae", "rmse", "per_target" and "decision" (identity), in
 the units of the values given.
 """
 
-import argparse
 import json
 import logging
-import os
-import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
 
 from mlkit.decisions import DEFAULT_MIN_POSITIVES, RULE_FORMS, Rule, parse_rule
 from mlkit.errors import MlkitError
+from mlkit.files import write_text
 from mlkit.metrics import (DEFAULT_MIN_SUPPORT, as_multi_hot, as_score_matrix, multiclass_report,
                            multilabel_report, regression_report, topk_best_possible)
 
@@ -342,23 +340,16 @@ def _format_regression(report):
     return "\n".join(lines + [f"\n{report['n_images']} images; errors in the units of the targets given."])
 
 
-def write_json(report, path):
-    """Writes the report as strict JSON, atomically (a temporary file, then os.replace).
+def write_report(path, report):
+    """Writes a report as strict JSON (no NaN), atomically, creating the folder.
 
     Args:
-        report: a dict of JSON types (NumPy scalars are converted).
         path: the file to write.
+        report: a dict of JSON types (NumPy scalars and arrays are converted).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            json.dump(report, handle, indent=1, allow_nan=False, default=_json_default)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
+    write_text(path, json.dumps(report, indent=1, allow_nan=False, default=_json_default) + "\n")
 
 
 def _json_default(value):
@@ -412,77 +403,41 @@ def load_scores_file(path):
     return data
 
 
-RULES_EPILOG = "decision rules (--decision, repeatable; the first is the primary rule):\n" + "\n".join(
-    textwrap.fill(text, 78, initial_indent=f"  {form:<13} ", subsequent_indent=" " * 16)
-    for form, text in RULE_FORMS.items()) + """
+def evaluate_file(path, decisions=DEFAULT_DECISIONS, task=None, *, json_path=None, plots_dir=None, min_labels=0,
+                  max_labels=None, min_positives=DEFAULT_MIN_POSITIVES, min_support=DEFAULT_MIN_SUPPORT):
+    """Evaluates a scores file (`load_scores_file`) and optionally writes its report and plots.
 
-Rules with thresholds are fitted on val_scores/val_labels when the file has
-them, otherwise on the evaluated scores themselves (optimistic; a warning
-says so). cardinality aims at train_cardinality when the file has it.
---min-labels/--max-labels then give every image at least/at most that many
-labels (the iMet winners used 1 and 8).
+    Args:
+        path: the .npz file.
+        decisions: rule specs, the first the primary one. Defaults to ("cardinality",).
+        task: multilabel, multiclass or regression. Defaults to what the file holds.
+        json_path: write the report here as JSON. Defaults to None.
+        plots_dir: write PNG plots here. Defaults to None.
+        min_labels, max_labels, min_positives, min_support: as for `evaluate_scores`.
 
-The table shows, per rule, macro and micro precision, recall and F1, the
-per-image F2, mAP and mean ROC AUC, in percent. --json writes the same
-numbers as fractions: micro, macro, samples (each precision, recall, f1, f2),
-map, auc, hamming, subset_accuracy and decision for the first rule, and
-rules.<spec> with those keys for every rule.
+    Returns:
+        The report (see the module docstring).
 
-example:
-  mlkit evaluate scores.npz --decision cardinality --decision fbeta:2 \\
-      --decision topk:3 --json out.json --plots plots/
-"""
-
-
-def register(subparsers):
-    """Adds `mlkit evaluate` to the command line."""
-    parser = subparsers.add_parser(
-        "evaluate", help="decide labels from scores and report metrics",
-        description="Decide labels from saved scores with one or more decision rules and report "
-                    "multilabel, multiclass or regression metrics.",
-        epilog=RULES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scores", metavar="SCORES.npz",
-                        help="scores, labels, label_names (optional: val_scores, val_labels, train_cardinality); "
-                             "or targets and predictions for regression")
-    parser.add_argument("--decision", action="append", metavar="RULE",
-                        help="a decision rule (see below); repeat to compare. Default: cardinality")
-    parser.add_argument("--task", choices=TASKS, help="default: inferred from the file")
-    parser.add_argument("--min-labels", type=int, default=0, help="labels every image gets at least (default: 0)")
-    parser.add_argument("--max-labels", type=int, help="labels every image gets at most (default: no limit)")
-    parser.add_argument("--min-positives", type=int, default=DEFAULT_MIN_POSITIVES,
-                        help="per-class: fewest validation positives for a label's own threshold "
-                             f"(default: {DEFAULT_MIN_POSITIVES})")
-    parser.add_argument("--min-support", type=int, default=DEFAULT_MIN_SUPPORT,
-                        help=f"fewest test positives for the best/worst labels tables (default: {DEFAULT_MIN_SUPPORT})")
-    parser.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
-    parser.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
-    parser.set_defaults(func=run_evaluate)
-
-
-def run_evaluate(args):
-    """The `mlkit evaluate` handler: read, evaluate, print, write."""
-    data = load_scores_file(args.scores)
-    task = args.task or data["task"]
+    Example:
+        report = evaluate_file("scores.npz", ["cardinality", "fbeta:2"], json_path="report.json")
+    """
+    data = load_scores_file(path)
+    task = task or data["task"]
     regression = "targets" in data
     if (task == "regression") != regression:
-        raise MlkitError(f"--task {task} does not match {args.scores}: regression needs targets and predictions, "
+        raise MlkitError(f"--task {task} does not match {path}: regression needs targets and predictions, "
                          "the other tasks scores and labels")
     report = evaluate_scores(
         data["predictions"] if regression else data["scores"],
         data["targets"] if regression else data["labels"],
         data.get("target_names" if regression else "label_names"),
-        task=task,
-        decisions=args.decision or DEFAULT_DECISIONS,
+        task=task, decisions=decisions or DEFAULT_DECISIONS,
         fit_scores=data.get("val_scores"), fit_labels=data.get("val_labels"),
-        train_cardinality=data.get("train_cardinality"), plots_dir=args.plots,
-        min_labels=args.min_labels, max_labels=args.max_labels, min_positives=args.min_positives,
-        min_support=args.min_support)
-    print(format_table(report))
-    if task == "multilabel" and report["best_labels"]:
-        print("\n" + format_labels_table(report, args.min_support))
-    if args.json:
-        write_json(report, args.json)
-        log.info("wrote %s", args.json)
-    for path in report.get("plots", []):
-        log.info("wrote %s", path)
-    return 0
+        train_cardinality=data.get("train_cardinality"), plots_dir=plots_dir,
+        min_labels=min_labels, max_labels=max_labels, min_positives=min_positives, min_support=min_support)
+    if json_path:
+        write_report(json_path, report)
+        log.info("wrote %s", json_path)
+    for plot in report.get("plots", []):
+        log.info("wrote %s", plot)
+    return report

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from mlkit import evaluate
+from mlkit import evaluate_cli
 from mlkit.decisions import RULE_FORMS, parse_rule
 from mlkit.errors import MlkitError
 from mlkit.evaluate import evaluate_scores, format_labels_table, format_table
@@ -33,7 +33,7 @@ def split():
 def run_cli(argv):
     """Parses with only this module's subcommand, as mlkit.cli does, and runs the handler."""
     parser = argparse.ArgumentParser(prog="mlkit")
-    evaluate.register(parser.add_subparsers(dest="command"))
+    evaluate_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -138,6 +138,21 @@ def test_cli_writes_json_and_plots(split, tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["report.json"]  # no temporary file left behind
     for name in ("roc_per_label.png", "precision_recall.png", "threshold_curves.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_evaluate_file_is_the_library_call_behind_the_cli(split, tmp_path):
+    from mlkit.evaluate import evaluate_file
+
+    test_scores, test_labels, val_scores, val_labels, names = split
+    path = tmp_path / "scores.npz"
+    np.savez(path, scores=test_scores, labels=test_labels, label_names=np.array(names), val_scores=val_scores,
+             val_labels=val_labels)
+    report = evaluate_file(path, ["fbeta:2"], json_path=tmp_path / "r.json")
+    assert report["fitted_on"] == "validation scores" and list(report["rules"]) == ["fbeta:2"]
+    assert json.loads((tmp_path / "r.json").read_text())["micro"] == pytest.approx(report["micro"])
+    direct = evaluate_scores(test_scores, test_labels, names, decisions=["fbeta:2"], fit_scores=val_scores,
+                             fit_labels=val_labels)
+    assert report["micro"] == pytest.approx(direct["micro"])
 
 
 def test_cli_regression_file_and_errors(tmp_path, capsys):
