@@ -171,7 +171,7 @@ def test_captions_beat_image_features_alone_on_the_synthetic_set(ablation):
 @pytest.mark.slow
 def test_the_runs_table_groups_the_ablation_by_branch(ablation, capsys):
     from mlkit.cli import main
-    from mlkit.tuning.report import load_runs
+    from mlkit.tuning.compare import load_runs
 
     folder, best = ablation
     table = load_runs(folder / "tuning", metric="val_f1")

@@ -188,7 +188,7 @@ def test_rerunning_a_finished_grid_trains_nothing(tuned, monkeypatch):
 
 def test_runs_table_filters_groups_and_plots(tuned, capsys):
     from mlkit.cli import main
-    from mlkit.tuning.report import load_runs, table_text
+    from mlkit.tuning.compare import load_runs, table_text
 
     folder, _, summary = tuned
     table = load_runs(folder / "tuning", where=["units=16", "lr=lr11"])
@@ -295,3 +295,12 @@ def test_a_finished_grid_reruns_from_the_cli_without_tensorflow(tuned):
     result = subprocess.run([sys.executable, "-c", probe, str(cache), str(folder)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "all 4 trials of this grid are finished" in result.stdout
+
+
+def test_every_metric_has_one_direction_and_objectives_take_theirs_from_it():
+    from mlkit.tuning.config import METRIC_DIRECTIONS, OBJECTIVES, metric_direction
+
+    assert metric_direction("val_mae") == "min" and metric_direction("val_macro_f1") == "max"
+    assert all(direction == METRIC_DIRECTIONS[name] for names in OBJECTIVES.values() for name, direction in names.items())
+    with pytest.raises(MlkitError, match="metric 'val_typo'"):
+        metric_direction("val_typo")

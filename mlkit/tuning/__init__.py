@@ -13,8 +13,8 @@ _EXPORTS = {
     "load_top": "mlkit.tuning.top",
     "TopConfig": "mlkit.tuning.config",
     "lr_find": "mlkit.tuning.lr_range",
-    "load_runs": "mlkit.tuning.report",
-    "plot_runs": "mlkit.tuning.report",
+    "load_runs": "mlkit.tuning.compare",
+    "plot_runs": "mlkit.tuning.compare",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -113,7 +113,7 @@ def add_runs(subparsers):
 
 
 def run_runs(args):
-    from mlkit.tuning.report import load_runs, plot_runs, table_text
+    from mlkit.tuning.compare import load_runs, plot_runs, table_text
 
     frame = load_runs(args.folder, args.where, args.metric)
     print(table_text(frame, args.by, args.metric))

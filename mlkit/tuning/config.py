@@ -26,12 +26,22 @@ TEXT_KINDS = ("lstm", "bilstm")
 DEFAULT_TEXT = "bilstm"
 DEFAULT_TEXT_UNITS = 128
 DEFAULT_EMBED_DIM = 128
+# Every metric a run's log holds, and which way is better: the one home of a metric's direction.
+METRIC_DIRECTIONS = {"loss": "min", "val_loss": "min", "val_map": "max", "val_f1": "max", "val_macro_f1": "max",
+                     "val_auc": "max", "val_accuracy": "max", "val_mae": "min", "val_rmse": "min"}
 # Objectives KerasTuner optimises, with their direction, per task.
-OBJECTIVES = {
-    "multilabel": {"val_loss": "min", "val_map": "max", "val_f1": "max", "val_auc": "max"},
-    "multiclass": {"val_loss": "min", "val_accuracy": "max", "val_f1": "max"},
-    "regression": {"val_loss": "min", "val_mae": "min", "val_rmse": "min"},
-}
+OBJECTIVES = {task: {name: METRIC_DIRECTIONS[name] for name in names} for task, names in (
+    ("multilabel", ("val_loss", "val_map", "val_f1", "val_auc")),
+    ("multiclass", ("val_loss", "val_accuracy", "val_f1")),
+    ("regression", ("val_loss", "val_mae", "val_rmse")),
+)}
+
+
+def metric_direction(metric):
+    """"min" or "max": which way `metric` (a column of a run's log) gets better."""
+    if metric not in METRIC_DIRECTIONS:
+        raise MlkitError(f"metric {metric!r}: use one of {', '.join(METRIC_DIRECTIONS)}")
+    return METRIC_DIRECTIONS[metric]
 # Short codes for the run name's options (mlkit.runs); defaults are omitted there.
 SCHEDULE_CODES = {"step": "step", "plateau": "plateau", "cosine": "cos"}
 # Settings that change training but are not in the run name: a finished run

@@ -15,17 +15,17 @@ import pandas as pd
 
 from mlkit.errors import MlkitError
 from mlkit.runs import RunNameError, decode_lr, parse_run_name
+from mlkit.tuning.config import metric_direction
 from mlkit.tuning.records import SUMMARY
 
 logger = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = ("loss", "mae", "rmse", "hamming")
 RESULT_COLUMNS = ("run", "epochs", "best_epoch", "seconds", "status")
 MAX_LEGEND_RUNS = 12
 
 
 def lower_is_better(metric):
-    return any(word in metric for word in LOWER_IS_BETTER)
+    return metric_direction(metric) == "min"
 
 
 def read_logs(folder):
