@@ -51,6 +51,9 @@ RULE_FORMS = {
 }
 # Rules whose thresholds come from fitting on validation scores.
 FITTED_KINDS = ("cardinality", "fbeta", "per-class")
+# Rules an exported model applies (mlkit.models.layers.LabelDecision); "rank" needs the true labels and
+# never ships.
+DEPLOYABLE_KINDS = ("threshold", "cardinality", "fbeta", "per-class", "topk", "argmax")
 DEFAULT_MIN_POSITIVES = 5
 # Bins in the score histogram: 8 MB of counts, and about 100 scores per bin on iMet's size.
 _HISTOGRAM_BITS = 20
@@ -412,8 +415,8 @@ class Rule:
 
     @property
     def deployable(self):
-        """False for "rank", which needs each image's true labels."""
-        return self.kind != "rank"
+        """False for "rank", which needs each image's true labels; regression's "identity" decides nothing."""
+        return self.kind in DEPLOYABLE_KINDS or self.kind == "identity"
 
     @property
     def needs_fit(self):

@@ -52,12 +52,12 @@ import numpy as np
 from mlkit.decisions import DEFAULT_MIN_POSITIVES, RULE_FORMS, Rule, parse_rule
 from mlkit.errors import MlkitError
 from mlkit.files import write_text
+from mlkit.vocabulary import TASKS
 from mlkit.metrics import (DEFAULT_MIN_SUPPORT, as_multi_hot, as_score_matrix, multiclass_report,
                            multilabel_report, regression_report, topk_best_possible)
 
 log = logging.getLogger(__name__)
 
-TASKS = ("multilabel", "multiclass", "regression")
 DEFAULT_DECISIONS = ("cardinality",)
 # Labels drawn in the per-label plots (ROC, precision-recall).
 DEFAULT_TOP_N = 10

@@ -4,8 +4,9 @@ import argparse
 import textwrap
 
 from mlkit.decisions import DEFAULT_MIN_POSITIVES, RULE_FORMS
-from mlkit.evaluate import DEFAULT_DECISIONS, TASKS, evaluate_file, format_labels_table, format_table
+from mlkit.evaluate import DEFAULT_DECISIONS, evaluate_file, format_labels_table, format_table
 from mlkit.metrics import DEFAULT_MIN_SUPPORT
+from mlkit.vocabulary import TASKS
 
 RULES_EPILOG = "decision rules (--decision, repeatable; the first is the primary rule):\n" + "\n".join(
     textwrap.fill(text, 78, initial_indent=f"  {form:<13} ", subsequent_indent=" " * 16)

@@ -3,6 +3,7 @@
 import argparse
 
 from mlkit.backbones import BACKBONES, POOLING, PREPROCESSING
+from mlkit.vocabulary import TASKS
 
 EPILOG = """\
 examples:
@@ -50,7 +51,7 @@ def register(subparsers):
     parser.add_argument("--batch-size", type=int, default=64, help="images per backbone call (default: 64)")
     parser.add_argument("--dataset", default=None, help="dataset name, the first run-name field (default: the manifest's folder name)")
     parser.add_argument("--subset", default=None, help="subset name, the second run-name field (default: the manifest file's stem, or 'all')")
-    parser.add_argument("--task", choices=("multilabel", "multiclass", "regression"), default=None, help="default: inferred (target column: regression; any row with several labels: multilabel; else multiclass)")
+    parser.add_argument("--task", choices=TASKS, default=None, help="default: inferred (target column: regression; any row with several labels: multilabel; else multiclass)")
     parser.add_argument("--allow-unlabelled", action="store_true", help="accept multilabel rows with no labels (they train as all-negative and are left out of evaluation)")
     parser.add_argument("--background", default="white", help="colour transparent pixels are composited on: white, black, #rrggbb or R,G,B (default: white)")
     parser.add_argument("--strict", action="store_true", help="fail if any image cannot be read (the partial cache is kept; fix the files and rerun)")

@@ -23,10 +23,10 @@ import pandas as pd
 
 from mlkit.data.manifest import LABEL_SEP, read_manifest, write_manifest
 from mlkit.errors import MlkitError
+from mlkit.vocabulary import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Source columns with these names would be read as manifest columns; carried ones are renamed.
 RESERVED_COLUMNS = ("image", "labels", "target", "caption")
 

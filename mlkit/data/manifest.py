@@ -29,10 +29,9 @@ import numpy as np
 import pandas as pd
 
 from mlkit.errors import ManifestError
+from mlkit.vocabulary import SPLITS, TASKS  # noqa: F401 (re-exported for the data package)
 
-TASKS = ("multilabel", "multiclass", "regression")
 LABEL_SEP = "|"
-SPLITS = ("train", "val", "test")
 JSON_SUFFIXES = (".jsonl", ".json")
 # The columns the reader interprets; every other column passes through untouched.
 KNOWN_COLUMNS = ("image", "labels", "target", "caption", "split")

@@ -19,13 +19,13 @@ import pandas as pd
 
 from mlkit.data.manifest import read_manifest, update_column
 from mlkit.errors import MlkitError
+from mlkit.vocabulary import SPLITS
 
 # The duplicate groups `mlkit audit` writes into its folder, which `split --group-duplicates` reads.
 GROUPS_CSV = "groups.csv"
 
 logger = logging.getLogger(__name__)
 
-FOLDS = ("train", "val", "test")
 # At most this many quantile bins for a regression target; fewer for small sets.
 MAX_TARGET_BINS = 10
 
@@ -190,7 +190,7 @@ def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False, groups=None
     if not todo.any():
         logger.info("split: every row of %s already has a split; pass --resplit to reassign them", path)
         return manifest
-    assigned = np.array([FOLDS.index(split) if split else -1 for split in current])
+    assigned = np.array([SPLITS.index(split) if split else -1 for split in current])
     row_labels, n_labels = _strata(manifest)
     fractions = [1 - val - test, val, test]
     if groups:
@@ -198,14 +198,14 @@ def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False, groups=None
         folds = split_by_groups(row_labels, n_labels, fractions, assigned, row_groups, seed=seed)
     else:
         folds = iterative_stratification(row_labels, n_labels, fractions, assigned, seed=seed)
-    splits = [FOLDS[fold] for fold in folds]
+    splits = [SPLITS[fold] for fold in folds]
     update_column(manifest.path, "split", splits)
     manifest.rows["split"] = splits
     new = pd.Series(splits)[todo].value_counts()
     logger.info(
         "split: assigned %d rows (%s), %d kept their split; %s now has %s",
-        todo.sum(), ", ".join(f"{fold} {new.get(fold, 0)}" for fold in FOLDS), (~todo).sum(), path,
-        ", ".join(f"{fold} {splits.count(fold)}" for fold in FOLDS),
+        todo.sum(), ", ".join(f"{fold} {new.get(fold, 0)}" for fold in SPLITS), (~todo).sum(), path,
+        ", ".join(f"{fold} {splits.count(fold)}" for fold in SPLITS),
     )
     return manifest
 

@@ -11,10 +11,11 @@ import numpy as np
 from PIL import Image
 
 from mlkit.data.manifest import read_manifest
+from mlkit.vocabulary import SPLITS
 
 logger = logging.getLogger(__name__)
 
-SPLIT_ORDER = ("train", "val", "test", "")
+SPLIT_ORDER = (*SPLITS, "")
 # Image headers are read in threads: the work is file-open latency, not CPU.
 HEADER_READ_THREADS = 8
 UNREADABLE_EXAMPLES = 5

@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from mlkit.models.augment import describe_codes
-from mlkit.models.finetune import OPTIMIZERS, FinetuneConfig
+from mlkit.models.finetune import FinetuneConfig
+from mlkit.vocabulary import OPTIMIZERS
 
 DEFAULTS = FinetuneConfig()
 

@@ -46,11 +46,11 @@ from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
 from mlkit.models.data import DEFAULT_MEMORY_CACHE, ImageRows
 from mlkit.runs import encode_lr, parse_run_name
+from mlkit.vocabulary import OPTIMIZERS, make_optimizer
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "mirrored", "multiworker")
-OPTIMIZERS = ("sgd", "adam")
 # Gradients are clipped to this global norm, a guard for SGD steps: the top standardises its
 # features with frozen statistics, so a feature that was near constant in the cache (random
 # weights) turns a large step into a diverging run. With batch norm kept in inference mode a
@@ -407,16 +407,11 @@ class _Job:
 
     # -- training ---------------------------------------------------------------------------
     def compile(self):
-        import keras
-
         from mlkit.tuning.top import make_loss
 
         config = self.config
         with self.strategy.scope():
-            if config.optimizer == "adam":
-                optimizer = keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=CLIPNORM)
-            else:
-                optimizer = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum, global_clipnorm=CLIPNORM)
+            optimizer = make_optimizer(config.optimizer, config.lr, config.momentum, clipnorm=CLIPNORM)
             pos_weight = np.asarray(self.top_config.pos_weight, "float32") if self.top_config.pos_weight else None
             self.network.compile(optimizer=optimizer, loss=make_loss(self.top_config, self.network.output_shape[-1], pos_weight),
                                  jit_compile=bool(config.jit))

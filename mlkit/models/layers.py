@@ -10,10 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from mlkit.decisions import DecisionRuleError
+from mlkit.decisions import DEPLOYABLE_KINDS, DecisionRuleError
 
-# Rules an exported model can apply; "rank" needs the true labels and never ships.
-DEPLOYABLE_KINDS = ("threshold", "cardinality", "fbeta", "per-class", "topk", "argmax")
 
 
 def top_labels(scores, k):

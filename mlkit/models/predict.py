@@ -23,10 +23,10 @@ import numpy as np
 
 from mlkit.errors import MlkitError
 from mlkit.images import ImageReadError, load_image, parse_background
+from mlkit.vocabulary import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 MANIFEST_SUFFIXES = {".csv", ".jsonl"}
 DEFAULT_TOP = 5
 
@@ -55,9 +55,9 @@ def expand_inputs(inputs):
     for entry in inputs:
         path = Path(entry)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
             if not found:
-                log.warning("%s holds no images (%s)", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+                log.warning("%s holds no images (%s)", path, ", ".join(sorted(IMAGE_EXTENSIONS)))
             items += [(str(p), None, None) for p in found]
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
             items += _manifest_items(path)

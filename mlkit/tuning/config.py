@@ -11,14 +11,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 from mlkit.errors import MlkitError
 from mlkit.runs import TEXT_ONLY_SUFFIX, RunName
+from mlkit.vocabulary import OPTIMIZERS, TASKS
 
-TASKS = ("multilabel", "multiclass", "regression")
 LOSSES = {
     "multilabel": ("bce", "focal", "wbce"),
     "multiclass": ("cce", "focal"),
     "regression": ("mse", "mae", "huber"),
 }
-OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "plateau", "cosine")
 TOP_POOLS = ("flatten", "avg", "max")
 # The caption branch's recurrent layer (seed 001: a bidirectional LSTM of 128 units).

@@ -24,6 +24,7 @@ import numpy as np
 
 from mlkit.errors import MlkitError
 from mlkit.tuning.config import TopConfig
+from mlkit.vocabulary import make_optimizer
 
 HEADS = {"multilabel": "sigmoid", "multiclass": "softmax", "regression": "linear"}
 FOCAL_GAMMA = 2.0
@@ -187,13 +188,6 @@ def make_loss(config, num_outputs, pos_weight=None):
     }[config.loss]()
 
 
-def make_optimizer(config):
-    """SGD with momentum (seed 003) or Adam, at the config's initial rate."""
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=config.lr)
-    return keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
-
-
 def schedule_callbacks(config):
     """Callbacks that change the learning rate: none, StepLR, reduce-on-plateau or cosine.
 
@@ -216,7 +210,7 @@ def schedule_callbacks(config):
 def compile_top(model, config, pos_weight=None):
     """Compiles a top for training (no metrics: validation metrics come from a callback)."""
     model.compile(
-        optimizer=make_optimizer(config),
+        optimizer=make_optimizer(config.optimizer, config.lr, config.momentum),
         loss=make_loss(config, model.output_shape[-1], pos_weight),
     )
     return model
