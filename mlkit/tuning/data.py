@@ -153,14 +153,15 @@ def read_rows(dataset, rows):
         return np.zeros((0,) + dataset.shape[1:], dtype=dataset.dtype)
     row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
     block = max(1, BLOCK_BYTES // max(row_bytes, 1))
-    parts = []
+    # Filled in place: gathering the blocks and concatenating them held every row twice at the peak.
+    out = np.empty((len(rows),) + dataset.shape[1:], dtype=dataset.dtype)
     start = 0
     while start < len(rows):
         end = np.searchsorted(rows, rows[start] + block, side="left")
         first, last = rows[start], rows[end - 1]
-        parts.append(dataset[first:last + 1][rows[start:end] - first])
+        out[start:end] = dataset[first:last + 1][rows[start:end] - first]
         start = end
-    return np.concatenate(parts)
+    return out
 
 
 def slice_inputs(x, start, stop):
@@ -317,15 +318,15 @@ class TopData:
         train_unique = np.unique(self.sample_rows)
         rows = np.union1d(train_unique, self.val_rows)
         with h5py.File(self.cache.path, "r") as h5:
-            parts = [read_rows(h5["features"], rows)]
+            features = read_rows(h5["features"], rows)
             if self.views:
                 views = read_rows(h5["augmented"], train_unique)[:, : self.views]
-                parts.append(views.reshape((-1,) + self.feature_shape))
+                features = np.concatenate([features, views.reshape((-1,) + self.feature_shape)])
         index = np.searchsorted(rows, self.sample_rows)
         viewed = self.sample_views > 0
         index[viewed] = len(rows) + np.searchsorted(train_unique, self.sample_rows[viewed]) * self.views + (
             self.sample_views[viewed] - 1)
-        table = tf.constant(np.concatenate(parts).astype("float32", copy=False))
+        table = tf.constant(features.astype("float32", copy=False))
         return table, tf.constant(index), tf.gather(table, np.searchsorted(rows, self.val_rows))
 
     def input_statistics(self):
