@@ -9,9 +9,8 @@ from mlkit.bottlenecks.cache import open_cache, write_cache
 from mlkit.errors import MlkitError
 from mlkit.runs import parse_run_name
 from mlkit.tuning.config import TopConfig
-from mlkit.tuning import data as tuning_data
 from mlkit.tuning.data import (
-    TopData, balanced_weights, cap_rows, parse_memory, positive_weights, read_rows, resample,
+    TopData, balanced_weights, cap_rows, parse_memory, positive_weights, resample,
 )
 from mlkit.tuning.records import Progress
 
@@ -65,19 +64,6 @@ def test_balanced_weights_and_positive_weights():
     assert weights.mean() == pytest.approx(1.0) and weights[3] == pytest.approx(3 * weights[0])
     pos = positive_weights(np.array([[1, 0], [0, 0], [0, 0], [0, 1]]))
     assert pos.tolist() == [3.0, 3.0]
-
-
-def test_read_rows_across_blocks_with_gaps_and_repeats(tmp_path, monkeypatch):
-    import h5py
-
-    # 3 rows of 12 float32 per block, so these rows span several blocks.
-    monkeypatch.setattr(tuning_data, "BLOCK_BYTES", 3 * 12 * 4)
-    x = np.arange(40 * 12, dtype="float32").reshape(40, 12)
-    rows = np.array([0, 0, 1, 2, 2, 7, 8, 9, 10, 25, 39, 39])
-    with h5py.File(tmp_path / "x.h5", "w") as h5:
-        h5["x"] = x
-        np.testing.assert_array_equal(read_rows(h5["x"], rows), x[rows])
-        assert read_rows(h5["x"], rows[:0]).shape == (0, 12)
 
 
 def test_streamed_data_matches_in_memory(tmp_path):

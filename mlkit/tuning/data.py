@@ -17,9 +17,9 @@ import re
 import h5py
 import numpy as np
 
+from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows
 from mlkit.errors import MlkitError
 
-BLOCK_BYTES = 8 << 20
 BLOCKS_PER_BUFFER = 8
 PREDICT_BATCH = 4096
 # Positive weights for wbce are capped: a label seen once in 10,000 rows would
@@ -144,24 +144,6 @@ def target_scale(cache, train_targets):
         low, high = train_targets.min(axis=0), train_targets.max(axis=0)
     low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
     return low, np.where(high > low, high, low + 1.0)
-
-
-def read_rows(dataset, rows):
-    """Rows of an HDF5 dataset (sorted row indices, repeats allowed), read as contiguous slices."""
-    rows = np.asarray(rows)
-    if not len(rows):
-        return np.zeros((0,) + dataset.shape[1:], dtype=dataset.dtype)
-    row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
-    block = max(1, BLOCK_BYTES // max(row_bytes, 1))
-    # Filled in place: gathering the blocks and concatenating them held every row twice at the peak.
-    out = np.empty((len(rows),) + dataset.shape[1:], dtype=dataset.dtype)
-    start = 0
-    while start < len(rows):
-        end = np.searchsorted(rows, rows[start] + block, side="left")
-        first, last = rows[start], rows[end - 1]
-        out[start:end] = dataset[first:last + 1][rows[start:end] - first]
-        start = end
-    return out
 
 
 def slice_inputs(x, start, stop):
