@@ -12,7 +12,8 @@ import pytest
 
 from mlkit.backbones import build_backbone, feature_extractor, get_backbone
 from mlkit.bottlenecks import cache_features, open_cache
-from mlkit.bottlenecks.cache import partial_path
+from mlkit.bottlenecks import cache as cache_module
+from mlkit.bottlenecks.cache import partial_path, read_rows
 from mlkit.cli import main
 from mlkit.data import read_manifest, split_manifest, synthesize
 from mlkit.errors import CacheError
@@ -218,3 +219,18 @@ def test_captions_need_a_caption_column_and_a_training_split(tmp_path):
     unsplit = synthesize(tmp_path / "unsplit", task="multilabel", n=6, size=32, seed=0)
     with pytest.raises(CacheError, match="mlkit data split"):
         cache_features(unsplit, tmp_path / "ws", captions=True, **SETTINGS)
+
+
+def test_read_rows_across_blocks_with_gaps_and_repeats(tmp_path, monkeypatch):
+    # 3 rows of 12 float32 per block, so these rows span several blocks.
+    monkeypatch.setattr(cache_module, "BLOCK_BYTES", 3 * 12 * 4)
+    x = np.arange(40 * 12, dtype="float32").reshape(40, 12)
+    rows = np.array([0, 0, 1, 2, 2, 7, 8, 9, 10, 25, 39, 39])
+    with h5py.File(tmp_path / "x.h5", "w") as h5:
+        h5["x"] = x
+        h5["s"] = [f"row{i}" for i in range(40)]
+        np.testing.assert_array_equal(read_rows(h5["x"], rows), x[rows])
+        assert read_rows(h5["x"], rows[:0]).shape == (0, 12)
+        assert [s.decode() for s in read_rows(h5["s"], rows)] == [f"row{i}" for i in rows]
+        with pytest.raises(ValueError, match="increasing"):
+            read_rows(h5["x"], rows[::-1])

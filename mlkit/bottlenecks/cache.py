@@ -34,6 +34,8 @@ import numpy as np
 from mlkit.errors import CacheError
 
 FORMAT_VERSION = 1
+# Rows are read in contiguous slices of about this size (see read_rows).
+BLOCK_BYTES = 8 << 20
 STR = h5py.string_dtype("utf-8")
 # What makes a cache's rows what they are (the fingerprint covers the weights, preprocessing and its
 # statistics; the manifest hash the rows, labels and splits). A top tuned on one cache fits only it.
@@ -69,6 +71,30 @@ def write_attrs(h5, attrs):
         if name in JSON_ATTRS:
             value = json.dumps(value)
         h5.attrs[name] = value
+
+
+def read_rows(dataset, rows):
+    """Rows of an HDF5 dataset (sorted row indices, repeats allowed), read as contiguous slices.
+
+    h5py's own fancy indexing selects row by row: reading the labels of 900,000
+    training rows (80 uint8 each) that way took over ten minutes; slices, 0.1 s.
+    """
+    rows = np.asarray(rows)
+    if np.any(np.diff(rows) < 0):
+        raise ValueError("read_rows needs row indices in increasing order")
+    if not len(rows):
+        return np.zeros((0,) + dataset.shape[1:], dtype=dataset.dtype)
+    row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
+    block = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    # Filled in place: gathering the blocks and concatenating them held every row twice at the peak.
+    out = np.empty((len(rows),) + dataset.shape[1:], dtype=dataset.dtype)
+    start = 0
+    while start < len(rows):
+        end = np.searchsorted(rows, rows[start] + block, side="left")
+        first, last = rows[start], rows[end - 1]
+        out[start:end] = dataset[first:last + 1][rows[start:end] - first]
+        start = end
+    return out
 
 
 def decode_strings(values):
@@ -137,12 +163,12 @@ class FeatureCache:
         return np.flatnonzero(mask)
 
     def read(self, dataset, indices=None):
-        """One dataset's rows (all when indices is None), strings decoded."""
+        """One dataset's rows (all when indices is None, else increasing row indices), strings decoded."""
         with h5py.File(self.path, "r") as h5:
             if dataset not in h5:
                 raise CacheError(f"{self.path} has no {dataset!r} dataset")
             data = h5[dataset]
-            values = data[...] if indices is None else data[np.asarray(indices)]
+            values = data[...] if indices is None else read_rows(data, indices)
         if values.dtype.kind in "OS":
             values = decode_strings(values)
         return values

@@ -17,9 +17,9 @@ import re
 import h5py
 import numpy as np
 
+from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows
 from mlkit.errors import MlkitError
 
-BLOCK_BYTES = 8 << 20
 BLOCKS_PER_BUFFER = 8
 PREDICT_BATCH = 4096
 # Positive weights for wbce are capped: a label seen once in 10,000 rows would
@@ -144,23 +144,6 @@ def target_scale(cache, train_targets):
         low, high = train_targets.min(axis=0), train_targets.max(axis=0)
     low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
     return low, np.where(high > low, high, low + 1.0)
-
-
-def read_rows(dataset, rows):
-    """Rows of an HDF5 dataset (sorted row indices, repeats allowed), read as contiguous slices."""
-    rows = np.asarray(rows)
-    if not len(rows):
-        return np.zeros((0,) + dataset.shape[1:], dtype=dataset.dtype)
-    row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
-    block = max(1, BLOCK_BYTES // max(row_bytes, 1))
-    parts = []
-    start = 0
-    while start < len(rows):
-        end = np.searchsorted(rows, rows[start] + block, side="left")
-        first, last = rows[start], rows[end - 1]
-        parts.append(dataset[first:last + 1][rows[start:end] - first])
-        start = end
-    return np.concatenate(parts)
 
 
 def slice_inputs(x, start, stop):
@@ -317,15 +300,15 @@ class TopData:
         train_unique = np.unique(self.sample_rows)
         rows = np.union1d(train_unique, self.val_rows)
         with h5py.File(self.cache.path, "r") as h5:
-            parts = [read_rows(h5["features"], rows)]
+            features = read_rows(h5["features"], rows)
             if self.views:
                 views = read_rows(h5["augmented"], train_unique)[:, : self.views]
-                parts.append(views.reshape((-1,) + self.feature_shape))
+                features = np.concatenate([features, views.reshape((-1,) + self.feature_shape)])
         index = np.searchsorted(rows, self.sample_rows)
         viewed = self.sample_views > 0
         index[viewed] = len(rows) + np.searchsorted(train_unique, self.sample_rows[viewed]) * self.views + (
             self.sample_views[viewed] - 1)
-        table = tf.constant(np.concatenate(parts).astype("float32", copy=False))
+        table = tf.constant(features.astype("float32", copy=False))
         return table, tf.constant(index), tf.gather(table, np.searchsorted(rows, self.val_rows))
 
     def input_statistics(self):
