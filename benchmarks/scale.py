@@ -7,7 +7,7 @@
     One tune-top epoch of the default top (1 x 1024, d5, SGD, batch 64) runs
     on it streamed from HDF5 (max_memory 64M) and in memory (max_memory
     above the features' size), each in a fresh process so that each peak RSS
-    (getrusage of that process) is its own. Targets: streamed rows/s at least
+    (VmHWM of that process) is its own. Targets: streamed rows/s at least
     0.7x in-memory; peak RSS under 2 GB while streaming.
 (2) Cost as work grows. `cache_features` (mobilenetv2, 96 px, weights none,
     pooling avg, batch 64) on --images generated JPEGs of about 300 x 400 px,
@@ -37,7 +37,6 @@ import concurrent.futures
 import csv
 import multiprocessing
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -69,8 +68,15 @@ def in_child(function, *args):
 
 
 def peak_rss():
-    """This process's peak resident set size in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size in bytes: VmHWM, in KiB in /proc/self/status.
+
+    Not getrusage's ru_maxrss: Linux carries it across fork and exec, so a spawned
+    child would report the parent's peak (the 5 GiB of features it wrote).
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
 
 def feature_cache(folder, rows, seed=0):
