@@ -13,6 +13,7 @@ from mlkit.data.manifest import TASKS
 from mlkit.data.split import read_duplicate_groups, split_manifest
 from mlkit.data.stats import format_stats, manifest_stats
 from mlkit.data.synth import synthesize
+from mlkit.vocabulary import IMAGE_EXTENSIONS
 
 DATA_DESCRIPTION = """\
 Make, split and inspect manifests: the CSV (or JSON Lines) files with columns
@@ -89,8 +90,8 @@ def _register_from_folders(subparsers):
         subparsers, "from-folders", "manifest from a tree of image folders (multiclass or multilabel)",
         "Write a manifest from a folder tree. By default ROOT/<class>/<image> gives a multiclass manifest; "
         "images in deeper folders take their first-level folder's class. With --labels path every folder "
-        "level is a label (multilabel): food/fruit/cartoon/x.png gets food|fruit|cartoon. Extensions: jpg "
-        "jpeg png bmp gif tif tiff webp, any case; other files are passed over and counted.",
+        "level is a label (multilabel): food/fruit/cartoon/x.png gets food|fruit|cartoon. Extensions: "
+        f"{' '.join(ext[1:] for ext in IMAGE_EXTENSIONS)}, any case; other files are passed over and counted.",
         "mlkit data from-folders plankton/train --out plankton/manifest.csv\n"
         "  mlkit data from-folders /usr/share/tuxpaint/stamps --labels path --captions sidecar --out stamps.csv",
     )
