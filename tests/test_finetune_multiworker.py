@@ -77,12 +77,11 @@ def test_a_killed_worker_stops_the_other_with_a_clear_error_and_a_restart_resume
         assert time.monotonic() < deadline and chief.poll() is None and worker.poll() is None, chief.stderr.read()
         time.sleep(0.2)
     worker.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
+    # The survivor must stop on its own, not hang: finish() fails the test past this bound.
     [(rc, out, err)] = finish([chief], timeout=WORKER_TIMEOUT + 90)
     worker.communicate()
     assert rc == 1, err[-3000:]
     assert "lost the other workers" in err and "Restart every worker with the same command" in err, err[-3000:]
-    assert time.monotonic() - killed < WORKER_TIMEOUT + 60
     resumed = finish(start_workers(cache, work, *options))
     assert [rc for rc, _, _ in resumed] == [0, 0], resumed[0][2][-3000:] + resumed[1][2][-3000:]
     [log] = (work / "models").glob("*.csv")
