@@ -1,4 +1,5 @@
-"""Test data for the audit: the synthetic set with planted near duplicates, and injected label errors.
+"""Test data for the audit: the synthetic set with planted near duplicates, injected label errors, and
+the flags compared with cleanlab's.
 
 Shared by tests/test_audit*.py and benchmarks/audit_quality.py.
 """
@@ -89,3 +90,20 @@ def precision_recall(flagged_rows, true_rows):
     flagged, true = set(map(int, flagged_rows)), set(map(int, true_rows))
     hits = len(flagged & true)
     return hits / max(len(flagged), 1), hits / max(len(true), 1)
+
+
+def ranked_flags(scores):
+    """mlkit's flagged rows, most likely wrong first."""
+    flagged = np.flatnonzero(scores["label_flagged"])
+    return flagged[np.argsort(-scores["label_score"][flagged], kind="stable")]
+
+
+def cleanlab_ranked_flags(task, labels, oof_scores):
+    """cleanlab's `find_label_issues` flags (its default: prune by noise rate), ranked by self-confidence."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.multilabel_classification.filter import find_label_issues as find_multilabel_issues
+
+    if task == "multilabel":
+        return find_multilabel_issues([np.flatnonzero(row).tolist() for row in labels], oof_scores,
+                                      return_indices_ranked_by="self_confidence", n_jobs=1)
+    return find_label_issues(labels, oof_scores, return_indices_ranked_by="self_confidence", n_jobs=1)

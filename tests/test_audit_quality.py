@@ -12,7 +12,7 @@ benchmarks/audit_quality.py runs the same comparison on the Tux Paint stamps wit
 import numpy as np
 import pytest
 
-from audit_data import inject_label_errors, plant_near_duplicates, precision_recall
+from audit_data import cleanlab_ranked_flags, inject_label_errors, plant_near_duplicates, precision_recall, ranked_flags
 from mlkit.bottlenecks.cache import open_cache, write_cache
 from mlkit.bottlenecks.extract import cache_features
 from mlkit.data.synth import synthesize
@@ -82,11 +82,8 @@ def learnable_cache(tmp_path, task, rows=600, dims=32, seed=0):
 def label_check(tmp_path, task):
     """Injects errors into 5% of the rows, audits, and compares mlkit's and cleanlab's flags at that number.
 
-    Both rank the same out-of-fold scores (cleanlab's `find_label_issues`, ranked by self-confidence);
-    each method's own flag set is printed beside them.
+    Both flag and rank the same out-of-fold scores; each method's whole flag set is printed beside them.
     """
-    from cleanlab.filter import find_label_issues
-
     import mlkit
 
     path, clean, features, names = learnable_cache(tmp_path, task)
@@ -96,16 +93,11 @@ def label_check(tmp_path, task):
     result = mlkit.audit(path, workdir=tmp_path, folds=5)
     scores = np.load(result.folder / "scores.npz")
     n = len(injected)
-    mine = np.argsort(-scores["label_score"], kind="stable")[:n]
-    given = [np.flatnonzero(row).tolist() for row in labels] if task == "multilabel" else labels
-    ranked = find_label_issues(given, scores["oof_scores"], multi_label=task == "multilabel",
-                               return_indices_ranked_by="self_confidence")
-    mine_pr, theirs_pr = precision_recall(mine, injected), precision_recall(ranked[:n], injected)
-    own = precision_recall(np.flatnonzero(scores["label_flagged"]), injected)
-    flags = precision_recall(ranked, injected)
+    mine, theirs = ranked_flags(scores), cleanlab_ranked_flags(task, labels, scores["oof_scores"])
+    mine_pr, theirs_pr = precision_recall(mine[:n], injected), precision_recall(theirs[:n], injected)
+    own, flags = precision_recall(mine, injected), precision_recall(theirs, injected)
     print(f"{task}: at {n} flags, mlkit P/R {mine_pr[0]:.3f}/{mine_pr[1]:.3f}, cleanlab {theirs_pr[0]:.3f}/{theirs_pr[1]:.3f}; "
-          f"own flags: mlkit {int(scores['label_flagged'].sum())} P/R {own[0]:.3f}/{own[1]:.3f}, "
-          f"cleanlab {len(ranked)} P/R {flags[0]:.3f}/{flags[1]:.3f}")
+          f"all flags: mlkit {len(mine)} P/R {own[0]:.3f}/{own[1]:.3f}, cleanlab {len(theirs)} P/R {flags[0]:.3f}/{flags[1]:.3f}")
     assert mine_pr[0] >= theirs_pr[0] - 0.05 and mine_pr[1] >= theirs_pr[1] - 0.05
     return result
 
@@ -118,3 +110,26 @@ def test_multilabel_label_errors_as_good_as_cleanlab(tmp_path):
 
 def test_multiclass_label_errors_as_good_as_cleanlab(tmp_path):
     label_check(tmp_path, "multiclass")
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_flags_are_cleanlabs_on_random_scores(task):
+    """mlkit's prune by noise rate flags the same rows as cleanlab's default `find_label_issues`."""
+    from mlkit.auditing.labels import label_quality
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        rows, classes = int(rng.integers(30, 300)), int(rng.integers(2, 8))
+        if task == "multiclass":
+            labels = rng.integers(0, classes, rows)
+            labels[:classes] = np.arange(classes)
+            logits = rng.normal(scale=rng.uniform(0.5, 4), size=(rows, classes))
+            logits[np.arange(rows), labels] += rng.uniform(0, 3)
+            scores = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        else:
+            labels = (rng.random((rows, classes)) < rng.uniform(0.05, 0.5)).astype(np.uint8)
+            labels[0], labels[1] = 1, 0
+            scores = 1 / (1 + np.exp(-(rng.normal(scale=2, size=labels.shape) + 3 * (labels - 0.5))))
+        quality = label_quality(task, labels, scores, [f"c{j}" for j in range(classes)])
+        theirs = cleanlab_ranked_flags(task, labels, scores)
+        assert set(np.flatnonzero(quality.flagged)) == set(theirs.tolist()), f"trial {trial}"
