@@ -145,4 +145,8 @@ def finish(issues, table, group, text):
     order = np.lexsort((-issues["score"].to_numpy(dtype=float), (issues["match"] != "exact").to_numpy(),
                         issues["kind"].map(KINDS.index).to_numpy()))
     issues = issues.iloc[order].reset_index(drop=True)
-    return issues.reindex(columns=COLUMNS).fillna({"match": "", "suggested": "", "detail": "", "partner_given": ""})
+    issues = issues.reindex(columns=COLUMNS)
+    # A column no frame had (partner_given without pairs) comes back as float NaN: make it text first.
+    text_columns = ["match", "suggested", "detail", "partner_given"]
+    issues[text_columns] = issues[text_columns].astype(object).fillna("")
+    return issues
