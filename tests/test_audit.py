@@ -61,6 +61,22 @@ def test_inverted_file_search_finds_planted_pairs(monkeypatch):
     assert (positions[:100, 0] == np.arange(1500, 1600)).all() and (similarities[:100, 0] > 0.99).all()
 
 
+def test_fold_training_lets_the_feature_matrix_go():
+    """TensorFlow keeps numpy_function callables for the life of the process; they must not hold the matrix."""
+    import gc
+    import weakref
+
+    from mlkit.auditing.folds import out_of_fold_scores
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(120, 8)).astype(np.float32)
+    matrix = weakref.ref(features)
+    out_of_fold_scores(features, rng.integers(0, 3, 120), "multiclass", 3, AuditConfig(folds=2, epochs=1, units=8))
+    del features
+    gc.collect()
+    assert matrix() is None
+
+
 def test_multiclass_quality_flags_flips_and_suggests_the_confident_class():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 200)
