@@ -48,7 +48,19 @@ def feature_blocks(path, rows, block_rows=BLOCK_ROWS):
 
 
 def read_vectors(path, rows):
-    """All feature vectors at `rows`, filled block by block into one float32 array (no second copy)."""
+    """All feature vectors at `rows` in one float32 array.
+
+    Pooled float32 features of consecutive rows (the usual case: every row
+    done) are read by HDF5 straight into the array, with no block in
+    between; others are filled block by block.
+    """
+    rows = np.asarray(rows)
+    with h5py.File(path, "r") as h5:
+        features = h5["features"]
+        if features.ndim == 2 and features.dtype == np.float32 and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+            vectors = np.empty((len(rows), features.shape[1]), dtype=np.float32)
+            features.read_direct(vectors, np.s_[rows[0]:rows[-1] + 1])
+            return vectors
     vectors = None
     for at, block in feature_blocks(path, rows):
         if vectors is None:

@@ -109,14 +109,16 @@ def audit(cache, workdir=".", config=None, **settings):
     table = load_rows(cache)
     groups = duplicates.exact_groups(table["sha256"])
     timer.done("exact duplicates")
+    # The label check holds the whole feature matrix beside TensorFlow: it runs first, on a heap
+    # that the neighbour searches have not yet fragmented, and frees the matrix before they start.
+    labels = check_labels(cache, table, config, workdir)
+    timer.done("label check")
     similarities, positions = neighbours.nearest_neighbours(cache.path, table["rows"], config.neighbours)
     outlier = findings.outlier_scores(similarities, config.outlier_k)
     timer.done("nearest neighbours")
     near, near_record = near_duplicates(cache, table, (similarities, positions), groups, config)
     del similarities, positions
     timer.done("near duplicates")
-    labels = check_labels(cache, table, config, workdir)
-    timer.done("label check")
     issues, duplicate_group = findings.collect(cache, table, groups, near, outlier, labels, config)
     folder = Path(workdir) / AUDIT_DIR / cache.name
     summary = report.write_all(folder, cache, table, issues, duplicate_group, groups, near, near_record, outlier,
