@@ -1,0 +1,163 @@
+"""Which image descriptor finds near duplicates? Pixel thumbnails, perceptual hashes and backbone features.
+
+Two collections, each with copies planted of 40+ of its images: JPEG q75, resized by 0.8, cropped by
+5%, and all three at once (tests/audit_data.py). `synth`: the test's synthetic set (300 multilabel
+images of 192 px, every 7th copied). `stamps`: the 802 Tux Paint stamps, 40 copied at random. Every
+pair of rows is scored by each descriptor, and a planted pair is one inside a copy group. Printed per
+descriptor: precision and recall at its threshold (the audit's default for the thumbnails), the best
+min(precision, recall) over all thresholds, recall at precision >= 0.95, and the lowest planted and
+highest unplanted similarity. On the stamps, two different stamps can be the same picture (a letter
+in two folders, l and I): precision counts only pairs with a planted copy in them, and the pairs of
+two originals above the threshold are counted apart.
+
+    python benchmarks/audit_near_duplicates.py                 # both sets, with MobileNetV2 features
+    python benchmarks/audit_near_duplicates.py --no-features   # descriptors from pixels only (no TensorFlow)
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy.fft import dctn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from audit_data import PRETRAINED, plant_near_duplicates  # noqa: E402
+
+from mlkit.auditing.config import AuditConfig  # noqa: E402
+from mlkit.images import load_image  # noqa: E402
+from mlkit.thumbnails import thumbnail, thumbnail_vectors  # noqa: E402
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+
+
+def grey_square(pixels, size):
+    return np.asarray(Image.fromarray(pixels).convert("L").resize((size, size), Image.Resampling.BOX), np.float64)
+
+
+def centred_unit(vectors):
+    vectors = np.asarray(vectors, np.float64)
+    vectors = vectors - vectors.mean(axis=1, keepdims=True)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+
+def bits_similarity(bits):
+    """1 - 2 * (Hamming distance / bits): 1 for equal hashes, about 0 for unrelated ones."""
+    bits = np.asarray(bits, np.float64)
+    agree = bits @ bits.T + (1 - bits) @ (1 - bits).T
+    return 2 * agree / bits.shape[1] - 1
+
+
+def phash(pixels, size=32, keep=8):
+    """DCT perceptual hash: the low frequencies of a grey square against their median (DC left out)."""
+    low = dctn(grey_square(pixels, size), norm="ortho")[:keep, :keep].ravel()[1:]
+    return low > np.median(low)
+
+
+def dhash(pixels, size=8):
+    """Difference hash: is each pixel of a (size + 1) x size grey image brighter than its left neighbour."""
+    grey = np.asarray(Image.fromarray(pixels).convert("L").resize((size + 1, size), Image.Resampling.BOX), np.float64)
+    return (grey[:, 1:] > grey[:, :-1]).ravel()
+
+
+def colour_thumbnail(pixels, size):
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BOX), np.float64).ravel()
+
+
+def descriptors(images, features):
+    """Name -> (N, N) similarity matrix, and the threshold each is judged at."""
+    found = {
+        "thumbnail 8x8 RGB (mlkit)": (lambda: (lambda v: v @ v.T)(thumbnail_vectors(np.stack([thumbnail(i) for i in images]))),
+                                      AuditConfig().near_threshold),
+        "thumbnail 16x16 RGB": (lambda: (lambda v: v @ v.T)(centred_unit([colour_thumbnail(i, 16) for i in images])), 0.95),
+        "thumbnail 8x8 grey": (lambda: (lambda v: v @ v.T)(centred_unit([grey_square(i, 8).ravel() for i in images])), 0.95),
+        "pHash 64 bits (DCT 8x8 of 32x32)": (lambda: bits_similarity([phash(i) for i in images]), 1 - 2 * 10 / 63),
+        "pHash 143 bits (DCT 12x12 of 48x48)": (lambda: bits_similarity([phash(i, 48, 12) for i in images]), 1 - 2 * 28 / 143),
+        "dHash 64 bits": (lambda: bits_similarity([dhash(i) for i in images]), 1 - 2 * 10 / 64),
+    }
+    if features is not None:
+        found["MobileNetV2 pooled features, 96 px"] = (lambda: (lambda v: v @ v.T)(
+            (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(features - features.mean(axis=0))),
+            AuditConfig().near_feature_threshold)
+    return {name: (make(), threshold) for name, (make, threshold) in found.items()}
+
+
+def scores(similarity, threshold, groups, originals):
+    """Precision and recall at the threshold, best min(P, R), recall at P >= 0.95, the planted/unplanted margin."""
+    n = len(similarity)
+    upper = np.triu_indices(n, 1)
+    planted = np.zeros((n, n), bool)
+    for group in groups:
+        planted[np.ix_(group, group)] = True
+    judged = ~((upper[0] < originals) & (upper[1] < originals))
+    truth, values = planted[upper][judged], similarity[upper][judged]
+    order = np.argsort(-values, kind="stable")
+    hits = np.cumsum(truth[order])
+    precision, recall = hits / np.arange(1, len(order) + 1), hits / truth.sum()
+    above = values >= threshold
+    at = (truth & above).sum() / max(above.sum(), 1), (truth & above).sum() / truth.sum()
+    confident = precision >= 0.95
+    among_originals = int((similarity[upper][~judged] >= threshold).sum())
+    return (*at, np.max(np.minimum(precision, recall)), recall[confident].max() if confident.any() else 0.0,
+            values[truth].min(), values[~truth].max(), among_originals)
+
+
+def collection(name, workdir, seed=0):
+    """(manifest, planted groups, number of original rows) of one collection with copies planted."""
+    if name == "synth":
+        from mlkit.data.synth import synthesize
+
+        manifest = synthesize(workdir / name, task="multilabel", n=300, size=192, seed=0)
+        sources = range(0, 300, 300 // 40)
+    else:
+        from mlkit.data.adapters import from_folders
+
+        manifest = workdir / name / "manifest.csv"
+        from_folders(STAMPS, manifest, labels="path")
+        count = len(pd.read_csv(manifest))
+        sources = np.sort(np.random.default_rng(seed).choice(count, 40, replace=False))
+    originals = len(pd.read_csv(manifest))
+    return manifest, plant_near_duplicates(manifest, sources, seed), originals
+
+
+def cached_features(manifest, workdir):
+    """Pooled MobileNetV2 features (pretrained, 96 px) of the manifest's rows, in manifest order."""
+    from mlkit.bottlenecks.cache import open_cache
+    from mlkit.bottlenecks.extract import cache_features
+
+    result = cache_features(manifest, manifest.parent, backbone="mobilenetv2", weights=str(PRETRAINED), image_size=96,
+                            progress=False)
+    cache = open_cache(result.path)
+    rows = cache.indices()
+    if len(rows) != len(pd.read_csv(manifest)):
+        raise SystemExit(f"{len(pd.read_csv(manifest)) - len(rows)} images were skipped while caching")
+    return cache.read("features", rows).astype(np.float64)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="synth,stamps", help="comma-separated: synth, stamps (default both)")
+    parser.add_argument("--no-features", action="store_true", help="leave out the backbone features")
+    parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="audit_near_"))
+    for name in args.sets.split(","):
+        manifest, groups, originals = collection(name, workdir)
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        images = [load_image(manifest.parent / image) for image in table["image"]]
+        features = None if args.no_features else cached_features(manifest, workdir)
+        pairs = sum(len(group) * (len(group) - 1) // 2 for group in groups)
+        print(f"\n{name}: {len(images)} rows, {len(groups)} copy groups, {pairs} planted pairs")
+        print(f"{'descriptor':38s} {'thr':>6s}  P@thr  R@thr  best min(P,R)  R@P>=0.95  lowest planted  highest other"
+              "  original pairs >= thr")
+        for label, (similarity, threshold) in descriptors(images, features).items():
+            p, r, best, r95, low, high, among = scores(similarity, threshold, groups, originals)
+            print(f"{label:38s} {threshold:6.3f}  {p:.3f}  {r:.3f}  {best:13.3f}  {r95:9.3f}  {low:14.3f}  {high:13.3f}"
+                  f"  {among:21d}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
