@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from mlkit.errors import CacheError
+from mlkit.files import atomic_path
 
 FORMAT_VERSION = 1
 # Rows are read in contiguous slices of about this size (see read_rows).
@@ -292,8 +293,7 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
     features = np.asarray(features, dtype="float32")
     n = len(features)
     labels = np.asarray(labels)
-    tmp = partial_path(path)
-    with h5py.File(tmp, "w") as h5:
+    with atomic_path(path, features.nbytes) as tmp, h5py.File(tmp, "w") as h5:
         create_datasets(
             h5, num_rows=n, feature_shape=features.shape[1:], task=attrs["task"],
             num_labels=labels.shape[1] if labels.ndim > 1 else 0,
@@ -315,5 +315,4 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
             write_tokens(h5, tokens, attrs.get("vocabulary"))
         h5["done"][...] = 1
         write_attrs(h5, {"format_version": FORMAT_VERSION, "augment_copies": 0 if augmented is None else augmented.shape[1], **attrs, "complete": True})
-    tmp.replace(path)
     return path
