@@ -108,8 +108,13 @@ def as_list(value, name, cast):
 
 
 def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule, top_pool, augmented, captions=False,
-              text=None, text_units=None, embed_dim=None, text_only=False, **settings):
-    """The grid for one cache, its fixed settings checked before anything trains."""
+              text=None, text_units=None, embed_dim=None, text_only=False, fixed=None):
+    """The grid for one cache, its settings checked before anything trains.
+
+    The tuned axes each take a value, a list or a comma-separated string;
+    `fixed` holds the `TopConfig` settings every trial shares (epochs,
+    patience, objective, seed, ...). See `tune_top` for each setting.
+    """
     if cache.task not in LOSSES:
         raise MlkitError(f"{cache.path} has task {cache.task!r}; tune-top handles {', '.join(LOSSES)}")
     dataset, subset, backbone, prep, pooling = cache.name_fields
@@ -138,7 +143,7 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
         num_outputs=cache.num_outputs, label_names=cache.label_names,
         target_min=scale.to_dict()["low"] if scale else [], target_max=scale.to_dict()["high"] if scale else [],
         views=cache.augment_copies if augmented else 0, text_only=bool(text_only),
-        vocabulary=cache.vocabulary if captions else {}, **{name: axis[0] for name, axis in values.items()}, **settings,
+        vocabulary=cache.vocabulary if captions else {}, **{name: axis[0] for name, axis in values.items()}, **(fixed or {}),
     )
     return Grid(values, base, (dataset, subset, backbone, prep), pooling)
 
@@ -296,10 +301,12 @@ def tune_top(
     cache = open_cache(cache_path)
     grid = make_grid(
         cache, layers=layers, units=units, reg=reg, lr=lr, batch=batch, loss=loss, optimizer=optimizer,
-        schedule=schedule, top_pool=top_pool, augmented=augmented, epochs=int(epochs), patience=int(patience),
-        objective=objective, momentum=float(momentum), step_every=int(step_every), step_gamma=float(step_gamma),
-        sample_weights="balanced" if sample_weights else "", cap=int(cap or 0), oversample=int(oversample or 0),
-        seed=int(seed), captions=captions, text=text, text_units=text_units, embed_dim=embed_dim, text_only=text_only,
+        schedule=schedule, top_pool=top_pool, augmented=augmented, captions=captions, text=text,
+        text_units=text_units, embed_dim=embed_dim, text_only=text_only,
+        fixed=dict(epochs=int(epochs), patience=int(patience), objective=objective, momentum=float(momentum),
+                   step_every=int(step_every), step_gamma=float(step_gamma),
+                   sample_weights="balanced" if sample_weights else "", cap=int(cap or 0),
+                   oversample=int(oversample or 0), seed=int(seed)),
     )
     memory = parse_memory(max_memory)
     folder = stage_folder(workdir, "tuning")
