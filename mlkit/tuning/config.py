@@ -9,7 +9,7 @@ keep their meaning after the cache is rebuilt.
 
 from dataclasses import asdict, dataclass, field, fields
 
-from mlkit.errors import MlkitError
+from mlkit.errors import MlkitError, check_choice
 from mlkit.options import option
 from mlkit.runs import BRANCH_INPUTS, TEXT_ONLY_SUFFIX, RunName, branch_of
 from mlkit.vocabulary import OPTIMIZERS, TASKS
@@ -113,12 +113,12 @@ class TopConfig:
 
     def validate(self):
         """Checks the settings again (after one was changed in place); returns the config."""
-        check_choice("task", self.task, TASKS)
-        check_choice(f"loss for {self.task}", self.loss, LOSSES[self.task])
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("top pool", self.top_pool, TOP_POOLS)
-        check_choice(f"objective for {self.task}", self.objective, tuple(OBJECTIVES[self.task]))
+        check_choice(self.task, TASKS, "task")
+        check_choice(self.loss, LOSSES[self.task], f"loss for {self.task}")
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        check_choice(self.schedule, SCHEDULES, "schedule")
+        check_choice(self.top_pool, TOP_POOLS, "top pool")
+        check_choice(self.objective, tuple(OBJECTIVES[self.task]), f"objective for {self.task}")
         for name in ("layers", "units", "batch", "epochs", "patience"):
             minimum = 0 if name == "layers" else 1
             if int(getattr(self, name)) < minimum:
@@ -135,7 +135,7 @@ class TopConfig:
             if self.text_only:
                 raise MlkitError("--text-only trains the caption branch alone; it needs --text lstm or bilstm")
             return
-        check_choice("--text", self.text, TEXT_KINDS)
+        check_choice(self.text, TEXT_KINDS, "--text")
         for name in ("text_units", "embed_dim"):
             if int(getattr(self, name)) < 1:
                 raise MlkitError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
@@ -199,6 +199,3 @@ class TopConfig:
         return cls(**{key: value for key, value in values.items() if key in known})
 
 
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise MlkitError(f"{name} {value!r} is not one of {', '.join(map(str, choices))}")
