@@ -173,12 +173,39 @@ def atomic_path(path, need=None):
         raise
 
 
-def write_text(path, text):
-    """Writes text atomically, so a reader never sees half a file."""
-    data = text.encode()
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yields a temporary folder to fill; it replaces the folder `path` when the block succeeds.
+
+    The old folder is removed just before the rename, so a crash leaves either
+    the old folder or the new one under `path` (and at worst a hidden
+    temporary beside it, removed on the next try).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, Exception) and disk_full_error(error, path) is not None:
+            raise DiskFullError(path) from None
+        raise
+
+
+def write_bytes(path, data):
+    """Writes bytes atomically, so a reader never sees half a file."""
     with atomic_path(path, need=len(data)) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(data)
+
+
+def write_text(path, text):
+    """Writes text atomically, so a reader never sees half a file."""
+    write_bytes(path, text.encode())
 
 
 def write_json(path, payload):

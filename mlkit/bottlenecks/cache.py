@@ -43,6 +43,8 @@ STR = h5py.string_dtype("utf-8")
 IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size", "preprocess", "pooling",
                   "background", "fingerprint", "manifest_sha256")
 JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary")
+# A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (DESIGN.md, run names).
+NAME_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
 
 
 def partial_path(path):
@@ -98,6 +100,33 @@ def read_rows(dataset, rows):
     return out
 
 
+@dataclass(frozen=True)
+class TargetScale:
+    """Per-target (low, high) mapping regression targets to [0, 1] for training, and back.
+
+    A target with no range (high == low) gets high = low + 1, so it scales to 0.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def of(cls, low, high):
+        low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
+        return cls(low, np.where(high > low, high, low + 1.0))
+
+    def scale(self, targets):
+        """Targets in [0, 1] over the training range, as float32."""
+        return ((np.asarray(targets, dtype="float64") - self.low) / (self.high - self.low)).astype("float32")
+
+    def unscale(self, scaled):
+        """Scaled predictions back in the targets' own units, as float64."""
+        return np.asarray(scaled, dtype="float64") * (self.high - self.low) + self.low
+
+    def to_dict(self):
+        return {"low": [float(v) for v in self.low], "high": [float(v) for v in self.high]}
+
+
 def decode_strings(values):
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
@@ -127,6 +156,63 @@ class FeatureCache:
     @property
     def label_names(self):
         return list(self.attrs.get("label_names") or [])
+
+    @property
+    def name_fields(self):
+        """dataset, subset, backbone, preprocess and pooling: from the attributes, else the file name."""
+        from_name = self.name.split("_")
+        values = []
+        for position, attr in enumerate(NAME_FIELDS):
+            value = self.attrs.get(attr)
+            if value is None and len(from_name) == len(NAME_FIELDS):
+                value = from_name[position]
+            if value is None:
+                raise CacheError(
+                    f"{self.path} has no {attr!r} attribute and its name is not "
+                    "<dataset>_<subset>_<backbone>_<prep>_<pool>.h5; rebuild it with cache-features"
+                )
+            values.append(str(value))
+        return tuple(values)
+
+    @property
+    def dataset(self):
+        return self.name_fields[0]
+
+    @property
+    def subset(self):
+        return self.name_fields[1]
+
+    @property
+    def num_outputs(self):
+        """What a top predicts: labels (multilabel), classes (multiclass) or targets (regression)."""
+        if self.task == "multiclass":
+            return len(self.label_names)
+        with h5py.File(self.path, "r") as h5:
+            shape = h5["labels"].shape
+        return int(shape[1]) if len(shape) > 1 else 1
+
+    @property
+    def target_scale(self):
+        """The regression targets' `TargetScale` over the training split (None for other tasks).
+
+        Caches record the range at extraction (`target_min`, `target_max`);
+        for one that does not, it is taken from the training rows' labels.
+        """
+        if self.task != "regression":
+            return None
+        low, high = self.attrs.get("target_min"), self.attrs.get("target_max")
+        if low is None or high is None:
+            train = self.read("labels", self.indices("train")).reshape(-1, self.num_outputs)
+            low, high = train.min(axis=0), train.max(axis=0)
+        return TargetScale.of(low, high)
+
+    def targets(self, labels):
+        """Labels as a top trains on them: float multi-hot, class index, or targets scaled to [0, 1]."""
+        if self.task == "multilabel":
+            return np.asarray(labels, dtype="float32")
+        if self.task == "multiclass":
+            return np.asarray(labels, dtype="int32")
+        return self.target_scale.scale(labels)
 
     @property
     def identity(self):

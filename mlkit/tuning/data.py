@@ -19,6 +19,10 @@ import numpy as np
 
 from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows
 from mlkit.errors import MlkitError
+from mlkit.runs import BRANCH_INPUTS
+
+# Features larger than this stream from HDF5 during tune-top instead of loading into memory.
+MAX_MEMORY = "4G"
 
 BLOCKS_PER_BUFFER = 8
 PREDICT_BATCH = 4096
@@ -136,16 +140,6 @@ def positive_weights(labels):
     return np.clip(ratio, 1.0, MAX_POS_WEIGHT).astype("float32")
 
 
-def target_scale(cache, train_targets):
-    """Per-target (min, max) for scaling regression targets to [0, 1]."""
-    low = cache.attrs.get("target_min")
-    high = cache.attrs.get("target_max")
-    if low is None or high is None:
-        low, high = train_targets.min(axis=0), train_targets.max(axis=0)
-    low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
-    return low, np.where(high > low, high, low + 1.0)
-
-
 def slice_inputs(x, start, stop):
     """Rows start:stop of a top's inputs (a tensor, or a dict of them)."""
     if isinstance(x, dict):
@@ -163,17 +157,17 @@ class TopData:
         sample_weights: "balanced" for inverse-frequency weights, "" for none.
         cap: the most training rows per class, 0 for no cap.
         oversample: the fewest training rows per class, 0 for no oversampling.
-        max_memory: bytes the features may take in memory before streaming.
+        max_memory: bytes (or a size such as "4G") the features may take in memory before streaming.
         seed: seeds the rebalancing and the shuffling. Defaults to 0.
         inputs: the top's inputs: ("features",), ("features", "tokens") or
             ("tokens",). Defaults to ("features",).
     """
 
-    def __init__(self, cache, *, views=0, sample_weights="", cap=0, oversample=0, max_memory=4 << 30, seed=0,
+    def __init__(self, cache, *, views=0, sample_weights="", cap=0, oversample=0, max_memory=MAX_MEMORY, seed=0,
                  inputs=("features",)):
         self.cache = cache
         self.inputs = tuple(inputs)
-        if self.inputs not in (("features",), ("features", "tokens"), ("tokens",)):
+        if self.inputs not in BRANCH_INPUTS.values():
             raise MlkitError(f"top inputs {inputs!r}: expected ('features',), ('features', 'tokens') or ('tokens',)")
         self.task = cache.task
         self.seed = seed
@@ -183,8 +177,7 @@ class TopData:
         train_labels = cache.read("labels", train_rows)
         self.val_labels = cache.read("labels", self.val_rows)
         self.cardinality = train_cardinality(train_labels) if self.task == "multilabel" else 0.0
-        if self.task == "regression":
-            self.target_min, self.target_max = target_scale(cache, train_labels)
+        self.scale = cache.target_scale
         positions = resample(train_labels, self.task, cap, oversample, seed)
         self.sample_rows = np.repeat(train_rows[positions], 1 + self.views)
         self.sample_views = np.tile(np.arange(1 + self.views), len(positions))
@@ -195,28 +188,21 @@ class TopData:
         self.pos_weight = positive_weights(sample_labels) if self.task == "multilabel" else None
         self.feature_shape = tuple(cache.feature_shape)
         self.tokens = cache.read("tokens").astype("int32") if "tokens" in self.inputs else None
-        self.in_memory = "features" not in self.inputs or self.memory_bytes() <= max_memory
+        self.in_memory = "features" not in self.inputs or self.memory_bytes() <= parse_memory(max_memory)
         self._tables = None
         self._statistics = None
 
     @property
     def num_outputs(self):
-        if self.task == "multiclass":
-            return len(self.cache.label_names)
-        return self.val_targets.shape[1] if self.val_targets.ndim > 1 else 1
+        return self.cache.num_outputs
 
     def targets(self, labels):
-        """Labels as the top trains on them: float multi-hot, class index, or scaled targets."""
-        if self.task == "multilabel":
-            return np.asarray(labels, dtype="float32")
-        if self.task == "multiclass":
-            return np.asarray(labels, dtype="int32")
-        scaled = (np.asarray(labels, dtype="float64") - self.target_min) / (self.target_max - self.target_min)
-        return scaled.astype("float32")
+        """Labels as the top trains on them (`FeatureCache.targets`)."""
+        return self.cache.targets(labels)
 
     def unscale(self, predictions):
         """Regression predictions back in original units."""
-        return np.asarray(predictions, dtype="float64") * (self.target_max - self.target_min) + self.target_min
+        return self.scale.unscale(predictions)
 
     def memory_bytes(self):
         """Bytes the features take in memory (0 for a text-only top); tokens are not counted."""

@@ -19,7 +19,8 @@ import pandas as pd
 
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.files import atomic_path, write_json
-from mlkit.tuning.config import OBJECTIVES
+from mlkit.runs import run_paths
+from mlkit.tuning.config import OBJECTIVES, TopConfig
 
 PROGRESS = "progress.jsonl"
 SUMMARY = "summary.csv"
@@ -39,7 +40,7 @@ class Progress:
         self.tuner_id = tuner_id
 
     def record_path(self, run):
-        return self.folder / f"{run}.json"
+        return run_paths(self.folder.parent, run)["json"]
 
     def finished(self, run, identity=None):
         """The run's record when it finished, else None.
@@ -129,8 +130,7 @@ def caption_columns(config):
     """The caption branch's settings for a summary row; none for an image-only run."""
     if not config.get("text"):
         return {}
-    branch = "caption" if config.get("text_only") else "both"
-    return {"branch": branch, **{key: config[key] for key in ("text", "text_units", "embed_dim")}}
+    return {"branch": TopConfig.from_dict(config).branch, **{key: config[key] for key in ("text", "text_units", "embed_dim")}}
 
 
 def write_summary(frame, folder):
