@@ -179,10 +179,10 @@ def atomic_folder(path):
 
     The old folder is removed just before the rename, so a crash leaves either
     the old folder or the new one under `path` (and at worst a hidden
-    temporary beside it, removed on the next try).
+    temporary beside it, named as `temporary_path` names files).
     """
     path = Path(path)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    tmp = temporary_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         yield tmp

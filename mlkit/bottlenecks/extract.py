@@ -22,13 +22,15 @@ mlkit.bottlenecks.pipeline, and mlkit.bottlenecks.write writes the file.
 import logging
 import time
 
-from mlkit.backbones import PREPROCESSING, build_backbone, check_choice, feature_extractor, get_backbone
+from mlkit.backbones import PREPROCESSING, build_backbone, feature_extractor, get_backbone
 from mlkit.bottlenecks.pipeline import compiled_forward
-from mlkit.bottlenecks.plan import CachePlan, cache_name, cache_settings, caption_tokens, check_same_settings
+from mlkit.bottlenecks.plan import (
+    CachePlan, cache_name, cache_settings, caption_tokens, check_same_settings, name_fields,
+)
 from mlkit.bottlenecks.shards import parse_shard, shard_path, write_zmuv_stats
 from mlkit.bottlenecks.write import CacheResult, CacheWriter, write_summary
 from mlkit.data.manifest import read_manifest
-from mlkit.errors import MlkitError
+from mlkit.errors import MlkitError, check_choice
 from mlkit.files import stage_folder
 from mlkit.locks import hold_lock
 
@@ -94,7 +96,8 @@ def cache_features(
         raise MlkitError(f"--augment-copies must be >= 0 and --batch-size >= 1 (got {augment_copies}, {batch_size})")
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
-    name = cache_name(manifest, backbone, preprocess, pooling, dataset, subset)
+    fields = name_fields(manifest, backbone, preprocess, pooling, dataset, subset)
+    name = "_".join(fields)
     whole = final = stage_folder(workdir, "bottlenecks") / f"{name}.h5"
     if shard is not None:
         shard = parse_shard(shard)
@@ -104,7 +107,8 @@ def cache_features(
         model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
         settings = cache_settings(backbone, weights, info["image_size"], preprocess, pooling, background, augment_copies)
         check_same_settings(final, settings, overwrite)
-        plan = CachePlan(table, settings, info, seed, final, text, whole=whole, shard=shard)
+        plan = CachePlan(table, settings, info, seed, final, text, whole=whole, shard=shard, dataset=fields[0],
+                         subset=fields[1])
         plan.fit_preprocessing(zmuv_samples, progress)
         if plan.final_is_current():
             log.info("%s is up to date", final)

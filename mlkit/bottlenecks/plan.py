@@ -98,12 +98,20 @@ def clean_name(text):
     return cleaned or "data"
 
 
-def cache_name(manifest_path, backbone, preprocess, pooling, dataset=None, subset=None):
-    """`<dataset>_<subset>_<backbone>_<prep>_<pool>`: the first five fields of every run name."""
+def name_fields(manifest_path, backbone, preprocess, pooling, dataset=None, subset=None):
+    """The cache's name fields, in `cache.NAME_FIELDS` order: dataset, subset, backbone, preprocess, pooling.
+
+    `dataset` defaults to the manifest's folder name, `subset` to its file stem ("all" for manifest.*).
+    """
     path = Path(manifest_path)
     dataset = clean_name(dataset or path.resolve().parent.name)
     subset = clean_name(subset or (path.stem if path.stem != "manifest" else "all"))
-    return f"{dataset}_{subset}_{get_backbone(backbone).name}_{preprocess}_{pooling}"
+    return dataset, subset, get_backbone(backbone).name, preprocess, pooling
+
+
+def cache_name(manifest_path, backbone, preprocess, pooling, dataset=None, subset=None):
+    """`<dataset>_<subset>_<backbone>_<prep>_<pool>`: the first five fields of every run name."""
+    return "_".join(name_fields(manifest_path, backbone, preprocess, pooling, dataset, subset))
 
 
 def cache_settings(backbone, weights, image_size, preprocess, pooling, background, augment_copies):
@@ -146,9 +154,12 @@ class CachePlan:
         shard: (index, count), or None for every row. Defaults to None.
     """
 
-    def __init__(self, table, settings, info, seed, final, text=None, whole=None, shard=None):
+    def __init__(self, table, settings, info, seed, final, text=None, whole=None, shard=None, dataset="",
+                 subset=""):
         # A shard's plan sees only its rows; `whole_table` keeps what is fitted on every row (target range).
         self.whole_table, self.whole, self.shard = table, whole or final, shard
+        # The cache's first two name fields, recorded as attributes (not parsed back out of its file name).
+        self.dataset, self.subset = dataset, subset
         self.manifest_row = None
         if shard is not None:
             self.manifest_row = shard_rows(table.rows["image"], *shard)

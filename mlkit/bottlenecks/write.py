@@ -156,7 +156,7 @@ class CacheWriter:
 
         plan, table = self.plan, self.plan.table
         attrs = dict(plan.settings, task=table.task, label_names=list(table.label_names),
-                     dataset=plan.final.stem.split("_")[0], subset=plan.final.stem.split("_")[1],
+                     dataset=plan.dataset, subset=plan.subset,
                      weights_sha256=plan.info["weights_sha256"], zmuv_mean=plan.mean, zmuv_std=plan.std,
                      fingerprint=plan.fingerprint, seed=plan.seed, manifest_path=str(Path(table.path).resolve()),
                      manifest_root=str(table.root.resolve()), manifest_sha256=plan.manifest_sha256,
