@@ -97,6 +97,8 @@ def add_options(parser, config_class, names=None, *, lists=(), exclude=()):
         if meta["const"] is not None:
             parser.add_argument(flag, action="store_const", const=meta["const"], default=default, help=text)
         elif isinstance(default, bool):
+            if default:
+                raise ValueError(f"{config_class.__name__}.{field.name}: a switch must default to False")
             parser.add_argument(flag, action="store_true", help=text)
         elif field.name in lists:
             parser.add_argument(flag, default=None, help=f"{text} ({LIST_NOTE}; default {shown_default(field)})")
