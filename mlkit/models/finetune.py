@@ -46,8 +46,7 @@ from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
 from mlkit.models.data import DEFAULT_MEMORY_CACHE, ImageRows
 from mlkit.options import defaults_of, option
-from mlkit.runs import encode_lr, parse_run_name, run_paths
-from mlkit.tuning.config import TopConfig
+from mlkit.runs import branch_of, encode_lr, parse_run_name, run_paths
 from mlkit.vocabulary import OPTIMIZERS, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -264,7 +263,7 @@ def select_top(workdir, cache, top):
             continue
         if identity_differences(config.get("cache_identity") or {}, cache.identity):
             rebuilt += 1
-        elif TopConfig.from_dict(config).branch == "caption":
+        elif branch_of(config.get("text"), config.get("text_only")) == "caption":
             caption_only += 1
         else:
             return str(run)

@@ -19,8 +19,8 @@ import pandas as pd
 
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.files import atomic_path, write_json
-from mlkit.runs import run_paths
-from mlkit.tuning.config import OBJECTIVES, TopConfig
+from mlkit.runs import branch_of, run_paths
+from mlkit.tuning.config import OBJECTIVES
 
 PROGRESS = "progress.jsonl"
 SUMMARY = "summary.csv"
@@ -130,7 +130,8 @@ def caption_columns(config):
     """The caption branch's settings for a summary row; none for an image-only run."""
     if not config.get("text"):
         return {}
-    return {"branch": TopConfig.from_dict(config).branch, **{key: config[key] for key in ("text", "text_units", "embed_dim")}}
+    # The record's own fields, not a TopConfig: a summary lists every record, even one that no longer validates.
+    return {"branch": branch_of(config.get("text"), config.get("text_only")), **{key: config[key] for key in ("text", "text_units", "embed_dim")}}
 
 
 def write_summary(frame, folder):
