@@ -47,7 +47,7 @@ def add_top_options(parser, plural):
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     parser.add_argument("--top-pool", default="flatten", help=f"raw feature maps only: flatten|avg|max ({kind})")
     parser.add_argument("--augmented", action="store_true", help="also train on the cache's augmented views")
-    parser.add_argument("--max-memory", default="4G", help="stream features from HDF5 above this size (default 4G)")
+    parser.add_argument("--max-memory", default="4G", help="hold the features in memory up to this size (in their stored dtype: float16 caches take half), and stream them from HDF5 above it (default 4G)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
 
@@ -84,8 +84,10 @@ def add_tune_top(subparsers):
 
 
 def run_tune_top(args):
+    from mlkit.tuning.data import keep_freed_memory
     from mlkit.tuning.search import tune_top
 
+    keep_freed_memory()  # the command owns its process: let a streamed epoch run at the in-memory speed
     tune_top(
         args.cache, args.workdir, layers=args.layers, units=args.units, reg=args.reg, lr=args.lr, batch=args.batch,
         loss=args.loss, optimizer=args.optimizer, schedule=args.schedule, top_pool=args.top_pool, epochs=args.epochs,
@@ -137,8 +139,10 @@ def add_lr_find(subparsers):
 
 
 def run_lr_find(args):
+    from mlkit.tuning.data import keep_freed_memory
     from mlkit.tuning.lr_range import lr_find
 
+    keep_freed_memory()
     lr_find(
         args.cache, args.workdir, layers=args.layers, units=args.units, reg=args.reg, batch=args.batch,
         loss=args.loss, optimizer=args.optimizer, momentum=args.momentum, top_pool=args.top_pool,
