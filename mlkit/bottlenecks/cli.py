@@ -3,6 +3,7 @@
 import argparse
 
 from mlkit.backbones import BACKBONES, POOLING, PREPROCESSING
+from mlkit.bottlenecks.cache import FEATURE_DTYPES
 from mlkit.vocabulary import TASKS
 
 EPILOG = """\
@@ -48,6 +49,7 @@ def register(subparsers):
     parser.add_argument("--preprocess", choices=PREPROCESSING, default="inet", help="inet: the backbone's own preprocess_input; zmuv: per-channel zero mean, unit variance fitted on the training split; zmuvs: each image standardised on its own (default: inet)")
     parser.add_argument("--pooling", choices=POOLING, default="avg", help="avg or max: global pooling to a vector; none: keep raw feature maps (N x H x W x C) (default: avg)")
     parser.add_argument("--augment-copies", type=int, default=0, metavar="K", help="also cache K augmented views (flip, rotation, zoom, shifts) of each training image (default: 0)")
+    parser.add_argument("--dtype", choices=FEATURE_DTYPES, default="float32", help="how features are stored: float16 takes half the disk and memory, and tune-top still trains in float32; backbones whose features fall outside float16's range (6.1e-05 to 65504, e.g. random-weight mobilenetv2) are refused (default: float32)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per backbone call (default: 64)")
     parser.add_argument("--dataset", default=None, help="dataset name, the first run-name field (default: the manifest's folder name)")
     parser.add_argument("--subset", default=None, help="subset name, the second run-name field (default: the manifest file's stem, or 'all')")
@@ -97,7 +99,7 @@ def run(args):
         batch_size=args.batch_size, dataset=args.dataset, subset=args.subset, task=args.task,
         allow_unlabelled=args.allow_unlabelled, background=args.background, strict=args.strict,
         overwrite=args.overwrite, zmuv_samples=args.zmuv_samples, seed=args.seed, progress=not args.no_progress,
-        captions=args.captions, num_words=args.num_words, max_len=args.max_len, shard=args.shard,
+        captions=args.captions, num_words=args.num_words, max_len=args.max_len, shard=args.shard, dtype=args.dtype,
     )
     rate = result.computed / result.seconds if result.seconds else 0.0
     print(f"cache: {result.path}")

@@ -23,6 +23,7 @@ import logging
 import time
 
 from mlkit.backbones import PREPROCESSING, build_backbone, feature_extractor, get_backbone
+from mlkit.bottlenecks.cache import FEATURE_DTYPES
 from mlkit.bottlenecks.pipeline import compiled_forward
 from mlkit.bottlenecks.plan import (
     CachePlan, cache_name, cache_settings, caption_tokens, check_same_settings, name_fields,
@@ -46,7 +47,7 @@ def cache_features(
     preprocess="inet", pooling="avg", augment_copies=0, batch_size=64, dataset=None, subset=None,
     task=None, allow_unlabelled=False, background="white", strict=False, overwrite=False,
     zmuv_samples=1000, seed=0, progress=True, on_batch=None, captions=False, num_words=10000, max_len=None,
-    shard=None,
+    shard=None, dtype="float32",
 ):
     """Caches a frozen backbone's features for every row of a manifest (or one shard of its rows).
 
@@ -86,12 +87,17 @@ def cache_features(
             shard i of n, to `<name>.shard-i-of-n.h5` (mlkit.bottlenecks.shards);
             `merge_shards` joins the n shards. With zmuv, the statistics must
             have been fitted first (`fit_zmuv_stats`). Defaults to None (every row).
+        dtype: how features and views are stored: "float32", or "float16" for
+            half the disk and memory (tune-top still trains in float32). Features
+            outside float16's range (e.g. a random-weight MobileNetV2's, about
+            1e-12) are refused. Defaults to "float32".
 
     Returns:
         A `CacheResult`.
     """
     started = time.perf_counter()
     check_choice(preprocess, PREPROCESSING, "preprocessing")
+    check_choice(dtype, FEATURE_DTYPES, "feature dtype")
     if augment_copies < 0 or batch_size < 1:
         raise MlkitError(f"--augment-copies must be >= 0 and --batch-size >= 1 (got {augment_copies}, {batch_size})")
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
@@ -105,7 +111,8 @@ def cache_features(
         name = final.name[: -len(".h5")]
     with hold_lock(final.with_name(f"{name}.lock"), f"cache {final}"):
         model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
-        settings = cache_settings(backbone, weights, info["image_size"], preprocess, pooling, background, augment_copies)
+        settings = cache_settings(backbone, weights, info["image_size"], preprocess, pooling, background, augment_copies,
+                                  dtype)
         check_same_settings(final, settings, overwrite)
         plan = CachePlan(table, settings, info, seed, final, text, whole=whole, shard=shard, dataset=fields[0],
                          subset=fields[1])

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from mlkit.backbones import get_backbone
-from mlkit.bottlenecks.cache import partial_path, read_attrs
+from mlkit.bottlenecks.cache import DEFAULT_DTYPE, partial_path, read_attrs
 from mlkit.bottlenecks.pipeline import progress_bar
 from mlkit.bottlenecks.shards import read_zmuv_stats, shard_rows, stats_path
 from mlkit.errors import CacheError
@@ -30,7 +30,7 @@ from mlkit.images import ImageReadError, decode_image, parse_background, read_by
 # Bump when the way features are computed from the same inputs changes.
 FEATURE_VERSION = 1
 # Settings that a same-named cache must share; the name holds the others.
-IDENTITY_SETTINGS = ("backbone", "weights", "image_size", "preprocess", "pooling", "background")
+IDENTITY_SETTINGS = ("backbone", "weights", "image_size", "preprocess", "pooling", "background", "dtype")
 
 
 @dataclass
@@ -114,12 +114,12 @@ def cache_name(manifest_path, backbone, preprocess, pooling, dataset=None, subse
     return "_".join(name_fields(manifest_path, backbone, preprocess, pooling, dataset, subset))
 
 
-def cache_settings(backbone, weights, image_size, preprocess, pooling, background, augment_copies):
+def cache_settings(backbone, weights, image_size, preprocess, pooling, background, augment_copies, dtype=DEFAULT_DTYPE):
     """The settings that change a cache's features, as stored in its attributes."""
     return {
         "backbone": get_backbone(backbone).name, "weights": str(weights), "image_size": int(image_size),
         "preprocess": preprocess, "pooling": pooling, "background": ",".join(map(str, parse_background(background))),
-        "augment_copies": int(augment_copies),
+        "augment_copies": int(augment_copies), "dtype": dtype,
     }
 
 
@@ -129,7 +129,7 @@ def check_same_settings(final, settings, overwrite):
         return
     try:
         with h5py.File(final, "r") as h5:
-            old = read_attrs(h5)
+            old = {"dtype": DEFAULT_DTYPE, **read_attrs(h5)}
     except OSError:
         return
     changed = [f"{key} {old.get(key)!r} -> {settings[key]!r}" for key in IDENTITY_SETTINGS if str(old.get(key)) != str(settings[key])]
@@ -189,6 +189,8 @@ class CachePlan:
                                    or read_zmuv_stats(self.whole, self.settings) or self.fit_zmuv(samples, progress))
         payload = dict(self.settings, weights_sha256=self.info["weights_sha256"], zmuv_mean=self.mean,
                        zmuv_std=self.std, feature_version=FEATURE_VERSION, seed=self.seed if self.settings["weights"].lower() == "none" else None)
+        if payload["dtype"] == DEFAULT_DTYPE:  # so caches made before --dtype keep their fingerprint and rows
+            del payload["dtype"]
         self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _shared_zmuv(self):

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from mlkit import __version__
-from mlkit.bottlenecks.cache import FORMAT_VERSION, create_datasets, read_attrs, write_attrs, write_tokens
+from mlkit.bottlenecks.cache import FORMAT_VERSION, as_stored, create_datasets, read_attrs, write_attrs, write_tokens
 from mlkit.bottlenecks.pipeline import image_batches, progress_bar
 from mlkit.bottlenecks.plan import FEATURE_VERSION, copy_reusable, open_sources
 from mlkit.errors import CacheError
@@ -127,7 +127,7 @@ class CacheWriter:
     def expected_size(self):
         """Bytes the partial cache takes: its features and views are allocated when it is created."""
         plan = self.plan
-        per_row = 4 * int(np.prod(plan.info["feature_shape"]))
+        per_row = np.dtype(plan.settings["dtype"]).itemsize * int(np.prod(plan.info["feature_shape"]))
         strings = sum(len(p) for p in plan.paths) + 256 * len(plan.paths)
         return per_row * (len(plan.paths) + int(plan.views.sum())) + strings + (64 << 10)
 
@@ -138,6 +138,7 @@ class CacheWriter:
             h5, num_rows=len(plan.paths), feature_shape=plan.info["feature_shape"], task=table.task,
             num_labels=labels.shape[1] if labels.ndim > 1 else 0,
             augment_copies=plan.settings["augment_copies"], captions=table.captions() is not None,
+            dtype=plan.settings["dtype"],
         )
         if len(plan.paths):
             h5["labels"][...] = labels
@@ -196,12 +197,15 @@ class CacheWriter:
 
     def _write_batch(self, h5, batch, remaining):
         rows, views, shas, ok, pixels = batch
-        features = self.forward(pixels)
-        clean = np.flatnonzero(ok & (views == 0))
+        dtype = self.plan.settings["dtype"]
+        # Unreadable images (not ok) are left out: their blank pixels' features are never stored.
+        features = as_stored(self.forward(pixels)[ok], dtype, f"--dtype {dtype}")
+        rows, views, shas = rows[ok], views[ok], shas[ok]
+        clean = np.flatnonzero(views == 0)
         if len(clean):  # rows arrive in increasing order: one write per dataset per batch
             write_rows(h5["features"], rows[clean], features[clean])
         finished, finished_shas = [], []
-        for i in np.flatnonzero(ok):
+        for i in range(len(rows)):
             row, view = int(rows[i]), int(views[i])
             if view:
                 h5["augmented"][row, view - 1] = features[i]
@@ -265,7 +269,7 @@ def write_summary(plan, result, name):
     splits = {s or "(none)": int(((plan.splits == s) & done).sum()) for s in sorted(set(plan.splits))}
     summary = {"name": name, "path": str(plan.final), **{k: attrs.get(k) for k in (
         "task", "label_names", "target_names", "backbone", "weights", "weights_sha256", "image_size", "preprocess",
-        "pooling", "augment_copies", "background", "zmuv_mean", "zmuv_std", "manifest_path", "manifest_sha256", "versions")},
+        "pooling", "augment_copies", "background", "dtype", "zmuv_mean", "zmuv_std", "manifest_path", "manifest_sha256", "versions")},
         "feature_shape": plan.info["feature_shape"], "rows": result["rows"], "rows_done": int(done.sum()), "rows_by_split": splits,
         "computed": result["computed"], "reused": result["reused"], "skipped": result["skipped"],
         "seconds": round(result["seconds"], 2)}

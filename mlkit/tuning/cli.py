@@ -50,7 +50,8 @@ def add_data_options(parser):
     """Where the features come from and where files go, for tune-top and lr-find."""
     parser.add_argument("--augmented", action="store_true", help="also train on the cache's augmented views")
     parser.add_argument("--max-memory", default=MAX_MEMORY,
-                        help=f"stream features from HDF5 above this size (default {MAX_MEMORY})")
+                        help="hold the features in memory up to this size (in their stored dtype: float16 caches "
+                             f"take half), and stream them from HDF5 above it (default {MAX_MEMORY})")
     parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
 
 
@@ -76,8 +77,10 @@ def add_tune_top(subparsers):
 
 
 def run_tune_top(args):
+    from mlkit.tuning.data import keep_freed_memory
     from mlkit.tuning.search import tune_top
 
+    keep_freed_memory()  # the command owns its process: let a streamed epoch run at the in-memory speed
     tune_top(
         args.cache, args.workdir, **given(args, GRID_AXES + CAPTION_AXES + TRAINING), text_only=args.text_only,
         augmented=args.augmented, max_memory=args.max_memory, chief=args.chief, worker=args.worker,
@@ -126,8 +129,10 @@ def add_lr_find(subparsers):
 
 
 def run_lr_find(args):
+    from mlkit.tuning.data import keep_freed_memory
     from mlkit.tuning.lr_range import lr_find
 
+    keep_freed_memory()
     lr_find(
         args.cache, args.workdir, **given(args, LR_FIND), start_lr=args.start_lr, end_lr=args.end_lr,
         steps=args.steps, diverge=args.diverge, augmented=args.augmented, max_memory=args.max_memory,
