@@ -23,7 +23,7 @@ import dataclasses
 LIST_NOTE = "comma-separated list"
 
 
-def option(default, help, *, choices=None, const=None, shown=None):
+def option(default, help, *, choices=None, const=None, shown=None, metavar=None):
     """A dataclass field that is also a command-line option.
 
     Args:
@@ -34,8 +34,9 @@ def option(default, help, *, choices=None, const=None, shown=None):
             flag sets (e.g. `--sample-weights` sets "balanced"). Defaults to None.
         shown: the default to print when `default` means "not set" (e.g.
             "bilstm" for a caption branch that is off unless asked for).
+        metavar: the value's name in the usage line. Defaults to argparse's.
     """
-    metadata = {"help": help, "choices": choices, "const": const, "shown": shown}
+    metadata = {"help": help, "choices": choices, "const": const, "shown": shown, "metavar": metavar}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -104,7 +105,7 @@ def add_options(parser, config_class, names=None, *, lists=(), exclude=()):
             parser.add_argument(flag, default=None, help=f"{text} ({LIST_NOTE}; default {shown_default(field)})")
         else:
             kind = field.type if field.type in (int, float, str) else str
-            parser.add_argument(flag, type=kind, default=default, choices=meta["choices"],
+            parser.add_argument(flag, type=kind, default=default, choices=meta["choices"], metavar=meta["metavar"],
                                 help=f"{text} (default {shown_default(field)})")
     return parser
 

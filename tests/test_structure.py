@@ -167,3 +167,20 @@ def test_atomic_folder_keeps_the_old_folder_when_writing_fails(tmp_path):
         partial.mkdir()
         (partial / "v").write_text("3")
     assert (target / "v").read_text() == "3"
+
+
+def test_cache_features_takes_its_defaults_and_checks_from_cache_options():
+    from mlkit.bottlenecks.cli import register
+    from mlkit.bottlenecks.extract import cache_features, fit_zmuv_stats
+    from mlkit.bottlenecks.options import CacheOptions
+
+    defaults = defaults_of(CacheOptions)
+    for function in (cache_features, fit_zmuv_stats):
+        parameters = inspect.signature(function).parameters
+        for name in set(parameters) & set(defaults) - {"preprocess"}:
+            assert parameters[name].default == defaults[name], (function.__name__, name)
+    args = parse(register, ["cache-features", "manifest.csv"])
+    assert {name: getattr(args, name) for name in defaults} == defaults
+    for bad in (dict(batch_size=0), dict(augment_copies=-1), dict(dtype="int8"), dict(pooling="sum")):
+        with pytest.raises(MlkitError):
+            CacheOptions(**bad)

@@ -22,8 +22,8 @@ mlkit.bottlenecks.pipeline, and mlkit.bottlenecks.write writes the file.
 import logging
 import time
 
-from mlkit.backbones import PREPROCESSING, build_backbone, feature_extractor, get_backbone
-from mlkit.bottlenecks.cache import FEATURE_DTYPES
+from mlkit.backbones import build_backbone, feature_extractor, get_backbone
+from mlkit.bottlenecks.options import CacheOptions
 from mlkit.bottlenecks.pipeline import compiled_forward
 from mlkit.bottlenecks.plan import (
     CachePlan, cache_name, cache_settings, caption_tokens, check_same_settings, name_fields,
@@ -31,7 +31,8 @@ from mlkit.bottlenecks.plan import (
 from mlkit.bottlenecks.shards import parse_shard, shard_path, write_zmuv_stats
 from mlkit.bottlenecks.write import CacheResult, CacheWriter, write_summary
 from mlkit.data.manifest import read_manifest
-from mlkit.errors import MlkitError, check_choice
+from mlkit.errors import MlkitError
+from mlkit.options import defaults_of
 from mlkit.files import stage_folder
 from mlkit.locks import hold_lock
 
@@ -40,14 +41,18 @@ from mlkit.locks import hold_lock
 __all__ = ["CacheResult", "cache_features", "cache_name", "caption_tokens", "fit_zmuv_stats"]
 
 log = logging.getLogger(__name__)
+# The keyword defaults are CacheOptions' (mlkit.options): written once, there.
+CACHE = defaults_of(CacheOptions)
 
 
 def cache_features(
-    manifest, workdir=".", *, backbone="mobilenetv2", weights="imagenet", image_size=None,
-    preprocess="inet", pooling="avg", augment_copies=0, batch_size=64, dataset=None, subset=None,
-    task=None, allow_unlabelled=False, background="white", strict=False, overwrite=False,
-    zmuv_samples=1000, seed=0, progress=True, on_batch=None, captions=False, num_words=10000, max_len=None,
-    shard=None, dtype="float32",
+    manifest, workdir=".", *, backbone=CACHE["backbone"], weights=CACHE["weights"], image_size=CACHE["image_size"],
+    preprocess=CACHE["preprocess"], pooling=CACHE["pooling"], augment_copies=CACHE["augment_copies"],
+    batch_size=CACHE["batch_size"], dataset=CACHE["dataset"], subset=CACHE["subset"], task=CACHE["task"],
+    allow_unlabelled=CACHE["allow_unlabelled"], background=CACHE["background"], strict=CACHE["strict"],
+    overwrite=CACHE["overwrite"], zmuv_samples=CACHE["zmuv_samples"], seed=CACHE["seed"], progress=True,
+    on_batch=None, captions=CACHE["captions"], num_words=CACHE["num_words"], max_len=CACHE["max_len"], shard=None,
+    dtype=CACHE["dtype"],
 ):
     """Caches a frozen backbone's features for every row of a manifest (or one shard of its rows).
 
@@ -96,10 +101,9 @@ def cache_features(
         A `CacheResult`.
     """
     started = time.perf_counter()
-    check_choice(preprocess, PREPROCESSING, "preprocessing")
-    check_choice(dtype, FEATURE_DTYPES, "feature dtype")
-    if augment_copies < 0 or batch_size < 1:
-        raise MlkitError(f"--augment-copies must be >= 0 and --batch-size >= 1 (got {augment_copies}, {batch_size})")
+    CacheOptions(backbone=backbone, weights=weights, image_size=image_size, preprocess=preprocess, pooling=pooling,
+                 augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
+                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len)  # checks them
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     fields = name_fields(manifest, backbone, preprocess, pooling, dataset, subset)
@@ -129,8 +133,10 @@ def cache_features(
 
 
 def fit_zmuv_stats(
-    manifest, workdir=".", *, backbone="mobilenetv2", image_size=None, preprocess="zmuv", pooling="avg",
-    dataset=None, subset=None, task=None, allow_unlabelled=False, background="white", zmuv_samples=1000, progress=True,
+    manifest, workdir=".", *, backbone=CACHE["backbone"], image_size=CACHE["image_size"], preprocess="zmuv",
+    pooling=CACHE["pooling"], dataset=CACHE["dataset"], subset=CACHE["subset"], task=CACHE["task"],
+    allow_unlabelled=CACHE["allow_unlabelled"], background=CACHE["background"], zmuv_samples=CACHE["zmuv_samples"],
+    progress=True,
 ):
     """Fits zmuv statistics once on the whole manifest for its sharded cache: `<name>.zmuv.json`.
 
