@@ -5,8 +5,9 @@ pretrained MobileNetV2 (../shared/pretrained, 96 px). Two label sets come from t
 level a label (multilabel, `mlkit data from-folders --labels path`) and the first level as the class
 (multiclass). Errors are injected into 5% of the rows (multilabel: one true label dropped or one
 false label added; multiclass: the class flipped), the audit runs with its defaults (k = 5 folds),
-and mlkit's top-n rows (n = the number injected) are compared with cleanlab's `find_label_issues`
-ranked by self-confidence on the same out-of-fold scores, as is each method's own flag set. Then the
+and mlkit's flags are compared with cleanlab's `find_label_issues` (prune by noise rate, ranked by
+self-confidence) on the same out-of-fold scores: each method's n most likely flags (n = the number
+injected), and its whole flag set. Then the
 clean multilabel cache is audited as it is, and its label-error contact sheet is copied to --sheet.
 
     python benchmarks/audit_quality.py --seeds 3 --sheet docs/audit_stamps_label_errors.png
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from audit_data import PRETRAINED, inject_label_errors, precision_recall  # noqa: E402
+from audit_data import PRETRAINED, cleanlab_ranked_flags, inject_label_errors, precision_recall, ranked_flags  # noqa: E402
 
 import mlkit  # noqa: E402
 from mlkit.bottlenecks.cache import open_cache, write_cache  # noqa: E402
@@ -49,9 +50,10 @@ def stamps_caches(workdir):
 
 
 def compare(cache, workdir, seed):
-    """One injection: (mlkit at n, cleanlab at n, mlkit's own flags, cleanlab's own flags), each (P, R, count)."""
-    from cleanlab.filter import find_label_issues
+    """One injection: (mlkit at n, cleanlab at n, mlkit's flags, cleanlab's flags), each (P, R, count).
 
+    "At n": each method's flagged rows, most likely wrong first, cut at n = the number injected.
+    """
     task, rows = cache.task, cache.indices()
     labels, injected = inject_label_errors(cache.read("labels", rows), task, share=0.05, seed=seed)
     noisy = workdir / f"seed{seed}" / "bottlenecks" / f"{cache.name}.h5"
@@ -60,12 +62,8 @@ def compare(cache, workdir, seed):
                 image=cache.read("image", rows), attrs={"task": task, "label_names": cache.label_names})
     scores = np.load(mlkit.audit(noisy, workdir=noisy.parents[1]).folder / "scores.npz")
     n = len(injected)
-    given = [np.flatnonzero(row).tolist() for row in labels] if task == "multilabel" else labels
-    ranked = find_label_issues(given, scores["oof_scores"], multi_label=task == "multilabel",
-                               return_indices_ranked_by="self_confidence")
-    mine = np.argsort(-scores["label_score"], kind="stable")
-    flagged = np.flatnonzero(scores["label_flagged"])
-    return [(*precision_recall(found, injected), len(found)) for found in (mine[:n], ranked[:n], flagged, ranked)]
+    mine, theirs = ranked_flags(scores), cleanlab_ranked_flags(task, labels, scores["oof_scores"])
+    return [(*precision_recall(found, injected), len(found)) for found in (mine[:n], theirs[:n], mine, theirs)]
 
 
 def main():
@@ -76,7 +74,7 @@ def main():
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="audit_quality_"))
     multilabel, multiclass = stamps_caches(workdir)
-    print("task        seed  n   mlkit@n P/R   cleanlab@n P/R   mlkit flags (P/R, count)   cleanlab flags")
+    print("task        seed  n   mlkit@n P/R   cleanlab@n P/R   mlkit flags (P/R, count)   cleanlab flags (P/R, count)")
     for cache in (multilabel, multiclass):
         for seed in range(args.seeds):
             at_n, theirs_n, own, theirs = compare(cache, workdir, seed)

@@ -1,4 +1,5 @@
-"""Test data for the audit: the synthetic set with planted near duplicates, and injected label errors.
+"""Test data for the audit: the synthetic set with planted near duplicates, injected label errors, and
+the flags compared with cleanlab's.
 
 Shared by tests/test_audit*.py and benchmarks/audit_quality.py.
 """
@@ -11,15 +12,18 @@ import pandas as pd
 from PIL import Image
 
 PRETRAINED = Path(__file__).resolve().parents[1].parent / "shared" / "pretrained" / "mobilenetv2_nsfwjs.weights.h5"
-VARIANTS = ("jpeg75", "resize80", "crop5")
+# One copy per edit the issue names, and one with all three at once.
+VARIANTS = ("jpeg75", "resize80", "crop5", "all3")
 
 
 def variant(image, kind):
-    """The image re-encoded as JPEG q75, resized by 0.8, or cropped by 5% (2.5% off each side).
+    """The image re-encoded as JPEG q75, resized by 0.8, cropped by 5% (2.5% off each side), or all three.
 
-    Transparency is kept, except in the JPEG, which is composited on white as cache-features does.
+    Transparency is kept, except in the JPEGs, which are composited on white as cache-features does.
     """
     image = image.convert("RGBA")
+    if kind == "all3":
+        return variant(variant(variant(image, "resize80"), "crop5"), "jpeg75")
     if kind == "jpeg75":
         flat = Image.new("RGBA", image.size, "white")
         flat.alpha_composite(image)
@@ -43,12 +47,13 @@ def plant_near_duplicates(manifest_path, sources, seed=0):
     rng = np.random.default_rng(seed)
     splits = ("train", "val", "test")
     added, groups = [], []
+    (manifest_path.parent / "images").mkdir(exist_ok=True)
     for source in sources:
         row = table.iloc[source]
         group = [int(source)]
         with Image.open(manifest_path.parent / row["image"]) as image:
             for kind in VARIANTS:
-                name = f"images/{Path(row['image']).stem}_{kind}.{'jpg' if kind == 'jpeg75' else 'png'}"
+                name = f"images/{source}_{Path(row['image']).stem}_{kind}.{'jpg' if kind in ('jpeg75', 'all3') else 'png'}"
                 variant(image, kind).save(manifest_path.parent / name)
                 copy = row.copy()
                 copy["image"] = name
@@ -85,3 +90,20 @@ def precision_recall(flagged_rows, true_rows):
     flagged, true = set(map(int, flagged_rows)), set(map(int, true_rows))
     hits = len(flagged & true)
     return hits / max(len(flagged), 1), hits / max(len(true), 1)
+
+
+def ranked_flags(scores):
+    """mlkit's flagged rows, most likely wrong first."""
+    flagged = np.flatnonzero(scores["label_flagged"])
+    return flagged[np.argsort(-scores["label_score"][flagged], kind="stable")]
+
+
+def cleanlab_ranked_flags(task, labels, oof_scores):
+    """cleanlab's `find_label_issues` flags (its default: prune by noise rate), ranked by self-confidence."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.multilabel_classification.filter import find_label_issues as find_multilabel_issues
+
+    if task == "multilabel":
+        return find_multilabel_issues([np.flatnonzero(row).tolist() for row in labels], oof_scores,
+                                      return_indices_ranked_by="self_confidence", n_jobs=1)
+    return find_label_issues(labels, oof_scores, return_indices_ranked_by="self_confidence", n_jobs=1)

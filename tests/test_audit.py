@@ -6,15 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from audit_data import plant_near_duplicates
 from mlkit.auditing import duplicates
 from mlkit.auditing.apply import apply_corrections, read_duplicate_groups
 from mlkit.auditing.config import AuditConfig
 from mlkit.auditing.findings import robust_z
 from mlkit.auditing.labels import multiclass_quality, multilabel_quality, regression_quality
+from mlkit.auditing import neighbours
 from mlkit.auditing.neighbours import without_self
 from mlkit.bottlenecks.cache import write_cache
 from mlkit.cli import main
 from mlkit.data.manifest import read_manifest, write_manifest
+from mlkit.data.synth import synthesize
 from mlkit.data.split import split_by_groups, split_manifest
 from mlkit.errors import MlkitError
 
@@ -45,6 +48,17 @@ def test_without_self_drops_own_id_wherever_it_ranks():
     ids = np.array([[3, 0, 2], [4, 5, 6]])
     kept_sims, kept_ids = without_self(sims, ids, np.array([0, 1]), 2)
     assert kept_ids.tolist() == [[3, 2], [4, 5]]
+
+
+def test_inverted_file_search_finds_planted_pairs(monkeypatch):
+    """Above EXACT_MAX_ROWS the search is approximate (an inverted file); close pairs are still found."""
+    monkeypatch.setattr(neighbours, "EXACT_MAX_ROWS", 100)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 24)).astype(np.float32)
+    vectors[1500:1600] = vectors[:100] + 0.05 * rng.normal(size=(100, 24))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarities, positions = neighbours.nearest_in_memory(vectors, 5)
+    assert (positions[:100, 0] == np.arange(1500, 1600)).all() and (similarities[:100, 0] > 0.99).all()
 
 
 def test_multiclass_quality_flags_flips_and_suggests_the_confident_class():
@@ -93,6 +107,8 @@ def test_robust_z_ignores_the_outliers_themselves():
 
 
 def test_config_rejects_bad_values():
+    with pytest.raises(MlkitError, match="near-feature-threshold 1.5"):
+        AuditConfig(near_feature_threshold=1.5)
     with pytest.raises(MlkitError, match="folds 1"):
         AuditConfig(folds=1)
     with pytest.raises(MlkitError, match="outlier-k 20"):
@@ -153,6 +169,10 @@ def test_audit_cli_reports_leaks_first_and_every_planted_finding(workspace):
     assert kinds == sorted(kinds, key=["leak", "conflict", "duplicate", "label_error", "outlier"].index)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["findings"]["leak"] == 1 and summary["manifest"] == str(workspace["manifest"])
+    # The images are not there: every near pair comes from the features, and the summary says so.
+    assert summary["near_duplicates"]["rows_by_features"] == 120
+    assert summary["near_duplicates"]["unusable_images"] == {"missing file": 120}
+    assert conflict["detail"].iloc[0].startswith("by features")
     for kind in ("leak", "conflict", "label_error", "outlier"):
         assert (folder / f"{kind}.png").stat().st_size > 1000
     assert not list(folder.glob(".*tmp*"))
@@ -213,3 +233,31 @@ def test_split_by_groups_keeps_existing_splits():
     folds = split_by_groups(row_labels, 3, [0.6, 0.2, 0.2], assigned, groups, seed=0)
     assert folds[[0, 5, 9]].tolist() == [2, 2, 2] and folds[1] == folds[2]
     assert set(folds) == {0, 1, 2}
+
+
+def test_near_duplicates_by_thumbnails_and_by_features_where_an_image_is_missing(tmp_path):
+    """Planted copies are found by their pixels though their features are unrelated; a row whose
+    image has gone is compared by features."""
+    import mlkit
+
+    manifest = synthesize(tmp_path / "data", task="multiclass", n=30, size=64, seed=0)
+    groups = plant_near_duplicates(manifest, [0, 10])
+    table = read_manifest(manifest)
+    n = len(table.rows)
+    features = np.random.default_rng(0).normal(size=(n, 16))
+    features[5] = features[6] + 0.001
+    (manifest.parent / table.rows["image"][5]).unlink()
+    cache = tmp_path / "bottlenecks" / "copies_all_x_inet_avg.h5"
+    cache.parent.mkdir()
+    write_cache(cache, features=features, labels=table.label_array(), split=[""] * n, image=table.rows["image"],
+                attrs={"task": "multiclass", "label_names": table.label_names, "manifest_root": str(manifest.parent)})
+    result = mlkit.audit(cache, workdir=tmp_path, folds=0)
+    near = result.issues[result.issues["match"] == "near"]
+    by_pixels = {tuple(sorted(pair)) for pair, detail in zip(near[["row", "partner_row"]].values.tolist(), near["detail"])
+                 if detail.startswith("by thumbnails")}
+    assert by_pixels == {(a, b) for group in groups for a in group for b in group if a < b}
+    by_features = near[near["detail"].str.startswith("by features")]
+    assert sorted(by_features[["row", "partner_row"]].values.tolist()[0]) == [5, 6] and len(by_features) == 1
+    record = result.summary["near_duplicates"]
+    assert record["thumbnails"] == "images" and record["rows_by_features"] == 1
+    assert record["unusable_images"] == {"missing file": 1} and record["pairs"] == {"thumbnails": 20, "features": 1}

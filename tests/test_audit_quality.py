@@ -1,7 +1,8 @@
 """The audit's quality: near duplicates on real features, label errors against cleanlab.
 
 Near duplicates are planted in the synthetic set and cached with the pretrained MobileNetV2 in
-../shared/pretrained (the file must be there: a missing one fails). The label checks run on
+../shared/pretrained (the file must be there: a missing one fails); the audit finds them by pixel
+thumbnails, so the backbone only has to be the one the issue names. The label checks run on
 hand-made features that a top model can learn (out-of-fold accuracy about 0.9), so that finding
 the injected errors is possible at all; on the synthetic set with these weights the out-of-fold
 accuracy is about 0.75 and every method, cleanlab's too, ranks the injected 5% near chance.
@@ -11,10 +12,7 @@ benchmarks/audit_quality.py runs the same comparison on the Tux Paint stamps wit
 import numpy as np
 import pytest
 
-from audit_data import PRETRAINED, inject_label_errors, plant_near_duplicates, precision_recall
-from mlkit.auditing import duplicates
-from mlkit.auditing.config import AuditConfig
-from mlkit.auditing.neighbours import nearest_neighbours
+from audit_data import cleanlab_ranked_flags, inject_label_errors, plant_near_duplicates, precision_recall, ranked_flags
 from mlkit.bottlenecks.cache import open_cache, write_cache
 from mlkit.bottlenecks.extract import cache_features
 from mlkit.data.synth import synthesize
@@ -23,40 +21,45 @@ SIZE = 192
 ROWS = 300
 
 
-def pretrained_cache(folder, task, plant=False):
-    assert PRETRAINED.exists(), f"the pretrained weights are missing: {PRETRAINED} (see ../shared/pretrained/README.md)"
+def pretrained_cache(folder, task, weights, plant=False):
     manifest = synthesize(folder, task=task, n=ROWS, size=SIZE, seed=0)
     groups = plant_near_duplicates(manifest, range(0, ROWS, ROWS // 40)) if plant else []
-    result = cache_features(manifest, folder, backbone="mobilenetv2", weights=str(PRETRAINED), image_size=96,
-                            progress=False)
+    result = cache_features(manifest, folder, backbone="mobilenetv2", weights=weights, image_size=96, progress=False)
     return open_cache(result.path), groups
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    return pretrained_cache(tmp_path_factory.mktemp("multilabel"), "multilabel", plant=True)
+def planted(tmp_path_factory, pretrained_mobilenetv2):
+    return pretrained_cache(tmp_path_factory.mktemp("multilabel"), "multilabel", pretrained_mobilenetv2, plant=True)
+
+
+def planted_pairs(groups):
+    return {(a, b) for group in groups for a in group for b in group if a < b}
+
+
+def found_near_pairs(issues):
+    near = issues[issues["match"] == "near"]
+    return {(min(a, b), max(a, b)) for a, b in zip(near["row"].astype(int), near["partner_row"].astype(int))}
 
 
 @pytest.mark.slow
-def test_near_duplicates_found_on_the_synthetic_set(planted):
-    """Planted copies (JPEG q75, 0.8 resize, 5% crop) of 40 images, found at the default threshold.
+def test_near_duplicates_found_on_the_synthetic_set(planted, tmp_path):
+    """Planted copies of 43 images (JPEG q75, 0.8 resize, 5% crop, and all three at once), found at the default threshold.
 
-    The issue asks for recall and precision >= 0.95. Pooled MobileNetV2 features at 96 px do not
-    separate these copies from the synthetic set's own look-alikes at any single threshold (best
-    min(recall, precision) about 0.63; JPEG and crop copies fall to cosine 0.3-0.6, while distinct
-    images of the same shapes reach 0.97; see BENCHMARKS.md), so this guards the measured level.
+    The issue's target: recall and precision >= 0.95 over every pair in a planted group. The cache
+    stores no thumbnails, so the audit reads them from the images; the copies are found by them.
     """
+    import mlkit
+
     cache, groups = planted
-    rows = cache.indices()
-    similarities, positions = nearest_neighbours(cache.path, rows, AuditConfig().neighbours)
-    exact = duplicates.exact_groups(cache.read("image_sha256", rows))
-    found_rows, found_partners, _ = duplicates.near_pairs(similarities, positions, AuditConfig().near_threshold, exact)
-    found = set(zip(found_partners.tolist(), found_rows.tolist()))
-    planted = {(a, b) for group in groups for a in group for b in group if a < b}
-    recall = len(found & planted) / len(planted)
-    precision = len(found & planted) / max(len(found), 1)
-    print(f"near duplicates: recall {recall:.3f} precision {precision:.3f} ({len(found)} pairs found, {len(planted)} planted)")
-    assert recall >= 0.45 and precision >= 0.65
+    result = mlkit.audit(cache.path, workdir=tmp_path, folds=0)
+    found, truth = found_near_pairs(result.issues), planted_pairs(groups)
+    recall = len(found & truth) / len(truth)
+    precision = len(found & truth) / max(len(found), 1)
+    print(f"near duplicates: recall {recall:.3f} precision {precision:.3f} ({len(found)} pairs found, {len(truth)} planted)")
+    assert recall >= 0.95 and precision >= 0.95
+    record = result.summary["near_duplicates"]
+    assert record["thumbnails"] == "images" and record["rows_by_features"] == 0
 
 
 def learnable_cache(tmp_path, task, rows=600, dims=32, seed=0):
@@ -79,11 +82,8 @@ def learnable_cache(tmp_path, task, rows=600, dims=32, seed=0):
 def label_check(tmp_path, task):
     """Injects errors into 5% of the rows, audits, and compares mlkit's and cleanlab's flags at that number.
 
-    Both rank the same out-of-fold scores (cleanlab's `find_label_issues`, ranked by self-confidence);
-    each method's own flag set is printed beside them.
+    Both flag and rank the same out-of-fold scores; each method's whole flag set is printed beside them.
     """
-    from cleanlab.filter import find_label_issues
-
     import mlkit
 
     path, clean, features, names = learnable_cache(tmp_path, task)
@@ -93,16 +93,11 @@ def label_check(tmp_path, task):
     result = mlkit.audit(path, workdir=tmp_path, folds=5)
     scores = np.load(result.folder / "scores.npz")
     n = len(injected)
-    mine = np.argsort(-scores["label_score"], kind="stable")[:n]
-    given = [np.flatnonzero(row).tolist() for row in labels] if task == "multilabel" else labels
-    ranked = find_label_issues(given, scores["oof_scores"], multi_label=task == "multilabel",
-                               return_indices_ranked_by="self_confidence")
-    mine_pr, theirs_pr = precision_recall(mine, injected), precision_recall(ranked[:n], injected)
-    own = precision_recall(np.flatnonzero(scores["label_flagged"]), injected)
-    flags = precision_recall(ranked, injected)
+    mine, theirs = ranked_flags(scores), cleanlab_ranked_flags(task, labels, scores["oof_scores"])
+    mine_pr, theirs_pr = precision_recall(mine[:n], injected), precision_recall(theirs[:n], injected)
+    own, flags = precision_recall(mine, injected), precision_recall(theirs, injected)
     print(f"{task}: at {n} flags, mlkit P/R {mine_pr[0]:.3f}/{mine_pr[1]:.3f}, cleanlab {theirs_pr[0]:.3f}/{theirs_pr[1]:.3f}; "
-          f"own flags: mlkit {int(scores['label_flagged'].sum())} P/R {own[0]:.3f}/{own[1]:.3f}, "
-          f"cleanlab {len(ranked)} P/R {flags[0]:.3f}/{flags[1]:.3f}")
+          f"all flags: mlkit {len(mine)} P/R {own[0]:.3f}/{own[1]:.3f}, cleanlab {len(theirs)} P/R {flags[0]:.3f}/{flags[1]:.3f}")
     assert mine_pr[0] >= theirs_pr[0] - 0.05 and mine_pr[1] >= theirs_pr[1] - 0.05
     return result
 
@@ -115,3 +110,26 @@ def test_multilabel_label_errors_as_good_as_cleanlab(tmp_path):
 
 def test_multiclass_label_errors_as_good_as_cleanlab(tmp_path):
     label_check(tmp_path, "multiclass")
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_flags_are_cleanlabs_on_random_scores(task):
+    """mlkit's prune by noise rate flags the same rows as cleanlab's default `find_label_issues`."""
+    from mlkit.auditing.labels import label_quality
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        rows, classes = int(rng.integers(30, 300)), int(rng.integers(2, 8))
+        if task == "multiclass":
+            labels = rng.integers(0, classes, rows)
+            labels[:classes] = np.arange(classes)
+            logits = rng.normal(scale=rng.uniform(0.5, 4), size=(rows, classes))
+            logits[np.arange(rows), labels] += rng.uniform(0, 3)
+            scores = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        else:
+            labels = (rng.random((rows, classes)) < rng.uniform(0.05, 0.5)).astype(np.uint8)
+            labels[0], labels[1] = 1, 0
+            scores = 1 / (1 + np.exp(-(rng.normal(scale=2, size=labels.shape) + 3 * (labels - 0.5))))
+        quality = label_quality(task, labels, scores, [f"c{j}" for j in range(classes)])
+        theirs = cleanlab_ranked_flags(task, labels, scores)
+        assert set(np.flatnonzero(quality.flagged)) == set(theirs.tolist()), f"trial {trial}"

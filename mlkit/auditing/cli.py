@@ -8,7 +8,7 @@ from mlkit.auditing.config import AuditConfig
 EPILOG = """\
 examples:
   mlkit audit bottlenecks/stamps_all_mobilenetv2_inet_avg.h5
-  mlkit audit CACHE --folds 0 --near-threshold 0.95       # duplicates and outliers only
+  mlkit audit CACHE --folds 0 --near-threshold 0.97       # duplicates and outliers only
   mlkit audit CACHE --top stamps_all_mobilenetv2_inet_avg_1x1024d5_lr11_b64   # fold tops with a tuned run's settings
   mlkit audit --apply audit/<cache>/issues.csv            # after filling its decision column
 
@@ -22,7 +22,9 @@ beside the original as <name>.audited.csv; the original is never overwritten.
 """
 
 HELP = {
-    "near_threshold": "cosine similarity (mean-centred features) at or above which two rows are near duplicates",
+    "near_threshold": "correlation of 8 x 8 pixel thumbnails at or above which two rows are near duplicates",
+    "near_feature_threshold": "cosine similarity (mean-centred features) for near duplicates where a row has no "
+                              "usable thumbnail (image missing, changed or one flat colour)",
     "neighbours": "nearest neighbours searched per row",
     "outlier_k": "neighbours whose mean cosine distance is a row's outlier score",
     "outlier_z": "robust z-score of that distance above which a row is an outlier",
@@ -41,7 +43,7 @@ HELP = {
 def register(subparsers):
     parser = subparsers.add_parser(
         "audit", help="find duplicates, split leaks, likely label errors and outliers in a cache",
-        description="Audit a bottleneck cache: exact duplicates (image sha256), near duplicates (feature cosine), "
+        description="Audit a bottleneck cache: exact duplicates (image sha256), near duplicates (pixel thumbnails), "
         "leaks across splits, likely label errors (out-of-fold scores of k-fold top models) and outliers.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cache", nargs="?", help="bottleneck cache (.h5) from cache-features")

@@ -27,8 +27,11 @@ class AuditConfig:
     """What the audit looks for, and how hard.
 
     Args:
-        near_threshold: cosine similarity (of mean-centred features) at or
-            above which two rows are near duplicates. Defaults to 0.92.
+        near_threshold: correlation of two rows' 8 x 8 pixel thumbnails at
+            or above which they are near duplicates. Defaults to 0.95.
+        near_feature_threshold: cosine similarity of mean-centred features at
+            or above which two rows are near duplicates, where either has no
+            usable thumbnail. Defaults to 0.92.
         neighbours: nearest neighbours searched per row. Defaults to 10.
         outlier_k: neighbours whose mean cosine distance is a row's outlier score. Defaults to 5.
         outlier_z: robust z-score (median and MAD of the outlier scores)
@@ -47,7 +50,8 @@ class AuditConfig:
         seed: seeds the folds and the fold models. Defaults to 0.
     """
 
-    near_threshold: float = 0.92
+    near_threshold: float = 0.95
+    near_feature_threshold: float = 0.92
     neighbours: int = 10
     outlier_k: int = 5
     outlier_z: float = 4.0
@@ -62,8 +66,9 @@ class AuditConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not -1.0 <= float(self.near_threshold) <= 1.0:
-            raise MlkitError(f"near threshold {self.near_threshold} is not a cosine similarity in [-1, 1]")
+        for name in ("near_threshold", "near_feature_threshold"):
+            if not -1.0 <= float(getattr(self, name)) <= 1.0:
+                raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} is not a cosine similarity in [-1, 1]")
         if self.folds == 1 or self.folds < 0:
             raise MlkitError(f"folds {self.folds}: use 2 or more (5 is usual), or 0 to skip the label check")
         for name in ("neighbours", "outlier_k", "units", "epochs", "batch"):

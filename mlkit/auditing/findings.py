@@ -52,8 +52,11 @@ def split_rank(split):
     return SPLITS.index(split) if split in SPLITS else len(SPLITS)
 
 
-def pair_frame(table, pairs, scores, match, text):
-    """Findings for duplicate pairs: leak, conflict or duplicate, oriented as the module says."""
+def pair_frame(table, pairs, scores, match, text, by=""):
+    """Findings for duplicate pairs: leak, conflict or duplicate, oriented as the module says.
+
+    `by` names what found each pair ("thumbnails" or "features"), for the detail; "" for exact pairs.
+    """
     split = table["split"]
     a, b = pairs[:, 0], pairs[:, 1]
     swap = np.array([split_rank(split[x]) < split_rank(split[y]) for x, y in zip(a, b)], dtype=bool)
@@ -62,8 +65,10 @@ def pair_frame(table, pairs, scores, match, text):
     cross = split[row] != split[partner]
     differ = np.array([g != p for g, p in zip(given, partner_given)], dtype=bool)
     kind = np.where(cross, "leak", np.where(differ, "conflict", "duplicate"))
-    detail = [f"{'labels differ; ' if d else ''}splits {split[r] or '-'}/{split[p] or '-'}" if c else
-              ("labels differ" if d else "") for r, p, c, d in zip(row, partner, cross, differ)]
+    by = np.broadcast_to(np.asarray(by, dtype=object), len(row))
+    detail = ["; ".join(part for part in (f"by {b}" if b else "", "labels differ" if d else "",
+                                          f"splits {split[r] or '-'}/{split[p] or '-'}" if c else "") if part)
+              for r, p, c, d, b in zip(row, partner, cross, differ, by)]
     return pd.DataFrame({
         "kind": kind, "match": match, "row": row, "score": scores,
         "suggested": [partner_given[i] if k == "conflict" else "" for i, k in enumerate(kind)], "detail": detail,
@@ -101,12 +106,12 @@ def collect(cache, table, groups, near, outlier, labels, config):
     names = cache.label_names or list(cache.attrs.get("target_names") or [])
     text = [label_text(value, cache.task, names) for value in table["labels"]]
     exact = duplicates.exact_pairs(groups)
-    near_rows, near_partners, near_sims = near
+    near_rows, near_partners, near_sims, near_by = near
     near_pairs = np.stack([near_rows, near_partners], axis=1)
     group = duplicates.duplicate_groups(len(groups), np.concatenate([exact, near_pairs]))
     frames = [
         pair_frame(table, exact, np.ones(len(exact)), "exact", text),
-        pair_frame(table, near_pairs, near_sims, "near", text),
+        pair_frame(table, near_pairs, near_sims, "near", text, near_by),
         outlier_frame(outlier, config.outlier_z, config.outlier_k),
     ]
     if labels is not None:
@@ -140,4 +145,8 @@ def finish(issues, table, group, text):
     order = np.lexsort((-issues["score"].to_numpy(dtype=float), (issues["match"] != "exact").to_numpy(),
                         issues["kind"].map(KINDS.index).to_numpy()))
     issues = issues.iloc[order].reset_index(drop=True)
-    return issues.reindex(columns=COLUMNS).fillna({"match": "", "suggested": "", "detail": "", "partner_given": ""})
+    issues = issues.reindex(columns=COLUMNS)
+    # A column no frame had (partner_given without pairs) comes back as float NaN: make it text first.
+    text_columns = ["match", "suggested", "detail", "partner_given"]
+    issues[text_columns] = issues[text_columns].astype(object).fillna("")
+    return issues

@@ -1,16 +1,17 @@
-"""Nearest neighbours by cosine on cached features: near duplicates and outlier scores.
+"""Nearest neighbours by cosine: of cached features (outlier scores, and near duplicates of rows
+without a usable thumbnail) and of vectors in memory (thumbnails, `near`).
 
 Pooled CNN features are non-negative, so their raw cosines crowd near 1 and
 separate images poorly; each feature is centred on the mean of all rows
 before its cosine is taken. The search is faiss's (faiss-cpu): exact inner
-products (`IndexFlatIP`) up to `EXACT_MAX_ROWS` rows. Above that, vectors are
-projected on their first `REDUCED_DIMS` principal components and renormalised,
-then searched in an inverted file (`IndexIVFFlat`, about sqrt(N) lists, 8
-probed): it found every planted near duplicate where HNSW (faiss's and
-hnswlib) missed some and took longer (`benchmarks/knn_choice.py`,
-BENCHMARKS.md), and the projection makes it five times cheaper and its index
-a fifth of the features' size. Features are read from the cache in blocks:
-only the index holds them whole.
+products (`IndexFlatIP`) up to `EXACT_MAX_ROWS` rows. Above that, an inverted
+file (`IndexIVFFlat`, about sqrt(N) lists, 8 probed), on the first
+`REDUCED_DIMS` principal components (renormalised) of vectors wider than that:
+it found every planted near duplicate where HNSW (faiss's and hnswlib) missed
+some and took longer (`benchmarks/knn_choice.py`, BENCHMARKS.md), and the
+projection makes it five times cheaper and its index a fifth of the features'
+size. Features are read from the cache in blocks: only the index holds them
+whole.
 """
 
 import h5py
@@ -76,7 +77,11 @@ def centred_unit(block, mean):
 
 
 def make_index(dim, num_rows):
-    """An inner-product faiss index, and how many rows it must be trained on (0: none)."""
+    """An inner-product faiss index, and how many rows it must be trained on (0: none).
+
+    Exact up to `EXACT_MAX_ROWS` rows; above, an inverted file, on the first
+    `REDUCED_DIMS` principal components (renormalised) when vectors are wider.
+    """
     import faiss
 
     if num_rows <= EXACT_MAX_ROWS:
@@ -85,13 +90,16 @@ def make_index(dim, num_rows):
     reduced = min(dim, REDUCED_DIMS)
     inverted = faiss.IndexIVFFlat(faiss.IndexFlatIP(reduced), reduced, lists, faiss.METRIC_INNER_PRODUCT)
     inverted.nprobe = PROBES
+    training_rows = max(TRAINING_ROWS_PER_LIST * lists, 2 * dim)
+    if reduced == dim:
+        return inverted, training_rows
     transforms = [faiss.PCAMatrix(dim, reduced), faiss.NormalizationTransform(reduced)]
     index = faiss.IndexPreTransform(inverted)
     for transform in reversed(transforms):
         index.prepend_transform(transform)
     # The C++ index points at these; keep their Python owners alive as long as it.
     index.referenced_objects = [inverted, *transforms]
-    return index, max(TRAINING_ROWS_PER_LIST * lists, 2 * dim)
+    return index, training_rows
 
 
 def without_self(similarities, ids, own, k):
@@ -106,6 +114,28 @@ def without_self(similarities, ids, own, k):
     # A stable sort puts each row's other matches first, in their ranked order.
     keep = np.argsort(is_self, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(similarities, keep, 1), np.take_along_axis(ids, keep, 1)
+
+
+def search(index, blocks, num_rows, k):
+    """Each row's k best matches other than itself, searched block by block in a filled index.
+
+    Args:
+        index: a faiss index holding all `num_rows` vectors.
+        blocks: (positions, unit vectors) blocks covering every row.
+        num_rows: rows in the index.
+        k: neighbours per row.
+
+    Returns:
+        (similarities, positions) as `nearest_neighbours` returns them.
+    """
+    similarities = np.full((num_rows, k), -np.inf, dtype=np.float32)
+    positions = np.full((num_rows, k), -1, dtype=np.int64)
+    for at, block in blocks:
+        found_sim, found_ids = index.search(block, min(k + 1, num_rows))
+        found_sim[found_ids < 0] = -np.inf
+        sims, ids = without_self(found_sim, found_ids, at, k)
+        similarities[at, : sims.shape[1]], positions[at, : ids.shape[1]] = sims, ids
+    return similarities, positions
 
 
 def nearest_neighbours(path, rows, k):
@@ -130,11 +160,22 @@ def nearest_neighbours(path, rows, k):
     del sample
     for _, block in feature_blocks(path, rows):
         index.add(centred_unit(block, mean))
-    similarities = np.full((len(rows), k), -np.inf, dtype=np.float32)
-    positions = np.full((len(rows), k), -1, dtype=np.int64)
-    for at, block in feature_blocks(path, rows):
-        found_sim, found_ids = index.search(centred_unit(block, mean), min(k + 1, len(rows)))
-        found_sim[found_ids < 0] = -np.inf
-        sims, ids = without_self(found_sim, found_ids, at, k)
-        similarities[at, : sims.shape[1]], positions[at, : ids.shape[1]] = sims, ids
-    return similarities, positions
+    blocks = ((at, centred_unit(block, mean)) for at, block in feature_blocks(path, rows))
+    return search(index, blocks, len(rows), k)
+
+
+def nearest_in_memory(vectors, k, seed=0):
+    """Each row's k nearest other rows by inner product of unit `vectors` (N, D) held in memory.
+
+    Returns:
+        (similarities, positions) as `nearest_neighbours` returns them.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index, training_rows = make_index(vectors.shape[1], len(vectors))
+    if training_rows:
+        sample = np.random.default_rng(seed).choice(len(vectors), min(training_rows, len(vectors)), replace=False)
+        index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+    blocks = ((np.arange(start, min(start + BLOCK_ROWS, len(vectors))), vectors[start:start + BLOCK_ROWS])
+              for start in range(0, len(vectors), BLOCK_ROWS))
+    return search(index, blocks, len(vectors), k)

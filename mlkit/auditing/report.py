@@ -117,7 +117,7 @@ def write_scores(path, table, outlier, labels):
             np.savez_compressed(handle, **arrays)
 
 
-def summarise(cache, table, issues, duplicate_group, exact_group, near, labels, config, timer, sheets):
+def summarise(cache, table, issues, duplicate_group, exact_group, near, near_record, labels, config, timer, sheets):
     """The contents of summary.json."""
     counts = issues.groupby(["kind", "match"]).size()
     return {
@@ -126,7 +126,7 @@ def summarise(cache, table, issues, duplicate_group, exact_group, near, labels, 
         "findings": {kind: int((issues["kind"] == kind).sum()) for kind in KINDS},
         "pairs": {f"{kind}_{match}": int(count) for (kind, match), count in counts.items() if match},
         "exact_groups": int(exact_group.max() + 1) if len(exact_group) else 0,
-        "near_pairs": int(len(near[0])), "duplicate_groups": int(duplicate_group.max() + 1) if len(duplicate_group) else 0,
+        "near_pairs": int(len(near[0])), "near_duplicates": near_record, "duplicate_groups": int(duplicate_group.max() + 1) if len(duplicate_group) else 0,
         "rows_in_duplicate_groups": int((duplicate_group >= 0).sum()),
         "label_check": None if labels is None else {"flagged": int(labels["quality"].flagged.sum()), "folds": config.folds},
         "contact_sheets": {kind: path.name for kind, path in sheets.items()},
@@ -134,7 +134,8 @@ def summarise(cache, table, issues, duplicate_group, exact_group, near, labels, 
     }
 
 
-def write_all(folder, cache, table, issues, duplicate_group, exact_group, near, outlier, labels, config, timer):
+def write_all(folder, cache, table, issues, duplicate_group, exact_group, near, near_record, outlier, labels, config,
+              timer):
     """Writes every file of the audit into `folder` and returns the summary."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,6 +146,7 @@ def write_all(folder, cache, table, issues, duplicate_group, exact_group, near, 
     root = Path(cache.attrs.get("manifest_root", "."))
     sheets = contact_sheets(folder, issues, root, config.sheet_size)
     timer.done("report")
-    summary = summarise(cache, table, issues, duplicate_group, exact_group, near, labels, config, timer, sheets)
+    summary = summarise(cache, table, issues, duplicate_group, exact_group, near, near_record, labels, config, timer,
+                        sheets)
     write_json(folder / SUMMARY_JSON, summary)
     return summary

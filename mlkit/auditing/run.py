@@ -11,6 +11,7 @@ import numpy as np
 from mlkit.auditing import duplicates, findings, neighbours, report
 from mlkit.auditing.config import AUDIT_DIR, AuditConfig
 from mlkit.auditing.labels import label_quality
+from mlkit.auditing.near import near_duplicates
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 
@@ -108,14 +109,15 @@ def audit(cache, workdir=".", config=None, **settings):
     groups = duplicates.exact_groups(table["sha256"])
     timer.done("exact duplicates")
     similarities, positions = neighbours.nearest_neighbours(cache.path, table["rows"], config.neighbours)
-    near = duplicates.near_pairs(similarities, positions, config.near_threshold, groups)
     outlier = findings.outlier_scores(similarities, config.outlier_k)
-    del similarities, positions
     timer.done("nearest neighbours")
+    near, near_record = near_duplicates(cache, table, (similarities, positions), groups, config)
+    del similarities, positions
+    timer.done("near duplicates")
     labels = check_labels(cache, table, config, workdir)
     timer.done("label check")
     issues, duplicate_group = findings.collect(cache, table, groups, near, outlier, labels, config)
     folder = Path(workdir) / AUDIT_DIR / cache.name
-    summary = report.write_all(folder, cache, table, issues, duplicate_group, groups, near, outlier, labels,
-                               config, timer)
+    summary = report.write_all(folder, cache, table, issues, duplicate_group, groups, near, near_record, outlier,
+                               labels, config, timer)
     return AuditResult(folder, issues, summary, timer.parts)

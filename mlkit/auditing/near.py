@@ -1,0 +1,96 @@
+"""Near duplicates: by pixel thumbnails where rows have them, by features where they do not.
+
+A re-encoded, resized or slightly cropped copy keeps its pixels' pattern, not
+its backbone features (see `mlkit.thumbnails`), so rows are compared by the
+correlation of their 8 x 8 thumbnails: from the cache's `thumbnail` dataset
+when cache-features stored one, else read from the manifest's images now.
+Rows without a usable thumbnail (the image is missing or changed since it was
+cached, or it is one flat colour) are compared by the cosine of their
+mean-centred features instead, at a threshold of its own. Both searches are
+faiss's (`neighbours`), and summary.json says which one each pair came from.
+"""
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from mlkit.auditing import duplicates
+from mlkit.auditing.neighbours import nearest_in_memory
+from mlkit.images import DEFAULT_BACKGROUND, parse_background
+from mlkit.thumbnails import THUMBNAIL_DATASET, read_thumbnails, thumbnail_vectors
+
+logger = logging.getLogger(__name__)
+
+BY_THUMBNAILS, BY_FEATURES = "thumbnails", "features"
+
+
+def image_paths(cache, images):
+    """The images' files: manifest paths are relative to the manifest's folder, or absolute."""
+    root = Path(cache.attrs.get("manifest_root", "."))
+    return [root / image for image in images]
+
+
+def audit_thumbnails(cache, table):
+    """Each audited row's thumbnail, and a record of where they came from.
+
+    Returns:
+        (thumbnails, record): uint8 (N, 8, 8, 3), zero where a row has none;
+        record holds `thumbnails` ("cache" or "images") and, for images read
+        now, how many could not be used and why.
+    """
+    if cache.has(THUMBNAIL_DATASET):
+        return cache.read(THUMBNAIL_DATASET, table["rows"]), {"thumbnails": "cache"}
+    logger.info("audit: %s stores no thumbnails (made before they were cached); reading its %d images",
+                cache.path.name, len(table["rows"]))
+    background = cache.attrs.get("background")
+    sha256 = [digest.decode() for digest in table["sha256"]]
+    thumbnails, problems = read_thumbnails(image_paths(cache, table["image"]),
+                                           parse_background(background) if background else DEFAULT_BACKGROUND,
+                                           sha256)
+    record = {"thumbnails": "images"}
+    if problems:
+        first = min(problems)
+        record["unusable_images"] = dict(Counter(problems.values()))
+        record["first_unusable"] = f"{table['image'][first]}: {problems[first]}"
+        logger.warning("audit: %d of %d images gave no thumbnail (first: %s); those rows are compared by features",
+                       len(problems), len(thumbnails), record["first_unusable"])
+    return thumbnails, record
+
+
+def near_duplicates(cache, table, feature_neighbours, exact_groups, config):
+    """Near-duplicate pairs, by thumbnails between rows that have them and by features otherwise.
+
+    Args:
+        cache: the opened cache.
+        table: the audited rows (`run.load_rows`).
+        feature_neighbours: (similarities, positions) of the feature search.
+        exact_groups: exact-duplicate group per row; pairs inside one are left out.
+        config: the `AuditConfig` (near_threshold, near_feature_threshold, neighbours).
+
+    Returns:
+        ((rows, partners, similarities, by), record): the pairs, each once
+        (later row, earlier row), `by` naming the comparison that found each;
+        and what summary.json says about them.
+    """
+    thumbnails, record = audit_thumbnails(cache, table)
+    vectors = thumbnail_vectors(thumbnails)
+    del thumbnails
+    usable = vectors.any(axis=1)
+    found = []
+    if usable.any():
+        similarities, positions = nearest_in_memory(vectors, config.neighbours, config.seed)
+        rows, partners, sims = duplicates.near_pairs(similarities, positions, config.near_threshold, exact_groups)
+        keep = usable[rows] & usable[partners]
+        found.append((rows[keep], partners[keep], sims[keep], BY_THUMBNAILS))
+    del vectors
+    if not usable.all():
+        rows, partners, sims = duplicates.near_pairs(*feature_neighbours, config.near_feature_threshold, exact_groups)
+        keep = ~(usable[rows] & usable[partners])
+        found.append((rows[keep], partners[keep], sims[keep], BY_FEATURES))
+    near = tuple(np.concatenate(parts) for parts in zip(*[(r, p, s, np.full(len(r), by, dtype=object))
+                                                         for r, p, s, by in found]))
+    record.update(rows_by_features=int((~usable).sum()),
+                  pairs={by: int((near[3] == by).sum()) for by in (BY_THUMBNAILS, BY_FEATURES)})
+    return near, record
