@@ -127,7 +127,7 @@ def temporary_path(path):
 
 
 def remove_stale_temporaries(path):
-    """Removes temporary files of `path` that killed writers left (a SIGKILL skips every clean-up).
+    """Removes temporary files (or folders) of `path` that killed writers left (a SIGKILL skips every clean-up).
 
     Call it only while holding the lock that guards `path`: a live writer's
     temporary file has the same form. A cache's temporary file is as large as
@@ -136,7 +136,10 @@ def remove_stale_temporaries(path):
     path = Path(path)
     for tmp in path.parent.glob(f"{TEMPORARY_PREFIX}*-{glob.escape(path.name)}"):
         if tmp.name[len(TEMPORARY_PREFIX):].split("-", 1)[0].isdigit():
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def publish(finished, path):

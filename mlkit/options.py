@@ -18,6 +18,7 @@ Example:
 """
 
 import dataclasses
+import typing
 
 # A comma-separated list option arrives as text; these fields' values are cast by the command.
 LIST_NOTE = "comma-separated list"
@@ -88,6 +89,7 @@ def add_options(parser, config_class, names=None, *, lists=(), exclude=()):
             on only what the user set and the function's default applies.
         exclude: fields to leave out.
     """
+    types = typing.get_type_hints(config_class)
     for field in option_fields(config_class, names):
         if field.name in exclude:
             continue
@@ -104,7 +106,7 @@ def add_options(parser, config_class, names=None, *, lists=(), exclude=()):
         elif field.name in lists:
             parser.add_argument(flag, default=None, help=f"{text} ({LIST_NOTE}; default {shown_default(field)})")
         else:
-            kind = field.type if field.type in (int, float, str) else str
+            kind = types.get(field.name) if types.get(field.name) in (int, float, str) else str
             parser.add_argument(flag, type=kind, default=default, choices=meta["choices"], metavar=meta["metavar"],
                                 help=f"{text} (default {shown_default(field)})")
     return parser

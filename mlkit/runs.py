@@ -299,6 +299,17 @@ RUN_FILES = {
 SUFFIXES = tuple(dict.fromkeys(suffix for files in RUN_FILES.values() for suffix in files.values()))
 
 
+def run_files(folder, run, stage="tuning"):
+    """The files of one run in `folder`, a `stage` folder (or a copy of one), by kind; see `run_paths`."""
+    if stage not in RUN_FILES:
+        raise MlkitError(f"run files live under {' or '.join(RUN_FILES)}/, not {stage!r}")
+    folder = Path(folder)
+    paths = {kind: folder / f"{run}{suffix}" for kind, suffix in RUN_FILES[stage].items()}
+    if stage == "models":
+        paths["work"] = folder / f".{run}.work"
+    return paths
+
+
 def run_paths(workdir, run, stage="tuning"):
     """The files of one run under `<workdir>/<stage>/`, by kind (the one place they are named).
 
@@ -309,13 +320,7 @@ def run_paths(workdir, run, stage="tuning"):
     Example:
         run_paths(".", "synth_ml_mobilenetv2_inet_avg_1x1024d5_lr1e-1_b64")["weights"]
     """
-    if stage not in RUN_FILES:
-        raise MlkitError(f"run files live under {' or '.join(RUN_FILES)}/, not {stage!r}")
-    folder = Path(workdir) / stage
-    paths = {kind: folder / f"{run}{suffix}" for kind, suffix in RUN_FILES[stage].items()}
-    if stage == "models":
-        paths["work"] = folder / f".{run}.work"
-    return paths
+    return run_files(Path(workdir) / stage, run, stage)
 
 
 def strip_suffix(name):

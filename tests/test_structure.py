@@ -184,3 +184,40 @@ def test_cache_features_takes_its_defaults_and_checks_from_cache_options():
     for bad in (dict(batch_size=0), dict(augment_copies=-1), dict(dtype="int8"), dict(pooling="sum")):
         with pytest.raises(MlkitError):
             CacheOptions(**bad)
+
+
+def test_runs_reads_a_copied_tuning_folder_under_any_name(tmp_path, monkeypatch):
+    from mlkit.tuning.compare import load_runs
+
+    run = str(TopConfig(units=8, lr=0.01, batch=16).run_name(("ds", "sub", "tiny", "inet"), "avg"))
+    folder = tmp_path / "experiment-3"
+    folder.mkdir()
+    (folder / f"{run}.csv").write_text("epoch,loss,val_loss,seconds\n0,1.0,0.9,1.0\n1,0.8,0.7,1.0\n")
+    (folder / f"{run}.json").write_text("{}")
+    assert load_runs(folder)["status"].tolist() == ["complete"]
+    monkeypatch.chdir(folder)
+    assert load_runs(".")["status"].tolist() == ["complete"]
+
+
+def test_options_parse_to_their_fields_types():
+    from mlkit.models.cli import register
+
+    args = parse(register, ["finetune", "cache.h5", "--epochs", "3", "--lr", "0.01", "--max-labels", "2"])
+    assert (args.epochs, args.lr, args.max_labels) == (3, 0.01, 2)
+    assert type(args.epochs) is int and type(args.lr) is float
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_files_and_folders(tmp_path):
+    from mlkit.files import remove_stale_temporaries, temporary_path
+
+    target = tmp_path / "run.keras"
+    stale_file = tmp_path / ".partial-12345-run.keras"
+    stale_folder = tmp_path / ".partial-23456-run.keras"
+    stale_file.write_text("x")
+    stale_folder.mkdir()
+    (stale_folder / "inside").write_text("x")
+    other = tmp_path / ".partial-34567-other.keras"
+    other.write_text("x")
+    assert temporary_path(target).name.startswith(".partial-")
+    remove_stale_temporaries(target)
+    assert not stale_file.exists() and not stale_folder.exists() and other.exists()

@@ -40,7 +40,7 @@ from mlkit import __version__
 from mlkit.bottlenecks.cache import FeatureCache, open_cache
 from mlkit.decisions import parse_rule
 from mlkit.errors import MlkitError
-from mlkit.files import atomic_path, check_workdir, write_json
+from mlkit.files import atomic_path, check_workdir, remove_stale_temporaries, write_json
 from mlkit.locks import hold_lock
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
@@ -569,6 +569,7 @@ class _Job:
             network = self.float32_network() if self.config.mixed_precision else self.network
             model = build_export_model(network, self.attrs, rule.to_dict() if rule else None, self.task,
                                        self.cache.target_scale)
+            remove_stale_temporaries(self.paths["keras"])  # under the run's lock: only killed runs leave them
             with atomic_path(self.paths["keras"]) as partial:
                 model.save(partial)
         self.write_log()

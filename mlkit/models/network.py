@@ -224,6 +224,8 @@ def build_export_model(network, attrs, rule, task, scale=None):
         inputs = image
         scores = network(pixels)
     if task == "regression":
+        if scale is None:
+            raise MlkitError("a regression model is exported with the TargetScale its head was trained with")
         predictions = Unscale(scale.low, scale.high, name="unscale")(scores)
         outputs = {"scores": predictions, "labels": keras.layers.Identity(name="labels")(predictions)}
     else:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.files import atomic_path, write_json
-from mlkit.runs import branch_of, run_paths
+from mlkit.runs import branch_of, run_files
 from mlkit.tuning.config import OBJECTIVES
 
 PROGRESS = "progress.jsonl"
@@ -40,7 +40,7 @@ class Progress:
         self.tuner_id = tuner_id
 
     def record_path(self, run):
-        return run_paths(self.folder.parent, run)["json"]
+        return run_files(self.folder, run)["json"]
 
     def finished(self, run, identity=None):
         """The run's record when it finished, else None.

@@ -136,6 +136,9 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
         values["text"] = as_list(text or DEFAULT_TEXT, "text", str)
         values["text_units"] = as_list(text_units or DEFAULT_TEXT_UNITS, "text_units", int)
         values["embed_dim"] = as_list(embed_dim or DEFAULT_EMBED_DIM, "embed_dim", int)
+    clash = sorted(set(fixed or {}) & set(values))
+    if clash:
+        raise MlkitError(f"{', '.join(clash)}: tuned settings take their values from the grid's axes, not `fixed`")
     scale = cache.target_scale
     # The first trial's config: a TopConfig checks itself when made, so it needs real values for the tuned settings.
     base = TopConfig(
