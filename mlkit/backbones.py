@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlkit.errors import MlkitError
+from mlkit.errors import MlkitError, check_choice
 
 PREPROCESSING = ("inet", "zmuv", "zmuvs")
 POOLING = ("avg", "max", "none")
@@ -75,12 +75,6 @@ def get_backbone(name):
     if spec is None:
         raise MlkitError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
     return spec
-
-
-def check_choice(value, choices, what):
-    if value not in choices:
-        raise MlkitError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
-    return value
 
 
 def preprocessing_layers(spec, preprocess, mean=None, std=None):

@@ -11,3 +11,10 @@ class ManifestError(MlkitError, ValueError):
 
 class CacheError(MlkitError):
     """A bottleneck cache that is missing, incomplete or does not match the request."""
+
+
+def check_choice(value, choices, what):
+    """`value` when it is one of `choices`; else MlkitError naming `what`, the value and the choices."""
+    if value not in choices:
+        raise MlkitError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
+    return value

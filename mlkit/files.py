@@ -10,6 +10,7 @@ command resumes once there is room.
 
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from mlkit.errors import MlkitError
 
 MB = 1 << 20
+# The one temporary-name convention for files written in place of another (`temporary_path`).
+TEMPORARY_PREFIX = ".partial-"
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # HDF5 reports a failed write inside its own message, e.g. "errno = 28, error message = 'No space left on device'".
 HDF5_FULL = re.compile(r"errno = (%s)\b|No space left on device|Disk quota exceeded" % "|".join(map(str, FULL_ERRNOS)))
@@ -114,8 +117,43 @@ def close_hdf5(path):
                 h5py.File(handle).close()
 
 
+def temporary_path(path):
+    """Where `atomic_path` writes `path` first: a hidden, per-process name in the same folder.
+
+    The name keeps the file's suffix, which Keras checks.
+    """
+    path = Path(path)
+    return path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
+
+
+def remove_stale_temporaries(path):
+    """Removes temporary files (or folders) of `path` that killed writers left (a SIGKILL skips every clean-up).
+
+    Call it only while holding the lock that guards `path`: a live writer's
+    temporary file has the same form. A cache's temporary file is as large as
+    the cache, so leaving one per killed run would fill the disk.
+    """
+    path = Path(path)
+    for tmp in path.parent.glob(f"{TEMPORARY_PREFIX}*-{glob.escape(path.name)}"):
+        if tmp.name[len(TEMPORARY_PREFIX):].split("-", 1)[0].isdigit():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def publish(finished, path):
+    """Renames a finished file that was filled under another name (a resumable `.partial.h5`) over `path`.
+
+    Readers see the old file or the new one, never half of one. Unlike
+    `atomic_path`, nothing is removed on failure: the file under the other
+    name is what a rerun resumes from.
+    """
+    os.replace(finished, path)
+
+
 @contextlib.contextmanager
-def atomic_path(path, need=None, tmp=None):
+def atomic_path(path, need=None):
     """Yields a temporary path to write; renames it over `path` when the block succeeds.
 
     On any failure the temporary file is removed, and a full disk raises
@@ -124,11 +162,9 @@ def atomic_path(path, need=None, tmp=None):
     Args:
         path: the file to replace.
         need: bytes the file is expected to take, for the full-disk message. Defaults to None.
-        tmp: the temporary path. Defaults to a hidden, per-process name in the
-            same folder that keeps the file's suffix (Keras checks it).
     """
     path = Path(path)
-    tmp = Path(tmp) if tmp else path.with_name(f".partial-{os.getpid()}-{path.name}")
+    tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -140,12 +176,39 @@ def atomic_path(path, need=None, tmp=None):
         raise
 
 
-def write_text(path, text):
-    """Writes text atomically, so a reader never sees half a file."""
-    data = text.encode()
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yields a temporary folder to fill; it replaces the folder `path` when the block succeeds.
+
+    The old folder is removed just before the rename, so a crash leaves either
+    the old folder or the new one under `path` (and at worst a hidden
+    temporary beside it, named as `temporary_path` names files).
+    """
+    path = Path(path)
+    tmp = temporary_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, Exception) and disk_full_error(error, path) is not None:
+            raise DiskFullError(path) from None
+        raise
+
+
+def write_bytes(path, data):
+    """Writes bytes atomically, so a reader never sees half a file."""
     with atomic_path(path, need=len(data)) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(data)
+
+
+def write_text(path, text):
+    """Writes text atomically, so a reader never sees half a file."""
+    write_bytes(path, text.encode())
 
 
 def write_json(path, payload):

@@ -12,7 +12,6 @@ same weights, summed in the same order, bit for bit, in a third of the time.
 import functools
 import hashlib
 import io
-import math
 import warnings
 
 import numpy as np

@@ -52,6 +52,7 @@ ablation.
 import re
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from mlkit.errors import MlkitError
 
@@ -69,6 +70,15 @@ OPTION_KEY = re.compile(r"[a-z]+")
 OPTION_VALUE = re.compile(r"[a-z0-9]+")
 REG = re.compile(r"bn|d\d")
 TEXT_ONLY_SUFFIX = "only"
+# A top's branches and the inputs each takes: cached image "features", caption "tokens", or both.
+BRANCH_INPUTS = {"image": ("features",), "both": ("features", "tokens"), "caption": ("tokens",)}
+
+
+def branch_of(text, text_only):
+    """Which branches a top has: "image" without a caption branch, "caption" if caption-only, else "both"."""
+    if not text:
+        return "image"
+    return "caption" if text_only else "both"
 
 
 class RunNameError(MlkitError, ValueError):
@@ -188,9 +198,7 @@ class RunName:
     def branch(self):
         """"image" (no `text-` option), "caption" (`text-...only`) or "both"."""
         text = self.option("text")
-        if text is None:
-            return "image"
-        return "caption" if text.endswith(TEXT_ONLY_SUFFIX) else "both"
+        return branch_of(text, bool(text) and text.endswith(TEXT_ONLY_SUFFIX))
 
     def fields(self):
         """All fields as a flat dict (options by key, and `branch`), for tables and filters."""
@@ -283,7 +291,36 @@ def parse_run_name(name):
 
 
 GRAMMAR = "<dataset>_<subset>_<backbone>_<prep>_<pool>_<L>x<U><reg>_lr<XY>_b<B>[_<frozen>_lr<XY>_b<B>_<aug>][_<key>-<value>...]"
-SUFFIXES = (".weights.h5", ".csv", ".json")
+# A run's files, by stage folder: tune-top's trials under tuning/, fine-tuned models under models/.
+RUN_FILES = {
+    "tuning": {"json": ".json", "weights": ".weights.h5", "csv": ".csv"},
+    "models": {"keras": ".keras", "json": ".json", "csv": ".csv"},
+}
+SUFFIXES = tuple(dict.fromkeys(suffix for files in RUN_FILES.values() for suffix in files.values()))
+
+
+def run_files(folder, run, stage="tuning"):
+    """The files of one run in `folder`, a `stage` folder (or a copy of one), by kind; see `run_paths`."""
+    if stage not in RUN_FILES:
+        raise MlkitError(f"run files live under {' or '.join(RUN_FILES)}/, not {stage!r}")
+    folder = Path(folder)
+    paths = {kind: folder / f"{run}{suffix}" for kind, suffix in RUN_FILES[stage].items()}
+    if stage == "models":
+        paths["work"] = folder / f".{run}.work"
+    return paths
+
+
+def run_paths(workdir, run, stage="tuning"):
+    """The files of one run under `<workdir>/<stage>/`, by kind (the one place they are named).
+
+    tuning: "json" (config and result), "weights" (the top), "csv" (per-epoch log).
+    models: "keras" (the exported model), "json" (its record), "csv" (the log),
+    and "work" (the hidden folder of a run in progress: checkpoints, phase logs).
+
+    Example:
+        run_paths(".", "synth_ml_mobilenetv2_inet_avg_1x1024d5_lr1e-1_b64")["weights"]
+    """
+    return run_files(Path(workdir) / stage, run, stage)
 
 
 def strip_suffix(name):

@@ -92,6 +92,24 @@ def test_same_name_with_other_settings_is_refused_unless_overwritten(manifest, t
     assert open_cache(result.path).attrs["image_size"] == 48
 
 
+def test_float16_features_round_trip_in_half_the_bytes_and_are_part_of_the_cache_identity(manifest, tmp_path):
+    # A random-weight vgg16 gives features in float16's range; a random mobilenetv2's (1e-12) are not.
+    common = dict(SETTINGS, backbone="vgg16", augment_copies=1, batch_size=8)
+    full = cache_features(manifest, tmp_path / "full", **common)
+    half = cache_features(manifest, tmp_path / "half", dtype="float16", **common)
+    with h5py.File(half.path, "r") as h5, h5py.File(full.path, "r") as reference:
+        assert h5["features"].dtype == np.float16 and h5["augmented"].dtype == np.float16
+        assert h5.attrs["dtype"] == "float16" and reference.attrs["dtype"] == "float32"
+        np.testing.assert_allclose(h5["features"][...], reference["features"][...], rtol=1e-3, atol=1e-6)
+        assert h5["features"].id.get_storage_size() * 2 == reference["features"].id.get_storage_size()
+    assert open_cache(half.path).load("train", augmented=True)[0].dtype == np.float32
+    assert cache_features(manifest, tmp_path / "half", dtype="float16", **common).computed == 0
+    with pytest.raises(CacheError, match="dtype 'float16' -> 'float32'"):
+        cache_features(manifest, tmp_path / "half", **common)
+    with pytest.raises(CacheError, match="do not fit float16 .*use --dtype float32"):
+        cache_features(manifest, tmp_path / "tiny", dtype="float16", **SETTINGS)
+
+
 def test_augmented_views_are_cached_for_training_rows_and_reproducible(manifest, tmp_path):
     result = cache_features(manifest, tmp_path / "a", augment_copies=2, preprocess="zmuv", **SETTINGS)
     cache = open_cache(result.path)
@@ -163,7 +181,7 @@ def test_cli_runs_the_issue_example_and_help_explains_every_option(manifest, tmp
     text = capsys.readouterr().out
     for option in ("--backbone", "--weights", "--image-size", "--preprocess", "--pooling", "--augment-copies",
                    "--strict", "--background", "--overwrite", "--allow-unlabelled", "KERAS_HOME", "--captions",
-                   "--num-words", "--max-len", "training split"):
+                   "--num-words", "--max-len", "training split", "--dtype", "float16"):
         assert option in text
 
 

@@ -202,17 +202,17 @@ def full_disk(*args, **kwargs):
 
 
 def test_a_full_disk_while_creating_the_cache_is_one_error_and_a_rerun_finishes(workspace, tmp_path, monkeypatch):
-    from mlkit.bottlenecks import extract
+    from mlkit.bottlenecks.write import CacheWriter
 
     work = tmp_path / "ws"
-    create = extract._Job._create
+    create = CacheWriter._create
 
     def create_then_fail(self, h5):
         create(self, h5)
         h5.flush()
         full_disk()
 
-    monkeypatch.setattr(extract._Job, "_create", create_then_fail)
+    monkeypatch.setattr(CacheWriter, "_create", create_then_fail)
     with pytest.raises(DiskFullError, match=r"no space left on .* while writing .*a_all_vgg16_inet_avg\.partial\.h5; "
                                             r"free at least \d+ MB and rerun: finished work is kept"):
         cache_features(workspace["manifest_a"], work, **CACHE)
@@ -231,6 +231,16 @@ def test_too_little_room_for_the_cache_is_refused_before_writing(workspace, tmp_
     assert not list((tmp_path / "bottlenecks").glob("*.h5*"))
 
 
+def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next(workspace, tmp_path):
+    # SIGKILL skips every clean-up; a cache's temporary file is as large as the cache.
+    folder = tmp_path / "bottlenecks"
+    folder.mkdir()
+    left = folder / ".partial-999999-a_all_vgg16_inet_avg.partial.h5"
+    left.write_bytes(b"\x89HDF")
+    assert cache_features(workspace["manifest_a"], tmp_path, **CACHE).rows == 24
+    assert hidden_leftovers(tmp_path) == []
+
+
 def test_a_full_disk_while_writing_the_summary_keeps_the_cache(workspace, tmp_path, monkeypatch):
     from mlkit import files
 
@@ -243,7 +253,7 @@ def test_a_full_disk_while_writing_the_summary_keeps_the_cache(workspace, tmp_pa
                 full_disk()
         return real(path, text)
 
-    monkeypatch.setattr("mlkit.bottlenecks.extract.write_text", fail_on_json)
+    monkeypatch.setattr("mlkit.bottlenecks.write.write_text", fail_on_json)
     with pytest.raises(DiskFullError, match=r"a_all_vgg16_inet_avg\.json"):
         cache_features(workspace["manifest_a"], tmp_path, **CACHE)
     assert hidden_leftovers(tmp_path) == [] and (tmp_path / "bottlenecks" / "a_all_vgg16_inet_avg.h5").exists()

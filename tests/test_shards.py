@@ -151,6 +151,15 @@ def test_merge_names_the_shard_and_field_that_differ(runs, tmp_path, field, valu
     assert not target.exists()
 
 
+def test_merge_refuses_shards_stored_in_different_dtypes(tmp_path):
+    manifest = synthesize(tmp_path / "synth", task="multilabel", n=12, size=40, seed=3)
+    settings = dict(backbone="vgg16", weights="none", image_size=32, pooling="avg", batch_size=8, progress=False)
+    cache_features(manifest, tmp_path, shard=(0, 2), **settings)
+    cache_features(manifest, tmp_path, shard=(1, 2), dtype="float16", **settings)
+    with pytest.raises(CacheError, match=r"shard-1-of-2.h5 differs from .*shard-0-of-2.h5 in dtype: \"float16\" vs \"float32\""):
+        merge_shards("synth_all_vgg16_inet_avg", tmp_path)
+
+
 def test_a_shard_fitted_on_other_statistics_is_refused_by_the_cli(runs, tmp_path, capsys):
     target = shard_copies(runs, tmp_path)
     stats = json.loads(stats_path(runs["shards"][0].path.parent / runs["whole"].path.name).read_text())

@@ -15,7 +15,8 @@ from mlkit.tuning.data import (
 from mlkit.tuning.records import Progress
 
 
-def make_cache(folder, task="multilabel", rows=150, shape=(12,), labels=4, views=0, seed=0, pooling="avg"):
+def make_cache(folder, task="multilabel", rows=150, shape=(12,), labels=4, views=0, seed=0, pooling="avg",
+               dtype="float32"):
     """A learnable synthetic cache named like stage 1's: synth_t_tiny_inet_<pooling>.h5."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows,) + tuple(shape)).astype("float32")
@@ -35,7 +36,7 @@ def make_cache(folder, task="multilabel", rows=150, shape=(12,), labels=4, views
     if views:
         augmented = (x[:, None] + 0.05 * rng.normal(size=(rows, views) + tuple(shape))).astype("float32")
     path = folder / f"synth_t_tiny_inet_{pooling}.h5"
-    return write_cache(path, features=x, labels=y, split=list(split), attrs=attrs, augmented=augmented)
+    return write_cache(path, features=x, labels=y, split=list(split), attrs=attrs, augmented=augmented, dtype=dtype)
 
 
 def test_parse_memory_sizes():
@@ -82,6 +83,36 @@ def test_streamed_data_matches_in_memory(tmp_path):
     views = cache.read("augmented", cache.indices("train")[:1])[0]
     seen = np.concatenate([b[0].numpy() for b in memory.train_dataset(64)])
     assert all(np.isclose(seen, view).all(axis=1).any() for view in views)
+
+
+def test_a_float16_cache_takes_half_the_memory_and_trains_in_float32(tmp_path):
+    from mlkit.tuning import tune_top
+
+    cache = open_cache(make_cache(tmp_path, views=2, dtype="float16"))
+    (tmp_path / "full").mkdir()
+    full = open_cache(make_cache(tmp_path / "full", views=2))
+    assert cache.feature_dtype == np.float16 and cache.attrs["dtype"] == "float16"
+    assert TopData(cache, views=2).memory_bytes() * 2 == TopData(full, views=2).memory_bytes()
+    assert cache.load("train", augmented=True)[0].dtype == np.float32
+    memory, streamed = TopData(cache, views=2, seed=3), TopData(cache, views=2, seed=3, max_memory=0)
+    rows = {}
+    for name, data in (("memory", memory), ("streamed", streamed)):
+        batches = list(data.train_dataset(16))
+        assert all(b[0].dtype == "float32" for b in batches)
+        rows[name] = np.sort(np.concatenate([b[0].numpy().sum(axis=1) for b in batches]))
+    np.testing.assert_allclose(rows["memory"], rows["streamed"], rtol=1e-5)
+    np.testing.assert_allclose(rows["memory"], np.sort(np.concatenate(
+        [b[0].numpy().sum(axis=1) for b in TopData(full, views=2, seed=3).train_dataset(16)])), atol=0.02)
+    result = tune_top(cache.path, tmp_path / "tuned", units=8, epochs=1, objective="val_map", verbose=False)
+    assert 0 < result.val_map[0] <= 1
+
+
+def test_keep_freed_memory_sets_glibc_top_pad():
+    import platform
+
+    from mlkit.tuning.data import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_inputs_are_standardised_with_frozen_training_statistics_even_at_tiny_scales(tmp_path):

@@ -19,7 +19,8 @@ from mlkit.data.split import iterative_stratification
 from mlkit.errors import MlkitError
 from mlkit.tuning.config import TopConfig
 from mlkit.tuning.data import positive_weights
-from mlkit.tuning.top import build_top_model, compile_top, run_paths, set_input_statistics
+from mlkit.runs import run_paths
+from mlkit.tuning.top import build_top_model, compile_top, set_input_statistics
 
 logger = logging.getLogger(__name__)
 

@@ -73,9 +73,8 @@ def check_labels(cache, table, config, workdir):
 
     features = neighbours.read_vectors(cache.path, table["rows"])
     names = cache.label_names or list(cache.attrs.get("target_names") or [])
-    num_outputs = table["labels"].shape[1] if table["labels"].ndim > 1 else len(names)
     scores, folds = out_of_fold_scores(
-        features, table["labels"], cache.task, num_outputs, config, workdir,
+        features, table["labels"], cache.task, cache.num_outputs, config, workdir,
         progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total))
     del features
     quality = label_quality(cache.task, table["labels"], scores, names, config.residual_z)

@@ -2,8 +2,9 @@
 
 Layout (N manifest rows, D feature dims, K augmented views, L labels):
 
-    features    float32 (N, D) or (N, H, W, C) for pooling "none"; chunked along N
-    augmented   float32 (N, K, ...) when K > 0; only training rows are filled
+    features    float32 (N, D) or (N, H, W, C) for pooling "none"; chunked along N;
+                float16 with cache-features --dtype float16 (attribute `dtype`)
+    augmented   (N, K, ...) when K > 0, in the features' dtype; only training rows are filled
     labels      uint8 (N, L) multi-hot | int32 (N,) class index | float32 (N, T) targets
     image       str (N,)   the manifest's image path as written there
     split       str (N,)   train / val / test, or "" when the manifest has none
@@ -32,8 +33,13 @@ import h5py
 import numpy as np
 
 from mlkit.errors import CacheError
+from mlkit.files import atomic_path
 
 FORMAT_VERSION = 1
+# How features may be stored. float16 halves disk and memory; readers get float32 from either.
+FEATURE_DTYPES = ("float32", "float16")
+# Caches made before the `dtype` attribute existed hold float32.
+DEFAULT_DTYPE = "float32"
 # Rows are read in contiguous slices of about this size (see read_rows).
 BLOCK_BYTES = 8 << 20
 STR = h5py.string_dtype("utf-8")
@@ -42,6 +48,8 @@ STR = h5py.string_dtype("utf-8")
 IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size", "preprocess", "pooling",
                   "background", "fingerprint", "manifest_sha256")
 JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary")
+# A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (DESIGN.md, run names).
+NAME_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
 
 
 def partial_path(path):
@@ -73,21 +81,28 @@ def write_attrs(h5, attrs):
         h5.attrs[name] = value
 
 
-def read_rows(dataset, rows):
+def read_rows(dataset, rows, out=None):
     """Rows of an HDF5 dataset (sorted row indices, repeats allowed), read as contiguous slices.
 
     h5py's own fancy indexing selects row by row: reading the labels of 900,000
     training rows (80 uint8 each) that way took over ten minutes; slices, 0.1 s.
+
+    Args:
+        dataset: an h5py dataset.
+        rows: increasing row indices.
+        out: an array of shape (len(rows), ...) to fill (any dtype the values
+            cast to). Defaults to a new array of the dataset's dtype.
     """
     rows = np.asarray(rows)
     if np.any(np.diff(rows) < 0):
         raise ValueError("read_rows needs row indices in increasing order")
+    if out is None:
+        # Filled in place: gathering the blocks and concatenating them held every row twice at the peak.
+        out = np.empty((len(rows),) + dataset.shape[1:], dtype=dataset.dtype)
     if not len(rows):
-        return np.zeros((0,) + dataset.shape[1:], dtype=dataset.dtype)
+        return out
     row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
     block = max(1, BLOCK_BYTES // max(row_bytes, 1))
-    # Filled in place: gathering the blocks and concatenating them held every row twice at the peak.
-    out = np.empty((len(rows),) + dataset.shape[1:], dtype=dataset.dtype)
     start = 0
     while start < len(rows):
         end = np.searchsorted(rows, rows[start] + block, side="left")
@@ -95,6 +110,33 @@ def read_rows(dataset, rows):
         out[start:end] = dataset[first:last + 1][rows[start:end] - first]
         start = end
     return out
+
+
+@dataclass(frozen=True)
+class TargetScale:
+    """Per-target (low, high) mapping regression targets to [0, 1] for training, and back.
+
+    A target with no range (high == low) gets high = low + 1, so it scales to 0.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def of(cls, low, high):
+        low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
+        return cls(low, np.where(high > low, high, low + 1.0))
+
+    def scale(self, targets):
+        """Targets in [0, 1] over the training range, as float32."""
+        return ((np.asarray(targets, dtype="float64") - self.low) / (self.high - self.low)).astype("float32")
+
+    def unscale(self, scaled):
+        """Scaled predictions back in the targets' own units, as float64."""
+        return np.asarray(scaled, dtype="float64") * (self.high - self.low) + self.low
+
+    def to_dict(self):
+        return {"low": [float(v) for v in self.low], "high": [float(v) for v in self.high]}
 
 
 def decode_strings(values):
@@ -128,6 +170,63 @@ class FeatureCache:
         return list(self.attrs.get("label_names") or [])
 
     @property
+    def name_fields(self):
+        """dataset, subset, backbone, preprocess and pooling: from the attributes, else the file name."""
+        from_name = self.name.split("_")
+        values = []
+        for position, attr in enumerate(NAME_FIELDS):
+            value = self.attrs.get(attr)
+            if value is None and len(from_name) == len(NAME_FIELDS):
+                value = from_name[position]
+            if value is None:
+                raise CacheError(
+                    f"{self.path} has no {attr!r} attribute and its name is not "
+                    "<dataset>_<subset>_<backbone>_<prep>_<pool>.h5; rebuild it with cache-features"
+                )
+            values.append(str(value))
+        return tuple(values)
+
+    @property
+    def dataset(self):
+        return self.name_fields[0]
+
+    @property
+    def subset(self):
+        return self.name_fields[1]
+
+    @property
+    def num_outputs(self):
+        """What a top predicts: labels (multilabel), classes (multiclass) or targets (regression)."""
+        if self.task == "multiclass":
+            return len(self.label_names)
+        with h5py.File(self.path, "r") as h5:
+            shape = h5["labels"].shape
+        return int(shape[1]) if len(shape) > 1 else 1
+
+    @property
+    def target_scale(self):
+        """The regression targets' `TargetScale` over the training split (None for other tasks).
+
+        Caches record the range at extraction (`target_min`, `target_max`);
+        for one that does not, it is taken from the training rows' labels.
+        """
+        if self.task != "regression":
+            return None
+        low, high = self.attrs.get("target_min"), self.attrs.get("target_max")
+        if low is None or high is None:
+            train = self.read("labels", self.indices("train")).reshape(-1, self.num_outputs)
+            low, high = train.min(axis=0), train.max(axis=0)
+        return TargetScale.of(low, high)
+
+    def targets(self, labels):
+        """Labels as a top trains on them: float multi-hot, class index, or targets scaled to [0, 1]."""
+        if self.task == "multilabel":
+            return np.asarray(labels, dtype="float32")
+        if self.task == "multiclass":
+            return np.asarray(labels, dtype="int32")
+        return self.target_scale.scale(labels)
+
+    @property
     def identity(self):
         """The attributes that identify this cache's features and rows (`IDENTITY_ATTRS`)."""
         return {key: self.attrs.get(key) for key in IDENTITY_ATTRS}
@@ -140,6 +239,12 @@ class FeatureCache:
     def feature_shape(self):
         with h5py.File(self.path, "r") as h5:
             return tuple(h5["features"].shape[1:])
+
+    @property
+    def feature_dtype(self):
+        """The dtype features are stored in (float32, or float16 with cache-features --dtype float16)."""
+        with h5py.File(self.path, "r") as h5:
+            return np.dtype(h5["features"].dtype)
 
     @property
     def vocabulary(self):
@@ -178,16 +283,16 @@ class FeatureCache:
             return dataset in h5
 
     def load(self, split=None, augmented=False):
-        """Features and labels of one split as in-memory arrays.
+        """Features (float32, whatever the stored dtype) and labels of one split as in-memory arrays.
 
         With `augmented=True` the K cached views of each row follow the clean
         rows, so a top model sees augmentation without rerunning the backbone.
         """
         indices = self.indices(split)
-        x = self.read("features", indices)
+        x = self.read("features", indices).astype("float32", copy=False)
         y = self.read("labels", indices)
         if augmented and self.augment_copies and self.has("augmented"):
-            views = self.read("augmented", indices)
+            views = self.read("augmented", indices).astype("float32", copy=False)
             x = np.concatenate([x, views.reshape((-1,) + x.shape[1:])])
             y = np.concatenate([y, np.repeat(y, self.augment_copies, axis=0)])
         return x, y
@@ -235,15 +340,55 @@ def _early(shape, dtype, chunks=None):
     return dict(shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl)
 
 
-def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_copies=0, captions=False):
-    """Creates the empty datasets of a cache (features chunked along rows, all space allocated)."""
+def as_stored(features, dtype, where):
+    """Features converted to the dtype they are stored in, by NumPy; refuses values float16 cannot hold.
+
+    The conversion must not be left to HDF5: HDF5 1.14.6 turns float32 values
+    just below a power of two into half of it (0.1249882 into 0.0625, where
+    NumPy gives 0.125) when it converts a block of them to float16.
+
+    float16 overflows above 65504 and flushes tiny values to zero: a
+    random-weight MobileNetV2 gives features of about 1e-12, all of which it
+    would store as 0. More than 1% of the non-zero values below float16's
+    smallest normal number (6.1e-05, where its precision falls away) is
+    refused too.
+
+    Args:
+        features: an array of features (or views).
+        dtype: one of `FEATURE_DTYPES`.
+        where: what is being written, for the error message.
+    """
+    features = np.asarray(features)
+    if dtype != "float16":
+        return features.astype(dtype, copy=False)
+    limits = np.finfo(np.float16)
+    largest, nonzero, tiny = 0.0, 0, 0
+    for start in range(0, len(features), 4096):  # a block at a time: no float32 copy of a whole table
+        magnitude = np.abs(features[start:start + 4096].astype("float32"))
+        largest = max(largest, float(magnitude.max(initial=0)))
+        nonzero += int(np.count_nonzero(magnitude))
+        tiny += int(np.count_nonzero((magnitude > 0) & (magnitude < limits.tiny)))
+    share = tiny / max(nonzero, 1)
+    if largest > limits.max or share > 0.01:
+        raise CacheError(
+            f"{where}: these features do not fit float16 (largest magnitude {largest:.3g}, {share:.0%} of the "
+            f"non-zero ones below {float(limits.tiny):.2g}; float16 holds 6.1e-05 to 65504): use --dtype float32")
+    return features.astype(dtype, copy=False)
+
+
+def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_copies=0, captions=False,
+                    dtype=DEFAULT_DTYPE):
+    """Creates the empty datasets of a cache (features chunked along rows, all space allocated).
+
+    `dtype` is the features' and views' dtype, one of `FEATURE_DTYPES`.
+    """
     feature_shape = tuple(int(d) for d in feature_shape)
     n = max(num_rows, 1)
-    chunk_rows = max(1, min(n, (1 << 20) // (4 * int(np.prod(feature_shape)))))
-    h5.create_dataset("features", **_early((num_rows, *feature_shape), "float32", (chunk_rows, *feature_shape)))
+    chunk_rows = max(1, min(n, (1 << 20) // (np.dtype(dtype).itemsize * int(np.prod(feature_shape)))))
+    h5.create_dataset("features", **_early((num_rows, *feature_shape), dtype, (chunk_rows, *feature_shape)))
     if augment_copies:
         views = (augment_copies, *feature_shape)
-        h5.create_dataset("augmented", **_early((num_rows, *views), "float32", (max(1, chunk_rows // augment_copies), *views)))
+        h5.create_dataset("augmented", **_early((num_rows, *views), dtype, (max(1, chunk_rows // augment_copies), *views)))
     if task == "multilabel":
         h5.create_dataset("labels", (num_rows, num_labels), "uint8")
     elif task == "multiclass":
@@ -273,8 +418,8 @@ def write_tokens(h5, tokens=None, vocabulary=None):
 
 
 def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None, tokens=None,
-                image_sha256=None):
-    """Writes a finished cache in one go (tests, shard merges, hand-made features).
+                image_sha256=None, dtype=DEFAULT_DTYPE):
+    """Writes a finished cache in one go (tests, benchmarks, hand-made features).
 
     Args:
         path: the `.h5` file to write; replaced atomically.
@@ -287,18 +432,21 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
         augmented: optional (N, K, ...) views.
         tokens: optional caption token ids (N, T); needs `attrs["vocabulary"]`.
         image_sha256: optional N hex digests of the image bytes (what `mlkit audit` groups exact duplicates by).
+        dtype: how features (and views) are stored: "float32" or "float16"; recorded as
+            attribute `dtype`. Defaults to "float32".
     """
     path = Path(path)
-    features = np.asarray(features, dtype="float32")
+    if dtype not in FEATURE_DTYPES:
+        raise CacheError(f"dtype {dtype!r}: features are stored as one of {', '.join(FEATURE_DTYPES)}")
+    features = as_stored(features, dtype, path)
     n = len(features)
     labels = np.asarray(labels)
-    tmp = partial_path(path)
-    with h5py.File(tmp, "w") as h5:
+    with atomic_path(path, features.nbytes) as tmp, h5py.File(tmp, "w") as h5:
         create_datasets(
             h5, num_rows=n, feature_shape=features.shape[1:], task=attrs["task"],
             num_labels=labels.shape[1] if labels.ndim > 1 else 0,
             augment_copies=0 if augmented is None else augmented.shape[1],
-            captions=caption is not None,
+            captions=caption is not None, dtype=dtype,
         )
         h5["features"][...] = features
         h5["labels"][...] = labels
@@ -310,10 +458,10 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
         if caption is not None:
             h5["caption"][...] = ["" if c is None else str(c) for c in caption]
         if augmented is not None:
-            h5["augmented"][...] = np.asarray(augmented, dtype="float32")
+            h5["augmented"][...] = as_stored(augmented, dtype, path)
         if tokens is not None:
             write_tokens(h5, tokens, attrs.get("vocabulary"))
         h5["done"][...] = 1
-        write_attrs(h5, {"format_version": FORMAT_VERSION, "augment_copies": 0 if augmented is None else augmented.shape[1], **attrs, "complete": True})
-    tmp.replace(path)
+        write_attrs(h5, {"format_version": FORMAT_VERSION, "augment_copies": 0 if augmented is None else augmented.shape[1],
+                         **attrs, "dtype": dtype, "complete": True})
     return path

@@ -2,8 +2,13 @@
 
 import argparse
 
-from mlkit.backbones import BACKBONES, POOLING, PREPROCESSING
-from mlkit.vocabulary import TASKS
+from dataclasses import fields
+
+from mlkit.backbones import BACKBONES
+from mlkit.bottlenecks.options import CacheOptions
+from mlkit.options import add_options
+
+SETTINGS = tuple(field.name for field in fields(CacheOptions))
 
 EPILOG = """\
 examples:
@@ -42,25 +47,7 @@ def register(subparsers):
     )
     parser.add_argument("manifest", help="manifest CSV or JSON Lines (columns image, labels|target, [caption], [split])")
     parser.add_argument("--workdir", default=".", help="workspace folder; the cache goes to WORKDIR/bottlenecks/ (default: .)")
-    parser.add_argument("--backbone", default="mobilenetv2", metavar="NAME", help="keras.applications model by lower-case name (default: mobilenetv2)")
-    parser.add_argument("--weights", default="imagenet", help="imagenet (downloaded once to $KERAS_HOME/models), none (seeded random), or a weights file PATH (default: imagenet)")
-    parser.add_argument("--image-size", type=int, default=None, metavar="PX", help="square input side in pixels (default: the backbone's own, e.g. 224)")
-    parser.add_argument("--preprocess", choices=PREPROCESSING, default="inet", help="inet: the backbone's own preprocess_input; zmuv: per-channel zero mean, unit variance fitted on the training split; zmuvs: each image standardised on its own (default: inet)")
-    parser.add_argument("--pooling", choices=POOLING, default="avg", help="avg or max: global pooling to a vector; none: keep raw feature maps (N x H x W x C) (default: avg)")
-    parser.add_argument("--augment-copies", type=int, default=0, metavar="K", help="also cache K augmented views (flip, rotation, zoom, shifts) of each training image (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per backbone call (default: 64)")
-    parser.add_argument("--dataset", default=None, help="dataset name, the first run-name field (default: the manifest's folder name)")
-    parser.add_argument("--subset", default=None, help="subset name, the second run-name field (default: the manifest file's stem, or 'all')")
-    parser.add_argument("--task", choices=TASKS, default=None, help="default: inferred (target column: regression; any row with several labels: multilabel; else multiclass)")
-    parser.add_argument("--allow-unlabelled", action="store_true", help="accept multilabel rows with no labels (they train as all-negative and are left out of evaluation)")
-    parser.add_argument("--background", default="white", help="colour transparent pixels are composited on: white, black, #rrggbb or R,G,B (default: white)")
-    parser.add_argument("--strict", action="store_true", help="fail if any image cannot be read (the partial cache is kept; fix the files and rerun)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a same-named cache that was made with other settings (size, weights, background)")
-    parser.add_argument("--zmuv-samples", type=int, default=1000, help="training images sampled to fit zmuv statistics (default: 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds random weights (--weights none) and the augmented views (default: 0)")
-    parser.add_argument("--captions", action="store_true", help="also cache caption token ids and their vocabulary (needs a caption column and a train split)")
-    parser.add_argument("--num-words", type=int, default=10000, metavar="N", help="with --captions: the most token ids, padding and out-of-vocabulary included; the N-2 most frequent training stems are kept (default: 10000)")
-    parser.add_argument("--max-len", type=int, default=None, metavar="T", help="with --captions: tokens per caption; longer ones are cut (default: the 95th percentile of the training captions' token counts)")
+    add_options(parser, CacheOptions)
     parser.add_argument("--shard", default=None, metavar="I/N", help="cache only shard I of N (I from 0): the rows whose image path hashes to I, to <cache>.shard-I-of-N.h5; join the shards with `mlkit cache-merge` (default: every row)")
     parser.add_argument("--fit-stats", action="store_true", help="with --preprocess zmuv: only fit the statistics on the whole manifest, to <cache>.zmuv.json, which every --shard run reads; run once before the shards")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,12 +79,8 @@ def run(args):
         print(f"zmuv statistics: {path}")
         return 0
     result = cache_features(
-        args.manifest, args.workdir, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
-        preprocess=args.preprocess, pooling=args.pooling, augment_copies=args.augment_copies,
-        batch_size=args.batch_size, dataset=args.dataset, subset=args.subset, task=args.task,
-        allow_unlabelled=args.allow_unlabelled, background=args.background, strict=args.strict,
-        overwrite=args.overwrite, zmuv_samples=args.zmuv_samples, seed=args.seed, progress=not args.no_progress,
-        captions=args.captions, num_words=args.num_words, max_len=args.max_len, shard=args.shard,
+        args.manifest, args.workdir, **{name: getattr(args, name) for name in SETTINGS},
+        progress=not args.no_progress, shard=args.shard,
     )
     rate = result.computed / result.seconds if result.seconds else 0.0
     print(f"cache: {result.path}")

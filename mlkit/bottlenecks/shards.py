@@ -25,7 +25,7 @@ import numpy as np
 
 from mlkit.bottlenecks.cache import create_datasets, partial_path, read_attrs, write_attrs, write_tokens
 from mlkit.errors import CacheError, MlkitError
-from mlkit.files import atomic_path, write_text
+from mlkit.files import atomic_path, remove_stale_temporaries, write_text
 from mlkit.locks import hold_lock
 
 # Attributes that only say which shard a file is, or where it was made; every other one must agree.
@@ -218,14 +218,15 @@ def _write_merged(target, shards, rows, total):
     attrs = {key: value for key, value in shards[0][1].items() if key not in SHARD_ATTRS}
     attrs["rows_done"] = sum(int(a.get("rows_done", 0)) for _, a in shards)
     with h5py.File(shards[0][0], "r") as h5:
-        feature_shape, task = h5["features"].shape[1:], attrs["task"]
+        feature_shape, dtype, task = h5["features"].shape[1:], h5["features"].dtype, attrs["task"]
         num_labels = h5["labels"].shape[1] if h5["labels"].ndim > 1 else 0
         captions, tokens_width = "caption" in h5, h5["tokens"].shape[1] if "tokens" in h5 else None
     need = sum(path.stat().st_size for path, _ in shards)
-    with atomic_path(target, need, tmp=partial_path(target).with_name(f".merge-{target.name}")) as tmp:
+    remove_stale_temporaries(target)  # under the cache's lock: only a killed merge leaves one
+    with atomic_path(target, need) as tmp:
         with h5py.File(tmp, "w") as out:
             create_datasets(out, num_rows=total, feature_shape=feature_shape, task=task, num_labels=num_labels,
-                            augment_copies=int(attrs.get("augment_copies", 0)), captions=captions)
+                            augment_copies=int(attrs.get("augment_copies", 0)), captions=captions, dtype=dtype)
             tokens = None if tokens_width is None else np.zeros((total, tokens_width), "int32")
             for (path, _), manifest_rows in zip(shards, rows):
                 with h5py.File(path, "r") as shard:

@@ -5,9 +5,11 @@ import sys
 
 from mlkit.models.augment import describe_codes
 from mlkit.models.finetune import FinetuneConfig
-from mlkit.vocabulary import OPTIMIZERS
+from mlkit.options import add_options, given
 
-DEFAULTS = FinetuneConfig()
+# FinetuneConfig's settings the command takes; their defaults and help live on its fields (mlkit.options).
+SETTINGS = ("top", "freeze", "warmup_epochs", "lr", "batch", "epochs", "patience", "augment", "optimizer", "momentum",
+            "decision", "min_labels", "max_labels", "weights", "mixed_precision", "jit", "strategy", "seed")
 
 FINETUNE_EPILOG = """\
 Augmentation codes (--augment, any order, or 'none'):
@@ -48,42 +50,9 @@ def add_finetune(subparsers):
                     "export one model that takes raw images.",
         epilog=FINETUNE_EPILOG.format(codes=describe_codes()), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cache", help="bottleneck cache (.h5) the top was tuned on")
-    parser.add_argument("--top", default="best", help="a run name from WORKDIR/tuning, or 'best' (default: the "
-                                                      "first in tuning/summary.csv tuned on this cache)")
-    parser.add_argument("--freeze", default=DEFAULTS.freeze,
-                        help="leading backbone layers kept frozen: a share of its layers (default "
-                             f"{DEFAULTS.freeze.replace('%', '%%')}: the last quarter trains), a number (e.g. 15), a block name to train "
-                             "from (e.g. block5 for VGG16, block_13 for MobileNetV2), or 'all' (train the head alone "
-                             "on augmented images). Batch norm keeps its statistics whatever is unfrozen")
-    parser.add_argument("--warmup-epochs", type=int, default=DEFAULTS.warmup_epochs,
-                        help="epochs training the head alone before unfreezing (fastai's fine_tune; default "
-                             f"{DEFAULTS.warmup_epochs}: the tuned top already is a trained head)")
-    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"learning rate (default {DEFAULTS.lr:g})")
-    parser.add_argument("--batch", type=int, default=DEFAULTS.batch, help=f"batch size (default {DEFAULTS.batch})")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help=f"most epochs (default {DEFAULTS.epochs})")
-    parser.add_argument("--patience", type=int, default=DEFAULTS.patience,
-                        help=f"early stopping patience on val_loss; the best epoch is kept (default {DEFAULTS.patience})")
-    parser.add_argument("--augment", default=DEFAULTS.augment,
-                        help=f"augmentation codes, or 'none' (default {DEFAULTS.augment})")
-    parser.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=OPTIMIZERS,
-                        help=f"adam or sgd with momentum (default {DEFAULTS.optimizer})")
-    parser.add_argument("--momentum", type=float, default=DEFAULTS.momentum,
-                        help=f"SGD momentum (default {DEFAULTS.momentum})")
-    parser.add_argument("--decision", default=None,
-                        help="multilabel rule fitted on validation: cardinality (default), fbeta:B, per-class:B, "
-                             "threshold:T, topk:K (see `mlkit evaluate --help`)")
-    parser.add_argument("--min-labels", type=int, default=0, help="at least this many labels per image (default 0)")
-    parser.add_argument("--max-labels", type=int, default=None, help="at most this many labels per image")
-    parser.add_argument("--weights", default=None,
-                        help="where the backbone weights come from, if not where the cache says (must hash the same)")
+    add_options(parser, FinetuneConfig, SETTINGS)
     parser.add_argument("--image-root", default=None,
                         help="folder the cache's relative image paths start from (default: the manifest's folder)")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="mixed_float16 on a GPU (mixed_bfloat16 on CPU); the exported model stays float32")
-    parser.add_argument("--jit", action="store_true", help="compile the training step with XLA (not for caption tops: XLA has no string ops)")
-    parser.add_argument("--strategy", default="none", choices=("none", "mirrored", "multiworker"),
-                        help="tf.distribute: mirrored (all local GPUs) or multiworker (workers from TF_CONFIG)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="redo a finished run")
     parser.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
     parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
@@ -94,12 +63,8 @@ def run_finetune(args):
     from mlkit.models.finetune import finetune
 
     result = finetune(
-        args.cache, args.top, args.workdir, image_root=args.image_root, overwrite=args.overwrite,
-        progress=not args.no_progress, freeze=args.freeze, lr=args.lr, batch=args.batch, epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs, augment=args.augment, optimizer=args.optimizer, momentum=args.momentum,
-        patience=args.patience, decision=args.decision or "", min_labels=args.min_labels, max_labels=args.max_labels,
-        weights=args.weights or "", mixed_precision=args.mixed_precision, jit=args.jit, strategy=args.strategy,
-        seed=args.seed,
+        args.cache, workdir=args.workdir, image_root=args.image_root, overwrite=args.overwrite,
+        progress=not args.no_progress, **given(args, SETTINGS),
     )
     if result is None:
         print("worker: finished training in step with the chief, which writes the model, record and log")

@@ -32,11 +32,11 @@ its stock interpreter cannot run; use the SavedModel.
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 from mlkit.errors import MlkitError
+from mlkit.files import atomic_folder, atomic_path, write_bytes
+from mlkit.runs import run_paths
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ def model_paths(model, workdir="."):
     text = str(model)
     path = Path(text)
     if path.suffix != ".keras":
-        path = Path(workdir) / "models" / f"{text}.keras"
+        path = run_paths(workdir, text, "models")["keras"]
     record = path.with_suffix(".json")
     if not path.exists():
         folder = path.parent
         known = sorted(p.stem for p in folder.glob("*.keras")) if folder.exists() else []
-        hint = f"; models there: {', '.join(known[:10])}" if known else f"; run `mlkit finetune` to make one"
+        hint = f"; models there: {', '.join(known[:10])}" if known else "; run `mlkit finetune` to make one"
         raise MlkitError(f"no exported model at {path}{hint}")
     return path, record
 
@@ -119,12 +119,6 @@ def export_model(model, formats=("savedmodel",), workdir=".", out_dir=None):
     return written
 
 
-def _replace_dir(partial, final):
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-
-
 def write_savedmodel(model, path):
     """A SavedModel with `serve` (uint8 images) and `serve_bytes` (encoded files) endpoints.
 
@@ -137,8 +131,6 @@ def write_savedmodel(model, path):
     from mlkit.models.network import takes_captions
 
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
     specs = {key: tf.TensorSpec(value.shape[1:], value.dtype) for key, value in model.output.items()}
     images = tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")
     files = tf.TensorSpec((None,), tf.string, name="files")
@@ -173,8 +165,8 @@ def write_savedmodel(model, path):
 
         archive.add_endpoint("serve", serve, input_signature=[images])
         archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[files])
-    archive.write_out(str(partial), verbose=False)
-    _replace_dir(partial, path)
+    with atomic_folder(path) as partial:
+        archive.write_out(str(partial), verbose=False)
     return path
 
 
@@ -226,9 +218,7 @@ def write_tflite(model, record, path):
             flatbuffer = converter.convert()
         except Exception as error:
             raise MlkitError(f"TFLite conversion failed: {type(error).__name__}: {error}") from None
-    partial = Path(path).with_name(f".{Path(path).name}.partial")
-    partial.write_bytes(flatbuffer)
-    os.replace(partial, path)
+    write_bytes(path, flatbuffer)
     return Path(path)
 
 
@@ -240,13 +230,12 @@ def write_onnx(model, record, path):
         raise MlkitError('ONNX export needs tf2onnx and onnx: pip install "mlkit[export]"') from None
 
     serve = fixed_size_function(model, record)
-    partial = Path(path).with_name(f".{Path(path).name}.partial")
-    try:
-        tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=ONNX_OPSET,
-                                      output_path=str(partial))
-    except Exception as error:
-        raise MlkitError(f"ONNX conversion failed: {type(error).__name__}: {error}") from None
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        try:
+            tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=ONNX_OPSET,
+                                          output_path=str(partial))
+        except Exception as error:
+            raise MlkitError(f"ONNX conversion failed: {type(error).__name__}: {error}") from None
     return Path(path)
 
 

@@ -40,12 +40,13 @@ from mlkit import __version__
 from mlkit.bottlenecks.cache import FeatureCache, open_cache
 from mlkit.decisions import parse_rule
 from mlkit.errors import MlkitError
-from mlkit.files import check_workdir, write_json
+from mlkit.files import atomic_path, check_workdir, remove_stale_temporaries, write_json
 from mlkit.locks import hold_lock
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
 from mlkit.models.data import DEFAULT_MEMORY_CACHE, ImageRows
-from mlkit.runs import encode_lr, parse_run_name
+from mlkit.options import defaults_of, option
+from mlkit.runs import branch_of, encode_lr, parse_run_name, run_paths
 from mlkit.vocabulary import OPTIMIZERS, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -69,28 +70,42 @@ class FinetuneConfig:
     # The defaults are the settings measured to work on a pretrained backbone (BENCHMARKS.md,
     # "Transfer quality"): the last quarter of the backbone trains at Adam's 1e-4 from the
     # cached top, which already is a trained head, so no warm-up is needed.
-    top: str = "best"
-    freeze: str = "75%"
-    lr: float = 1e-4
-    batch: int = 32
-    epochs: int = 12
-    warmup_epochs: int = 0
-    augment: str = "hwzf"
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    patience: int = 3
-    decision: str = ""
-    min_labels: int = 0
-    max_labels: int = None
-    weights: str = ""
-    mixed_precision: bool = False
-    jit: bool = False
-    strategy: str = "none"
-    seed: int = 0
+    top: str = option("best", "a run name from WORKDIR/tuning, or 'best': the first in tuning/summary.csv tuned on "
+                              "this cache")
+    freeze: str = option("75%", "leading backbone layers kept frozen: a share of its layers (75% trains the last "
+                                "quarter), a number (e.g. 15), a block name to train from (e.g. block5 for VGG16, "
+                                "block_13 for MobileNetV2), or 'all' (train the head alone on augmented images). "
+                                "Batch norm keeps its statistics whatever is unfrozen")
+    lr: float = option(1e-4, "learning rate")
+    batch: int = option(32, "batch size")
+    epochs: int = option(12, "most epochs")
+    warmup_epochs: int = option(0, "epochs training the head alone before unfreezing (fastai's fine_tune; the "
+                                   "tuned top already is a trained head)")
+    augment: str = option("hwzf", "augmentation codes (see below), or 'none'")
+    optimizer: str = option("adam", "adam, or sgd with --momentum", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum")
+    patience: int = option(3, "early stopping patience on val_loss; the best epoch is kept")
+    decision: str = option("", "multilabel rule fitted on validation: cardinality, fbeta:B, per-class:B, "
+                               "threshold:T, topk:K (see `mlkit evaluate --help`)", shown="cardinality")
+    min_labels: int = option(0, "at least this many labels per image")
+    max_labels: int = option(None, "at most this many labels per image", shown="no limit")
+    weights: str = option("", "where the backbone weights come from, if not where the cache says (must hash the "
+                              "same)", shown="the cache's")
+    mixed_precision: bool = option(False, "mixed_float16 on a GPU (mixed_bfloat16 on CPU); the exported model "
+                                          "stays float32")
+    jit: bool = option(False, "compile the training step with XLA (not for caption tops: XLA has no string ops)")
+    strategy: str = option("none", "tf.distribute: mirrored (all local GPUs) or multiworker (workers from "
+                                   "TF_CONFIG)", choices=STRATEGIES)
+    seed: int = option(0, "random seed")
     memory_cache: int = DEFAULT_MEMORY_CACHE
     frozen: object = None
 
+    def __post_init__(self):
+        """Refuses any setting that cannot be used (MlkitError), so a bad config cannot exist."""
+        self.validate()
+
     def validate(self):
+        """Checks the settings again (after one was changed in place); returns the config."""
         self.augment = parse_augment(self.augment)
         for name, minimum in (("batch", 1), ("epochs", 1), ("warmup_epochs", 0), ("patience", 1)):
             if int(getattr(self, name)) < minimum:
@@ -112,6 +127,10 @@ class FinetuneConfig:
         if self.optimizer != "adam":
             options["ftopt"] = self.optimizer
         return options
+
+
+# The Python API's defaults are FinetuneConfig's (mlkit.options): written once, there.
+FINETUNE = defaults_of(FinetuneConfig)
 
 
 @dataclass
@@ -144,7 +163,15 @@ class FinetuneResult:
         return name, get(self.report), get(self.baseline)
 
 
-def finetune(cache, top="best", workdir=".", *, image_root=None, overwrite=False, progress=True, **settings):
+def finetune(
+    cache, top=FINETUNE["top"], workdir=".", *, freeze=FINETUNE["freeze"], lr=FINETUNE["lr"], batch=FINETUNE["batch"],
+    epochs=FINETUNE["epochs"], warmup_epochs=FINETUNE["warmup_epochs"], augment=FINETUNE["augment"],
+    optimizer=FINETUNE["optimizer"], momentum=FINETUNE["momentum"], patience=FINETUNE["patience"],
+    decision=FINETUNE["decision"], min_labels=FINETUNE["min_labels"], max_labels=FINETUNE["max_labels"],
+    weights=FINETUNE["weights"], mixed_precision=FINETUNE["mixed_precision"], jit=FINETUNE["jit"],
+    strategy=FINETUNE["strategy"], seed=FINETUNE["seed"], memory_cache=FINETUNE["memory_cache"], image_root=None,
+    overwrite=False, progress=True,
+):
     """Fine-tunes a tuned top on its backbone end to end, fits the decision, and exports the model.
 
     Args:
@@ -156,16 +183,16 @@ def finetune(cache, top="best", workdir=".", *, image_root=None, overwrite=False
         workdir: the workspace holding `tuning/`; `models/` is written there. Defaults to ".".
         image_root: folder the cache's relative image paths resolve against.
             Defaults to the folder of the manifest the cache was made from.
+        freeze, lr, batch, epochs, warmup_epochs, augment, optimizer, momentum,
+            patience, decision, min_labels, max_labels, weights, mixed_precision,
+            jit, strategy, seed: the `FinetuneConfig` settings (each field says
+            what it does; `mlkit finetune --help` prints them). Their defaults
+            were measured on a pretrained backbone: the last quarter of the
+            backbone ("75%") trains with Adam at 1e-4, batch 32, up to 12 epochs
+            with patience 3, augmentation "hwzf", no warm-up.
+        memory_cache: bytes of decoded images kept in memory. Defaults to 2 GiB.
         overwrite: redo a finished run. Defaults to False.
         progress: show Keras's progress bars. Defaults to True.
-        **settings: `FinetuneConfig` fields, whose defaults were measured on a
-            pretrained backbone: freeze (default "75%": the last quarter of the
-            backbone trains; also "all", a number of layers or a block name),
-            lr (1e-4), batch (32), epochs (12), warmup_epochs (0), augment
-            codes ("hwzf"), optimizer ("adam" or "sgd"), momentum, patience (3),
-            decision (rule spec; default cardinality for multilabel),
-            min_labels, max_labels, weights, mixed_precision, jit, strategy
-            (none|mirrored|multiworker), seed.
 
     Returns:
         A `FinetuneResult`; None on a multi-worker run's non-chief workers,
@@ -177,7 +204,12 @@ def finetune(cache, top="best", workdir=".", *, image_root=None, overwrite=False
         finetune("bottlenecks/synth_all_vgg16_inet_avg.h5", freeze="block5", optimizer="sgd", lr=1e-3)
     """
     started = time.perf_counter()
-    config = FinetuneConfig(top=str(top), **settings).validate()
+    config = FinetuneConfig(
+        top=str(top), freeze=freeze, lr=lr, batch=batch, epochs=epochs, warmup_epochs=warmup_epochs, augment=augment,
+        optimizer=optimizer, momentum=momentum, patience=patience, decision=decision or "", min_labels=min_labels,
+        max_labels=max_labels, weights=weights or "", mixed_precision=mixed_precision, jit=jit, strategy=strategy,
+        seed=seed, memory_cache=memory_cache,
+    )
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
     workdir = check_workdir(workdir)
     top_run = select_top(workdir, cache, top)
@@ -223,7 +255,7 @@ def select_top(workdir, cache, top):
         table = table[table["cache"] == cache.path.name]
     caption_only = rebuilt = 0
     for run in table["run"]:
-        record = folder / f"{run}.json"
+        record = run_paths(workdir, run)["json"]
         if not record.exists():
             continue
         config = json.loads(record.read_text())["config"]
@@ -231,7 +263,7 @@ def select_top(workdir, cache, top):
             continue
         if identity_differences(config.get("cache_identity") or {}, cache.identity):
             rebuilt += 1
-        elif config.get("text_only"):
+        elif branch_of(config.get("text"), config.get("text_only")) == "caption":
             caption_only += 1
         else:
             return str(run)
@@ -316,7 +348,7 @@ def finetune_run_name(top_run, frozen, config):
 
 def refuse_caption_only(top_config):
     """A caption-only top has no image features, so no backbone under it to fine-tune."""
-    if top_config.text_only:
+    if top_config.branch == "caption":
         raise MlkitError(
             f"top {top_config.run} is caption-only (tune-top --text-only): it takes no image features, so there is "
             "no backbone to fine-tune or export with it. Fine-tune an image or image + caption top instead "
@@ -339,7 +371,6 @@ class _Job:
         import keras
 
         from mlkit.models.network import build_network, check_top_matches, rebuild_backbone, resolve_freeze
-        from mlkit.tuning.data import target_scale
         from mlkit.tuning.top import load_top
 
         self.cache, self.workdir, self.config, self.strategy = cache, workdir, config, strategy
@@ -359,20 +390,14 @@ class _Job:
         self.task = cache.task
         self.top_run = top_run
         self.run = finetune_run_name(top_run, config.frozen, config)
-        folder = workdir / "models"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.paths = {"keras": folder / f"{self.run}.keras", "json": folder / f"{self.run}.json",
-                      "csv": folder / f"{self.run}.csv"}
+        self.paths = run_paths(workdir, self.run, "models")
+        self.paths["keras"].parent.mkdir(parents=True, exist_ok=True)
         self.chief, self.role = worker_role(strategy)
         # Checkpoints of a resumed run are the chief's; other workers read them and write theirs elsewhere.
-        self.chief_work = self.work = folder / f".{self.run}.work"
+        self.chief_work = self.work = self.paths["work"]
         if not self.chief:
             self.work = Path(tempfile.mkdtemp(prefix=f"mlkit-{self.role.replace(':', '')}-"))
         self.rows = ImageRows(cache, image_root)
-        train_labels = self.rows.split("train")[1]
-        self.target_low = self.target_high = None
-        if self.task == "regression":
-            self.target_low, self.target_high = target_scale(cache, np.asarray(train_labels, "float64"))
         keras.utils.set_random_seed(config.seed)
 
     # -- state ------------------------------------------------------------------------------
@@ -386,14 +411,6 @@ class _Job:
             return None
         return FinetuneResult(self.run, self.paths["keras"], path, self.paths["csv"], record["test"], record["baseline"])
 
-    def targets(self, labels):
-        if self.task == "multilabel":
-            return np.asarray(labels, "float32")
-        if self.task == "multiclass":
-            return np.asarray(labels, "int32")
-        scaled = (np.asarray(labels, "float64") - self.target_low) / (self.target_high - self.target_low)
-        return scaled.astype("float32")
-
     def captions(self, split):
         """The split's caption strings for a caption top, else None."""
         return self.rows.split_captions(split) if self.vocabulary else None
@@ -402,7 +419,7 @@ class _Job:
         paths, labels = self.rows.split(split)
         config = self.config
         augment = augmentation_layers(config.augment, config.seed) if training else ()
-        return self.rows.dataset(paths, self.targets(labels), captions=self.captions(split), batch_size=config.batch,
+        return self.rows.dataset(paths, self.cache.targets(labels), captions=self.captions(split), batch_size=config.batch,
                                  shuffle=training, augment=augment, seed=config.seed, memory_cache=config.memory_cache)
 
     # -- training ---------------------------------------------------------------------------
@@ -525,8 +542,8 @@ class _Job:
         (val_scores, val_labels), (test_scores, test_labels) = fit, test
         names = self.cache.label_names or self.attrs.get("target_names")
         if self.task == "regression":
-            unscale = lambda s: np.asarray(s, "float64") * (self.target_high - self.target_low) + self.target_low
-            return None, evaluate_scores(unscale(test_scores), test_labels, names, task="regression")
+            return None, evaluate_scores(self.cache.target_scale.unscale(test_scores), test_labels, names,
+                                         task="regression")
         if self.task == "multiclass":
             rule = parse_rule("argmax")
             return rule, evaluate_scores(test_scores, test_labels, names, task="multiclass")
@@ -551,10 +568,10 @@ class _Job:
         with precision_policy(False):
             network = self.float32_network() if self.config.mixed_precision else self.network
             model = build_export_model(network, self.attrs, rule.to_dict() if rule else None, self.task,
-                                       self.target_low, self.target_high)
-            partial = self.paths["keras"].with_name(f".{self.run}.partial.keras")
-            model.save(partial)
-            os.replace(partial, self.paths["keras"])
+                                       self.cache.target_scale)
+            remove_stale_temporaries(self.paths["keras"])  # under the run's lock: only killed runs leave them
+            with atomic_path(self.paths["keras"]) as partial:
+                model.save(partial)
         self.write_log()
         record = self.record(rule, report, baseline)
         write_json(self.paths["json"], record)
@@ -584,12 +601,10 @@ class _Job:
         if not rows:
             return
         columns = ["phase"] + [key for key in rows[-1] if key != "phase"]
-        partial = self.paths["csv"].with_name(f".{self.paths['csv'].name}.partial")
-        with open(partial, "w", newline="") as handle:
+        with atomic_path(self.paths["csv"]) as partial, open(partial, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(partial, self.paths["csv"])
 
     def caption_input(self):
         """What the "caption" input is, for the record (the full vocabulary is in the model's layer config)."""
@@ -624,8 +639,7 @@ class _Job:
             "cache_path": str(self.cache.path),
             "top_config": self.top_config.to_dict(), "finetune": asdict(self.config),
             "trainable": self.trainable_summary,
-            "target_scale": None if self.target_low is None else {"low": list(map(float, self.target_low)),
-                                                                   "high": list(map(float, self.target_high))},
+            "target_scale": self.cache.target_scale and self.cache.target_scale.to_dict(),
             "versions": {"mlkit": __version__, "keras": keras.__version__, "tensorflow": tf.__version__},
         }
 

@@ -194,7 +194,7 @@ def walk_layers(model):
         yield from walk_layers(layer)
 
 
-def build_export_model(network, attrs, rule, task, target_low=None, target_high=None):
+def build_export_model(network, attrs, rule, task, scale=None):
     """uint8 images (any size) -> resize -> network -> {"scores", "labels"}.
 
     A network with a caption input gives a model of two inputs,
@@ -205,8 +205,7 @@ def build_export_model(network, attrs, rule, task, target_low=None, target_high=
         attrs: the cache's attributes (image size).
         rule: the fitted rule's dict (`Rule.to_dict()`); unused for regression.
         task: multilabel, multiclass or regression.
-        target_low: regression: per-target minimum the head was scaled with.
-        target_high: regression: per-target maximum.
+        scale: regression: the `TargetScale` the head was trained with.
 
     Returns:
         A Keras model. Multilabel and multiclass: "scores" (N, L) float32 and
@@ -225,7 +224,9 @@ def build_export_model(network, attrs, rule, task, target_low=None, target_high=
         inputs = image
         scores = network(pixels)
     if task == "regression":
-        predictions = Unscale(target_low, target_high, name="unscale")(scores)
+        if scale is None:
+            raise MlkitError("a regression model is exported with the TargetScale its head was trained with")
+        predictions = Unscale(scale.low, scale.high, name="unscale")(scores)
         outputs = {"scores": predictions, "labels": keras.layers.Identity(name="labels")(predictions)}
     else:
         outputs = {"scores": scores, "labels": LabelDecision(rule, name="labels")(scores)}

@@ -15,13 +15,13 @@ Image-only models ignore `--caption`, with a warning.
 
 import csv
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mlkit.errors import MlkitError
+from mlkit.files import atomic_path
 from mlkit.images import ImageReadError, load_image, parse_background
 from mlkit.vocabulary import IMAGE_EXTENSIONS
 
@@ -198,9 +198,8 @@ def write_csv(results, path):
     """One row per image: image, decided labels (|-joined), ranked label:score pairs, true labels, error,
     and for a caption model the caption used last."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
     captioned = any(result.caption is not None for result in results)
-    with open(partial, "w", newline="") as handle:
+    with atomic_path(path) as partial, open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "labels", "ranked", "true_labels", "error"] + (["caption"] if captioned else []))
         for result in results:
@@ -208,5 +207,4 @@ def write_csv(results, path):
             truth = "" if result.truth is None else "|".join(result.truth)
             row = [result.image, "|".join(result.decided), ranked, truth, result.error]
             writer.writerow(row + ([result.caption] if captioned else []))
-    os.replace(partial, path)
     return path

@@ -2,6 +2,10 @@
 
 import argparse
 
+from mlkit.options import add_options, given
+from mlkit.tuning.config import TopConfig
+from mlkit.tuning.data import MAX_MEMORY
+
 TUNE_EPILOG = """\
 Each list is comma-separated; the grid is their product. Files per trial, under
 WORKDIR/tuning/: <run>.csv (per-epoch log), <run>.weights.h5 (best epoch),
@@ -34,21 +38,20 @@ def register(subparsers):
     add_lr_find(subparsers)
 
 
-def add_top_options(parser, plural):
-    """Top-model options: lists for tune-top (plural), single values for lr-find."""
-    kind = "comma-separated list" if plural else "one value"
-    parser.add_argument("--layers", default="1", help=f"hidden layers ({kind}; default 1)")
-    parser.add_argument("--units", default="1024", help=f"units per hidden layer ({kind}; default 1024)")
-    parser.add_argument("--reg", default="d5", help=f"dN (dropout N/10) or bn ({kind}; default d5)")
-    parser.add_argument("--batch", default="64", help=f"batch size ({kind}; default 64)")
-    parser.add_argument("--loss", default=None,
-                        help=f"multilabel bce|focal|wbce, multiclass cce|focal, regression mse|mae|huber ({kind})")
-    parser.add_argument("--optimizer", default="sgd", help=f"sgd (with momentum) or adam ({kind}; default sgd)")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    parser.add_argument("--top-pool", default="flatten", help=f"raw feature maps only: flatten|avg|max ({kind})")
+# TopConfig's settings each command takes; their defaults and help live on TopConfig's fields (mlkit.options).
+GRID_AXES = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool")
+CAPTION_AXES = ("text", "text_units", "embed_dim")
+TRAINING = ("epochs", "patience", "objective", "momentum", "step_every", "step_gamma", "sample_weights", "cap",
+            "oversample", "seed")
+LR_FIND = ("layers", "units", "reg", "batch", "loss", "optimizer", "momentum", "top_pool", "seed")
+
+
+def add_data_options(parser):
+    """Where the features come from and where files go, for tune-top and lr-find."""
     parser.add_argument("--augmented", action="store_true", help="also train on the cache's augmented views")
-    parser.add_argument("--max-memory", default="4G", help="stream features from HDF5 above this size (default 4G)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--max-memory", default=MAX_MEMORY,
+                        help="hold the features in memory up to this size (in their stored dtype: float16 caches "
+                             f"take half), and stream them from HDF5 above it (default {MAX_MEMORY})")
     parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
 
 
@@ -58,23 +61,13 @@ def add_tune_top(subparsers):
         description="Grid-search small top models on cached features (KerasTuner GridSearch).",
         epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cache", help="bottleneck cache (.h5) from cache-features")
-    add_top_options(parser, plural=True)
-    parser.add_argument("--lr", default="0.1", help="learning rates (list; default 0.1)")
-    parser.add_argument("--schedule", default="constant", help="constant|step|plateau|cosine (list)")
-    parser.add_argument("--step-every", type=int, default=10, help="step schedule: epochs between drops (default 10)")
-    parser.add_argument("--step-gamma", type=float, default=0.1, help="step schedule: factor per drop (default 0.1)")
-    parser.add_argument("--epochs", type=int, default=20, help="most epochs per trial (default 20)")
-    parser.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs (default 5)")
-    parser.add_argument("--objective", default="val_loss",
-                        help="val_loss (default), val_map|val_f1|val_auc, val_accuracy, val_mae|val_rmse")
-    parser.add_argument("--sample-weights", action="store_true", help="weight training rows by inverse class frequency")
-    parser.add_argument("--cap", type=int, default=0, help="at most N training rows per class")
-    parser.add_argument("--oversample", type=int, default=0, help="at least N training rows per class (with repeats)")
-    parser.add_argument("--captions", action="store_true", help="add the caption branch (cache made with --captions)")
-    parser.add_argument("--text-only", action="store_true", help="train the caption branch alone (implies --captions)")
-    parser.add_argument("--text", default=None, help="caption branch: lstm|bilstm (list; default bilstm)")
-    parser.add_argument("--text-units", default=None, help="caption branch: LSTM units per direction (list; default 128)")
-    parser.add_argument("--embed-dim", default=None, help="caption branch: token embedding width (list; default 128)")
+    add_options(parser.add_argument_group("the grid (each a comma-separated list)"), TopConfig, GRID_AXES,
+                lists=GRID_AXES)
+    add_options(parser.add_argument_group("training"), TopConfig, TRAINING)
+    add_data_options(parser)
+    captions = parser.add_argument_group("caption branch (the cache needs cache-features --captions)")
+    captions.add_argument("--captions", action="store_true", help="add the caption branch")
+    add_options(captions, TopConfig, ("text_only",) + CAPTION_AXES, lists=CAPTION_AXES)
     role = parser.add_mutually_exclusive_group()
     role.add_argument("--chief", action="store_true", help="serve the grid to workers (KerasTuner oracle)")
     role.add_argument("--worker", type=int, metavar="N", help="run trials for the chief as tuner N")
@@ -84,16 +77,14 @@ def add_tune_top(subparsers):
 
 
 def run_tune_top(args):
+    from mlkit.tuning.data import keep_freed_memory
     from mlkit.tuning.search import tune_top
 
+    keep_freed_memory()  # the command owns its process: let a streamed epoch run at the in-memory speed
     tune_top(
-        args.cache, args.workdir, layers=args.layers, units=args.units, reg=args.reg, lr=args.lr, batch=args.batch,
-        loss=args.loss, optimizer=args.optimizer, schedule=args.schedule, top_pool=args.top_pool, epochs=args.epochs,
-        patience=args.patience, objective=args.objective, momentum=args.momentum, step_every=args.step_every,
-        step_gamma=args.step_gamma, augmented=args.augmented, sample_weights=args.sample_weights, cap=args.cap,
-        oversample=args.oversample, max_memory=args.max_memory, seed=args.seed, chief=args.chief,
-        worker=args.worker, oracle=args.oracle, verbose=not args.quiet, captions=args.captions,
-        text=args.text, text_units=args.text_units, embed_dim=args.embed_dim, text_only=args.text_only,
+        args.cache, args.workdir, **given(args, GRID_AXES + CAPTION_AXES + TRAINING), text_only=args.text_only,
+        augmented=args.augmented, max_memory=args.max_memory, chief=args.chief, worker=args.worker,
+        oracle=args.oracle, verbose=not args.quiet, captions=args.captions,
     )
 
 
@@ -128,7 +119,8 @@ def add_lr_find(subparsers):
         description="Learning-rate range test: one batch per rate, rates rising exponentially; plots the loss "
                     "and suggests a rate (steepest descent, or minimum/10).")
     parser.add_argument("cache", help="bottleneck cache (.h5)")
-    add_top_options(parser, plural=False)
+    add_options(parser.add_argument_group("the top (one value each)"), TopConfig, LR_FIND)
+    add_data_options(parser)
     parser.add_argument("--start-lr", type=float, default=1e-6, help="first rate (default 1e-6)")
     parser.add_argument("--end-lr", type=float, default=10.0, help="last rate (default 10)")
     parser.add_argument("--steps", type=int, default=100, help="batches, one rate each (default 100)")
@@ -137,11 +129,11 @@ def add_lr_find(subparsers):
 
 
 def run_lr_find(args):
+    from mlkit.tuning.data import keep_freed_memory
     from mlkit.tuning.lr_range import lr_find
 
+    keep_freed_memory()
     lr_find(
-        args.cache, args.workdir, layers=args.layers, units=args.units, reg=args.reg, batch=args.batch,
-        loss=args.loss, optimizer=args.optimizer, momentum=args.momentum, top_pool=args.top_pool,
-        start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, diverge=args.diverge,
-        augmented=args.augmented, max_memory=args.max_memory, seed=args.seed,
+        args.cache, args.workdir, **given(args, LR_FIND), start_lr=args.start_lr, end_lr=args.end_lr,
+        steps=args.steps, diverge=args.diverge, augmented=args.augmented, max_memory=args.max_memory,
     )

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mlkit.errors import MlkitError
-from mlkit.runs import RunNameError, decode_lr, parse_run_name
+from mlkit.runs import RunNameError, decode_lr, parse_run_name, run_files
 from mlkit.tuning.config import metric_direction
 from mlkit.tuning.records import SUMMARY
 
@@ -59,7 +59,7 @@ def run_row(run, log, metric, folder):
         best = len(values) - 1
     seconds = log["seconds"].sum() if "seconds" in log else np.nan
     metrics = {name: log[name].iloc[best] for name in log.columns if name.startswith("val_")}
-    finished = (Path(folder) / f"{run}.json").exists()
+    finished = run_files(folder, run)["json"].exists()
     return {"run": run, **parse_run_name(run).fields(), "epochs": len(log), "best_epoch": int(log["epoch"].iloc[best]) + 1,
             **metrics, "seconds": float(seconds), "status": "complete" if finished else "partial"}
 

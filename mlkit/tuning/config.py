@@ -9,8 +9,9 @@ keep their meaning after the cache is rebuilt.
 
 from dataclasses import asdict, dataclass, field, fields
 
-from mlkit.errors import MlkitError
-from mlkit.runs import TEXT_ONLY_SUFFIX, RunName
+from mlkit.errors import MlkitError, check_choice
+from mlkit.options import option
+from mlkit.runs import BRANCH_INPUTS, TEXT_ONLY_SUFFIX, RunName, branch_of
 from mlkit.vocabulary import OPTIMIZERS, TASKS
 
 LOSSES = {
@@ -68,26 +69,28 @@ class TopConfig:
     """
 
     task: str = "multilabel"
-    layers: int = 1
-    units: int = 1024
-    reg: str = "d5"
-    lr: float = 0.1
-    batch: int = 64
-    loss: str = ""
-    optimizer: str = "sgd"
-    schedule: str = "constant"
-    top_pool: str = "flatten"
-    epochs: int = 20
-    patience: int = 5
-    momentum: float = 0.9
-    step_every: int = 10
-    step_gamma: float = 0.1
-    objective: str = "val_loss"
-    seed: int = 0
+    layers: int = option(1, "hidden layers")
+    units: int = option(1024, "units per hidden layer")
+    reg: str = option("d5", "regulariser: dN (dropout N/10, N = 0..9) or bn (batch norm)")
+    lr: float = option(0.1, "learning rate")
+    batch: int = option(64, "batch size")
+    loss: str = option("", "multilabel bce|focal|wbce, multiclass cce|focal, regression mse|mae|huber",
+                       shown="the task's first")
+    optimizer: str = option("sgd", "sgd (with --momentum) or adam")
+    schedule: str = option("constant", "learning-rate schedule: constant|step|plateau|cosine")
+    top_pool: str = option("flatten", "raw feature maps only: flatten|avg|max")
+    epochs: int = option(20, "most epochs per trial")
+    patience: int = option(5, "early stopping: epochs without improvement of --objective")
+    momentum: float = option(0.9, "SGD momentum")
+    step_every: int = option(10, "step schedule: epochs between drops")
+    step_gamma: float = option(0.1, "step schedule: factor per drop")
+    objective: str = option("val_loss", "what picks the best epoch and run: val_loss, val_map|val_f1|val_auc "
+                                        "(multilabel), val_accuracy|val_f1 (multiclass), val_mae|val_rmse (regression)")
+    seed: int = option(0, "random seed (weights, shuffling, resampling)")
     views: int = 0
-    sample_weights: str = ""
-    cap: int = 0
-    oversample: int = 0
+    sample_weights: str = option("", "weight training rows by inverse class frequency", const="balanced")
+    cap: int = option(0, "at most N training rows per class, 0 for no cap")
+    oversample: int = option(0, "at least N training rows per class, with repeats; 0 for off")
     run: str = ""
     cache: str = ""
     cache_identity: dict = field(default_factory=dict)
@@ -97,23 +100,25 @@ class TopConfig:
     target_min: list = field(default_factory=list)
     target_max: list = field(default_factory=list)
     pos_weight: list = field(default_factory=list)
-    text: str = ""
-    text_units: int = DEFAULT_TEXT_UNITS
-    embed_dim: int = DEFAULT_EMBED_DIM
-    text_only: bool = False
+    text: str = option("", "caption branch: lstm|bilstm (with --captions)", shown=DEFAULT_TEXT)
+    text_units: int = option(DEFAULT_TEXT_UNITS, "caption branch: LSTM units per direction")
+    embed_dim: int = option(DEFAULT_EMBED_DIM, "caption branch: token embedding width")
+    text_only: bool = option(False, "train the caption branch alone, without image features (implies --captions)")
     vocabulary: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        """Fills the task's default loss and refuses any setting that cannot be used (MlkitError)."""
         self.loss = self.loss or LOSSES.get(self.task, ("",))[0]
+        self.validate()
 
     def validate(self):
-        """Raises MlkitError naming the first setting that cannot be used."""
-        check_choice("task", self.task, TASKS)
-        check_choice(f"loss for {self.task}", self.loss, LOSSES[self.task])
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("top pool", self.top_pool, TOP_POOLS)
-        check_choice(f"objective for {self.task}", self.objective, tuple(OBJECTIVES[self.task]))
+        """Checks the settings again (after one was changed in place); returns the config."""
+        check_choice(self.task, TASKS, "task")
+        check_choice(self.loss, LOSSES[self.task], f"loss for {self.task}")
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        check_choice(self.schedule, SCHEDULES, "schedule")
+        check_choice(self.top_pool, TOP_POOLS, "top pool")
+        check_choice(self.objective, tuple(OBJECTIVES[self.task]), f"objective for {self.task}")
         for name in ("layers", "units", "batch", "epochs", "patience"):
             minimum = 0 if name == "layers" else 1
             if int(getattr(self, name)) < minimum:
@@ -122,15 +127,15 @@ class TopConfig:
             raise MlkitError(f"--reg {self.reg!r}: use dN (dropout N/10, N = 0..9) or bn")
         if not self.lr > 0:
             raise MlkitError(f"--lr {self.lr}: learning rates must be positive")
-        self.validate_text()
+        self.check_text()
         return self
 
-    def validate_text(self):
+    def check_text(self):
         if not self.text:
             if self.text_only:
                 raise MlkitError("--text-only trains the caption branch alone; it needs --text lstm or bilstm")
             return
-        check_choice("--text", self.text, TEXT_KINDS)
+        check_choice(self.text, TEXT_KINDS, "--text")
         for name in ("text_units", "embed_dim"):
             if int(getattr(self, name)) < 1:
                 raise MlkitError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
@@ -141,14 +146,12 @@ class TopConfig:
     @property
     def inputs(self):
         """The top's named inputs: ("features",), ("features", "tokens") or ("tokens",)."""
-        if not self.text:
-            return ("features",)
-        return ("tokens",) if self.text_only else ("features", "tokens")
+        return BRANCH_INPUTS[self.branch]
 
     @property
     def branch(self):
         """"image", "both" or "caption": which branches the top has (the ablation's rows)."""
-        return {("features",): "image", ("features", "tokens"): "both", ("tokens",): "caption"}[self.inputs]
+        return branch_of(self.text, self.text_only)
 
     @property
     def dropout(self):
@@ -196,6 +199,3 @@ class TopConfig:
         return cls(**{key: value for key, value in values.items() if key in known})
 
 
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise MlkitError(f"{name} {value!r} is not one of {', '.join(map(str, choices))}")

@@ -6,6 +6,11 @@ augmented views; the validation split is used as it is, and the test split is
 never read. Data that fits under `max_memory` is held as tensors and batched
 by index; a larger cache streams from HDF5 in contiguous blocks, shuffled
 block-wise and then within a buffer of blocks, so reads stay sequential.
+Features are held in the dtype the cache stores (float16 caches take half
+the memory) and reach the top as float32, one batch at a time.
+
+Streaming is fast only with `keep_freed_memory()` in effect: `mlkit tune-top`
+and `mlkit lr-find` set it, a Python user calls it once (see its docstring).
 
 Caption tops also read the cached token ids (always held in memory: N x T
 int32 is small); their inputs are then a dict {"features": ..., "tokens": ...}
@@ -19,8 +24,17 @@ import numpy as np
 
 from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows
 from mlkit.errors import MlkitError
+from mlkit.runs import BRANCH_INPUTS
+
+# Features larger than this stream from HDF5 during tune-top instead of loading into memory.
+MAX_MEMORY = "4G"
 
 BLOCKS_PER_BUFFER = 8
+# Eigen's kernels need tensor memory aligned to 64 bytes (EIGEN_MAX_ALIGN_BYTES); TensorFlow aborts otherwise.
+TENSOR_ALIGN = 64
+# glibc's mallopt parameter M_TOP_PAD, and the pad that keeps a thread arena's 64 MiB heap from being unmapped.
+M_TOP_PAD = -2
+HEAP_PAD = 64 << 20
 PREDICT_BATCH = 4096
 # Positive weights for wbce are capped: a label seen once in 10,000 rows would
 # otherwise get a weight of 10,000 and dominate every gradient.
@@ -34,6 +48,66 @@ def parse_memory(text):
         raise MlkitError(f"--max-memory {text!r}: expected a size such as 512M or 4G")
     number, unit = match.groups()
     return int(float(number) * 1024 ** " KMGT".index(unit or " "))
+
+
+def keep_freed_memory(pad=HEAP_PAD):
+    """Asks glibc's malloc to keep `pad` bytes of freed memory at the top of each heap instead of unmapping it.
+
+    A streamed tune-top epoch ran at half the in-memory speed, and not for its
+    reading: TensorFlow's training step faulted about 16 MB of fresh pages
+    every batch (5.6 M minor faults per 90,000 rows, against 0.15 M in
+    memory): glibc gave freed heap memory back to the kernel and the next
+    step faulted it in again. A higher MALLOC_TRIM_THRESHOLD_ did not stop it,
+    the top pad did (glibc deletes an emptied thread-arena heap, 64 MiB, unless
+    the pad asks it to keep that much). With it the streamed epoch costs the
+    in-memory epoch's CPU time (BENCHMARKS.md, Scale). The memory kept is
+    memory the process already used.
+
+    It is a setting of the whole process's C allocator, so the library never
+    makes it on its own: `mlkit tune-top` and `mlkit lr-find` call this first,
+    and a Python user who streams calls it once, or starts Python with
+    MALLOC_TOP_PAD_=67108864 in the environment. Where the C library is not
+    glibc it does nothing.
+
+    Args:
+        pad: bytes kept per heap. Defaults to 64 MiB, the size of a thread arena's heap.
+
+    Returns:
+        True when the allocator took the setting.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_TOP_PAD, int(pad)))
+
+
+def aligned_empty(shape, dtype):
+    """An uninitialised array whose data starts on a `TENSOR_ALIGN` boundary, so TensorFlow can use it in place."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + TENSOR_ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % TENSOR_ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def host_tensor(array):
+    """A CPU tensor that shares `array`'s memory (an aligned copy of it, when it is not aligned).
+
+    `tf.constant` copies an array twice on its way to the CPU device: loading a
+    feature table of 4.8 GiB peaked at three copies of it. DLPack hands the
+    buffer over as it is, and the tensor keeps the array alive.
+    """
+    import tensorflow as tf
+
+    array = np.asarray(array)
+    if array.ctypes.data % TENSOR_ALIGN or not array.flags.c_contiguous or not array.flags.writeable:
+        aligned = aligned_empty(array.shape, array.dtype)
+        aligned[...] = array
+        array = aligned
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
 def train_cardinality(labels):
@@ -136,16 +210,6 @@ def positive_weights(labels):
     return np.clip(ratio, 1.0, MAX_POS_WEIGHT).astype("float32")
 
 
-def target_scale(cache, train_targets):
-    """Per-target (min, max) for scaling regression targets to [0, 1]."""
-    low = cache.attrs.get("target_min")
-    high = cache.attrs.get("target_max")
-    if low is None or high is None:
-        low, high = train_targets.min(axis=0), train_targets.max(axis=0)
-    low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
-    return low, np.where(high > low, high, low + 1.0)
-
-
 def slice_inputs(x, start, stop):
     """Rows start:stop of a top's inputs (a tensor, or a dict of them)."""
     if isinstance(x, dict):
@@ -163,17 +227,17 @@ class TopData:
         sample_weights: "balanced" for inverse-frequency weights, "" for none.
         cap: the most training rows per class, 0 for no cap.
         oversample: the fewest training rows per class, 0 for no oversampling.
-        max_memory: bytes the features may take in memory before streaming.
+        max_memory: bytes (or a size such as "4G") the features may take in memory before streaming.
         seed: seeds the rebalancing and the shuffling. Defaults to 0.
         inputs: the top's inputs: ("features",), ("features", "tokens") or
             ("tokens",). Defaults to ("features",).
     """
 
-    def __init__(self, cache, *, views=0, sample_weights="", cap=0, oversample=0, max_memory=4 << 30, seed=0,
+    def __init__(self, cache, *, views=0, sample_weights="", cap=0, oversample=0, max_memory=MAX_MEMORY, seed=0,
                  inputs=("features",)):
         self.cache = cache
         self.inputs = tuple(inputs)
-        if self.inputs not in (("features",), ("features", "tokens"), ("tokens",)):
+        if self.inputs not in BRANCH_INPUTS.values():
             raise MlkitError(f"top inputs {inputs!r}: expected ('features',), ('features', 'tokens') or ('tokens',)")
         self.task = cache.task
         self.seed = seed
@@ -183,8 +247,7 @@ class TopData:
         train_labels = cache.read("labels", train_rows)
         self.val_labels = cache.read("labels", self.val_rows)
         self.cardinality = train_cardinality(train_labels) if self.task == "multilabel" else 0.0
-        if self.task == "regression":
-            self.target_min, self.target_max = target_scale(cache, train_labels)
+        self.scale = cache.target_scale
         positions = resample(train_labels, self.task, cap, oversample, seed)
         self.sample_rows = np.repeat(train_rows[positions], 1 + self.views)
         self.sample_views = np.tile(np.arange(1 + self.views), len(positions))
@@ -194,35 +257,29 @@ class TopData:
         self.weights = balanced_weights(sample_labels, self.task) if sample_weights else None
         self.pos_weight = positive_weights(sample_labels) if self.task == "multilabel" else None
         self.feature_shape = tuple(cache.feature_shape)
+        self.feature_dtype = cache.feature_dtype
         self.tokens = cache.read("tokens").astype("int32") if "tokens" in self.inputs else None
-        self.in_memory = "features" not in self.inputs or self.memory_bytes() <= max_memory
+        self.in_memory = "features" not in self.inputs or self.memory_bytes() <= parse_memory(max_memory)
         self._tables = None
         self._statistics = None
 
     @property
     def num_outputs(self):
-        if self.task == "multiclass":
-            return len(self.cache.label_names)
-        return self.val_targets.shape[1] if self.val_targets.ndim > 1 else 1
+        return self.cache.num_outputs
 
     def targets(self, labels):
-        """Labels as the top trains on them: float multi-hot, class index, or scaled targets."""
-        if self.task == "multilabel":
-            return np.asarray(labels, dtype="float32")
-        if self.task == "multiclass":
-            return np.asarray(labels, dtype="int32")
-        scaled = (np.asarray(labels, dtype="float64") - self.target_min) / (self.target_max - self.target_min)
-        return scaled.astype("float32")
+        """Labels as the top trains on them (`FeatureCache.targets`)."""
+        return self.cache.targets(labels)
 
     def unscale(self, predictions):
         """Regression predictions back in original units."""
-        return np.asarray(predictions, dtype="float64") * (self.target_max - self.target_min) + self.target_min
+        return self.scale.unscale(predictions)
 
     def memory_bytes(self):
         """Bytes the features take in memory (0 for a text-only top); tokens are not counted."""
         if "features" not in self.inputs:
             return 0
-        row_bytes = 4 * int(np.prod(self.feature_shape))
+        row_bytes = self.feature_dtype.itemsize * int(np.prod(self.feature_shape))
         unique = len(np.unique(self.sample_rows))
         return row_bytes * (unique * (1 + self.views) + len(self.val_rows))
 
@@ -230,7 +287,7 @@ class TopData:
         mode = "in memory" if self.in_memory else "streamed from HDF5"
         parts = []
         if "features" in self.inputs:
-            parts.append(f"features {self.feature_shape} {mode} ({self.memory_bytes() / 2**20:.0f} MiB)")
+            parts.append(f"features {self.feature_shape} {self.feature_dtype} {mode} ({self.memory_bytes() / 2**20:.0f} MiB)")
         if self.tokens is not None:
             parts.append(f"caption tokens ({self.tokens.shape[1]},)")
         return (f"{len(self.sample_rows)} training samples ({len(np.unique(self.sample_rows))} rows"
@@ -255,14 +312,19 @@ class TopData:
 
         def gather(positions):
             x = self.model_inputs(
-                None if table is None else tf.gather(table, tf.gather(index, positions)),
+                None if table is None else tf.cast(tf.gather(table, tf.gather(index, positions)), tf.float32),
                 None if tokens is None else tf.gather(tokens, positions))
             if w is None:
                 return x, tf.gather(y, positions)
             return x, tf.gather(y, positions), tf.gather(w, positions)
 
         dataset = tf.data.Dataset.range(count).shuffle(count, seed=self.seed, reshuffle_each_iteration=True)
-        return dataset.batch(batch).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        dataset = dataset.batch(batch).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        # tf.data's default graph rewrites serialise the pipeline, and with it the captured feature table:
+        # one more copy of the table at every iterator (each epoch), for fusions this pipeline does not need.
+        options = tf.data.Options()
+        options.experimental_optimization.apply_default_optimizations = False
+        return dataset.with_options(options)
 
     def predict_val(self, model):
         """The model's outputs on the validation split, as a numpy array."""
@@ -274,7 +336,8 @@ class TopData:
         return model.predict(self.streamed_val(), verbose=0)
 
     def tables(self):
-        """Inputs as CPU tensors: one feature table of the needed rows (and views), indexed by sample; tokens per sample."""
+        """Inputs as CPU tensors: one feature table of the needed rows (and views), in the cache's dtype, indexed
+        by sample; tokens per sample; the validation inputs in float32."""
         if self._tables is None:
             self._tables = self.load_tables()
         return self._tables
@@ -283,13 +346,13 @@ class TopData:
         import tensorflow as tf
 
         with tf.device("/cpu:0"):
-            targets = tf.constant(self.train_targets)
-            weights = None if self.weights is None else tf.constant(self.weights)
+            targets = host_tensor(self.train_targets)
+            weights = None if self.weights is None else host_tensor(self.weights)
             table, index, val = self.feature_tables() if "features" in self.inputs else (None, None, None)
             train_tokens = val_tokens = None
             if self.tokens is not None:
-                train_tokens = tf.constant(self.tokens[self.sample_rows])
-                val_tokens = tf.constant(self.tokens[self.val_rows])
+                train_tokens = host_tensor(self.tokens[self.sample_rows])
+                val_tokens = host_tensor(self.tokens[self.val_rows])
         return {"train": (table, index, targets, weights), "train_tokens": train_tokens,
                 "val": self.model_inputs(val, val_tokens)}
 
@@ -299,17 +362,20 @@ class TopData:
 
         train_unique = np.unique(self.sample_rows)
         rows = np.union1d(train_unique, self.val_rows)
+        # One array, read in place and handed to TensorFlow as it is: the table is in memory once.
+        features = aligned_empty((len(rows) + len(train_unique) * self.views,) + self.feature_shape, self.feature_dtype)
         with h5py.File(self.cache.path, "r") as h5:
-            features = read_rows(h5["features"], rows)
+            read_rows(h5["features"], rows, out=features[: len(rows)])
             if self.views:
                 views = read_rows(h5["augmented"], train_unique)[:, : self.views]
-                features = np.concatenate([features, views.reshape((-1,) + self.feature_shape)])
+                features[len(rows):] = views.reshape((-1,) + self.feature_shape)
         index = np.searchsorted(rows, self.sample_rows)
         viewed = self.sample_views > 0
         index[viewed] = len(rows) + np.searchsorted(train_unique, self.sample_rows[viewed]) * self.views + (
             self.sample_views[viewed] - 1)
-        table = tf.constant(features.astype("float32", copy=False))
-        return table, tf.constant(index), tf.gather(table, np.searchsorted(rows, self.val_rows))
+        table = host_tensor(features)
+        val = tf.cast(tf.gather(table, np.searchsorted(rows, self.val_rows)), tf.float32)
+        return table, host_tensor(index), val
 
     def input_statistics(self):
         """Per-feature (per-channel for maps) mean and variance of the clean training rows, in float64."""
@@ -329,7 +395,7 @@ class TopData:
         return self._statistics
 
     def block_rows(self):
-        return max(1, BLOCK_BYTES // (4 * int(np.prod(self.feature_shape))))
+        return max(1, BLOCK_BYTES // (self.feature_dtype.itemsize * int(np.prod(self.feature_shape))))
 
     def streamed_train(self, batch):
         """Training batches read block by block from HDF5 (caches over `max_memory`)."""
@@ -392,7 +458,8 @@ class TopData:
             with h5py.File(self.cache.path, "r") as h5:
                 for start in range(0, len(self.val_rows), step):
                     rows = self.val_rows[start:start + step]
-                    yield self.model_inputs(read_rows(h5["features"], rows),
+                    x = read_rows(h5["features"], rows, out=np.empty((len(rows),) + self.feature_shape, "float32"))
+                    yield self.model_inputs(x,
                                             None if self.tokens is None else self.tokens[rows])
 
         spec = self.model_inputs(tf.TensorSpec((None,) + self.feature_shape, tf.float32), self.token_spec())

@@ -19,10 +19,12 @@ import pandas as pd
 
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
+from mlkit.options import defaults_of
 from mlkit.tuning.config import TopConfig
-from mlkit.tuning.data import TopData, parse_memory
+from mlkit.tuning.data import MAX_MEMORY, TopData, parse_memory
 
 logger = logging.getLogger(__name__)
+TOP = defaults_of(TopConfig)
 
 # Points before the minimum needed for a meaningful slope; fewer and the
 # suggestion falls back to min/10.
@@ -88,9 +90,10 @@ def suggest(lrs, smoothed):
 
 
 def lr_find(
-    cache_path, workdir=".", *, layers=1, units=1024, reg="d5", batch=64, loss=None, optimizer="sgd",
-    momentum=0.9, top_pool="flatten", start_lr=1e-6, end_lr=10.0, steps=100, smoothing=0.98, diverge=4.0,
-    augmented=False, max_memory="4G", seed=0, verbose=True,
+    cache_path, workdir=".", *, layers=TOP["layers"], units=TOP["units"], reg=TOP["reg"], batch=TOP["batch"],
+    loss=TOP["loss"], optimizer=TOP["optimizer"], momentum=TOP["momentum"], top_pool=TOP["top_pool"],
+    start_lr=1e-6, end_lr=10.0, steps=100, smoothing=0.98, diverge=4.0, augmented=False, max_memory=MAX_MEMORY,
+    seed=TOP["seed"], verbose=True,
 ):
     """Runs the LR range test for one top model on a cache, plots it, suggests a rate.
 
@@ -115,7 +118,6 @@ def lr_find(
     """
     import keras
 
-    from mlkit.tuning.search import cache_fields, num_outputs
     from mlkit.tuning.top import build_top_model, compile_top, set_input_statistics
 
     if not 0 < start_lr < end_lr:
@@ -124,10 +126,10 @@ def lr_find(
         raise MlkitError(f"--steps {steps}: use at least {2 * MIN_SLOPE_POINTS}")
     cache = open_cache(cache_path)
     config = TopConfig(task=cache.task, layers=int(layers), units=int(units), reg=reg, lr=start_lr, batch=int(batch),
-                       loss=loss or "", optimizer=optimizer, momentum=momentum, top_pool=top_pool, seed=seed).validate()
+                       loss=loss or "", optimizer=optimizer, momentum=momentum, top_pool=top_pool, seed=seed)
     data = TopData(cache, views=cache.augment_copies if augmented else 0, max_memory=parse_memory(max_memory), seed=seed)
     keras.utils.set_random_seed(seed)
-    model = compile_top(build_top_model(config, cache.feature_shape, num_outputs(cache), cache.task), config,
+    model = compile_top(build_top_model(config, cache.feature_shape, cache.num_outputs, cache.task), config,
                         data.pos_weight)
     set_input_statistics(model, *data.input_statistics())
     lrs = np.geomspace(start_lr, end_lr, int(steps))
@@ -139,7 +141,7 @@ def lr_find(
         suggestion=steepest if steepest is not None else min_over_10,
         method="steepest descent" if steepest is not None else "minimum / 10", stopped=stopped,
     )
-    stem = Path(workdir) / "tuning" / "lr-find" / f"{'_'.join(cache_fields(cache))}_{config.layers}x{config.units}{config.reg}_b{config.batch}"
+    stem = Path(workdir) / "tuning" / "lr-find" / f"{'_'.join(cache.name_fields)}_{config.layers}x{config.units}{config.reg}_b{config.batch}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     result.csv, result.plot = str(stem) + ".csv", str(stem) + ".png"
     pd.DataFrame({"lr": result.lrs, "loss": raw, "smoothed": smoothed}).to_csv(result.csv, index=False)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.files import atomic_path, write_json
+from mlkit.runs import branch_of, run_files
 from mlkit.tuning.config import OBJECTIVES
 
 PROGRESS = "progress.jsonl"
@@ -39,7 +40,7 @@ class Progress:
         self.tuner_id = tuner_id
 
     def record_path(self, run):
-        return self.folder / f"{run}.json"
+        return run_files(self.folder, run)["json"]
 
     def finished(self, run, identity=None):
         """The run's record when it finished, else None.
@@ -129,8 +130,8 @@ def caption_columns(config):
     """The caption branch's settings for a summary row; none for an image-only run."""
     if not config.get("text"):
         return {}
-    branch = "caption" if config.get("text_only") else "both"
-    return {"branch": branch, **{key: config[key] for key in ("text", "text_units", "embed_dim")}}
+    # The record's own fields, not a TopConfig: a summary lists every record, even one that no longer validates.
+    return {"branch": branch_of(config.get("text"), config.get("text_only")), **{key: config[key] for key in ("text", "text_units", "embed_dim")}}
 
 
 def write_summary(frame, folder):

@@ -21,24 +21,25 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import h5py
 
 from mlkit.bottlenecks.cache import identity_differences, open_cache
 from mlkit.errors import MlkitError
 from mlkit.files import stage_folder
 from mlkit.locks import hold_lock
+from mlkit.options import defaults_of
 from mlkit.tuning.config import (
     DEFAULT_EMBED_DIM, DEFAULT_TEXT, DEFAULT_TEXT_UNITS, LOSSES, UNNAMED_SETTINGS, TopConfig,
 )
-from mlkit.tuning.data import parse_memory
+from mlkit.tuning.data import MAX_MEMORY, parse_memory
 from mlkit.tuning.records import Progress, summary_frame, write_summary
 
 logger = logging.getLogger(__name__)
+# The Python API's defaults are TopConfig's (mlkit.options): written once, there.
+TOP = defaults_of(TopConfig)
 
 # Order of the grid's axes: KerasTuner's GridSearch varies the last one fastest.
 TUNABLE = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool", "text", "text_units",
            "embed_dim")
-CACHE_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
 # Held by a search tuning alone or by the chief (mlkit.locks).
 LOCK = ".tune-top.lock"
 DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
@@ -50,7 +51,7 @@ class Grid:
 
     Args:
         values: tuned setting -> list of values, in `TUNABLE` order.
-        base: a `TopConfig` holding every setting that is not tuned.
+        base: the first trial's `TopConfig`; the others replace its tuned values.
         cache_fields: the cache's dataset, subset, backbone and preprocessing.
         pooling: the cache's pooling (avg, max, or none for raw maps).
     """
@@ -75,7 +76,6 @@ class Grid:
     def config(self, values):
         """The resolved config (with its run name) for one combination of tuned values."""
         config = replace(self.base, **values)
-        config.validate()
         config.run = str(config.run_name(self.cache_fields, self.pool_field(config)))
         return config
 
@@ -89,9 +89,7 @@ class Grid:
     @property
     def inputs(self):
         """The inputs every trial's top takes (mlkit.tuning.config.TopConfig.inputs)."""
-        if "text" not in self.values:
-            return ("features",)
-        return ("tokens",) if self.base.text_only else ("features", "tokens")
+        return self.base.inputs
 
 
 def as_list(value, name, cast):
@@ -109,47 +107,21 @@ def as_list(value, name, cast):
     return list(dict.fromkeys(values))
 
 
-def cache_fields(cache):
-    """dataset, subset, backbone, preprocessing and pooling, from the attributes or the file name."""
-    from_name = cache.name.split("_")
-    values = []
-    for position, attr in enumerate(CACHE_FIELDS):
-        value = cache.attrs.get(attr)
-        if value is None and len(from_name) == len(CACHE_FIELDS):
-            value = from_name[position]
-        if value is None:
-            raise MlkitError(
-                f"{cache.path} has no {attr!r} attribute and its name is not "
-                "<dataset>_<subset>_<backbone>_<prep>_<pool>.h5; rebuild it with cache-features"
-            )
-        values.append(str(value))
-    return values
-
-
-def num_outputs(cache):
-    with h5py.File(cache.path, "r") as h5:
-        shape = h5["labels"].shape
-    if cache.task == "multiclass":
-        return len(cache.label_names)
-    return int(shape[1]) if len(shape) > 1 else 1
-
-
 def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule, top_pool, augmented, captions=False,
-              text=None, text_units=None, embed_dim=None, text_only=False, **settings):
-    """The grid for one cache, its fixed settings checked before anything trains."""
+              text=None, text_units=None, embed_dim=None, text_only=False, fixed=None):
+    """The grid for one cache, its settings checked before anything trains.
+
+    The tuned axes each take a value, a list or a comma-separated string;
+    `fixed` holds the `TopConfig` settings every trial shares (epochs,
+    patience, objective, seed, ...). See `tune_top` for each setting.
+    """
     if cache.task not in LOSSES:
         raise MlkitError(f"{cache.path} has task {cache.task!r}; tune-top handles {', '.join(LOSSES)}")
-    dataset, subset, backbone, prep, pooling = cache_fields(cache)
+    dataset, subset, backbone, prep, pooling = cache.name_fields
     captions = check_caption_settings(cache, captions or text_only, text, text_units, embed_dim, text_only, augmented)
     if augmented and not cache.augment_copies:
         raise MlkitError(f"--augmented: {cache.path} has no augmented views; rebuild it with cache-features --augment K")
     shape = list(cache.feature_shape)
-    base = TopConfig(
-        task=cache.task, cache=str(cache.path), cache_identity=cache.identity, input_shape=shape, num_outputs=num_outputs(cache),
-        label_names=cache.label_names, target_min=cache.attrs.get("target_min") or [],
-        target_max=cache.attrs.get("target_max") or [], views=cache.augment_copies if augmented else 0,
-        text_only=bool(text_only), vocabulary=cache.vocabulary if captions else {}, **settings,
-    )
     values = {
         "layers": as_list(layers, "layers", int), "units": as_list(units, "units", int),
         "reg": as_list(reg, "reg", str), "lr": as_list(lr, "lr", float), "batch": as_list(batch, "batch", int),
@@ -164,6 +136,18 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
         values["text"] = as_list(text or DEFAULT_TEXT, "text", str)
         values["text_units"] = as_list(text_units or DEFAULT_TEXT_UNITS, "text_units", int)
         values["embed_dim"] = as_list(embed_dim or DEFAULT_EMBED_DIM, "embed_dim", int)
+    clash = sorted(set(fixed or {}) & set(values))
+    if clash:
+        raise MlkitError(f"{', '.join(clash)}: tuned settings take their values from the grid's axes, not `fixed`")
+    scale = cache.target_scale
+    # The first trial's config: a TopConfig checks itself when made, so it needs real values for the tuned settings.
+    base = TopConfig(
+        task=cache.task, cache=str(cache.path), cache_identity=cache.identity, input_shape=shape,
+        num_outputs=cache.num_outputs, label_names=cache.label_names,
+        target_min=scale.to_dict()["low"] if scale else [], target_max=scale.to_dict()["high"] if scale else [],
+        views=cache.augment_copies if augmented else 0, text_only=bool(text_only),
+        vocabulary=cache.vocabulary if captions else {}, **{name: axis[0] for name, axis in values.items()}, **(fixed or {}),
+    )
     return Grid(values, base, (dataset, subset, backbone, prep), pooling)
 
 
@@ -253,11 +237,13 @@ def warn_changed_settings(progress, configs):
 
 
 def tune_top(
-    cache_path, workdir=".", *, layers=1, units=1024, reg="d5", lr=0.1, batch=64, loss=None, optimizer="sgd",
-    schedule="constant", top_pool="flatten", epochs=20, patience=5, objective="val_loss", momentum=0.9,
-    step_every=10, step_gamma=0.1, augmented=False, sample_weights=False, cap=0, oversample=0,
-    max_memory="4G", seed=0, chief=False, worker=None, oracle=None, verbose=True,
-    captions=False, text=None, text_units=None, embed_dim=None, text_only=False,
+    cache_path, workdir=".", *, layers=TOP["layers"], units=TOP["units"], reg=TOP["reg"], lr=TOP["lr"],
+    batch=TOP["batch"], loss=TOP["loss"], optimizer=TOP["optimizer"], schedule=TOP["schedule"],
+    top_pool=TOP["top_pool"], epochs=TOP["epochs"], patience=TOP["patience"], objective=TOP["objective"],
+    momentum=TOP["momentum"], step_every=TOP["step_every"], step_gamma=TOP["step_gamma"], augmented=False,
+    sample_weights=TOP["sample_weights"], cap=TOP["cap"], oversample=TOP["oversample"], max_memory=MAX_MEMORY, seed=TOP["seed"],
+    chief=False, worker=None, oracle=None, verbose=True, captions=False, text=None, text_units=None,
+    embed_dim=None, text_only=TOP["text_only"],
 ):
     """Grid-searches top models on a bottleneck cache and returns the summary.
 
@@ -275,7 +261,7 @@ def tune_top(
         layers, units, reg, lr, batch: hidden layers, units per layer, `dN`
             (dropout N/10) or `bn`, learning rate, batch size.
         loss: multilabel bce|focal|wbce, multiclass cce|focal, regression
-            mse|mae|huber. Defaults to the task's first.
+            mse|mae|huber. Defaults to "" (the task's first).
         optimizer: sgd (momentum `momentum`) or adam. Defaults to "sgd".
         schedule: constant, step (x `step_gamma` every `step_every` epochs),
             plateau or cosine. Defaults to "constant".
@@ -286,7 +272,8 @@ def tune_top(
             val_accuracy / val_f1 (multiclass), val_mae / val_rmse (regression).
             Defaults to "val_loss".
         augmented: also train on the cache's augmented views. Defaults to False.
-        sample_weights: weight training rows by inverse class frequency. Defaults to False.
+        sample_weights: "balanced" (or True) weights training rows by inverse class
+            frequency. Defaults to "" (unweighted).
         cap, oversample: at most `cap` / at least `oversample` training rows
             per class (0: off). The validation and test splits are untouched.
         max_memory: features larger than this stream from HDF5. Defaults to "4G".
@@ -317,10 +304,12 @@ def tune_top(
     cache = open_cache(cache_path)
     grid = make_grid(
         cache, layers=layers, units=units, reg=reg, lr=lr, batch=batch, loss=loss, optimizer=optimizer,
-        schedule=schedule, top_pool=top_pool, augmented=augmented, epochs=int(epochs), patience=int(patience),
-        objective=objective, momentum=float(momentum), step_every=int(step_every), step_gamma=float(step_gamma),
-        sample_weights="balanced" if sample_weights else "", cap=int(cap or 0), oversample=int(oversample or 0),
-        seed=int(seed), captions=captions, text=text, text_units=text_units, embed_dim=embed_dim, text_only=text_only,
+        schedule=schedule, top_pool=top_pool, augmented=augmented, captions=captions, text=text,
+        text_units=text_units, embed_dim=embed_dim, text_only=text_only,
+        fixed=dict(epochs=int(epochs), patience=int(patience), objective=objective, momentum=float(momentum),
+                   step_every=int(step_every), step_gamma=float(step_gamma),
+                   sample_weights="balanced" if sample_weights else "", cap=int(cap or 0),
+                   oversample=int(oversample or 0), seed=int(seed)),
     )
     memory = parse_memory(max_memory)
     folder = stage_folder(workdir, "tuning")

@@ -17,12 +17,12 @@ named inputs; image-only tops keep their single "features" input.
 
 import json
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
 
 from mlkit.errors import MlkitError
+from mlkit.runs import run_paths
 from mlkit.tuning.config import TopConfig
 from mlkit.vocabulary import make_optimizer
 
@@ -214,16 +214,6 @@ def compile_top(model, config, pos_weight=None):
         loss=make_loss(config, model.output_shape[-1], pos_weight),
     )
     return model
-
-
-def run_paths(workdir, run):
-    """The config, weights and log files of one run under `<workdir>/tuning/`."""
-    folder = Path(workdir) / "tuning"
-    return {
-        "json": folder / f"{run}.json",
-        "weights": folder / f"{run}.weights.h5",
-        "csv": folder / f"{run}.csv",
-    }
 
 
 def load_top(workdir, run):

@@ -19,7 +19,8 @@ from mlkit.errors import MlkitError
 from mlkit.files import disk_full_error, save_weights_atomic
 from mlkit.tuning.config import OBJECTIVES
 from mlkit.tuning.data import TopData
-from mlkit.tuning.top import build_top_model, compile_top, run_paths, schedule_callbacks, set_input_statistics
+from mlkit.runs import run_paths
+from mlkit.tuning.top import build_top_model, compile_top, schedule_callbacks, set_input_statistics
 
 logger = logging.getLogger(__name__)
 
