@@ -221,3 +221,18 @@ def test_stale_temporaries_of_killed_writers_are_removed_files_and_folders(tmp_p
     assert temporary_path(target).name.startswith(".partial-")
     remove_stale_temporaries(target)
     assert not stale_file.exists() and not stale_folder.exists() and other.exists()
+
+
+def test_every_public_function_states_its_arguments():
+    import mlkit
+    from mlkit.auditing.config import AuditConfig
+    from mlkit.auditing.run import audit
+
+    functions = [getattr(mlkit, name) for name in mlkit.__all__ if inspect.isfunction(getattr(mlkit, name))]
+    assert len(functions) >= 8 and audit in functions
+    for function in functions:
+        kinds = [p.kind for p in inspect.signature(function).parameters.values()]
+        assert inspect.Parameter.VAR_KEYWORD not in kinds, function.__name__
+    parameters = inspect.signature(audit).parameters
+    for name, default in defaults_of(AuditConfig).items():
+        assert parameters[name].default == default, name

@@ -4,6 +4,7 @@ import argparse
 from dataclasses import fields
 
 from mlkit.auditing.config import AuditConfig
+from mlkit.options import add_options
 
 EPILOG = """\
 examples:
@@ -21,25 +22,6 @@ suggested column first to choose other labels). The corrected manifest is writte
 beside the original as <name>.audited.csv; the original is never overwritten.
 """
 
-HELP = {
-    "near_threshold": "correlation of 8 x 8 pixel thumbnails at or above which two rows are near duplicates",
-    "near_feature_threshold": "cosine similarity (mean-centred features) for near duplicates where a row has no "
-                              "usable thumbnail (image missing, changed or one flat colour)",
-    "neighbours": "nearest neighbours searched per row",
-    "outlier_k": "neighbours whose mean cosine distance is a row's outlier score",
-    "outlier_z": "robust z-score of that distance above which a row is an outlier",
-    "folds": "k of the k-fold top models for the label check; 0 skips it",
-    "top": "a tuned run (in WORKDIR/tuning) whose settings train the fold tops; default: a small top",
-    "units": "hidden units of the default fold top",
-    "epochs": "most epochs per fold top (10%% of its rows stop it early)",
-    "batch": "batch size of the fold tops (lowered to give an epoch at least 10 steps)",
-    "lr": "Adam learning rate of the default fold top",
-    "residual_z": "regression: standardised residual above which a row is flagged",
-    "sheet_size": "findings per contact sheet",
-    "seed": "seeds the folds and the fold tops",
-}
-
-
 def register(subparsers):
     parser = subparsers.add_parser(
         "audit", help="find duplicates, split leaks, likely label errors and outliers in a cache",
@@ -51,11 +33,7 @@ def register(subparsers):
     parser.add_argument("--apply", metavar="ISSUES_CSV", help="write a corrected manifest from an edited issues.csv")
     parser.add_argument("--manifest", help="with --apply: the manifest to correct (default: the one the cache was made from)")
     parser.add_argument("--out", help="with --apply: where to write (default: <manifest>.audited.<suffix> beside it)")
-    defaults = AuditConfig()
-    for field in fields(AuditConfig):
-        default = getattr(defaults, field.name)
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(default), default=default,
-                            help=f"{HELP[field.name]} (default: {default if default != '' else 'none'})")
+    add_options(parser, AuditConfig)
     parser.set_defaults(func=run, parser=parser)
 
 
@@ -69,8 +47,7 @@ def run(args):
         args.parser.error("give a CACHE to audit, or --apply ISSUES_CSV")
     from mlkit.auditing.run import audit
 
-    config = AuditConfig(**{field.name: getattr(args, field.name) for field in fields(AuditConfig)})
-    result = audit(args.cache, workdir=args.workdir, config=config)
+    result = audit(args.cache, workdir=args.workdir, **{field.name: getattr(args, field.name) for field in fields(AuditConfig)})
     counts = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in result.summary["findings"].items())
     print(f"audit: {len(result.issues)} findings ({counts}) in {result.folder}")
     return 0

@@ -8,6 +8,7 @@
 from dataclasses import asdict, dataclass, fields
 
 from mlkit.errors import MlkitError
+from mlkit.options import option
 
 AUDIT_DIR = "audit"
 ISSUES_CSV = "issues.csv"
@@ -50,20 +51,23 @@ class AuditConfig:
         seed: seeds the folds and the fold models. Defaults to 0.
     """
 
-    near_threshold: float = 0.95
-    near_feature_threshold: float = 0.92
-    neighbours: int = 10
-    outlier_k: int = 5
-    outlier_z: float = 4.0
-    folds: int = 5
-    top: str = ""
-    units: int = 256
-    epochs: int = 20
-    batch: int = 512
-    lr: float = 0.001
-    residual_z: float = 3.0
-    sheet_size: int = 24
-    seed: int = 0
+    near_threshold: float = option(0.95, "correlation of 8 x 8 pixel thumbnails at or above which two rows are "
+                                         "near duplicates")
+    near_feature_threshold: float = option(0.92, "cosine similarity (mean-centred features) for near duplicates "
+                                                 "where a row has no usable thumbnail (image missing, changed or one "
+                                                 "flat colour)")
+    neighbours: int = option(10, "nearest neighbours searched per row")
+    outlier_k: int = option(5, "neighbours whose mean cosine distance is a row's outlier score")
+    outlier_z: float = option(4.0, "robust z-score of that distance above which a row is an outlier")
+    folds: int = option(5, "k of the k-fold top models for the label check; 0 skips it")
+    top: str = option("", "a tuned run (in WORKDIR/tuning) whose settings train the fold tops", shown="a small top")
+    units: int = option(256, "hidden units of the default fold top")
+    epochs: int = option(20, "most epochs per fold top (10% of its rows stop it early)")
+    batch: int = option(512, "batch size of the fold tops (lowered to give an epoch at least 10 steps)")
+    lr: float = option(0.001, "Adam learning rate of the default fold top")
+    residual_z: float = option(3.0, "regression: standardised residual above which a row is flagged")
+    sheet_size: int = option(24, "findings per contact sheet")
+    seed: int = option(0, "seeds the folds and the fold tops")
 
     def __post_init__(self):
         for name in ("near_threshold", "near_feature_threshold"):

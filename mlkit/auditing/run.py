@@ -8,14 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from mlkit.auditing import duplicates, findings, neighbours, report
+from mlkit.auditing import duplicates, findings, report
+from mlkit.auditing import neighbours as knn
 from mlkit.auditing.config import AUDIT_DIR, AuditConfig
 from mlkit.auditing.labels import label_quality
 from mlkit.auditing.near import near_duplicates
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
+from mlkit.options import defaults_of
 
 logger = logging.getLogger(__name__)
+# The keyword defaults are AuditConfig's (mlkit.options): written once, there.
+AUDIT = defaults_of(AuditConfig)
 
 
 @dataclass
@@ -71,7 +75,7 @@ def check_labels(cache, table, config, workdir):
         return None
     from mlkit.auditing.folds import out_of_fold_scores
 
-    features = neighbours.read_vectors(cache.path, table["rows"])
+    features = knn.read_vectors(cache.path, table["rows"])
     names = cache.label_names or list(cache.attrs.get("target_names") or [])
     scores, folds = out_of_fold_scores(
         features, table["labels"], cache.task, cache.num_outputs, config, workdir,
@@ -81,7 +85,12 @@ def check_labels(cache, table, config, workdir):
     return {"scores": scores, "folds": folds, "quality": quality, "names": names}
 
 
-def audit(cache, workdir=".", config=None, **settings):
+def audit(
+    cache, workdir=".", *, near_threshold=AUDIT["near_threshold"], near_feature_threshold=AUDIT["near_feature_threshold"],
+    neighbours=AUDIT["neighbours"], outlier_k=AUDIT["outlier_k"], outlier_z=AUDIT["outlier_z"], folds=AUDIT["folds"],
+    top=AUDIT["top"], units=AUDIT["units"], epochs=AUDIT["epochs"], batch=AUDIT["batch"], lr=AUDIT["lr"],
+    residual_z=AUDIT["residual_z"], sheet_size=AUDIT["sheet_size"], seed=AUDIT["seed"],
+):
     """Finds duplicates, split leaks, likely label errors and outliers in a bottleneck cache.
 
     Writes `WORKDIR/audit/<cache>/`: `issues.csv` (one row per finding, leaks
@@ -92,8 +101,10 @@ def audit(cache, workdir=".", config=None, **settings):
     Args:
         cache: the `.h5` cache from `mlkit cache-features`.
         workdir: the workspace; also where `tuning/` is looked up for `top`. Defaults to ".".
-        config: an `AuditConfig`. Defaults to one built from `settings`.
-        **settings: `AuditConfig` fields, e.g. `near_threshold=0.95, folds=0`.
+        near_threshold, near_feature_threshold, neighbours, outlier_k, outlier_z,
+            folds, top, units, epochs, batch, lr, residual_z, sheet_size, seed:
+            the `AuditConfig` settings; each field there says what it does and
+            `mlkit audit --help` prints them with their defaults.
 
     Returns:
         An `AuditResult`.
@@ -102,7 +113,11 @@ def audit(cache, workdir=".", config=None, **settings):
         result = mlkit.audit("bottlenecks/stamps_all_mobilenetv2_inet_avg.h5", folds=5)
         print(result.issues.head())
     """
-    config = config or AuditConfig(**settings)
+    config = AuditConfig(
+        near_threshold=near_threshold, near_feature_threshold=near_feature_threshold, neighbours=neighbours,
+        outlier_k=outlier_k, outlier_z=outlier_z, folds=folds, top=top, units=units, epochs=epochs, batch=batch, lr=lr,
+        residual_z=residual_z, sheet_size=sheet_size, seed=seed,
+    )
     timer = _Timer()
     cache = open_cache(cache)
     table = load_rows(cache)
@@ -112,7 +127,7 @@ def audit(cache, workdir=".", config=None, **settings):
     # that the neighbour searches have not yet fragmented, and frees the matrix before they start.
     labels = check_labels(cache, table, config, workdir)
     timer.done("label check")
-    similarities, positions = neighbours.nearest_neighbours(cache.path, table["rows"], config.neighbours)
+    similarities, positions = knn.nearest_neighbours(cache.path, table["rows"], config.neighbours)
     outlier = findings.outlier_scores(similarities, config.outlier_k)
     timer.done("nearest neighbours")
     near, near_record = near_duplicates(cache, table, (similarities, positions), groups, config)
