@@ -1,14 +1,19 @@
 """Scale: caches larger than memory, and cost as work grows (issue 14, items 5 and 6).
 
 (1) Streaming. A synthetic cache of --rows rows x 1,280 features (MobileNetV2's
-    pooled width) is written with `write_cache`: non-negative random features,
-    80 random multilabel labels (4% positive), 90% train / 10% val rows.
-    mlkit's cache stores float32 only, so 1,000,000 rows take 4.8 GiB on disk.
-    One tune-top epoch of the default top (1 x 1024, d5, SGD, batch 64) runs
-    on it streamed from HDF5 (max_memory 64M) and in memory (max_memory
-    above the features' size), each in a fresh process so that each peak RSS
-    (VmHWM of that process) is its own. Targets: streamed rows/s at least
-    0.7x in-memory; peak RSS under 2 GB while streaming.
+    pooled width) is written with `write_cache` in --dtype (float32: 4.8 GiB
+    at 1,000,000 rows; float16: half): non-negative random features, 80
+    random multilabel labels (4% positive), 90% train / 10% val rows. One
+    tune-top epoch of the default top (1 x 1024, d5, SGD, batch 64) runs on it
+    streamed from HDF5 (max_memory 64M) and in memory (max_memory above the
+    features' size), under each --allocators setting, each in a fresh process
+    so that each peak RSS (VmHWM of that process) is its own:
+      default  glibc malloc and TensorFlow's default CPU allocator
+      bfc      TF_CPU_ALLOCATOR_USE_BFC=true (TensorFlow's pooling allocator)
+      pad      keep_freed_memory(): glibc keeps 64 MiB at the top of each heap
+               (what `mlkit tune-top` sets)
+    Targets: streamed rows/s at least 0.7x in-memory under the same setting;
+    peak RSS under 2 GB while streaming.
 (2) Cost as work grows. `cache_features` (mobilenetv2, 96 px, weights none,
     pooling avg, batch 64) on --images generated JPEGs of about 300 x 400 px,
     and one tune-top epoch in memory on caches of --top-rows rows (a size
@@ -21,7 +26,8 @@ What is timed, each measurement in its own process:
                   warm-up `fit` on one batch. Not timed: loading the features
                   (in memory), the input statistics pass, building and tracing
                   the model, and the validation pass tune-top adds per epoch.
-                  Items are training rows.
+                  Items are training rows. CPU and system seconds and minor
+                  page faults are the process's own during the timed `fit`.
   cache_features  from its first written batch to its last (the rate
                   `benchmarks/cache_throughput.py` calls steady), so the backbone's
                   set-up and graph trace are not counted. The whole call is
@@ -30,6 +36,7 @@ What is timed, each measurement in its own process:
 Usage:
     python benchmarks/scale.py                                  # full size
     python benchmarks/scale.py --rows 50000 --top-rows 10000,50000 --images 256,1024
+    python benchmarks/scale.py --skip top --skip images --dtype float16    # streaming alone
 """
 
 import argparse
@@ -37,6 +44,7 @@ import concurrent.futures
 import csv
 import multiprocessing
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -54,17 +62,24 @@ FEATURES = 1280
 LABELS = 80
 STREAMED_MEMORY = "64M"
 GIB = 1 << 30
+ALLOCATORS = ("default", "bfc", "pad")
 
 
 def sizes(text):
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def in_child(function, *args):
-    """`function(*args)` run in a fresh spawned process, so its peak RSS is its own."""
+def in_child(function, *args, env=None):
+    """`function(*args)` run in a fresh spawned process, so its peak RSS is its own; `env` is added to its environment."""
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(function, *args).result()
+    saved = dict(os.environ)
+    os.environ.update(env or {})  # a spawned child copies the environment when it starts
+    try:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(function, *args).result()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def peak_rss():
@@ -79,32 +94,36 @@ def peak_rss():
     raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
 
-def feature_cache(folder, rows, seed=0):
+def feature_cache(folder, rows, seed=0, dtype="float32"):
     """A synthetic mobilenetv2-shaped multilabel cache of `rows` rows; returns (path, seconds to write)."""
     from mlkit.bottlenecks.cache import write_cache
 
     rng = np.random.default_rng(seed)
-    features = rng.standard_normal((rows, FEATURES), dtype=np.float32)
-    np.maximum(features, 0, out=features)
+    features = np.empty((rows, FEATURES), dtype)  # filled a block at a time: no float32 copy of a float16 table
+    for start in range(0, rows, 1 << 16):
+        block = rng.standard_normal((min(1 << 16, rows - start), FEATURES), dtype=np.float32)
+        features[start:start + len(block)] = np.maximum(block, 0)
     labels = (rng.random((rows, LABELS), dtype=np.float32) < 0.04).astype("uint8")
     split = np.where(np.arange(rows) % 10 < 9, "train", "val")
     attrs = dict(task="multilabel", dataset="bench", subset=f"scale{rows}", backbone="mobilenetv2", preprocess="inet",
                  pooling="avg", label_names=[f"label{i}" for i in range(LABELS)])
     started = time.perf_counter()
     path = write_cache(Path(folder) / f"bench_scale{rows}_mobilenetv2_inet_avg.h5", features=features,
-                       labels=labels, split=split, attrs=attrs)
+                       labels=labels, split=split, attrs=attrs, dtype=dtype)
     return path, time.perf_counter() - started
 
 
-def top_epoch(cache_path, max_memory, batch):
-    """One steady tune-top training epoch (run in a child): rows, seconds, mode and peak RSS."""
+def top_epoch(cache_path, max_memory, batch, pad=True):
+    """One steady tune-top training epoch (run in a child): rows, seconds, mode, faults and peak RSS."""
     import keras
 
     from mlkit.bottlenecks.cache import open_cache
     from mlkit.tuning.config import TopConfig
-    from mlkit.tuning.data import TopData, parse_memory
+    from mlkit.tuning.data import TopData, keep_freed_memory, parse_memory
     from mlkit.tuning.top import build_top_model, compile_top, set_input_statistics
 
+    if pad:
+        keep_freed_memory()
     config = TopConfig(batch=batch)
     keras.utils.set_random_seed(config.seed)
     data = TopData(open_cache(cache_path), max_memory=parse_memory(max_memory), seed=config.seed)
@@ -113,10 +132,12 @@ def top_epoch(cache_path, max_memory, batch):
     set_input_statistics(model, *data.input_statistics())
     dataset = data.train_dataset(config.batch)
     model.fit(dataset.take(1), epochs=1, verbose=0, shuffle=False)
-    started, cpu = time.perf_counter(), time.process_time()
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     model.fit(dataset, epochs=1, verbose=0, shuffle=False)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"rows": len(data.sample_rows), "seconds": seconds, "cpu": cpu, "in_memory": data.in_memory,
+    seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    return {"rows": len(data.sample_rows), "seconds": seconds, "in_memory": data.in_memory,
+            "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "system": after.ru_stime - before.ru_stime, "faults": after.ru_minflt - before.ru_minflt,
             "feature_bytes": data.memory_bytes(), "peak_rss": peak_rss()}
 
 
@@ -147,26 +168,41 @@ def cache_images(manifest, workdir):
             "whole": result.seconds, "peak_rss": peak_rss()}
 
 
-def streaming(folder, rows, batch):
-    """Part (1): the streamed and in-memory epochs on one `rows`-row cache; returns (in-memory result, cache)."""
-    cache, write_seconds = feature_cache(folder, rows)
+def allocator_env(allocator):
+    """(environment for the child, whether it calls keep_freed_memory) for one --allocators setting."""
+    return ({"TF_CPU_ALLOCATOR_USE_BFC": "true"} if allocator == "bfc" else {}), allocator == "pad"
+
+
+def streaming(folder, rows, batch, allocators, dtype):
+    """Part (1): streamed and in-memory epochs on one `rows`-row cache under each allocator setting.
+
+    Returns (the in-memory result under mlkit's own setting, or the last one measured; the cache).
+    """
+    cache, write_seconds = feature_cache(folder, rows, dtype=dtype)
     size = cache.stat().st_size
-    print(f"(1) cache of {rows:,} rows x {FEATURES} float32, {LABELS} labels: {size / GIB:.2f} GiB, "
+    print(f"(1) cache of {rows:,} rows x {FEATURES} {dtype}, {LABELS} labels: {size / GIB:.2f} GiB, "
           f"written by write_cache in {write_seconds:.1f} s", flush=True)
-    streamed = in_child(top_epoch, cache, STREAMED_MEMORY, batch)
-    in_memory = in_child(top_epoch, cache, f"{2 * size // (1 << 20)}M", batch)
-    if streamed["in_memory"] or not in_memory["in_memory"]:
-        raise SystemExit("the forced max_memory did not choose the expected modes")
-    ratio = (streamed["rows"] / streamed["seconds"]) / (in_memory["rows"] / in_memory["seconds"])
-    print(f"{'mode':<10} {'train rows':>10} {'epoch s':>8} {'rows/s':>8} {'CPU s':>8} {'rows/CPU s':>10} {'peak RSS GiB':>12}")
-    for name, result in (("in memory", in_memory), ("streamed", streamed)):
-        print(f"{name:<10} {result['rows']:>10,} {result['seconds']:>8.1f} {result['rows'] / result['seconds']:>8.0f} "
-              f"{result['cpu']:>8.1f} {result['rows'] / result['cpu']:>10.0f} {result['peak_rss'] / GIB:>12.2f}")
-    print(f"streamed / in memory rows/s: {ratio:.2f} (target >= 0.70: {'met' if ratio >= 0.7 else 'MISSED'}); "
-          f"per CPU second, less sensitive to the machine's other load: {in_memory['cpu'] / streamed['cpu']:.2f}; "
-          f"streamed peak RSS {streamed['peak_rss'] / GIB:.2f} GiB (target < 2 GB: "
-          f"{'met' if streamed['peak_rss'] < 2e9 else 'MISSED'})", flush=True)
-    return in_memory, cache
+    print(f"{'mode':<10} {'allocator':<9} {'train rows':>10} {'epoch s':>8} {'rows/s':>8} {'CPU s':>7} "
+          f"{'rows/CPU s':>10} {'system s':>8} {'minor faults':>12} {'peak RSS GiB':>12}", flush=True)
+    results = {}
+    for allocator in allocators:
+        env, pad = allocator_env(allocator)
+        for mode, memory in (("streamed", STREAMED_MEMORY), ("in memory", f"{2 * size // (1 << 20) + 64}M")):
+            result = results[allocator, mode] = in_child(top_epoch, cache, memory, batch, pad, env=env)
+            if result["in_memory"] != (mode == "in memory"):
+                raise SystemExit("the forced max_memory did not choose the expected mode")
+            print(f"{mode:<10} {allocator:<9} {result['rows']:>10,} {result['seconds']:>8.1f} "
+                  f"{result['rows'] / result['seconds']:>8.0f} {result['cpu']:>7.1f} "
+                  f"{result['rows'] / result['cpu']:>10.0f} {result['system']:>8.1f} {result['faults']:>12,} "
+                  f"{result['peak_rss'] / GIB:>12.2f}", flush=True)
+    for allocator in allocators:
+        streamed, in_memory = results[allocator, "streamed"], results[allocator, "in memory"]
+        ratio = (streamed["rows"] / streamed["seconds"]) / (in_memory["rows"] / in_memory["seconds"])
+        print(f"{allocator}: streamed / in memory rows/s {ratio:.2f} (target >= 0.70: "
+              f"{'met' if ratio >= 0.7 else 'MISSED'}); per CPU second, less sensitive to the machine's other "
+              f"load: {in_memory['cpu'] / streamed['cpu']:.2f}; streamed peak RSS {streamed['peak_rss'] / GIB:.2f} GiB "
+              f"(target < 2 GB: {'met' if streamed['peak_rss'] < 2e9 else 'MISSED'})", flush=True)
+    return results.get(("pad", "in memory"), in_memory), cache
 
 
 def growth_table(title, results):
@@ -188,7 +224,7 @@ def top_growth(folder, top_rows, batch, known):
         result = known.get(rows)
         if result is None:
             cache, _ = feature_cache(folder, rows)
-            result = in_child(top_epoch, cache, "1T", batch)
+            result = in_child(top_epoch, cache, "1T", batch)  # as `mlkit tune-top` runs: keep_freed_memory()
             cache.unlink()
         results.append((rows, result["rows"], result["seconds"], f"peak RSS {result['peak_rss'] / GIB:.2f} GiB"))
     growth_table("(2) one tune-top epoch in memory, per training row:", results)
@@ -217,6 +253,10 @@ def main(argv=None):
     parser.add_argument("--images", type=sizes, default=[1000, 4000, 16000],
                         help="image counts for the cache-features growth (default 1000,4000,16000)")
     parser.add_argument("--batch", type=int, default=64, help="tune-top batch size (default 64, tune-top's)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="how the streaming cache stores its features (default float32)")
+    parser.add_argument("--allocators", type=lambda text: text.split(","), default=list(ALLOCATORS),
+                        help=f"allocator settings for part (1), comma-separated (default {','.join(ALLOCATORS)})")
     parser.add_argument("--skip", choices=("streaming", "top", "images"), action="append", default=[],
                         help="leave out one part (repeatable)")
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the caches and images")
@@ -227,7 +267,7 @@ def main(argv=None):
     try:
         known = {}
         if "streaming" not in args.skip:
-            in_memory, cache = streaming(folder, args.rows, args.batch)
+            in_memory, cache = streaming(folder, args.rows, args.batch, args.allocators, args.dtype)
             known[args.rows] = in_memory
             cache.unlink()
         if "top" not in args.skip:
