@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from mlkit.bottlenecks.cache import write_cache
-from mlkit.thumbnails import THUMBNAIL_DATASET, THUMBNAIL_SHAPE
+from mlkit.thumbnails import THUMBNAIL_SHAPE
 
 LABELS = 20
 CLUSTERS = 50
@@ -54,10 +53,8 @@ def make_cache(path, rows, dims, planted, seed=0):
     thumbnails[exact[:, 1]] = thumbnails[exact[:, 0]]
     noise = rng.integers(-6, 7, size=(planted, *THUMBNAIL_SHAPE))
     thumbnails[near[:, 1]] = np.clip(thumbnails[near[:, 0]].astype(int) + noise, 0, 255).astype(np.uint8)
-    write_cache(path, features=features, labels=labels, split=split, image_sha256=sha,
+    write_cache(path, features=features, labels=labels, split=split, image_sha256=sha, thumbnail=thumbnails,
                 attrs={"task": "multilabel", "label_names": [f"label{j}" for j in range(LABELS)]})
-    with h5py.File(path, "a") as h5:
-        h5.create_dataset(THUMBNAIL_DATASET, data=thumbnails)
 
 
 def child_peak(code):

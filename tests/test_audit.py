@@ -275,5 +275,32 @@ def test_near_duplicates_by_thumbnails_and_by_features_where_an_image_is_missing
     by_features = near[near["detail"].str.startswith("by features")]
     assert sorted(by_features[["row", "partner_row"]].values.tolist()[0]) == [5, 6] and len(by_features) == 1
     record = result.summary["near_duplicates"]
-    assert record["thumbnails"] == "images" and record["rows_by_features"] == 1
+    assert record["thumbnails_from_cache"] == 0 and record["thumbnails_from_images"] == n - 1
+    assert record["rows_by_features"] == 1
     assert record["unusable_images"] == {"missing file": 1} and record["pairs"] == {"thumbnails": 20, "features": 1}
+
+
+def test_cache_features_stores_thumbnails_and_the_audit_reads_images_only_where_one_is_missing(tmp_path):
+    import h5py
+
+    import mlkit
+    from mlkit.bottlenecks import cache_features
+    from mlkit.images import load_image
+    from mlkit.thumbnails import THUMBNAIL_DATASET, thumbnail
+
+    manifest = synthesize(tmp_path / "data", task="multiclass", n=12, size=48, seed=0)
+    groups = plant_near_duplicates(manifest, [3])
+    result = cache_features(manifest, tmp_path, backbone="mobilenetv2", weights="none", image_size=32, progress=False,
+                            augment_copies=1)
+    table = read_manifest(manifest)
+    with h5py.File(result.path, "r+") as h5:
+        stored = h5[THUMBNAIL_DATASET][...]
+        h5[THUMBNAIL_DATASET][5] = 0
+    for row, image in enumerate(table.rows["image"]):
+        assert (stored[row] == thumbnail(load_image(manifest.parent / image))).all(), row
+    audit = mlkit.audit(result.path, workdir=tmp_path, folds=0)
+    record = audit.summary["near_duplicates"]
+    assert (record["thumbnails_from_cache"], record["thumbnails_from_images"], record["rows_by_features"]) == (15, 1, 0)
+    near = audit.issues[audit.issues["match"] == "near"]
+    found = {tuple(sorted(pair)) for pair in near[["row", "partner_row"]].values.tolist()}
+    assert {(a, b) for group in groups for a in group for b in group if a < b} <= found

@@ -3,7 +3,7 @@
 A re-encoded, resized or slightly cropped copy keeps its pixels' pattern, not
 its backbone features (see `mlkit.thumbnails`), so rows are compared by the
 correlation of their 8 x 8 thumbnails: from the cache's `thumbnail` dataset
-when cache-features stored one, else read from the manifest's images now.
+where cache-features stored one, else read from the manifest's images now.
 Rows without a usable thumbnail (the image is missing or changed since it was
 cached, or it is one flat colour) are compared by the cosine of their
 mean-centred features instead, at a threshold of its own. Both searches are
@@ -19,7 +19,7 @@ import numpy as np
 from mlkit.auditing import duplicates
 from mlkit.auditing.neighbours import nearest_in_memory
 from mlkit.images import DEFAULT_BACKGROUND, parse_background
-from mlkit.thumbnails import THUMBNAIL_DATASET, read_thumbnails, thumbnail_vectors
+from mlkit.thumbnails import THUMBNAIL_DATASET, THUMBNAIL_SHAPE, read_thumbnails, thumbnail_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +35,37 @@ def image_paths(cache, images):
 def audit_thumbnails(cache, table):
     """Each audited row's thumbnail, and a record of where they came from.
 
+    The cache's own are used where it has them; rows without one (a cache
+    made before thumbnails were cached, or rows reused from one) are read
+    from their images now.
+
     Returns:
         (thumbnails, record): uint8 (N, 8, 8, 3), zero where a row has none;
-        record holds `thumbnails` ("cache" or "images") and, for images read
-        now, how many could not be used and why.
+        record counts the thumbnails from the cache and from the images and,
+        for images that gave none, how many and why.
     """
+    rows = table["rows"]
     if cache.has(THUMBNAIL_DATASET):
-        return cache.read(THUMBNAIL_DATASET, table["rows"]), {"thumbnails": "cache"}
-    logger.info("audit: %s stores no thumbnails (made before they were cached); reading its %d images",
-                cache.path.name, len(table["rows"]))
+        thumbnails = cache.read(THUMBNAIL_DATASET, rows)
+        missing = np.flatnonzero(~thumbnails.reshape(len(rows), -1).any(axis=1))
+    else:
+        thumbnails, missing = np.zeros((len(rows), *THUMBNAIL_SHAPE), np.uint8), np.arange(len(rows))
+    record = {"thumbnails_from_cache": int(len(rows) - len(missing)), "thumbnails_from_images": 0}
+    if not len(missing):
+        return thumbnails, record
+    logger.info("audit: %d of %d rows have no cached thumbnail; reading their images", len(missing), len(rows))
     background = cache.attrs.get("background")
-    sha256 = [digest.decode() for digest in table["sha256"]]
-    thumbnails, problems = read_thumbnails(image_paths(cache, table["image"]),
-                                           parse_background(background) if background else DEFAULT_BACKGROUND,
-                                           sha256)
-    record = {"thumbnails": "images"}
+    found, problems = read_thumbnails(image_paths(cache, table["image"][missing]),
+                                      parse_background(background) if background else DEFAULT_BACKGROUND,
+                                      [digest.decode() for digest in table["sha256"][missing]])
+    thumbnails[missing] = found
+    record["thumbnails_from_images"] = int(len(missing) - len(problems))
     if problems:
         first = min(problems)
         record["unusable_images"] = dict(Counter(problems.values()))
-        record["first_unusable"] = f"{table['image'][first]}: {problems[first]}"
+        record["first_unusable"] = f"{table['image'][missing[first]]}: {problems[first]}"
         logger.warning("audit: %d of %d images gave no thumbnail (first: %s); those rows are compared by features",
-                       len(problems), len(thumbnails), record["first_unusable"])
+                       len(problems), len(missing), record["first_unusable"])
     return thumbnails, record
 
 

@@ -15,6 +15,9 @@ Layout (N manifest rows, D feature dims, K augmented views, L labels):
     image_sha256, file_size, file_mtime_ns   what the key was computed from (a rerun
                            trusts the hash of a file whose size and mtime are unchanged)
     done        uint8 (N,) 1 when the row's features (and views) are written
+    thumbnail   uint8 (N, 8, 8, 3) optional: each image's pixel thumbnail (mlkit.thumbnails),
+                which `mlkit audit` finds near duplicates by; all 0 in a row that has none
+                (caches made before it existed have no such dataset)
 
 Attributes hold the task, label names, backbone, weights and their sha256,
 input size, preprocessing (and its fitted statistics), pooling, augmentation
@@ -34,6 +37,7 @@ import numpy as np
 
 from mlkit.errors import CacheError
 from mlkit.files import atomic_path
+from mlkit.thumbnails import THUMBNAIL_DATASET, THUMBNAIL_SHAPE
 
 FORMAT_VERSION = 1
 # How features may be stored. float16 halves disk and memory; readers get float32 from either.
@@ -377,10 +381,11 @@ def as_stored(features, dtype, where):
 
 
 def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_copies=0, captions=False,
-                    dtype=DEFAULT_DTYPE):
+                    dtype=DEFAULT_DTYPE, thumbnails=False):
     """Creates the empty datasets of a cache (features chunked along rows, all space allocated).
 
-    `dtype` is the features' and views' dtype, one of `FEATURE_DTYPES`.
+    `dtype` is the features' and views' dtype, one of `FEATURE_DTYPES`; `thumbnails` adds the
+    optional thumbnail dataset.
     """
     feature_shape = tuple(int(d) for d in feature_shape)
     n = max(num_rows, 1)
@@ -402,6 +407,8 @@ def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_co
     for name in ("file_size", "file_mtime_ns"):
         h5.create_dataset(name, **_early((num_rows,), "int64"))
     h5.create_dataset("done", **_early((num_rows,), "uint8"))
+    if thumbnails:
+        h5.create_dataset(THUMBNAIL_DATASET, **_early((num_rows, *THUMBNAIL_SHAPE), "uint8"))
 
 
 def write_tokens(h5, tokens=None, vocabulary=None):
@@ -418,7 +425,7 @@ def write_tokens(h5, tokens=None, vocabulary=None):
 
 
 def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None, tokens=None,
-                image_sha256=None, dtype=DEFAULT_DTYPE):
+                image_sha256=None, dtype=DEFAULT_DTYPE, thumbnail=None):
     """Writes a finished cache in one go (tests, benchmarks, hand-made features).
 
     Args:
@@ -434,6 +441,7 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
         image_sha256: optional N hex digests of the image bytes (what `mlkit audit` groups exact duplicates by).
         dtype: how features (and views) are stored: "float32" or "float16"; recorded as
             attribute `dtype`. Defaults to "float32".
+        thumbnail: optional uint8 (N, 8, 8, 3) pixel thumbnails (mlkit.thumbnails).
     """
     path = Path(path)
     if dtype not in FEATURE_DTYPES:
@@ -446,7 +454,7 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
             h5, num_rows=n, feature_shape=features.shape[1:], task=attrs["task"],
             num_labels=labels.shape[1] if labels.ndim > 1 else 0,
             augment_copies=0 if augmented is None else augmented.shape[1],
-            captions=caption is not None, dtype=dtype,
+            captions=caption is not None, dtype=dtype, thumbnails=thumbnail is not None,
         )
         h5["features"][...] = features
         h5["labels"][...] = labels
@@ -455,6 +463,8 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
         h5["key"][...] = [f"row{i}" for i in range(n)]
         if image_sha256 is not None:
             h5["image_sha256"][...] = [str(digest).encode() for digest in image_sha256]
+        if thumbnail is not None:
+            h5[THUMBNAIL_DATASET][...] = thumbnail
         if caption is not None:
             h5["caption"][...] = ["" if c is None else str(c) for c in caption]
         if augmented is not None:

@@ -1,6 +1,7 @@
 """cache-features' input pipeline: images to batches of pixels, and pixels to features.
 
-`image_batches` reads, hashes, decodes, augments and resizes images through
+`image_batches` reads, hashes, decodes, augments and resizes images (and
+shrinks each clean image to its pixel thumbnail, for the audit) through
 tf.data; `compiled_forward` runs the frozen extractor on them as one traced
 graph. Neither knows about the HDF5 file (mlkit.bottlenecks.write) or about
 which rows need computing (mlkit.bottlenecks.plan).
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mlkit.images import ImageReadError, augment_view, decode_image, read_bytes, resize_array, sha256_bytes, view_seed
+from mlkit.thumbnails import THUMBNAIL_SHAPE, thumbnail
 
 
 def compiled_forward(extractor, batch_size):
@@ -80,7 +82,8 @@ def image_batches(units, paths, *, image_size, background, seed, batch_size, fai
         failures: a dict that receives `row: reason` for each unreadable image.
 
     Yields:
-        (rows, views, sha256s, ok, pixels) per batch; `pixels` is a float32 tensor.
+        (rows, views, sha256s, ok, thumbnails, pixels) per batch: `thumbnails` uint8
+        (B, 8, 8, 3), zero for augmented views; `pixels` a float32 tensor.
     """
     import tensorflow as tf
 
@@ -95,10 +98,11 @@ def image_batches(units, paths, *, image_size, background, seed, batch_size, fai
             pixels = decode_image(data, path, background)
             if view:
                 pixels = augment_view(pixels, view_seed(f"{sha}:{seed}", view), background)
-            return resize_array(pixels, image_size), sha.encode()
+                return resize_array(pixels, image_size), sha.encode(), None
+            return resize_array(pixels, image_size), sha.encode(), thumbnail(pixels)
         except ImageReadError as error:
             failures[row] = error.reason
-            return None, b""
+            return None, b"", None
 
     workers = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="mlkit-decode")
 
@@ -106,17 +110,20 @@ def image_batches(units, paths, *, image_size, background, seed, batch_size, fai
         pixels = np.zeros((len(batch_rows), image_size, image_size, 3), np.float32)
         shas = np.empty(len(batch_rows), dtype=object)
         ok = np.zeros(len(batch_rows), bool)
+        thumbnails = np.zeros((len(batch_rows), *THUMBNAIL_SHAPE), np.uint8)
         loaded = workers.map(load, batch_rows.tolist(), batch_views.tolist())
-        for k, (image, shas[k]) in enumerate(loaded):
+        for k, (image, shas[k], small) in enumerate(loaded):
             if image is not None:
                 pixels[k], ok[k] = image, True
-        return pixels, shas.astype(bytes), ok
+            if small is not None:
+                thumbnails[k] = small
+        return pixels, shas.astype(bytes), ok, thumbnails
 
     def load_tf(batch_rows, batch_views):
-        pixels, shas, ok = tf.numpy_function(load_batch, [batch_rows, batch_views], [tf.float32, tf.string, tf.bool],
-                                             stateful=False)
+        pixels, shas, ok, thumbnails = tf.numpy_function(
+            load_batch, [batch_rows, batch_views], [tf.float32, tf.string, tf.bool, tf.uint8], stateful=False)
         pixels.set_shape([None, image_size, image_size, 3])
-        return batch_rows, batch_views, shas, ok, pixels
+        return batch_rows, batch_views, shas, ok, thumbnails, pixels
 
     data = tf.data.Dataset.from_tensor_slices((rows, views)).batch(batch_size)
     data = data.map(load_tf, num_parallel_calls=2, deterministic=True).prefetch(2)
@@ -124,8 +131,8 @@ def image_batches(units, paths, *, image_size, background, seed, batch_size, fai
     options.autotune.enabled = False
     data = data.with_options(options)
     try:
-        for row, view, sha, ok, pixels in data:
-            yield row.numpy(), view.numpy(), sha.numpy(), ok.numpy(), pixels
+        for row, view, sha, ok, thumbnails, pixels in data:
+            yield row.numpy(), view.numpy(), sha.numpy(), ok.numpy(), thumbnails.numpy(), pixels
     finally:
         workers.shutdown(wait=False, cancel_futures=True)
 

@@ -26,6 +26,7 @@ from mlkit.bottlenecks.pipeline import progress_bar
 from mlkit.bottlenecks.shards import read_zmuv_stats, shard_rows, stats_path
 from mlkit.errors import CacheError
 from mlkit.images import ImageReadError, decode_image, parse_background, read_bytes, resize_array, sha256_bytes
+from mlkit.thumbnails import THUMBNAIL_DATASET
 
 # Bump when the way features are computed from the same inputs changes.
 FEATURE_VERSION = 1
@@ -364,7 +365,8 @@ def _image_hashes(plan, by_stat):
 
 def _copy_rows(h5, source, pairs, plan, chunk=512):
     pairs.sort()
-    datasets = ["features"] + (["augmented"] if "augmented" in h5 else [])
+    # An earlier cache made before thumbnails were cached leaves them 0: the audit reads those images.
+    datasets = ["features"] + [name for name in ("augmented", THUMBNAIL_DATASET) if name in h5 and name in source]
     for start in range(0, len(pairs), chunk):
         part = pairs[start : start + chunk]
         new_rows = [p[0] for p in part]

@@ -27,6 +27,7 @@ from mlkit.bottlenecks.cache import create_datasets, partial_path, read_attrs, w
 from mlkit.errors import CacheError, MlkitError
 from mlkit.files import atomic_path, remove_stale_temporaries, write_text
 from mlkit.locks import hold_lock
+from mlkit.thumbnails import THUMBNAIL_DATASET
 
 # Attributes that only say which shard a file is, or where it was made; every other one must agree.
 SHARD_ATTRS = ("shard_index", "shard_count", "manifest_rows")
@@ -207,6 +208,11 @@ def _read_attrs(path):
         raise CacheError(f"{path} is not a readable mlkit cache ({error}); delete it and rerun that shard") from None
 
 
+def _has_dataset(path, dataset):
+    with h5py.File(path, "r") as h5:
+        return dataset in h5
+
+
 def _read(path, dataset):
     with h5py.File(path, "r") as h5:
         if dataset not in h5:
@@ -221,12 +227,14 @@ def _write_merged(target, shards, rows, total):
         feature_shape, dtype, task = h5["features"].shape[1:], h5["features"].dtype, attrs["task"]
         num_labels = h5["labels"].shape[1] if h5["labels"].ndim > 1 else 0
         captions, tokens_width = "caption" in h5, h5["tokens"].shape[1] if "tokens" in h5 else None
+    thumbnails = any(_has_dataset(path, THUMBNAIL_DATASET) for path, _ in shards)
     need = sum(path.stat().st_size for path, _ in shards)
     remove_stale_temporaries(target)  # under the cache's lock: only a killed merge leaves one
     with atomic_path(target, need) as tmp:
         with h5py.File(tmp, "w") as out:
             create_datasets(out, num_rows=total, feature_shape=feature_shape, task=task, num_labels=num_labels,
-                            augment_copies=int(attrs.get("augment_copies", 0)), captions=captions, dtype=dtype)
+                            augment_copies=int(attrs.get("augment_copies", 0)), captions=captions, dtype=dtype,
+                            thumbnails=thumbnails)
             tokens = None if tokens_width is None else np.zeros((total, tokens_width), "int32")
             for (path, _), manifest_rows in zip(shards, rows):
                 with h5py.File(path, "r") as shard:

@@ -27,6 +27,7 @@ from mlkit.bottlenecks.pipeline import image_batches, progress_bar
 from mlkit.bottlenecks.plan import FEATURE_VERSION, copy_reusable, open_sources
 from mlkit.errors import CacheError
 from mlkit.files import DiskFullError, atomic_path, publish, remove_stale_temporaries, write_text
+from mlkit.thumbnails import THUMBNAIL_DATASET
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class CacheWriter:
             h5, num_rows=len(plan.paths), feature_shape=plan.info["feature_shape"], task=table.task,
             num_labels=labels.shape[1] if labels.ndim > 1 else 0,
             augment_copies=plan.settings["augment_copies"], captions=table.captions() is not None,
-            dtype=plan.settings["dtype"],
+            dtype=plan.settings["dtype"], thumbnails=True,
         )
         if len(plan.paths):
             h5["labels"][...] = labels
@@ -196,14 +197,17 @@ class CacheWriter:
         return written
 
     def _write_batch(self, h5, batch, remaining):
-        rows, views, shas, ok, pixels = batch
+        rows, views, shas, ok, thumbnails, pixels = batch
         dtype = self.plan.settings["dtype"]
         # Unreadable images (not ok) are left out: their blank pixels' features are never stored.
         features = as_stored(self.forward(pixels)[ok], dtype, f"--dtype {dtype}")
-        rows, views, shas = rows[ok], views[ok], shas[ok]
+        rows, views, shas, thumbnails = rows[ok], views[ok], shas[ok], thumbnails[ok]
         clean = np.flatnonzero(views == 0)
         if len(clean):  # rows arrive in increasing order: one write per dataset per batch
             write_rows(h5["features"], rows[clean], features[clean])
+            # A partial file begun before thumbnails were cached has none; the audit reads its images.
+            if THUMBNAIL_DATASET in h5:
+                write_rows(h5[THUMBNAIL_DATASET], rows[clean], thumbnails[clean])
         finished, finished_shas = [], []
         for i in range(len(rows)):
             row, view = int(rows[i]), int(views[i])
