@@ -135,7 +135,8 @@ def remove_stale_temporaries(path):
     """
     path = Path(path)
     for tmp in path.parent.glob(f"{TEMPORARY_PREFIX}*-{glob.escape(path.name)}"):
-        if tmp.name[len(TEMPORARY_PREFIX):].split("-", 1)[0].isdigit():
+        # Only "<prefix><pid>-<name>": the glob also matches another file whose name ends in "-<name>".
+        if tmp.name[len(TEMPORARY_PREFIX):-len(path.name) - 1].isdigit():
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:

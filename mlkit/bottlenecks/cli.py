@@ -29,6 +29,10 @@ sequence and are counted in the summary. Tokens follow the last run: changing
 --num-words or --max-len rewrites them (features are copied, not recomputed), and
 a rerun without --captions drops them.
 
+--dtype float16 stores features in half the disk and memory; tune-top still trains
+in float32, and on a pretrained MobileNetV2 the tuned tops' metrics did not move
+beyond noise (BENCHMARKS.md). Features outside float16's range are refused.
+
 On many machines: --shard I/N caches the rows whose image path hashes to shard I
 of N (I = 0 .. N-1) to <cache>.shard-I-of-N.h5, with the same resume and locks;
 `mlkit cache-merge` joins the N shards into <cache>.h5. With --preprocess zmuv, run
