@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mlkit.errors import ManifestError
+from mlkit.files import atomic_path
 from mlkit.vocabulary import SPLITS, TASKS  # noqa: F401 (re-exported for the data package)
 
 LABEL_SEP = "|"
@@ -539,22 +539,14 @@ def write_manifest(rows, path):
         raise ManifestError(f"cannot write manifest {path}: the rows have no 'image' column")
     rows = rows[_ordered_columns(rows)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8", newline=""
-    )
-    try:
-        with handle:
-            if path.suffix.lower() in JSON_SUFFIXES:
-                for record in rows.to_dict("records"):
-                    record = {column: _json_value(column, value) for column, value in record.items()}
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            else:
-                cells = pd.DataFrame({column: [_csv_cell(column, value) for value in rows[column]] for column in rows})
-                cells.to_csv(handle, index=False, lineterminator="\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        if path.suffix.lower() in JSON_SUFFIXES:
+            for record in rows.to_dict("records"):
+                record = {column: _json_value(column, value) for column, value in record.items()}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            cells = pd.DataFrame({column: [_csv_cell(column, value) for value in rows[column]] for column in rows})
+            cells.to_csv(handle, index=False, lineterminator="\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
