@@ -22,6 +22,7 @@ suggested column first to choose other labels). The corrected manifest is writte
 beside the original as <name>.audited.csv; the original is never overwritten.
 """
 
+
 def register(subparsers):
     parser = subparsers.add_parser(
         "audit", help="find duplicates, split leaks, likely label errors and outliers in a cache",

@@ -28,6 +28,7 @@ the cache is being written it lives at `<name>.partial.h5`; it is renamed to
 name is always whole.
 """
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +199,7 @@ class FeatureCache:
     def subset(self):
         return self.name_fields[1]
 
-    @property
+    @functools.cached_property
     def num_outputs(self):
         """What a top predicts: labels (multilabel), classes (multiclass) or targets (regression)."""
         if self.task == "multiclass":
@@ -207,7 +208,7 @@ class FeatureCache:
             shape = h5["labels"].shape
         return int(shape[1]) if len(shape) > 1 else 1
 
-    @property
+    @functools.cached_property
     def target_scale(self):
         """The regression targets' `TargetScale` over the training split (None for other tasks).
 
