@@ -25,11 +25,11 @@ from PIL import Image
 from scipy.fft import dctn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from audit_data import PRETRAINED, plant_near_duplicates  # noqa: E402
+from audit_data import PRETRAINED, plant_near_duplicates
 
-from mlkit.auditing.config import AuditConfig  # noqa: E402
-from mlkit.images import load_image  # noqa: E402
-from mlkit.thumbnails import thumbnail, thumbnail_vectors  # noqa: E402
+from mlkit.auditing.config import AuditConfig
+from mlkit.images import load_image
+from mlkit.thumbnails import thumbnail, thumbnail_vectors
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from audit_data import PRETRAINED, cleanlab_ranked_flags, inject_label_errors, precision_recall, ranked_flags  # noqa: E402
+from audit_data import PRETRAINED, cleanlab_ranked_flags, inject_label_errors, precision_recall, ranked_flags
 
-import mlkit  # noqa: E402
-from mlkit.bottlenecks.cache import open_cache, write_cache  # noqa: E402
-from mlkit.data.adapters import from_folders  # noqa: E402
-from mlkit.data.manifest import read_manifest  # noqa: E402
+import mlkit
+from mlkit.bottlenecks.cache import open_cache, write_cache
+from mlkit.data.adapters import from_folders
+from mlkit.data.manifest import read_manifest
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 

@@ -20,8 +20,8 @@ import tracemalloc
 
 import numpy as np
 
-from mlkit.decisions import parse_rule
-from mlkit.metrics import multilabel_report
+from mlkit.evaluation.decisions import parse_rule
+from mlkit.evaluation.metrics import multilabel_report
 
 
 def make_data(n_images, n_labels, seed, labels_per_image=4.0):

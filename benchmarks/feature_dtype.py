@@ -63,8 +63,8 @@ def make_manifest(folder, images):
 def best_top_scores(cache_path, work, summary):
     """tune-top's metrics for its best trial, and that top's test micro-F1 and mAP (cardinality rule)."""
     from mlkit.bottlenecks.cache import open_cache
-    from mlkit.decisions import parse_rule
-    from mlkit.evaluate import evaluate_scores
+    from mlkit.evaluation.decisions import parse_rule
+    from mlkit.evaluation.evaluate import evaluate_scores
     from mlkit.tuning.top import load_top
 
     best = summary.iloc[0]

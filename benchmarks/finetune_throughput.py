@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cache_throughput import make_images  # noqa: E402
+from cache_throughput import make_images
 
 
 class EpochTimer:
@@ -65,8 +65,6 @@ def steady_rate(images, seconds):
 
 
 def measure(args, folder):
-    import keras
-    import tensorflow as tf
 
     from mlkit.bottlenecks.extract import cache_features
     from mlkit.models.augment import augmentation_layers

@@ -56,7 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cache_throughput import make_images  # noqa: E402
+from cache_throughput import make_images
 
 FEATURES = 1280
 LABELS = 80
@@ -105,8 +105,8 @@ def feature_cache(folder, rows, seed=0, dtype="float32"):
         features[start:start + len(block)] = np.maximum(block, 0)
     labels = (rng.random((rows, LABELS), dtype=np.float32) < 0.04).astype("uint8")
     split = np.where(np.arange(rows) % 10 < 9, "train", "val")
-    attrs = dict(task="multilabel", dataset="bench", subset=f"scale{rows}", backbone="mobilenetv2", preprocess="inet",
-                 pooling="avg", label_names=[f"label{i}" for i in range(LABELS)])
+    attrs = {"task": "multilabel", "dataset": "bench", "subset": f"scale{rows}", "backbone": "mobilenetv2", "preprocess": "inet",
+                 "pooling": "avg", "label_names": [f"label{i}" for i in range(LABELS)]}
     started = time.perf_counter()
     path = write_cache(Path(folder) / f"bench_scale{rows}_mobilenetv2_inet_avg.h5", features=features,
                        labels=labels, split=split, attrs=attrs, dtype=dtype)
@@ -119,8 +119,9 @@ def top_epoch(cache_path, max_memory, batch, pad=True):
 
     from mlkit.bottlenecks.cache import open_cache
     from mlkit.tuning.config import TopConfig
-    from mlkit.tuning.data import TopData, keep_freed_memory, parse_memory
+    from mlkit.tuning.memory import keep_freed_memory, parse_memory
     from mlkit.tuning.top import build_top_model, compile_top, set_input_statistics
+    from mlkit.tuning.top_data import TopData
 
     if pad:
         keep_freed_memory()
@@ -161,7 +162,7 @@ def cache_images(manifest, workdir):
     result = cache_features(manifest, workdir=workdir, backbone="mobilenetv2", weights="none", image_size=96,
                             pooling="avg", batch_size=64, progress=False,
                             on_batch=lambda done, total: stamps.append((time.perf_counter(), done)))
-    if result.computed != sum(1 for _ in open(manifest)) - 1:
+    if result.computed != len(Path(manifest).read_text().splitlines()) - 1:
         raise SystemExit(f"{manifest}: not every image was computed ({result})")
     steady_items = stamps[-1][1] - stamps[0][1]
     return {"items": result.computed, "steady_items": steady_items, "steady": stamps[-1][0] - stamps[0][0],

@@ -15,7 +15,7 @@ One run, one collection, one split, the same pretrained weights, image size and 
                 measures whether adapting batch-norm statistics to the new images helps.
 
 Each side's scores are decided by the cardinality rule fitted on the validation split
-(mlkit.evaluate), so only the models differ. The table gives test micro-F1, mAP and wall
+(mlkit.evaluation.evaluate), so only the models differ. The table gives test micro-F1, mAP and wall
 time per side and seed, then each side's mean and spread, mlkit's fine-tuned model against
 its own cached top, and mlkit's time against the better Keras recipe's.
 
@@ -154,7 +154,7 @@ def run_keras_guide(manifest, args, seed, keep_bn_frozen):
     model = keras.Model(inputs, outputs)
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
     model.compile(optimizer=keras.optimizers.Adam(), loss=loss)
-    fit = dict(batch_size=args.keras_batch, validation_data=(x_val, y_val), verbose=0)
+    fit = {"batch_size": args.keras_batch, "validation_data": (x_val, y_val), "verbose": 0}
     model.fit(x_train, y_train, epochs=args.keras_head_epochs, **fit)
     base.trainable = True
     if keep_bn_frozen:
@@ -170,8 +170,8 @@ def run_keras_guide(manifest, args, seed, keep_bn_frozen):
 
 def decide_and_score(val_scores, val_labels, test_scores, test_labels, train_labels, names):
     """The cardinality rule fitted on validation, as mlkit's finetune fits it, and the test report."""
-    from mlkit.decisions import parse_rule
-    from mlkit.evaluate import evaluate_scores
+    from mlkit.evaluation.decisions import parse_rule
+    from mlkit.evaluation.evaluate import evaluate_scores
 
     rule = parse_rule("cardinality")
     rule.fit(val_scores, val_labels, train_cardinality=float(train_labels.sum(axis=1).mean()))

@@ -44,8 +44,8 @@ def make_feature_cache(folder, rows, seed=0):
     total = rows + rows // 5
     features = np.maximum(rng.normal(size=(total, FEATURES)), 0).astype("float32")
     labels = (rng.random((total, LABELS)) < 0.04).astype("uint8")
-    attrs = dict(task="multilabel", dataset="bench", subset="speed", backbone="resnet50", preprocess="inet",
-                 pooling="avg", label_names=[f"label{i}" for i in range(LABELS)])
+    attrs = {"task": "multilabel", "dataset": "bench", "subset": "speed", "backbone": "resnet50", "preprocess": "inet",
+                 "pooling": "avg", "label_names": [f"label{i}" for i in range(LABELS)]}
     split = ["train"] * rows + ["val"] * (total - rows)
     return write_cache(Path(folder) / "bench_speed_resnet50_inet_avg.h5", features=features, labels=labels,
                        split=split, attrs=attrs)
@@ -65,8 +65,8 @@ def timed_epochs(model, dataset, epochs, best=False):
 def feature_epoch(cache_path, config, epochs=2, best=False):
     """(seconds per epoch, rows per epoch) of a top trained on cached features."""
     from mlkit.bottlenecks.cache import open_cache
-    from mlkit.tuning.data import TopData
     from mlkit.tuning.top import build_top_model, compile_top
+    from mlkit.tuning.top_data import TopData
 
     data = TopData(open_cache(cache_path))
     model = compile_top(build_top_model(config, (FEATURES,), LABELS, "multilabel"), config)

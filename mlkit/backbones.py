@@ -151,7 +151,7 @@ def build_backbone(name, weights="imagenet", image_size=None, pooling="avg", see
     if source is None:
         keras.utils.set_random_seed(seed)
     constructor = getattr(keras.applications, spec.constructor)
-    kwargs = dict(include_top=False, weights=source, input_shape=(size, size, 3), pooling=None if pooling == "none" else pooling)
+    kwargs = {"include_top": False, "weights": source, "input_shape": (size, size, 3), "pooling": None if pooling == "none" else pooling}
     # Keras warns once per layer it cannot match (hundreds of lines for another architecture's file);
     # they are shown only when the model is built anyway, not before the error that explains them.
     with _explain_download_failure(spec), warnings.catch_warnings(record=True) as caught:
@@ -197,30 +197,21 @@ def _weights_source(weights):
 @contextlib.contextmanager
 def _explain_download_failure(spec):
     """Turns a failed ImageNet download into an error naming the file and where to put it."""
-    from keras.src.utils import file_utils
+    from mlkit.compat import recording_downloads
 
-    original = file_utils.get_file
-    asked = {}
-
-    def recording_get_file(fname=None, origin=None, *args, **kwargs):
-        asked.update(fname=fname, origin=origin, cache_subdir=kwargs.get("cache_subdir", "datasets"))
-        return original(fname, origin, *args, **kwargs)
-
-    file_utils.get_file = recording_get_file
-    try:
-        yield
-    except Exception as error:
-        if not asked or isinstance(error, MlkitError):
-            raise
-        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-        target = os.path.join(home, asked["cache_subdir"], asked["fname"] or "")
-        raise MlkitError(
-            f"could not download the ImageNet weights for {spec.name} ({type(error).__name__}: {error}). "
-            f"On a machine with network, fetch {asked['origin']} and place it at {target} "
-            "($KERAS_HOME defaults to ~/.keras); or pass --weights none / --weights PATH"
-        ) from None
-    finally:
-        file_utils.get_file = original
+    with recording_downloads() as asked:
+        try:
+            yield
+        except Exception as error:
+            if not asked or isinstance(error, MlkitError):
+                raise
+            home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+            target = os.path.join(home, asked["cache_subdir"], asked["fname"] or "")
+            raise MlkitError(
+                f"could not download the ImageNet weights for {spec.name} ({type(error).__name__}: {error}). "
+                f"On a machine with network, fetch {asked['origin']} and place it at {target} "
+                "($KERAS_HOME defaults to ~/.keras); or pass --weights none / --weights PATH"
+            ) from None
 
 
 def weights_sha256(model):

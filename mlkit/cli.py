@@ -29,7 +29,7 @@ COMMAND_MODULES = (
     "mlkit.tuning.cli",
     "mlkit.models.cli",
     "mlkit.demo",
-    "mlkit.evaluate_cli",
+    "mlkit.evaluation.cli",
     "mlkit.auditing.cli",
 )
 

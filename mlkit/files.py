@@ -25,7 +25,7 @@ MB = 1 << 20
 TEMPORARY_PREFIX = ".partial-"
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # HDF5 reports a failed write inside its own message, e.g. "errno = 28, error message = 'No space left on device'".
-HDF5_FULL = re.compile(r"errno = (%s)\b|No space left on device|Disk quota exceeded" % "|".join(map(str, FULL_ERRNOS)))
+HDF5_FULL = re.compile(r"errno = ({})\b|No space left on device|Disk quota exceeded".format("|".join(map(str, FULL_ERRNOS))))
 HDF5_FILENAME = re.compile(r"filename = '([^']+)'")
 
 
@@ -202,9 +202,8 @@ def atomic_folder(path):
 
 def write_bytes(path, data):
     """Writes bytes atomically, so a reader never sees half a file."""
-    with atomic_path(path, need=len(data)) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
+    with atomic_path(path, need=len(data)) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def write_text(path, text):

@@ -67,7 +67,7 @@ def hold_lock(path, what):
 def _acquire(path, what):
     """The lock file, open and locked by this process (retrying when its holder removed it meanwhile)."""
     for _ in range(10):
-        handle = open(path, "a+")
+        handle = open(path, "a+")  # noqa: SIM115 (held open, and locked, until release)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -52,9 +52,10 @@ ablation.
 import re
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
+from mlkit.branches import branch_of
 from mlkit.errors import MlkitError
+from mlkit.workspace import strip_suffix
 
 TOP_FIELDS = 8
 FINETUNE_FIELDS = 4
@@ -70,15 +71,6 @@ OPTION_KEY = re.compile(r"[a-z]+")
 OPTION_VALUE = re.compile(r"[a-z0-9]+")
 REG = re.compile(r"bn|d\d")
 TEXT_ONLY_SUFFIX = "only"
-# A top's branches and the inputs each takes: cached image "features", caption "tokens", or both.
-BRANCH_INPUTS = {"image": ("features",), "both": ("features", "tokens"), "caption": ("tokens",)}
-
-
-def branch_of(text, text_only):
-    """Which branches a top has: "image" without a caption branch, "caption" if caption-only, else "both"."""
-    if not text:
-        return "image"
-    return "caption" if text_only else "both"
 
 
 class RunNameError(MlkitError, ValueError):
@@ -272,12 +264,12 @@ def parse_run_name(name):
         if len(rest) < FINETUNE_FIELDS or any("-" in token for token in rest[:FINETUNE_FIELDS]):
             raise RunNameError(f"run name {name!r}: the fine-tuning suffix needs <frozen>_lr<XY>_b<B>_<aug>")
         frozen, ft_lr, ft_batch, aug = rest[:FINETUNE_FIELDS]
-        finetune = dict(
-            frozen=match_field(FROZEN, frozen, "frozen layers or 'all'", name).group(0),
-            ft_lr=decode_lr(match_field(LR, ft_lr, "lr<XY>", name).group(1)),
-            ft_batch=int(match_field(BATCH, ft_batch, "b<batch>", name).group(1)),
-            aug=aug,
-        )
+        finetune = {
+            "frozen": match_field(FROZEN, frozen, "frozen layers or 'all'", name).group(0),
+            "ft_lr": decode_lr(match_field(LR, ft_lr, "lr<XY>", name).group(1)),
+            "ft_batch": int(match_field(BATCH, ft_batch, "b<batch>", name).group(1)),
+            "aug": aug,
+        }
         rest = rest[FINETUNE_FIELDS:]
     run = RunName(
         dataset, subset, backbone, prep, pool, int(layers), int(units), reg,
@@ -291,45 +283,6 @@ def parse_run_name(name):
 
 
 GRAMMAR = "<dataset>_<subset>_<backbone>_<prep>_<pool>_<L>x<U><reg>_lr<XY>_b<B>[_<frozen>_lr<XY>_b<B>_<aug>][_<key>-<value>...]"
-# A run's files, by stage folder: tune-top's trials under tuning/, fine-tuned models under models/.
-RUN_FILES = {
-    "tuning": {"json": ".json", "weights": ".weights.h5", "csv": ".csv"},
-    "models": {"keras": ".keras", "json": ".json", "csv": ".csv"},
-}
-SUFFIXES = tuple(dict.fromkeys(suffix for files in RUN_FILES.values() for suffix in files.values()))
-
-
-def run_files(folder, run, stage="tuning"):
-    """The files of one run in `folder`, a `stage` folder (or a copy of one), by kind; see `run_paths`."""
-    if stage not in RUN_FILES:
-        raise MlkitError(f"run files live under {' or '.join(RUN_FILES)}/, not {stage!r}")
-    folder = Path(folder)
-    paths = {kind: folder / f"{run}{suffix}" for kind, suffix in RUN_FILES[stage].items()}
-    if stage == "models":
-        paths["work"] = folder / f".{run}.work"
-    return paths
-
-
-def run_paths(workdir, run, stage="tuning"):
-    """The files of one run under `<workdir>/<stage>/`, by kind (the one place they are named).
-
-    tuning: "json" (config and result), "weights" (the top), "csv" (per-epoch log).
-    models: "keras" (the exported model), "json" (its record), "csv" (the log),
-    and "work" (the hidden folder of a run in progress: checkpoints, phase logs).
-
-    Example:
-        run_paths(".", "synth_ml_mobilenetv2_inet_avg_1x1024d5_lr1e-1_b64")["weights"]
-    """
-    return run_files(Path(workdir) / stage, run, stage)
-
-
-def strip_suffix(name):
-    for suffix in SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def match_field(pattern, token, expected, name):
     match = pattern.fullmatch(token)
     if not match:

@@ -10,7 +10,7 @@ from mlkit.tuning.search import tune_top
 SIZE = 32
 BACKBONE = "mobilenetv2"
 # A small caption branch: cheap to train, and enough to see captions change the scores.
-CAPTION_BRANCH = dict(text="lstm", text_units=8, embed_dim=8)
+CAPTION_BRANCH = {"text": "lstm", "text_units": 8, "embed_dim": 8}
 
 
 def tuned_workspace(root, task="multilabel", n=60, backbone=BACKBONE, captions=""):

@@ -5,20 +5,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from audit_data import plant_near_duplicates
-from mlkit.auditing import duplicates
+
+from mlkit.auditing import duplicates, neighbours
 from mlkit.auditing.apply import apply_corrections, read_duplicate_groups
 from mlkit.auditing.config import AuditConfig
 from mlkit.auditing.findings import robust_z
 from mlkit.auditing.labels import multiclass_quality, multilabel_quality, regression_quality
-from mlkit.auditing import neighbours
 from mlkit.auditing.neighbours import without_self
 from mlkit.bottlenecks.cache import write_cache
 from mlkit.cli import main
 from mlkit.data.manifest import read_manifest, write_manifest
+from mlkit.data.split import split_by_groups
 from mlkit.data.synth import synthesize
-from mlkit.data.split import split_by_groups, split_manifest
 from mlkit.errors import MlkitError
 
 CLASSES = ("ant", "bee", "cat", "dog")

@@ -11,8 +11,8 @@ benchmarks/audit_quality.py runs the same comparison on the Tux Paint stamps wit
 
 import numpy as np
 import pytest
-
 from audit_data import cleanlab_ranked_flags, inject_label_errors, plant_near_duplicates, precision_recall, ranked_flags
+
 from mlkit.bottlenecks.cache import open_cache, write_cache
 from mlkit.bottlenecks.extract import cache_features
 from mlkit.data.synth import synthesize

@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 
 from mlkit.backbones import build_backbone, feature_extractor, get_backbone
-from mlkit.bottlenecks import cache_features, open_cache
 from mlkit.bottlenecks import cache as cache_module
+from mlkit.bottlenecks import cache_features, open_cache
 from mlkit.bottlenecks.cache import partial_path, read_rows
 from mlkit.cli import main
 from mlkit.data import read_manifest, split_manifest, synthesize
 from mlkit.errors import CacheError
 from mlkit.images import load_image, resize_images
 
-SETTINGS = dict(backbone="mobilenetv2", weights="none", image_size=32, pooling="avg", progress=False)
+SETTINGS = {"backbone": "mobilenetv2", "weights": "none", "image_size": 32, "pooling": "avg", "progress": False}
 
 
 @pytest.fixture

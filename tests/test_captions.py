@@ -4,14 +4,14 @@ import json
 
 import numpy as np
 import pytest
+from test_tuning import make_cache
 
 from mlkit.bottlenecks.cache import open_cache, write_cache
 from mlkit.errors import MlkitError
 from mlkit.runs import parse_run_name
 from mlkit.text import encode_captions, fit_vocabulary
 from mlkit.tuning.config import TopConfig
-from mlkit.tuning.data import TopData
-from test_tuning import make_cache
+from mlkit.tuning.top_data import TopData
 
 WORDS = ("circle", "square", "ring", "cross")
 
@@ -28,8 +28,8 @@ def make_caption_cache(folder, rows=120, seed=0):
                         (None if rng.random() < 0.5 else "a small picture"))
     split = np.array(["train", "val", "test"])[np.arange(rows) % 5 // 3 + (np.arange(rows) % 5 == 4)]
     vocabulary = fit_vocabulary([c for c, s in zip(captions, split) if s == "train"])
-    attrs = dict(task="multilabel", dataset="synth", subset="t", backbone="tiny", preprocess="inet", pooling="avg",
-                 label_names=list(WORDS), vocabulary=vocabulary)
+    attrs = {"task": "multilabel", "dataset": "synth", "subset": "t", "backbone": "tiny", "preprocess": "inet", "pooling": "avg",
+                 "label_names": list(WORDS), "vocabulary": vocabulary}
     return write_cache(folder / "synth_t_tiny_inet_avg.h5", features=features, labels=labels, split=list(split),
                        attrs=attrs, caption=captions, tokens=encode_captions(captions, vocabulary))
 
@@ -50,7 +50,7 @@ def test_caption_tops_take_named_features_and_tokens_inputs(tmp_path):
     assert embedding.mask_zero and embedding.input_dim == vocabulary["size"] and embedding.output_dim == 3
     assert both.get_layer("top_merge").output.shape == (None, 12 + 2 * 4) and both.output_shape == (None, 4)
     only = build_top_model(caption_config(vocabulary, text="lstm", text_only=True), (12,), 4, "multilabel")
-    assert [i.name for i in only.inputs] == ["tokens"] and "top_standardise" not in [l.name for l in only.layers]
+    assert [i.name for i in only.inputs] == ["tokens"] and "top_standardise" not in [layer.name for layer in only.layers]
     scores = only.predict({"tokens": np.zeros((2, vocabulary["max_len"]), "int32")}, verbose=0)
     assert scores.shape == (2, 4) and np.isfinite(scores).all()  # rows without a caption are fully masked
     image = build_top_model(TopConfig(layers=1, units=8), (12,), 4, "multilabel")
@@ -97,7 +97,7 @@ def test_a_caption_top_is_tuned_recorded_and_rebuilt_by_load_top(tmp_path, caplo
     from mlkit.tuning.top import make_loss
 
     path = make_caption_cache(tmp_path)
-    grid = dict(units=8, captions=True, text="lstm", text_units=4, embed_dim=4, epochs=2, optimizer="adam", lr=0.01)
+    grid = {"units": 8, "captions": True, "text": "lstm", "text_units": 4, "embed_dim": 4, "epochs": 2, "optimizer": "adam", "lr": 0.01}
     summary = tune_top(path, tmp_path, verbose=False, **grid)
     run = summary.run[0]
     assert run == "synth_t_tiny_inet_avg_1x8d5_lr12_b64_emb-4_opt-adam_text-lstm4"
@@ -118,9 +118,9 @@ def test_a_caption_top_is_tuned_recorded_and_rebuilt_by_load_top(tmp_path, caplo
 
 
 @pytest.mark.parametrize("with_tokens, settings, message", [
-    (False, dict(text="lstm"), "--text set the caption branch; add --captions"),
-    (False, dict(captions=True), "has no caption tokens"),
-    (True, dict(text_only=True, augmented=True), "a --text-only top has no image branch"),
+    (False, {"text": "lstm"}, "--text set the caption branch; add --captions"),
+    (False, {"captions": True}, "has no caption tokens"),
+    (True, {"text_only": True, "augmented": True}, "a --text-only top has no image branch"),
 ])
 def test_caption_settings_that_cannot_apply_fail_before_training(tmp_path, with_tokens, settings, message):
     from mlkit.tuning import tune_top
@@ -131,11 +131,11 @@ def test_caption_settings_that_cannot_apply_fail_before_training(tmp_path, with_
     assert not list(tmp_path.glob("tuning/*.csv"))
 
 
-SYNTH = dict(n=300, size=32, seed=0)
+SYNTH = {"n": 300, "size": 32, "seed": 0}
 # Tiny, fixed settings shared by the three rows of the ablation.
-ABLATION = dict(units=64, reg="d2", optimizer="adam", lr=0.01, batch=32, epochs=30, patience=5, objective="val_f1",
-                seed=0, verbose=False)
-CAPTION_BRANCH = dict(text="lstm", text_units=32, embed_dim=32)
+ABLATION = {"units": 64, "reg": "d2", "optimizer": "adam", "lr": 0.01, "batch": 32, "epochs": 30, "patience": 5, "objective": "val_f1",
+                "seed": 0, "verbose": False}
+CAPTION_BRANCH = {"text": "lstm", "text_units": 32, "embed_dim": 32}
 MARGIN = 0.05  # measured: +0.07 (0.571 image-only, 0.644 both, 0.575 caption-only)
 
 

@@ -2,10 +2,8 @@
 
 import json
 
+import keras
 import numpy as np
-import pytest
-
-keras = pytest.importorskip("keras")
 
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
 

@@ -5,10 +5,19 @@ import json
 import numpy as np
 import pytest
 
-from mlkit import decisions
-from mlkit.decisions import (DecisionRuleError, Rule, cardinality_threshold, fbeta_threshold, parse_rule,
-                             per_class_thresholds, rule_from_dict, threshold_sweep, top_labels_mask)
 from mlkit.errors import MlkitError
+from mlkit.evaluation import decisions
+from mlkit.evaluation.decisions import (
+    DecisionRuleError,
+    Rule,
+    cardinality_threshold,
+    fbeta_threshold,
+    parse_rule,
+    per_class_thresholds,
+    rule_from_dict,
+    threshold_sweep,
+    top_labels_mask,
+)
 
 
 def make_data(n_images=300, n_labels=12, seed=0, ties=False, shift=0.0, dtype=np.float32):

@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from mlkit import evaluate_cli
-from mlkit.decisions import RULE_FORMS, parse_rule
 from mlkit.errors import MlkitError
-from mlkit.evaluate import evaluate_scores, format_labels_table, format_table
+from mlkit.evaluation import cli as evaluate_cli
+from mlkit.evaluation.decisions import RULE_FORMS, parse_rule
+from mlkit.evaluation.evaluate import evaluate_scores, format_labels_table, format_table
 
 STABLE_KEYS = ("micro", "macro", "samples", "map", "auc", "hamming", "subset_accuracy", "decision")
 
@@ -141,7 +141,7 @@ def test_cli_writes_json_and_plots(split, tmp_path, capsys):
 
 
 def test_evaluate_file_is_the_library_call_behind_the_cli(split, tmp_path):
-    from mlkit.evaluate import evaluate_file
+    from mlkit.evaluation.evaluate import evaluate_file
 
     test_scores, test_labels, val_scores, val_labels, names = split
     path = tmp_path / "scores.npz"

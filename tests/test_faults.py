@@ -35,8 +35,8 @@ from mlkit.models.finetune import FinetuneConfig, finetune, finetune_run_name, s
 from mlkit.tuning.search import LOCK, tune_top
 
 SIZE = 32
-CACHE = dict(backbone="vgg16", weights="none", image_size=SIZE, batch_size=32, progress=False)
-TOP = dict(layers=1, units=8, lr=0.01, batch=16, epochs=1, verbose=False)
+CACHE = {"backbone": "vgg16", "weights": "none", "image_size": SIZE, "batch_size": 32, "progress": False}
+TOP = {"layers": 1, "units": 8, "lr": 0.01, "batch": 16, "epochs": 1, "verbose": False}
 
 
 def make_data(folder, seed, n=24):

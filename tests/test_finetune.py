@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stage3 import SIZE, tuned_workspace
 
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 from mlkit.images import load_image, resize_images
 from mlkit.models.finetune import finetune, read_log
-from stage3 import SIZE, tuned_workspace
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_exported_model_round_trips_in_a_new_process_and_as_a_savedmodel_with_te
     images = np.stack([load_image(p) for p in paths])
     model, record = load_model(result.model_path)
     here = model.predict_on_batch(images)
-    from mlkit.decisions import rule_from_dict
+    from mlkit.evaluation.decisions import rule_from_dict
 
     np.testing.assert_array_equal(here["labels"], rule_from_dict(record["decision"]).apply(here["scores"]))
 

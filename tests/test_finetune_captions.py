@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stage3 import CAPTION_BRANCH, SIZE, tuned_workspace
 
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 from mlkit.images import load_image, resize_images
 from mlkit.models.finetune import finetune, select_top
-from stage3 import CAPTION_BRANCH, SIZE, tuned_workspace
 
 pytestmark = pytest.mark.slow
 

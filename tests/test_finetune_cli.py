@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from stage3 import tuned_workspace
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from stage3 import tuned_workspace
 
 pytestmark = pytest.mark.slow

@@ -1,11 +1,13 @@
 """The LR range test: its suggestions on a known curve, and a run on a tiny cache."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from test_tuning import make_cache
 
 from mlkit.errors import MlkitError
 from mlkit.tuning.lr_range import suggest
-from test_tuning import make_cache
 
 
 def test_suggestions_on_a_known_curve():
@@ -21,9 +23,9 @@ def test_suggestions_on_a_known_curve():
 
 
 def test_lr_find_writes_the_curve_and_stops_on_divergence(tmp_path, capsys):
-    from mlkit.tuning import lr_find
-
     import matplotlib
+
+    from mlkit.tuning import lr_find
 
     matplotlib.use("svg")  # a notebook user's backend: plotting must not switch it
     cache = make_cache(tmp_path)
@@ -33,6 +35,6 @@ def test_lr_find_writes_the_curve_and_stops_on_divergence(tmp_path, capsys):
     assert result.suggestion in (result.steepest, result.min_over_10) and result.method in capsys.readouterr().out
     assert np.all(np.diff(result.lrs) > 0)
     assert (tmp_path / "tuning" / "lr-find").is_dir()
-    assert open(result.plot, "rb").read(4) == b"\x89PNG"
+    assert Path(result.plot).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(MlkitError, match="--start-lr"):
         lr_find(cache, tmp_path, start_lr=1.0, end_lr=0.1)

@@ -7,9 +7,18 @@ import pytest
 from sklearn import metrics as sk
 
 from mlkit.errors import MlkitError
-from mlkit.metrics import (average_precision_per_label, best_worst_labels, keys_to_values, label_curve_counts,
-                           multiclass_report, multilabel_report, regression_report, roc_auc_per_label,
-                           sortable_keys, topk_best_possible)
+from mlkit.evaluation.metrics import (
+    average_precision_per_label,
+    best_worst_labels,
+    keys_to_values,
+    label_curve_counts,
+    multiclass_report,
+    multilabel_report,
+    regression_report,
+    roc_auc_per_label,
+    sortable_keys,
+    topk_best_possible,
+)
 
 
 @pytest.fixture(params=[(0, np.float32, False), (1, np.float32, True), (2, np.float64, True)],

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from mlkit.decisions import parse_rule
 from mlkit.errors import MlkitError
+from mlkit.evaluation.decisions import parse_rule
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.finetune import FinetuneConfig, finetune_run_name
 from mlkit.models.layers import LabelDecision, Unscale

@@ -16,8 +16,8 @@ from mlkit.errors import CacheError, MlkitError
 from mlkit.locks import hold_lock
 
 # zmuv (shared statistics), caption tokens, augmented views and an unreadable image: every part of a cache.
-SETTINGS = dict(backbone="mobilenetv2", weights="none", image_size=32, pooling="avg", preprocess="zmuv",
-                captions=True, augment_copies=1, batch_size=8, progress=False)
+SETTINGS = {"backbone": "mobilenetv2", "weights": "none", "image_size": 32, "pooling": "avg", "preprocess": "zmuv",
+                "captions": True, "augment_copies": 1, "batch_size": 8, "progress": False}
 SHARDS = 3
 
 
@@ -102,9 +102,9 @@ def test_a_shard_rerun_is_a_no_op_resumes_when_killed_and_respects_the_lock(runs
     with pytest.raises(KeyboardInterrupt):
         cache_features(runs["manifest"], work, shard=(1, SHARDS), on_batch=crash, **dict(SETTINGS, batch_size=4))
     assert partial_path(target).exists() and not target.exists()
-    with hold_lock(target.with_name(target.name.replace(".h5", ".lock")), "test"):
-        with pytest.raises(MlkitError, match="being written by process"):
-            cache_features(runs["manifest"], work, shard=(1, SHARDS), **SETTINGS)
+    with hold_lock(target.with_name(target.name.replace(".h5", ".lock")), "test"), \
+            pytest.raises(MlkitError, match="being written by process"):
+        cache_features(runs["manifest"], work, shard=(1, SHARDS), **SETTINGS)
     resumed = cache_features(runs["manifest"], work, shard=(1, SHARDS), **SETTINGS)
     assert resumed.reused > 0 and resumed.computed + resumed.reused + resumed.skipped == resumed.rows
     assert_same_features(read_everything(target)[0]["features"], read_everything(runs["shards"][1].path)[0]["features"])
@@ -153,7 +153,7 @@ def test_merge_names_the_shard_and_field_that_differ(runs, tmp_path, field, valu
 
 def test_merge_refuses_shards_stored_in_different_dtypes(tmp_path):
     manifest = synthesize(tmp_path / "synth", task="multilabel", n=12, size=40, seed=3)
-    settings = dict(backbone="vgg16", weights="none", image_size=32, pooling="avg", batch_size=8, progress=False)
+    settings = {"backbone": "vgg16", "weights": "none", "image_size": 32, "pooling": "avg", "batch_size": 8, "progress": False}
     cache_features(manifest, tmp_path, shard=(0, 2), **settings)
     cache_features(manifest, tmp_path, shard=(1, 2), dtype="float16", **settings)
     with pytest.raises(CacheError, match=r"shard-1-of-2.h5 differs from .*shard-0-of-2.h5 in dtype: \"float16\" vs \"float32\""):

@@ -45,7 +45,7 @@ def test_multilabel_label_proportions_follow_the_fractions(tmp_path):
 
 def test_the_split_is_written_back_and_deterministic_per_seed(tmp_path):
     first = split_manifest(write(tmp_path, random_multilabel(300), "a.csv"), seed=3)
-    again = split_manifest(write(tmp_path, random_multilabel(300), "b.csv"), seed=3)
+    split_manifest(write(tmp_path, random_multilabel(300), "b.csv"), seed=3)
     other = split_manifest(write(tmp_path, random_multilabel(300), "c.csv"), seed=4)
     assert list(read_manifest(tmp_path / "a.csv").splits()) == list(first.splits())
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from mlkit.bottlenecks.cache import TargetScale, open_cache, write_cache
+from mlkit.branches import BRANCH_INPUTS
 from mlkit.errors import MlkitError
 from mlkit.files import atomic_folder
 from mlkit.models.finetune import FinetuneConfig, finetune
 from mlkit.options import add_options, defaults_of
-from mlkit.runs import BRANCH_INPUTS, run_paths
 from mlkit.tuning.config import TopConfig
 from mlkit.tuning.lr_range import lr_find
 from mlkit.tuning.search import tune_top
+from mlkit.workspace import run_paths
 
 
 def parse(register, argv):
@@ -24,8 +25,8 @@ def parse(register, argv):
     return parser.parse_args(argv)
 
 
-@pytest.mark.parametrize("settings", [dict(lr=-1), dict(layers=-1), dict(reg="x5"), dict(optimizer="rmsprop"),
-                                      dict(task="multiclass", loss="bce"), dict(text_only=True)])
+@pytest.mark.parametrize("settings", [{"lr": -1}, {"layers": -1}, {"reg": "x5"}, {"optimizer": "rmsprop"},
+                                      {"task": "multiclass", "loss": "bce"}, {"text_only": True}])
 def test_a_top_config_with_an_unusable_setting_cannot_be_made(settings):
     with pytest.raises(MlkitError):
         TopConfig(**settings)
@@ -33,7 +34,7 @@ def test_a_top_config_with_an_unusable_setting_cannot_be_made(settings):
         dataclasses.replace(TopConfig(), **settings)
 
 
-@pytest.mark.parametrize("settings", [dict(lr=0), dict(batch=0), dict(augment="q"), dict(strategy="tpu")])
+@pytest.mark.parametrize("settings", [{"lr": 0}, {"batch": 0}, {"augment": "q"}, {"strategy": "tpu"}])
 def test_a_finetune_config_with_an_unusable_setting_cannot_be_made(settings):
     with pytest.raises(MlkitError):
         FinetuneConfig(**settings)
@@ -115,8 +116,8 @@ def make_cache(path, task, labels, attrs=None):
     n = len(labels)
     split = ["train"] * (n - 2) + ["val", "test"]
     names = {"multilabel": ["a", "b", "c"], "multiclass": ["a", "b", "c"], "regression": []}[task]
-    base = dict(task=task, label_names=names, dataset="ds", subset="sub", backbone="tiny", preprocess="inet",
-                pooling="avg")
+    base = {"task": task, "label_names": names, "dataset": "ds", "subset": "sub", "backbone": "tiny", "preprocess": "inet",
+                "pooling": "avg"}
     return open_cache(write_cache(path, features=np.zeros((n, 4)), labels=labels, split=split,
                                   attrs={**base, **(attrs or {})}))
 
@@ -156,11 +157,10 @@ def test_atomic_folder_keeps_the_old_folder_when_writing_fails(tmp_path):
     with atomic_folder(target) as partial:
         partial.mkdir()
         (partial / "v").write_text("1")
-    with pytest.raises(RuntimeError):
-        with atomic_folder(target) as partial:
-            partial.mkdir()
-            (partial / "v").write_text("2")
-            raise RuntimeError("converter failed")
+    with pytest.raises(RuntimeError), atomic_folder(target) as partial:
+        partial.mkdir()
+        (partial / "v").write_text("2")
+        raise RuntimeError("converter failed")
     assert (target / "v").read_text() == "1"
     assert [p.name for p in tmp_path.iterdir()] == ["model.savedmodel"]
     with atomic_folder(target) as partial:
@@ -181,7 +181,7 @@ def test_cache_features_takes_its_defaults_and_checks_from_cache_options():
             assert parameters[name].default == defaults[name], (function.__name__, name)
     args = parse(register, ["cache-features", "manifest.csv"])
     assert {name: getattr(args, name) for name in defaults} == defaults
-    for bad in (dict(batch_size=0), dict(augment_copies=-1), dict(dtype="int8"), dict(pooling="sum")):
+    for bad in ({"batch_size": 0}, {"augment_copies": -1}, {"dtype": "int8"}, {"pooling": "sum"}):
         with pytest.raises(MlkitError):
             CacheOptions(**bad)
 

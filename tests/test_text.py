@@ -11,8 +11,16 @@ import pytest
 from mlkit.data import read_manifest, split_manifest, synthesize
 from mlkit.errors import MlkitError
 from mlkit.text import (
-    OOV_ID, CaptionEncoder, caption_vectorizer, content_words, default_stop_words, encode_captions,
-    fit_vocabulary, preprocess, stem, tokenize,
+    OOV_ID,
+    CaptionEncoder,
+    caption_vectorizer,
+    content_words,
+    default_stop_words,
+    encode_captions,
+    fit_vocabulary,
+    preprocess,
+    stem,
+    tokenize,
 )
 
 LONG = " ".join(["red circle"] * 5000)
@@ -57,10 +65,10 @@ def test_vocabulary_is_capped_by_frequency_and_json_serialisable():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (dict(captions=[None, None]), "no training row has a caption"),
-    (dict(captions=["red"], num_words=2), "--num-words 2"),
-    (dict(captions=["red"], max_len=0), "--max-len 0"),
-    (dict(captions=["red", 7]), "caption 7 is not text"),
+    ({"captions": [None, None]}, "no training row has a caption"),
+    ({"captions": ["red"], "num_words": 2}, "--num-words 2"),
+    ({"captions": ["red"], "max_len": 0}, "--max-len 0"),
+    ({"captions": ["red", 7]}, "caption 7 is not text"),
 ])
 def test_bad_vocabulary_settings_name_the_value(arguments, message):
     with pytest.raises(MlkitError, match=message):

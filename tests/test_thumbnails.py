@@ -1,9 +1,9 @@
 """mlkit.thumbnails: copies of an image correlate, distinct images and flat ones do not, unusable files are named."""
 
 import numpy as np
+from audit_data import VARIANTS, variant
 from PIL import Image
 
-from audit_data import VARIANTS, variant
 from mlkit.data.synth import synthesize
 from mlkit.images import load_image
 from mlkit.thumbnails import read_thumbnails, thumbnail, thumbnail_vectors

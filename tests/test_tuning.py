@@ -9,10 +9,10 @@ from mlkit.bottlenecks.cache import open_cache, write_cache
 from mlkit.errors import MlkitError
 from mlkit.runs import parse_run_name
 from mlkit.tuning.config import TopConfig
-from mlkit.tuning.data import (
-    TopData, balanced_weights, cap_rows, parse_memory, positive_weights, resample,
-)
+from mlkit.tuning.memory import parse_memory
 from mlkit.tuning.records import Progress
+from mlkit.tuning.resampling import balanced_weights, cap_rows, positive_weights, resample
+from mlkit.tuning.top_data import TopData
 
 
 def make_cache(folder, task="multilabel", rows=150, shape=(12,), labels=4, views=0, seed=0, pooling="avg",
@@ -21,8 +21,8 @@ def make_cache(folder, task="multilabel", rows=150, shape=(12,), labels=4, views
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows,) + tuple(shape)).astype("float32")
     logits = x.reshape(rows, -1) @ rng.normal(size=(int(np.prod(shape)), labels))
-    attrs = dict(task=task, dataset="synth", subset="t", backbone="tiny", preprocess="inet", pooling=pooling,
-                 label_names=[f"label{i}" for i in range(labels)])
+    attrs = {"task": task, "dataset": "synth", "subset": "t", "backbone": "tiny", "preprocess": "inet", "pooling": pooling,
+                 "label_names": [f"label{i}" for i in range(labels)]}
     split = np.array(["train", "val", "test"])[np.arange(rows) % 5 // 3 + (np.arange(rows) % 5 == 4)]
     if task == "multilabel":
         y = (logits > 0.8).astype("uint8")
@@ -110,7 +110,7 @@ def test_a_float16_cache_takes_half_the_memory_and_trains_in_float32(tmp_path):
 def test_keep_freed_memory_sets_glibc_top_pad():
     import platform
 
-    from mlkit.tuning.data import keep_freed_memory
+    from mlkit.tuning.memory import keep_freed_memory
 
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
 
@@ -290,7 +290,7 @@ def test_a_cache_over_max_memory_streams_with_sample_weights(tmp_path):
     from mlkit.tuning import tune_top
 
     cache = make_cache(tmp_path)
-    common = dict(units=8, epochs=2, objective="val_map", sample_weights=True, verbose=False)
+    common = {"units": 8, "epochs": 2, "objective": "val_map", "sample_weights": True, "verbose": False}
     streamed = tune_top(cache, tmp_path / "streamed", max_memory="1K", **common)
     in_memory = tune_top(cache, tmp_path / "memory", **common)
     assert streamed.run[0] == in_memory.run[0] and streamed.run[0].endswith("_sw-bal")

@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
+from test_tuning import make_cache
 
 from mlkit.tuning.records import Progress
-from test_tuning import make_cache
 
 TIMEOUT = 150
 
@@ -38,7 +38,7 @@ def test_a_killed_grid_resumes_and_runs_each_trial_once(tmp_path):
     from mlkit.tuning import tune_top
 
     cache = make_cache(tmp_path, rows=1500, shape=(32,))
-    grid = dict(layers="1", units="16,32,64", lr="0.05", batch="8", epochs="6", patience="6")
+    grid = {"layers": "1", "units": "16,32,64", "lr": "0.05", "batch": "8", "epochs": "6", "patience": "6"}
     flags = [part for key, value in grid.items() for part in (f"--{key}", value)]
     progress = Progress(tmp_path / "tuning")
     process = subprocess.Popen(tune_command(cache, tmp_path, *flags, "-q"), stdout=subprocess.DEVNULL,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from mlkit.auditing.config import ACCEPT, DECISION_COLUMN, REJECT, SUMMARY_JSON
-from mlkit.data.split import read_duplicate_groups  # noqa: F401 (re-exported: the audit writes the groups)
 from mlkit.data.manifest import LABEL_SEP, read_manifest, write_manifest
+from mlkit.data.split import read_duplicate_groups  # noqa: F401 (re-exported: audit's groups.csv reader)
 from mlkit.errors import MlkitError
 
 logger = logging.getLogger(__name__)

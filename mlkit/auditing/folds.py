@@ -17,10 +17,8 @@ import numpy as np
 
 from mlkit.data.split import iterative_stratification
 from mlkit.errors import MlkitError
-from mlkit.tuning.config import TopConfig
-from mlkit.tuning.data import positive_weights
-from mlkit.runs import run_paths
-from mlkit.tuning.top import build_top_model, compile_top, set_input_statistics
+from mlkit.tuning import TopConfig, trainable_top
+from mlkit.workspace import run_paths
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +126,11 @@ def train_fold(features, labels, task, num_outputs, top, train_rows, seed):
     fit_rows, stop_rows = np.sort(shuffled[stop:]), np.sort(shuffled[:stop])
     targets, scale = training_targets(labels, task, fit_rows)
     keras.utils.set_random_seed(seed)
-    model = build_top_model(top, features.shape[1:], num_outputs, task)
-    compile_top(model, top, positive_weights(labels[fit_rows]) if top.loss == "wbce" else None)
+    model = trainable_top(top, features.shape[1:], num_outputs, task, labels[fit_rows],
+                          *row_statistics(features, fit_rows))
     # XLA compiles each fold's new model for seconds of CPU (7 s against 2 s without, on 2 cores):
     # more than a small top's whole training.
     model.jit_compile = False
-    set_input_statistics(model, *row_statistics(features, fit_rows))
     batch = min(int(top.batch), max(1, math.ceil(len(fit_rows) / MIN_STEPS_PER_EPOCH)))
     source = {"features": features, "targets": targets}
     try:

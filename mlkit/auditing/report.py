@@ -112,9 +112,8 @@ def write_scores(path, table, outlier, labels):
     if labels is not None:
         arrays.update(oof_scores=labels["scores"], fold=labels["folds"], label_score=labels["quality"].score,
                       label_flagged=labels["quality"].flagged, labels=table["labels"])
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def summarise(cache, table, issues, duplicate_group, exact_group, near, near_record, labels, config, timer, sheets):

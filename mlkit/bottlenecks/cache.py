@@ -342,7 +342,7 @@ def _early(shape, dtype, chunks=None):
     """
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    return dict(shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl)
+    return {"shape": shape, "dtype": dtype, "chunks": chunks, "dcpl": dcpl}
 
 
 def as_stored(features, dtype, where):

@@ -1,7 +1,6 @@
 """`mlkit cache-features`: stage 1 from the command line."""
 
 import argparse
-
 from dataclasses import fields
 
 from mlkit.backbones import BACKBONES

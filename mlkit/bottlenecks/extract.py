@@ -26,15 +26,20 @@ from mlkit.backbones import build_backbone, feature_extractor, get_backbone
 from mlkit.bottlenecks.options import CacheOptions
 from mlkit.bottlenecks.pipeline import compiled_forward
 from mlkit.bottlenecks.plan import (
-    CachePlan, cache_name, cache_settings, caption_tokens, check_same_settings, name_fields,
+    CachePlan,
+    cache_name,
+    cache_settings,
+    caption_tokens,
+    check_same_settings,
+    name_fields,
 )
 from mlkit.bottlenecks.shards import parse_shard, shard_path, write_zmuv_stats
 from mlkit.bottlenecks.write import CacheResult, CacheWriter, write_summary
 from mlkit.data.manifest import read_manifest
 from mlkit.errors import MlkitError
-from mlkit.options import defaults_of
 from mlkit.files import stage_folder
 from mlkit.locks import hold_lock
+from mlkit.options import defaults_of
 
 # The stage's public names; the work is done in plan.py (what to compute), pipeline.py (images to
 # features) and write.py (the HDF5 file and its reports).

@@ -230,20 +230,19 @@ def _write_merged(target, shards, rows, total):
     thumbnails = any(_has_dataset(path, THUMBNAIL_DATASET) for path, _ in shards)
     need = sum(path.stat().st_size for path, _ in shards)
     remove_stale_temporaries(target)  # under the cache's lock: only a killed merge leaves one
-    with atomic_path(target, need) as tmp:
-        with h5py.File(tmp, "w") as out:
-            create_datasets(out, num_rows=total, feature_shape=feature_shape, task=task, num_labels=num_labels,
-                            augment_copies=int(attrs.get("augment_copies", 0)), captions=captions, dtype=dtype,
-                            thumbnails=thumbnails)
-            tokens = None if tokens_width is None else np.zeros((total, tokens_width), "int32")
-            for (path, _), manifest_rows in zip(shards, rows):
-                with h5py.File(path, "r") as shard:
-                    _copy_shard(shard, out, manifest_rows)
-                    if tokens is not None:
-                        tokens[manifest_rows] = shard["tokens"][...]
-            if tokens is not None:
-                write_tokens(out, tokens, attrs.get("vocabulary"))
-            write_attrs(out, attrs)
+    with atomic_path(target, need) as tmp, h5py.File(tmp, "w") as out:
+        create_datasets(out, num_rows=total, feature_shape=feature_shape, task=task, num_labels=num_labels,
+                        augment_copies=int(attrs.get("augment_copies", 0)), captions=captions, dtype=dtype,
+                        thumbnails=thumbnails)
+        tokens = None if tokens_width is None else np.zeros((total, tokens_width), "int32")
+        for (path, _), manifest_rows in zip(shards, rows):
+            with h5py.File(path, "r") as shard:
+                _copy_shard(shard, out, manifest_rows)
+                if tokens is not None:
+                    tokens[manifest_rows] = shard["tokens"][...]
+        if tokens is not None:
+            write_tokens(out, tokens, attrs.get("vocabulary"))
+        write_attrs(out, attrs)
 
 
 def _copy_shard(shard, out, manifest_rows):

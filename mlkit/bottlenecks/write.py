@@ -114,10 +114,9 @@ class CacheWriter:
             raise DiskFullError(plan.partial, need)
         sources = open_sources(plan.earlier_caches(), plan.fingerprint)
         try:
-            with atomic_path(plan.partial, need) as tmp:
-                with h5py.File(tmp, "w") as h5:
-                    self._create(h5)
-                    self.reused = copy_reusable(h5, sources, plan)
+            with atomic_path(plan.partial, need) as tmp, h5py.File(tmp, "w") as h5:
+                self._create(h5)
+                self.reused = copy_reusable(h5, sources, plan)
         finally:
             for source in sources:
                 source.close()

@@ -29,7 +29,7 @@ import pandas as pd
 
 from mlkit.errors import ManifestError
 from mlkit.files import atomic_path
-from mlkit.vocabulary import SPLITS, TASKS  # noqa: F401 (re-exported for the data package)
+from mlkit.vocabulary import SPLITS, TASKS
 
 LABEL_SEP = "|"
 JSON_SUFFIXES = (".jsonl", ".json")

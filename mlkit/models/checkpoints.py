@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlkit.compat import backup_epoch, set_initial_epoch
 from mlkit.files import save_weights_atomic, write_json
 
 
@@ -43,7 +44,7 @@ def _backup_class():
             if self.model.optimizer is not None and not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
             self.model.load_weights(str(self._restore_from / state["weights"]))
-            self.model._initial_epoch = int(state["epoch"])  # what Keras's own callback sets
+            set_initial_epoch(self.model, state["epoch"])
 
         def read_state(self):
             """{"epoch", "weights"} of the last complete backup, or None when there is none."""
@@ -57,7 +58,7 @@ def _backup_class():
 
         def _save_model(self):
             self._folder.mkdir(parents=True, exist_ok=True)
-            epoch = int(self._current_epoch)
+            epoch = backup_epoch(self)
             name = f"epoch{epoch}.weights.h5"
             save_weights_atomic(self.model, self._folder / name)
             write_json(self._state, {"epoch": epoch, "weights": name})

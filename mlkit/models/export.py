@@ -36,7 +36,7 @@ from pathlib import Path
 
 from mlkit.errors import MlkitError
 from mlkit.files import atomic_folder, atomic_path, write_bytes
-from mlkit.runs import run_paths
+from mlkit.workspace import run_paths
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def load_model(model, workdir="."):
     """
     import keras
 
-    import mlkit.models.layers  # noqa: F401  (registers mlkit>LabelDecision and mlkit>Unscale)
-    import mlkit.text  # noqa: F401  (registers mlkit>CaptionVectorizer)
+    import mlkit.models.layers
+    import mlkit.text  # noqa: F401 (registers the caption vectoriser's layers)
 
     path, record_path = model_paths(model, workdir)
     try:
@@ -199,11 +199,10 @@ def fixed_size_function(model, record):
 
 def write_tflite(model, record, path):
     """A TFLite model of `fixed_size_function` (builtin ops, Flex where needed)."""
-    import tensorflow as tf
-
     import tempfile
 
     import keras
+    import tensorflow as tf
 
     serve = fixed_size_function(model, record)
     archive = keras.export.ExportArchive()

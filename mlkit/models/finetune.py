@@ -23,44 +23,41 @@ with every weights file written atomically: `mlkit.models.checkpoints`); a
 finished one is not redone.
 """
 
-import contextlib
-import csv
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mlkit import __version__
 from mlkit.bottlenecks.cache import FeatureCache, open_cache
-from mlkit.decisions import parse_rule
+from mlkit.branches import branch_of
+from mlkit.compat import average_logs_over_workers, build_from_local_batch
 from mlkit.errors import MlkitError
-from mlkit.files import atomic_path, check_workdir, remove_stale_temporaries, write_json
+from mlkit.files import check_workdir, write_json
 from mlkit.locks import hold_lock
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
-from mlkit.models.data import DEFAULT_MEMORY_CACHE, ImageRows
+from mlkit.models.distribute import STRATEGIES, lost_worker, make_strategy, precision_policy, worker_role
+from mlkit.models.image_rows import DEFAULT_MEMORY_CACHE, ImageRows
+from mlkit.models.record import FinetuneResult, RecordStep, read_log
+from mlkit.optimizers import make_optimizer
 from mlkit.options import defaults_of, option
-from mlkit.runs import branch_of, encode_lr, parse_run_name, run_paths
-from mlkit.vocabulary import OPTIMIZERS, make_optimizer
+from mlkit.runs import encode_lr, parse_run_name
+from mlkit.vocabulary import OPTIMIZERS
+from mlkit.workspace import run_paths
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("none", "mirrored", "multiworker")
 # Gradients are clipped to this global norm, a guard for SGD steps: the top standardises its
 # features with frozen statistics, so a feature that was near constant in the cache (random
 # weights) turns a large step into a diverging run. With batch norm kept in inference mode a
 # pretrained MobileNetV2's first gradients have a norm of 0.9-1.0 (125 when batch norm trained),
 # and Adam's steps barely change under a global rescale of its gradients.
 CLIPNORM = 1.0
-HEADLINE = {"multilabel": ("micro F1", lambda r: r["micro"]["f1"]),
-            "multiclass": ("accuracy", lambda r: r["accuracy"]),
-            "regression": ("MAE", lambda r: r["mae"])}
 
 
 @dataclass
@@ -131,36 +128,6 @@ class FinetuneConfig:
 
 # The Python API's defaults are FinetuneConfig's (mlkit.options): written once, there.
 FINETUNE = defaults_of(FinetuneConfig)
-
-
-@dataclass
-class FinetuneResult:
-    """What `finetune` made and measured."""
-
-    run: str
-    model_path: Path
-    json_path: Path
-    csv_path: Path
-    report: dict = field(repr=False)
-    baseline: dict = field(repr=False)
-    seconds: float = 0.0
-
-    def describe(self):
-        """Where the model went and the test metric beside the cached top's, for the console."""
-        name, finetuned, cached = self.headline
-        lines = [f"model: {self.model_path}", f"record: {self.json_path}", f"log: {self.csv_path}",
-                 f"test {name}: {finetuned:.4f} fine-tuned vs {cached:.4f} for the cached top alone"]
-        if self.report["task"] == "multilabel":
-            decision = self.report["decision"]
-            lines.append(f"decision: {decision['spec']} (threshold {decision['threshold']}), fitted on validation")
-        return "\n".join(lines)
-
-    @property
-    def headline(self):
-        """(metric name, fine-tuned value, cached-top value) on the test split."""
-        task = self.report["task"]
-        name, get = HEADLINE[task]
-        return name, get(self.report), get(self.baseline)
 
 
 def finetune(
@@ -273,67 +240,6 @@ def select_top(workdir, cache, top):
                      f"{' other than ' + ' and '.join(extra) if extra else ''}; run `mlkit tune-top {cache.path}`")
 
 
-@contextlib.contextmanager
-def precision_policy(mixed):
-    """mixed_float16 on a GPU, mixed_bfloat16 on CPU (where float16 math is slow), restored after."""
-    import keras
-    import tensorflow as tf
-
-    previous = keras.config.dtype_policy()
-    if mixed:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-        keras.config.set_dtype_policy(policy)
-        log.info("mixed precision: %s", policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def make_strategy(name):
-    """A tf.distribute strategy: the default (none), MirroredStrategy (all local GPUs, or the CPU),
-    or MultiWorkerMirroredStrategy (workers from TF_CONFIG; one worker without it)."""
-    import tensorflow as tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=tf.distribute.experimental.
-                                                             CommunicationOptions(timeout_seconds=collective_timeout()))
-        except (RuntimeError, ValueError) as error:
-            raise MlkitError(f"--strategy multiworker must start before TensorFlow does anything else in the "
-                             f"process, with TF_CONFIG set on every worker: {error}") from None
-    return tf.distribute.get_strategy()
-
-
-def collective_timeout():
-    """Seconds a multi-worker step waits for the other workers before failing (`MLKIT_WORKER_TIMEOUT`, default 600).
-
-    A worker that dies mid-run would otherwise leave the others waiting in their next
-    all-reduce for ever.
-    """
-    value = os.environ.get("MLKIT_WORKER_TIMEOUT", "600")
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise MlkitError(f"MLKIT_WORKER_TIMEOUT={value!r}: give the seconds a worker waits for the others, e.g. 600")
-    return seconds
-
-
-def worker_role(strategy):
-    """(is_chief, "type:index") of this process: TF_CONFIG's chief, else worker 0, writes the run's files."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    if not task_type:
-        return True, "chief"
-    task_id = int(resolver.task_id or 0)
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief), f"{task_type}:{task_id}"
-
-
 def finetune_run_name(top_run, frozen, config):
     """The top's run name with the fine-tuning suffix and options added."""
     run = parse_run_name(top_run)
@@ -355,16 +261,7 @@ def refuse_caption_only(top_config):
             "(--top RUN, or --top best, which passes over caption-only runs)")
 
 
-def read_log(path):
-    """The epoch log's rows, one per epoch (the last kept when a resumed run wrote an epoch twice)."""
-    if not Path(path).exists():
-        return []
-    with open(path, newline="") as handle:
-        rows = {int(row["epoch"]): row for row in csv.DictReader(handle) if row.get("epoch", "").isdigit()}
-    return [rows[epoch] for epoch in sorted(rows)]
-
-
-class _Job:
+class _Job(RecordStep):
     """One fine-tuning run: its model, data, files and phases."""
 
     def __init__(self, cache, workdir, top_run, config, strategy, image_root):
@@ -433,8 +330,8 @@ class _Job:
             self.network.compile(optimizer=optimizer, loss=make_loss(self.top_config, self.network.output_shape[-1], pos_weight),
                                  jit_compile=bool(config.jit))
         if config.strategy == "multiworker":
-            _build_from_local_batch(self.network)
-            _average_logs_over_workers()
+            build_from_local_batch(self.network)
+            average_logs_over_workers()
 
     def train(self, progress):
         """Warm-up (head only) then the main phase; each resumes from its last finished epoch."""
@@ -493,7 +390,7 @@ class _Job:
             self.network.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False,
                              verbose=1 if progress else 2)
         except Exception as error:
-            if self.config.strategy != "multiworker" or not _lost_worker(error):
+            if self.config.strategy != "multiworker" or not lost_worker(error):
                 raise
             raise MlkitError(
                 f"fine-tuning {self.run}: {self.role} lost the other workers ({str(error).strip().splitlines()[0][:200]}). "
@@ -508,199 +405,3 @@ class _Job:
             shutil.rmtree(self.work, ignore_errors=True)
         log.info("%s finished training %s; the chief writes the model, record and log", self.role, self.run)
         return None
-
-    # -- decision, report, export -----------------------------------------------------------
-    def scores(self, split):
-        """(scores, labels) of one split from the network, rows that failed to decode left out."""
-        paths, labels = self.rows.split(split)
-        data = self.rows.dataset(paths, None, captions=self.captions(split), batch_size=self.config.batch,
-                                 memory_cache=0)
-        scores = self.network.predict(data, verbose=0)
-        keep = self.rows.readable(paths)
-        return scores, labels[keep]
-
-    def cached_scores(self, split):
-        """The stage-2 top's scores on the cached features: the baseline fine-tuning must beat.
-
-        A caption top gets its captions encoded as in stage 2 (Python, with
-        the run's own vocabulary), not through the network's in-graph vectoriser.
-        """
-        from mlkit.text import encode_captions
-        from mlkit.tuning.top import load_top
-
-        top, _ = load_top(self.workdir, self.top_run)
-        features, labels = self.cache.load(split)
-        if self.vocabulary:
-            captions = self.cache.read("caption", self.cache.indices(split))
-            features = {"features": features, "tokens": encode_captions(captions, self.vocabulary)}
-        return top.predict(features, batch_size=256, verbose=0), labels
-
-    def report(self, fit, test):
-        """The decision rule fitted on validation scores, and the test report it gives."""
-        from mlkit.evaluate import evaluate_scores
-
-        (val_scores, val_labels), (test_scores, test_labels) = fit, test
-        names = self.cache.label_names or self.attrs.get("target_names")
-        if self.task == "regression":
-            return None, evaluate_scores(self.cache.target_scale.unscale(test_scores), test_labels, names,
-                                         task="regression")
-        if self.task == "multiclass":
-            rule = parse_rule("argmax")
-            return rule, evaluate_scores(test_scores, test_labels, names, task="multiclass")
-        spec = self.config.decision or "cardinality"
-        rule = parse_rule(spec, min_labels=self.config.min_labels, max_labels=self.config.max_labels)
-        train_labels = self.rows.split("train")[1]
-        rule.fit(val_scores, val_labels, train_cardinality=float(np.asarray(train_labels).sum(axis=1).mean()))
-        if not rule.deployable:
-            raise MlkitError(f"--decision {spec} needs the true labels; an exported model needs a deployable rule")
-        return rule, evaluate_scores(test_scores, test_labels, names, decisions=[rule], fit_scores=val_scores,
-                                     fit_labels=val_labels)
-
-    def evaluate_and_export(self, progress):
-        from mlkit.models.network import build_export_model
-
-        if self.config.strategy == "multiworker":
-            # Scoring under the strategy is collective (Keras gathers every batch across workers), so the chief
-            # scores alone with a local copy of the trained weights, while the workers are gone.
-            self.network = self.local_network()
-        rule, report = self.report(self.scores("val"), self.scores("test"))
-        _, baseline = self.report(self.cached_scores("val"), self.cached_scores("test"))
-        with precision_policy(False):
-            network = self.float32_network() if self.config.mixed_precision else self.network
-            model = build_export_model(network, self.attrs, rule.to_dict() if rule else None, self.task,
-                                       self.cache.target_scale)
-            remove_stale_temporaries(self.paths["keras"])  # under the run's lock: only killed runs leave them
-            with atomic_path(self.paths["keras"]) as partial:
-                model.save(partial)
-        self.write_log()
-        record = self.record(rule, report, baseline)
-        write_json(self.paths["json"], record)
-        shutil.rmtree(self.work, ignore_errors=True)
-        return FinetuneResult(self.run, self.paths["keras"], self.paths["json"], self.paths["csv"], report, baseline)
-
-    def float32_network(self):
-        """The trained network rebuilt in float32: an exported model computes in float32 whatever trained it."""
-        import keras
-
-        keras.config.set_dtype_policy("float32")
-        return self.local_network()
-
-    def local_network(self):
-        """The trained network rebuilt outside the distribution strategy, under the current dtype policy."""
-        from mlkit.models.network import build_network, rebuild_backbone
-        from mlkit.tuning.top import load_top
-
-        backbone, spec = rebuild_backbone(self.attrs, self.config.weights or None)
-        top, _ = load_top(self.workdir, self.top_run)
-        network = build_network(backbone, spec, self.attrs, top, self.vocabulary)
-        network.set_weights(self.network.get_weights())
-        return network
-
-    def write_log(self):
-        rows = [dict(row, phase=phase) for phase in ("warmup", "main") for row in read_log(self.work / f"{phase}.csv")]
-        if not rows:
-            return
-        columns = ["phase"] + [key for key in rows[-1] if key != "phase"]
-        with atomic_path(self.paths["csv"]) as partial, open(partial, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def caption_input(self):
-        """What the "caption" input is, for the record (the full vocabulary is in the model's layer config)."""
-        if not self.vocabulary:
-            return None
-        vocabulary = self.vocabulary
-        return {"dtype": "string", "shape": [None], "missing": "empty string", "vocabulary_size": vocabulary["size"],
-                "max_len": vocabulary["max_len"], "num_words": vocabulary.get("num_words"),
-                "stop_words_source": vocabulary.get("stop_words_source"), "branch": self.top_config.branch}
-
-    def record(self, rule, report, baseline):
-        import keras
-        import tensorflow as tf
-
-        attrs = self.attrs
-        name, get = HEADLINE[self.task]
-        return {
-            "run": self.run, "status": "complete", "task": self.task, "top_run": self.top_run,
-            "label_names": self.cache.label_names, "target_names": attrs.get("target_names"),
-            "decision": rule.to_dict() if rule else parse_rule("identity").to_dict(),
-            "headline": {"metric": name, "finetuned": get(report), "cached_top": get(baseline)},
-            "test": report, "baseline": baseline,
-            "failed_images": dict(self.rows.failures),
-            "input": {"dtype": "uint8", "shape": [None, None, None, 3], "image_size": int(attrs["image_size"]),
-                      "resize": "bilinear, antialias", "background": attrs.get("background")},
-            "inputs": ["image", "caption"] if self.vocabulary else ["image"],
-            "caption_input": self.caption_input(),
-            "outputs": {"scores": "float32 (N, L)", "labels": "uint8 (N, L) decisions" if self.task != "regression"
-                        else "predictions in original units"},
-            "cache": {key: attrs.get(key) for key in ("backbone", "weights", "weights_sha256", "image_size", "preprocess",
-                                                      "pooling", "dataset", "subset", "manifest_sha256")},
-            "cache_path": str(self.cache.path),
-            "top_config": self.top_config.to_dict(), "finetune": asdict(self.config),
-            "trainable": self.trainable_summary,
-            "target_scale": self.cache.target_scale and self.cache.target_scale.to_dict(),
-            "versions": {"mlkit": __version__, "keras": keras.__version__, "tensorflow": tf.__version__},
-        }
-
-
-def _lost_worker(error):
-    """True when a multi-worker step failed because another worker died or stopped answering."""
-    import tensorflow as tf
-
-    return isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-                              tf.errors.AbortedError))
-
-
-def _build_from_local_batch(network):
-    """Lets Keras 3 build the optimizer and metrics from this worker's part of the first batch.
-
-    With two or more workers, `fit` averages the first batch across workers to build them
-    (`_maybe_symbolic_build`), which fails on any batch that is a structure, such as (images, labels):
-    "Attempt to convert a value (PerReplica...) ... to a Tensor" (keras-team/keras#20329, Keras 3.15).
-    Building needs only shapes and dtypes, which every worker's part has.
-    """
-    import tensorflow as tf
-    from keras import tree
-
-    strategy = network.distribute_strategy
-
-    def local(value):
-        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
-
-    def symbolic_build(iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tree.map_structure(local, next(batches))
-                break
-        with strategy.scope():
-            network._symbolic_build(data_batch=data_batch)
-
-    network._maybe_symbolic_build = symbolic_build
-
-
-
-def _average_logs_over_workers():
-    """Makes Keras 3 average each step's logs over all workers, as it means to.
-
-    Keras 3.15 reduces the logs of every train and test step with `reduction="auto"`, which
-    across workers becomes `strategy.reduce("MEAN", value, axis=0)` and fails on the scalar
-    logs ("Invalid reduction dimension 0 for input with 0 dimensions"), so no multi-worker `fit`
-    runs. Here "auto" across workers is the mean over all replicas (axis None): every worker
-    logs, early-stops and checkpoints on the same numbers. Only multi-worker processes, which
-    must be processes of their own (`make_strategy`), call this.
-    """
-    from keras import tree
-    from keras.src.backend.tensorflow import trainer
-
-    original = trainer.reduce_per_replica
-    if getattr(original, "averages_over_workers", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction == "auto" and trainer._collective_all_reduce_multi_worker(strategy):
-            return tree.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.averages_over_workers = True
-    trainer.reduce_per_replica = reduce_per_replica

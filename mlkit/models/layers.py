@@ -10,8 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mlkit.decisions import DEPLOYABLE_KINDS, DecisionRuleError
-
+from mlkit.evaluation.decisions import DEPLOYABLE_KINDS, DecisionRuleError
 
 
 def top_labels(scores, k):
@@ -28,7 +27,7 @@ def top_labels(scores, k):
 class LabelDecision(keras.layers.Layer):
     """Scores (N, L) -> decided labels, uint8 (N, L): 1 where the rule says the label applies.
 
-    Applies a fitted `mlkit.decisions.Rule` exactly as `Rule.apply` does:
+    Applies a fitted `mlkit.evaluation.decisions.Rule` exactly as `Rule.apply` does:
     `score >= tau` with one tau or one per label, the top K, or argmax, then
     the rule's min/max labels per image. Thresholds are kept as float32: a
     fitted tau is always one of the float32 scores it was fitted on, so the

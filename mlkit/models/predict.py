@@ -166,7 +166,7 @@ def _run(model, group, results, names, task, top):
             continue
         order = np.argsort(-scores[row], kind="stable")
         decided = {int(i) for i in np.flatnonzero(labels[row])}
-        kept = [int(i) for i in order[:top]] + sorted(decided - set(int(i) for i in order[:top]), key=lambda i: -scores[row, i])
+        kept = [int(i) for i in order[:top]] + sorted(decided - {int(i) for i in order[:top]}, key=lambda i: -scores[row, i])
         result.ranked = [(label_names[i], float(scores[row, i])) for i in kept]
         result.decided = [label_names[i] for i in order if int(i) in decided]
 

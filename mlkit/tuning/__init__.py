@@ -11,6 +11,7 @@ _EXPORTS = {
     "tune_top": "mlkit.tuning.search",
     "build_top_model": "mlkit.tuning.top",
     "load_top": "mlkit.tuning.top",
+    "trainable_top": "mlkit.tuning.top",
     "TopConfig": "mlkit.tuning.config",
     "lr_find": "mlkit.tuning.lr_range",
     "load_runs": "mlkit.tuning.compare",

@@ -4,7 +4,7 @@ import argparse
 
 from mlkit.options import add_options, given
 from mlkit.tuning.config import TopConfig
-from mlkit.tuning.data import MAX_MEMORY
+from mlkit.tuning.top_data import MAX_MEMORY
 
 TUNE_EPILOG = """\
 Each list is comma-separated; the grid is their product. Files per trial, under
@@ -77,7 +77,7 @@ def add_tune_top(subparsers):
 
 
 def run_tune_top(args):
-    from mlkit.tuning.data import keep_freed_memory
+    from mlkit.tuning.memory import keep_freed_memory
     from mlkit.tuning.search import tune_top
 
     keep_freed_memory()  # the command owns its process: let a streamed epoch run at the in-memory speed
@@ -129,8 +129,8 @@ def add_lr_find(subparsers):
 
 
 def run_lr_find(args):
-    from mlkit.tuning.data import keep_freed_memory
     from mlkit.tuning.lr_range import lr_find
+    from mlkit.tuning.memory import keep_freed_memory
 
     keep_freed_memory()
     lr_find(

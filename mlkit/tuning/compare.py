@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from mlkit.errors import MlkitError
-from mlkit.runs import RunNameError, decode_lr, parse_run_name, run_files
+from mlkit.runs import RunNameError, decode_lr, parse_run_name
 from mlkit.tuning.config import metric_direction
 from mlkit.tuning.records import SUMMARY
+from mlkit.workspace import run_files
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def filter_runs(frame, where):
             raise MlkitError(
                 f"--where {condition!r}: expected FIELD=VALUE with FIELD one of {', '.join(map(str, frame.columns))}")
         options = [parse_value(key, value.strip()) for value in wanted.split(",")]
-        frame = frame[frame[key].map(lambda cell: any(same_value(cell, option) for option in options))]
+        frame = frame[frame[key].map(lambda cell, options=options: any(same_value(cell, option) for option in options))]
     return frame
 
 
@@ -165,7 +166,7 @@ def plot_runs(folder, out, *, where=(), by=None, x="epoch", metric="val_loss"):
     import matplotlib
     import matplotlib.ticker
 
-    from mlkit.plots import new_figure
+    from mlkit.evaluation.plots import new_figure
 
     if x not in ("epoch", "time"):
         raise MlkitError(f"--x {x!r}: use epoch or time")

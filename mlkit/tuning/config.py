@@ -9,9 +9,10 @@ keep their meaning after the cache is rebuilt.
 
 from dataclasses import asdict, dataclass, field, fields
 
+from mlkit.branches import BRANCH_INPUTS, branch_of
 from mlkit.errors import MlkitError, check_choice
 from mlkit.options import option
-from mlkit.runs import BRANCH_INPUTS, TEXT_ONLY_SUFFIX, RunName, branch_of
+from mlkit.runs import TEXT_ONLY_SUFFIX, RunName
 from mlkit.vocabulary import OPTIMIZERS, TASKS
 
 LOSSES = {

@@ -21,7 +21,8 @@ from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 from mlkit.options import defaults_of
 from mlkit.tuning.config import TopConfig
-from mlkit.tuning.data import MAX_MEMORY, TopData, parse_memory
+from mlkit.tuning.memory import parse_memory
+from mlkit.tuning.top_data import MAX_MEMORY, TopData
 
 logger = logging.getLogger(__name__)
 TOP = defaults_of(TopConfig)
@@ -160,7 +161,7 @@ def describe(result):
 
 def plot_range_test(result, out):
     """Smoothed (and raw) loss against the learning rate, log scale, both suggestions marked."""
-    from mlkit.plots import new_figure
+    from mlkit.evaluation.plots import new_figure
 
     figure, axes = new_figure((7, 4.5))
     axes.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="batch loss")

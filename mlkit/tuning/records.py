@@ -18,9 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from mlkit.bottlenecks.cache import identity_differences
+from mlkit.branches import branch_of
 from mlkit.files import atomic_path, write_json
-from mlkit.runs import branch_of, run_files
 from mlkit.tuning.config import OBJECTIVES
+from mlkit.workspace import run_files
 
 PROGRESS = "progress.jsonl"
 SUMMARY = "summary.csv"

@@ -21,17 +21,22 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
 from mlkit.bottlenecks.cache import identity_differences, open_cache
 from mlkit.errors import MlkitError
 from mlkit.files import stage_folder
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
 from mlkit.tuning.config import (
-    DEFAULT_EMBED_DIM, DEFAULT_TEXT, DEFAULT_TEXT_UNITS, LOSSES, UNNAMED_SETTINGS, TopConfig,
+    DEFAULT_EMBED_DIM,
+    DEFAULT_TEXT,
+    DEFAULT_TEXT_UNITS,
+    LOSSES,
+    UNNAMED_SETTINGS,
+    TopConfig,
 )
-from mlkit.tuning.data import MAX_MEMORY, parse_memory
+from mlkit.tuning.memory import parse_memory
 from mlkit.tuning.records import Progress, summary_frame, write_summary
+from mlkit.tuning.top_data import MAX_MEMORY
 
 logger = logging.getLogger(__name__)
 # The Python API's defaults are TopConfig's (mlkit.options): written once, there.
@@ -306,10 +311,10 @@ def tune_top(
         cache, layers=layers, units=units, reg=reg, lr=lr, batch=batch, loss=loss, optimizer=optimizer,
         schedule=schedule, top_pool=top_pool, augmented=augmented, captions=captions, text=text,
         text_units=text_units, embed_dim=embed_dim, text_only=text_only,
-        fixed=dict(epochs=int(epochs), patience=int(patience), objective=objective, momentum=float(momentum),
-                   step_every=int(step_every), step_gamma=float(step_gamma),
-                   sample_weights="balanced" if sample_weights else "", cap=int(cap or 0),
-                   oversample=int(oversample or 0), seed=int(seed)),
+        fixed={"epochs": int(epochs), "patience": int(patience), "objective": objective, "momentum": float(momentum),
+                   "step_every": int(step_every), "step_gamma": float(step_gamma),
+                   "sample_weights": "balanced" if sample_weights else "", "cap": int(cap or 0),
+                   "oversample": int(oversample or 0), "seed": int(seed)},
     )
     memory = parse_memory(max_memory)
     folder = stage_folder(workdir, "tuning")

@@ -22,9 +22,10 @@ import keras
 import numpy as np
 
 from mlkit.errors import MlkitError
-from mlkit.runs import run_paths
+from mlkit.optimizers import make_optimizer
 from mlkit.tuning.config import TopConfig
-from mlkit.vocabulary import make_optimizer
+from mlkit.tuning.resampling import positive_weights
+from mlkit.workspace import run_paths
 
 HEADS = {"multilabel": "sigmoid", "multiclass": "softmax", "regression": "linear"}
 FOCAL_GAMMA = 2.0
@@ -213,6 +214,26 @@ def compile_top(model, config, pos_weight=None):
         optimizer=make_optimizer(config.optimizer, config.lr, config.momentum),
         loss=make_loss(config, model.output_shape[-1], pos_weight),
     )
+    return model
+
+
+def trainable_top(config, input_shape, num_outputs, task, train_labels, mean, variance):
+    """A top ready to `fit` on arrays: built, compiled, its input standardisation set.
+
+    For code outside tune-top that trains a top on features it holds itself
+    (the audit's fold models). `wbce` gets its positive weights from `train_labels`.
+
+    Args:
+        config: the `TopConfig`.
+        input_shape: the feature shape, e.g. (1280,).
+        num_outputs: labels, classes or targets.
+        task: multilabel, multiclass or regression.
+        train_labels: the training rows' labels (multi-hot for multilabel).
+        mean, variance: per-feature statistics of the training rows.
+    """
+    pos_weight = positive_weights(train_labels) if config.loss == "wbce" else None
+    model = compile_top(build_top_model(config, input_shape, num_outputs, task), config, pos_weight)
+    set_input_statistics(model, mean, variance)
     return model
 
 

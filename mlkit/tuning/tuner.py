@@ -15,12 +15,13 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from mlkit.compat import queue_next_trial
 from mlkit.errors import MlkitError
 from mlkit.files import disk_full_error, save_weights_atomic
 from mlkit.tuning.config import OBJECTIVES
-from mlkit.tuning.data import TopData
-from mlkit.runs import run_paths
 from mlkit.tuning.top import build_top_model, compile_top, schedule_callbacks, set_input_statistics
+from mlkit.tuning.top_data import TopData
+from mlkit.workspace import run_paths
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class ValidationMetrics(keras.callbacks.Callback):
 
 
 def validation_metrics(data, scores):
-    """The task's validation metrics from mlkit.metrics, keyed as they appear in the logs.
+    """The task's validation metrics from mlkit.evaluation.metrics, keyed as they appear in the logs.
 
     A metric the split cannot define (mAP with no positive label) is logged as NaN.
     """
@@ -83,10 +84,10 @@ def validation_metrics(data, scores):
 
 
 def task_metrics(data, scores):
-    from mlkit import metrics
+    from mlkit.evaluation import metrics
 
     if data.task == "multilabel":
-        from mlkit.decisions import parse_rule
+        from mlkit.evaluation.decisions import parse_rule
 
         rule = parse_rule("cardinality").fit(scores, labels=data.val_labels, train_cardinality=data.cardinality)
         report = metrics.multilabel_report(data.val_labels, rule.apply(scores), scores=scores)
@@ -160,7 +161,7 @@ class ParallelGridSearchOracle(kt.oracles.GridSearchOracle):
     def populate_space(self, trial_id):
         response = super().populate_space(trial_id)
         if response["status"] == kt.engine.trial.TrialStatus.RUNNING:
-            self._populate_next.append(trial_id)
+            queue_next_trial(self, trial_id)
         return response
 
 

@@ -3,7 +3,7 @@
 `evaluate_scores` works on arrays and is what the stages call (stage 2 on
 scores from the cache, stage 3 on an exported model's); `evaluate_file` reads a
 `.npz` file and writes the JSON report and plots. The command line is
-`mlkit.evaluate_cli`.
+`mlkit.evaluation.cli`.
 
 The report (what `evaluate_scores` returns and `--json` writes) for a
 multilabel task:
@@ -49,12 +49,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mlkit.decisions import DEFAULT_MIN_POSITIVES, RULE_FORMS, Rule, parse_rule
 from mlkit.errors import MlkitError
+from mlkit.evaluation.decisions import DEFAULT_MIN_POSITIVES, Rule, parse_rule
+from mlkit.evaluation.metrics import (
+    DEFAULT_MIN_SUPPORT,
+    as_multi_hot,
+    as_score_matrix,
+    multiclass_report,
+    multilabel_report,
+    regression_report,
+    topk_best_possible,
+)
 from mlkit.files import write_text
 from mlkit.vocabulary import TASKS
-from mlkit.metrics import (DEFAULT_MIN_SUPPORT, as_multi_hot, as_score_matrix, multiclass_report,
-                           multilabel_report, regression_report, topk_best_possible)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +118,7 @@ def evaluate_scores(scores, labels, label_names, task="multilabel", decisions=DE
         raise MlkitError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if task != "multilabel":
         return _evaluate_single(scores, labels, label_names, task, decisions, plots_dir)
-    options = dict(min_labels=min_labels, max_labels=max_labels, min_positives=min_positives)
+    options = {"min_labels": min_labels, "max_labels": max_labels, "min_positives": min_positives}
     rules = _rules(decisions, options)
     scores = as_score_matrix(scores)
     labels = as_multi_hot(labels, scores.shape)
@@ -134,7 +141,7 @@ def evaluate_scores(scores, labels, label_names, task="multilabel", decisions=DE
     report.update(report["rules"][rules[0].spec])
     report.update({key: first[key] for key in ("per_label", "best_labels", "worst_labels")})
     if plots_dir is not None:
-        from mlkit import plots  # matplotlib loads in about half a second; only when plotting
+        from mlkit.evaluation import plots  # matplotlib loads in about half a second; only when plotting
 
         marks = {rule.spec: rule.threshold for rule in rules if rule.threshold is not None and not np.ndim(rule.threshold)}
         names = [row["name"] for row in first["per_label"]]
@@ -200,7 +207,7 @@ def _evaluate_single(scores, labels, label_names, task, decisions, plots_dir):
 
 def _single_plot(report, labels, scores, plots_dir):
     """The confusion matrix (multiclass) or predicted-against-true plot (regression)."""
-    from mlkit import plots  # matplotlib loads in about half a second; only when plotting
+    from mlkit.evaluation import plots  # matplotlib loads in about half a second; only when plotting
 
     if report["task"] == "multiclass":
         return plots.confusion_matrix(Path(plots_dir) / "confusion_matrix.png", report["confusion_matrix"],

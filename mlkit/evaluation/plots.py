@@ -12,8 +12,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mlkit.decisions import threshold_sweep
-from mlkit.metrics import as_multi_hot, as_score_matrix, label_curve_counts
+from mlkit.evaluation.decisions import threshold_sweep
+from mlkit.evaluation.metrics import as_multi_hot, as_score_matrix, label_curve_counts
 
 DEFAULT_TOP_N = 10
 

@@ -34,8 +34,15 @@ from typing import NamedTuple
 import numpy as np
 
 from mlkit.errors import MlkitError
-from mlkit.metrics import (as_multi_hot, as_score_matrix, keys_to_values, positives_by_label, rank_counts,
-                           row_chunks, sortable_keys)
+from mlkit.evaluation.metrics import (
+    as_multi_hot,
+    as_score_matrix,
+    keys_to_values,
+    positives_by_label,
+    rank_counts,
+    row_chunks,
+    sortable_keys,
+)
 
 RULE_FORMS = {
     "threshold:T": "every label whose score is at least T (e.g. threshold:0.5)",

@@ -1,11 +1,11 @@
-"""`mlkit evaluate`: the command line over `mlkit.evaluate.evaluate_file`."""
+"""`mlkit evaluate`: the command line over `mlkit.evaluation.evaluate.evaluate_file`."""
 
 import argparse
 import textwrap
 
-from mlkit.decisions import DEFAULT_MIN_POSITIVES, RULE_FORMS
-from mlkit.evaluate import DEFAULT_DECISIONS, evaluate_file, format_labels_table, format_table
-from mlkit.metrics import DEFAULT_MIN_SUPPORT
+from mlkit.evaluation.decisions import DEFAULT_MIN_POSITIVES, RULE_FORMS
+from mlkit.evaluation.evaluate import DEFAULT_DECISIONS, evaluate_file, format_labels_table, format_table
+from mlkit.evaluation.metrics import DEFAULT_MIN_SUPPORT
 from mlkit.vocabulary import TASKS
 
 RULES_EPILOG = "decision rules (--decision, repeatable; the first is the primary rule):\n" + "\n".join(

@@ -17,197 +17,20 @@ int32 is small); their inputs are then a dict {"features": ..., "tokens": ...}
 (or {"tokens": ...} alone), while image-only tops get the bare features.
 """
 
-import re
-
 import h5py
 import numpy as np
 
 from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows
+from mlkit.branches import BRANCH_INPUTS
 from mlkit.errors import MlkitError
-from mlkit.runs import BRANCH_INPUTS
+from mlkit.tuning.memory import aligned_empty, host_tensor, parse_memory
+from mlkit.tuning.resampling import balanced_weights, positive_weights, resample, train_cardinality
 
 # Features larger than this stream from HDF5 during tune-top instead of loading into memory.
 MAX_MEMORY = "4G"
 
 BLOCKS_PER_BUFFER = 8
-# Eigen's kernels need tensor memory aligned to 64 bytes (EIGEN_MAX_ALIGN_BYTES); TensorFlow aborts otherwise.
-TENSOR_ALIGN = 64
-# glibc's mallopt parameter M_TOP_PAD, and the pad that keeps a thread arena's 64 MiB heap from being unmapped.
-M_TOP_PAD = -2
-HEAP_PAD = 64 << 20
 PREDICT_BATCH = 4096
-# Positive weights for wbce are capped: a label seen once in 10,000 rows would
-# otherwise get a weight of 10,000 and dominate every gradient.
-MAX_POS_WEIGHT = 100.0
-
-
-def parse_memory(text):
-    """Bytes from a size such as '512M', '4G' or '1.5GB' (binary units)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(text).upper())
-    if not match:
-        raise MlkitError(f"--max-memory {text!r}: expected a size such as 512M or 4G")
-    number, unit = match.groups()
-    return int(float(number) * 1024 ** " KMGT".index(unit or " "))
-
-
-def keep_freed_memory(pad=HEAP_PAD):
-    """Asks glibc's malloc to keep `pad` bytes of freed memory at the top of each heap instead of unmapping it.
-
-    A streamed tune-top epoch ran at half the in-memory speed, and not for its
-    reading: TensorFlow's training step faulted about 16 MB of fresh pages
-    every batch (5.6 M minor faults per 90,000 rows, against 0.15 M in
-    memory): glibc gave freed heap memory back to the kernel and the next
-    step faulted it in again. A higher MALLOC_TRIM_THRESHOLD_ did not stop it,
-    the top pad did (glibc deletes an emptied thread-arena heap, 64 MiB, unless
-    the pad asks it to keep that much). With it the streamed epoch costs the
-    in-memory epoch's CPU time (BENCHMARKS.md, Scale). The memory kept is
-    memory the process already used.
-
-    It is a setting of the whole process's C allocator, so the library never
-    makes it on its own: `mlkit tune-top` and `mlkit lr-find` call this first,
-    and a Python user who streams calls it once, or starts Python with
-    MALLOC_TOP_PAD_=67108864 in the environment. Where the C library is not
-    glibc it does nothing.
-
-    Args:
-        pad: bytes kept per heap. Defaults to 64 MiB, the size of a thread arena's heap.
-
-    Returns:
-        True when the allocator took the setting.
-    """
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_TOP_PAD, int(pad)))
-
-
-def aligned_empty(shape, dtype):
-    """An uninitialised array whose data starts on a `TENSOR_ALIGN` boundary, so TensorFlow can use it in place."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + TENSOR_ALIGN, dtype=np.uint8)
-    start = -raw.ctypes.data % TENSOR_ALIGN
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
-def host_tensor(array):
-    """A CPU tensor that shares `array`'s memory (an aligned copy of it, when it is not aligned).
-
-    `tf.constant` copies an array twice on its way to the CPU device: loading a
-    feature table of 4.8 GiB peaked at three copies of it. DLPack hands the
-    buffer over as it is, and the tensor keeps the array alive.
-    """
-    import tensorflow as tf
-
-    array = np.asarray(array)
-    if array.ctypes.data % TENSOR_ALIGN or not array.flags.c_contiguous or not array.flags.writeable:
-        aligned = aligned_empty(array.shape, array.dtype)
-        aligned[...] = array
-        array = aligned
-    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-
-
-def train_cardinality(labels):
-    """Mean number of labels per training row (multilabel), for the cardinality rule."""
-    return float(np.asarray(labels).sum(axis=1).mean()) if len(labels) else 0.0
-
-
-def class_counts(labels, task):
-    """Rows per class: multi-hot columns summed, or class indices counted."""
-    if task == "multilabel":
-        return np.asarray(labels).sum(axis=0).astype(np.int64)
-    return np.bincount(np.asarray(labels), minlength=int(np.max(labels)) + 1 if len(labels) else 0)
-
-
-def cap_rows(labels, task, cap, rng):
-    """Positions of training rows kept when each class is capped at `cap` rows.
-
-    Multiclass: a random `cap` rows of each larger class. Multilabel: rows are
-    visited in random order and kept while at least one of their labels is
-    still under the cap (rows with no label are kept), so rare labels keep
-    every row even when they co-occur with a frequent one.
-    """
-    order = rng.permutation(len(labels))
-    if task == "multiclass":
-        kept = [order[labels[order] == c][:cap] for c in np.unique(labels)]
-        return np.sort(np.concatenate(kept)) if kept else order[:0]
-    seen = np.zeros(labels.shape[1], dtype=np.int64)
-    kept = []
-    for position in order:
-        positive = labels[position] > 0
-        if not positive.any() or (seen[positive] < cap).any():
-            kept.append(position)
-            seen += positive
-    return np.sort(np.asarray(kept, dtype=np.int64))
-
-
-def oversample_rows(labels, task, target, rng):
-    """Extra row positions (drawn with replacement) lifting each class to `target` rows.
-
-    For multilabel data a row drawn for a rare label also counts for its other
-    labels; labels are topped up rarest first, so the result is approximate.
-    """
-    counts = class_counts(labels, task).astype(np.int64)
-    extra = []
-    for label in np.argsort(counts):
-        if counts[label] == 0 or counts[label] >= target:
-            continue
-        holders = np.flatnonzero(labels[:, label] > 0 if task == "multilabel" else labels == label)
-        drawn = rng.choice(holders, size=target - counts[label], replace=True)
-        extra.append(drawn)
-        counts += class_counts(labels[drawn], task) if task == "multilabel" else np.bincount(
-            labels[drawn], minlength=len(counts))
-    return np.concatenate(extra) if extra else np.zeros(0, dtype=np.int64)
-
-
-def resample(labels, task, cap=0, oversample=0, seed=0):
-    """Training row positions after capping and oversampling (seeded).
-
-    Raises:
-        MlkitError: for regression targets, which have no classes to balance.
-    """
-    positions = np.arange(len(labels))
-    if not (cap or oversample):
-        return positions
-    if task == "regression":
-        raise MlkitError("--cap and --oversample balance classes; a regression cache has none: drop them")
-    rng = np.random.default_rng(seed)
-    if cap:
-        positions = cap_rows(labels, task, cap, rng)
-    if oversample:
-        positions = np.sort(np.concatenate([positions, positions[oversample_rows(labels[positions], task, oversample, rng)]]))
-    return positions
-
-
-def balanced_weights(labels, task):
-    """Per-row weights inversely proportional to class frequency, mean 1.
-
-    A multilabel row's weight averages its labels' inverse frequencies; rows
-    with no label get the mean weight.
-    """
-    if task == "regression":
-        raise MlkitError("--sample-weights balanced needs classes; a regression cache has none: drop it")
-    counts = np.maximum(class_counts(labels, task), 1).astype(np.float64)
-    inverse = len(labels) / (len(counts) * counts)
-    if task == "multiclass":
-        weights = inverse[labels]
-    else:
-        positive = labels > 0
-        totals = positive.sum(axis=1)
-        weights = (positive * inverse).sum(axis=1) / np.maximum(totals, 1)
-        weights[totals == 0] = weights[totals > 0].mean() if (totals > 0).any() else 1.0
-    return (weights / weights.mean()).astype("float32")
-
-
-def positive_weights(labels):
-    """Per-label negatives/positives ratio for wbce, capped at MAX_POS_WEIGHT."""
-    positives = np.asarray(labels).sum(axis=0).astype(np.float64)
-    negatives = len(labels) - positives
-    ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
-    return np.clip(ratio, 1.0, MAX_POS_WEIGHT).astype("float32")
 
 
 def slice_inputs(x, start, stop):

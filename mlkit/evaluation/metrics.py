@@ -333,7 +333,7 @@ def _ratios(tp, predicted, true):
 def _mean_ratios(ratios, keep=None):
     """The mean of each ratio (over `keep` when given), as floats; None when nothing is kept."""
     if keep is not None and not np.any(keep):
-        return {name: None for name in ratios}
+        return dict.fromkeys(ratios)
     return {name: float(np.mean(value if keep is None else value[keep])) for name, value in ratios.items()}
 
 
@@ -432,7 +432,7 @@ def _count_metrics(counts, n_images, n_labels):
         "micro": _mean_ratios(_ratios(counts.tp_label.sum(), counts.predicted_label.sum(), counts.true_label.sum())),
         "macro": _mean_ratios(_ratios(counts.tp_label, counts.predicted_label, counts.true_label), has_positives),
         "samples": (_mean_ratios(_ratios(counts.tp_image, counts.predicted_image, counts.true_image))
-                    if n_images else {name: None for name in ("precision", "recall", "f1", "f2")}),
+                    if n_images else dict.fromkeys(("precision", "recall", "f1", "f2"))),
         "map": None,
         "auc": None,
         "hamming": float(mismatches.sum() / cells),

@@ -1,0 +1,1 @@
+"""Scores in, decisions and reports out: metrics, label-decision rules, `mlkit evaluate` and its plots."""
