@@ -61,7 +61,8 @@ def _run_split(args):
     groups = None
     if args.group_duplicates:
         groups = read_duplicate_groups(args.group_duplicates)
-    split_manifest(args.manifest, val=args.val, test=args.test, seed=args.seed, resplit=args.resplit, groups=groups)
+    split_manifest(args.manifest, val=args.val, test=args.test, seed=args.seed, resplit=args.resplit, groups=groups,
+                   group_by=args.group_by, test_where=args.test_where)
 
 
 def _run_stats(args):
@@ -166,12 +167,22 @@ def _register_split(subparsers):
         subparsers, "split", "fill the split column: seeded, stratified, stable when rows are added",
         "Assign train/val/test to rows whose split is empty, stratified by label (iterative stratification for "
         "multilabel, by class for multiclass, by target quantile for regression). Rows that already have a "
-        "split keep it, so appending rows never moves old ones. The manifest is rewritten in place.",
-        "mlkit data split data/synth/manifest.csv --val 0.15 --test 0.15 --seed 0",
+        "split keep it, so appending rows never moves old ones. The manifest is rewritten in place. To measure "
+        "accuracy on a source never trained on (a photographer, a microscope, an icon theme), name it with "
+        "--test-where, and keep sources whole with --group-by.",
+        "mlkit data split data/synth/manifest.csv --val 0.15 --test 0.15 --seed 0\n"
+        "  mlkit data split icons/manifest.csv --val 0.15 --test-where group=oxygen",
     )
     parser.add_argument("manifest", help="the manifest to split (rewritten in place)")
     parser.add_argument("--val", type=float, default=0.15, help="fraction of rows for validation (default: 0.15)")
-    parser.add_argument("--test", type=float, default=0.15, help="fraction of rows for testing (default: 0.15)")
+    parser.add_argument("--test", type=float, default=None,
+                        help="fraction of rows for testing; not with --test-where (default: 0.15)")
+    parser.add_argument("--test-where", metavar="COLUMN=VALUE", default=None,
+                        help="the rows whose COLUMN holds VALUE are the test split, and no others; --val is then the "
+                             "fraction of the other rows (e.g. group=oxygen: one theme never trained on)")
+    parser.add_argument("--group-by", metavar="COLUMN", default=None,
+                        help="rows with the same value in COLUMN go to one split (a photographer, a site); an empty "
+                             "cell is a row on its own (default: rows are independent)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same split (default: 0)")
     parser.add_argument("--resplit", action="store_true",
                         help="reassign every row, discarding existing splits (default: keep them)")
