@@ -216,7 +216,8 @@ def _row_groups(manifest, group_by, duplicate_groups):
         codes = pd.factorize(values)[0]
         labellings.append(np.where(values == "", -1, codes))
     if duplicate_groups:
-        labellings.append(np.array([duplicate_groups.get(image, -1) for image in manifest.rows["image"]], dtype=np.int64))
+        duplicates = [duplicate_groups.get(image, -1) for image in manifest.rows["image"]]
+        labellings.append(np.array(duplicates, dtype=np.int64))
     if not labellings:
         return None
     return labellings[0] if len(labellings) == 1 else _merge_groups(*labellings)
