@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mlkit.cli import main
-from mlkit.data.adapters import from_coco, from_csv, from_folders, from_imet
+from mlkit.data.adapters import from_coco, from_csv, from_folders, from_imet, name_words
 from mlkit.data.manifest import read_manifest
 from mlkit.errors import MlkitError
 
@@ -75,6 +75,75 @@ def test_from_folders_cli_takes_labels_and_captions(tmp_path):
                  "--out", str(tmp_path / "m.jsonl")]) == 0
     manifest = read_manifest(tmp_path / "m.jsonl")
     assert list(manifest.rows["labels"]) == [("a", "b")] and list(manifest.rows["caption"]) == ["an x"]
+
+
+def icon_tree(root):
+    """root/<theme>/<context>/<icon>.png: two themes drawing the same icon names."""
+    for theme in ("oxygen", "mate"):
+        for name in ("edit-copy", "edit-cut", "edit_paste", "go-next"):
+            save_image(root / theme / "actions" / f"{name}.png")
+        save_image(root / theme / "places" / "folder-remote.png")
+    save_image(root / "oxygen" / "loose.png")
+    save_image(root / "stray.png")
+
+
+def test_name_words_split_the_stem_at_dashes_underscores_and_spaces():
+    assert name_words("go-next_page  go") == ("go", "next", "page")
+    assert name_words("--") == ()
+
+
+def test_from_folders_name_labels_with_a_group_level_and_a_minimum_label_count(tmp_path, caplog):
+    icon_tree(tmp_path / "icons")
+    with caplog.at_level(logging.INFO):
+        path = from_folders(tmp_path / "icons", tmp_path / "icons.csv", labels="path+name", group_level=1,
+                            min_label_count=4)
+    manifest = read_manifest(path)
+    assert manifest.task == "multilabel"
+    assert list(manifest.rows["group"]) == ["mate"] * 4 + ["oxygen"] * 4
+    assert list(manifest.rows["labels"])[:4] == [("actions", "edit"), ("actions", "edit"), ("actions", "edit"),
+                                                 ("actions",)]
+    assert manifest.rows["image"][0] == "icons/mate/actions/edit-copy.png"
+    assert "dropped 9 of 11 labels on fewer than 4 images, and 3 images left with no label" in caplog.text
+    assert "skipped 1 images under" in caplog.text  # stray.png; oxygen/loose.png has a name
+
+
+def test_from_folders_name_labels_alone_label_images_directly_under_the_root(tmp_path):
+    save_image(tmp_path / "tree" / "red-apple.png")
+    save_image(tmp_path / "tree" / "fruit" / "green_apple.png")
+    manifest = read_manifest(from_folders(tmp_path / "tree", tmp_path / "m.csv", labels="name"))
+    assert list(manifest.rows["labels"]) == [("green", "apple"), ("red", "apple")]
+    assert "group" not in manifest.rows
+
+
+def test_from_folders_min_label_count_drops_small_classes(tmp_path):
+    for name in ("a", "b", "c"):
+        save_image(tmp_path / "tree" / "big" / f"{name}.png")
+    save_image(tmp_path / "tree" / "small" / "d.png")
+    manifest = read_manifest(from_folders(tmp_path / "tree", tmp_path / "m.csv", min_label_count=2))
+    assert manifest.task == "multiclass" and manifest.label_names == ["big"]
+    with pytest.raises(MlkitError, match=r"no label is on 5 images or more \(the most common: big \(3\)"):
+        from_folders(tmp_path / "tree", tmp_path / "m.csv", min_label_count=5)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"labels": "words"}, r"--labels 'words': use first, path, name, path\+name"),
+    ({"group_level": 0}, r"--group-level 0: give a folder level, 1 for the first"),
+    ({"min_label_count": 0}, r"--min-label-count 0: give a whole number"),
+])
+def test_from_folders_bad_options_name_the_value(tmp_path, options, message):
+    save_image(tmp_path / "tree" / "a" / "x.png")
+    with pytest.raises(MlkitError, match=message):
+        from_folders(tmp_path / "tree", tmp_path / "m.csv", **options)
+
+
+def test_cli_from_folders_group_level_feeds_split_test_where(tmp_path):
+    icon_tree(tmp_path / "icons")
+    out = tmp_path / "icons.csv"
+    assert main(["data", "from-folders", str(tmp_path / "icons"), "--labels", "path+name", "--group-level", "1",
+                 "--min-label-count", "2", "--out", str(out)]) == 0
+    assert main(["data", "split", str(out), "--test-where", "group=oxygen", "--val", "0.25"]) == 0
+    manifest = read_manifest(out)
+    assert list(manifest.splits() == "test") == list(manifest.rows["group"] == "oxygen")
 
 
 def test_from_coco_drops_images_without_annotations(tmp_path, caplog):

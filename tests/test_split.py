@@ -170,3 +170,91 @@ def test_cli_split(tmp_path, capsys):
     assert (splits == "test").sum() == pytest.approx(20, abs=2)
     assert main(["data", "split", str(path), "--val", "0.9", "--test", "0.2"]) == 1
     assert "val + test < 1" in capsys.readouterr().err
+
+
+def themed(n, themes=("a", "b", "c", "d"), seed=0, start=0):
+    """Multilabel rows, each tagged with a theme (round robin) and a site (20 rows per site)."""
+    rows = random_multilabel(n, seed=seed, start=start)
+    rows["theme"] = [themes[(start + i) % len(themes)] for i in range(n)]
+    rows["site"] = [f"site {(start + i) // 20}" for i in range(n)]
+    return rows
+
+
+def splits_per(manifest, column):
+    """The set of splits each value of `column` landed in."""
+    return manifest.rows.groupby(column)["split"].agg(set).to_dict()
+
+
+def test_group_by_keeps_every_group_in_one_split(tmp_path):
+    manifest = split_manifest(write(tmp_path, themed(2000)), val=0.15, test=0.15, group_by="site", seed=0)
+    assert all(len(found) == 1 for found in splits_per(manifest, "site").values())
+    for split, fraction in FRACTIONS.items():
+        assert (manifest.splits() == split).mean() == pytest.approx(fraction, abs=0.03)
+
+
+def test_test_where_makes_exactly_that_value_the_test_split(tmp_path):
+    manifest = split_manifest(write(tmp_path, themed(800)), val=0.2, test_where="theme=c", seed=0)
+    splits = manifest.splits()
+    assert list(splits == "test") == list(manifest.rows["theme"] == "c")
+    rest = splits[manifest.rows["theme"] != "c"]
+    assert (rest == "val").mean() == pytest.approx(0.2, abs=0.01)
+    common = manifest.label_array()[splits != "test"].sum(axis=0) >= 60
+    shares = label_shares(manifest)
+    assert np.abs(shares["val"][common] / (shares["val"] + shares["train"])[common] - 0.2).max() < 0.03
+
+
+def test_test_where_with_group_by_on_the_other_rows(tmp_path):
+    rows = themed(800, themes="abcdefghij")
+    manifest = split_manifest(write(tmp_path, rows), val=0.3, test_where="theme=a", group_by="theme", seed=0)
+    assert splits_per(manifest, "theme")["a"] == {"test"}
+    assert all(len(found) == 1 for found in splits_per(manifest, "theme").values())
+    assert set(manifest.splits()) == {"train", "val", "test"}
+
+
+def test_test_where_keeps_old_splits_and_sends_new_held_out_rows_to_test(tmp_path):
+    path = write(tmp_path, themed(400))
+    old = split_manifest(path, test_where="theme=b", seed=0).splits()
+    grown = pd.concat([read_manifest(path).rows, themed(400, seed=1, start=400)], ignore_index=True)
+    write_manifest(grown, path)
+    manifest = split_manifest(path, test_where="theme=b", seed=0)
+    assert list(manifest.splits()[:400]) == list(old)
+    assert list(manifest.splits() == "test") == list(manifest.rows["theme"] == "b")
+
+
+def test_test_where_that_contradicts_an_existing_split_asks_for_resplit(tmp_path):
+    path = write(tmp_path, themed(40))
+    split_manifest(path, seed=0)
+    with pytest.raises(MlkitError, match="contradicts .* --resplit"):
+        split_manifest(path, test_where="theme=a")
+    manifest = split_manifest(path, test_where="theme=a", resplit=True)
+    assert list(manifest.splits() == "test") == list(manifest.rows["theme"] == "a")
+
+
+def test_group_by_joins_the_groups_of_duplicate_images(tmp_path):
+    rows = themed(200)
+    duplicates = {"img/0.png": 0, "img/21.png": 0, "img/45.png": 1, "img/199.png": 1}
+    manifest = split_manifest(write(tmp_path, rows), group_by="site", groups=duplicates, seed=0)
+    by_site = splits_per(manifest, "site")
+    assert by_site["site 0"] == by_site["site 1"] and by_site["site 2"] == by_site["site 9"]
+    assert all(len(found) == 1 for found in by_site.values())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"group_by": "photographer"}, r"--group-by 'photographer': .* has no column 'photographer' \(columns: image, "),
+    ({"test_where": "photographer=ann"}, r"no column 'photographer' \(columns: .*theme, site"),
+    ({"test_where": "theme=z"}, r"--test-where theme=z: no row has theme 'z' \(values there: 'a', 'b', 'c', 'd'\)"),
+    ({"test_where": "theme"}, r"--test-where 'theme' is not COLUMN=VALUE"),
+    ({"test_where": "theme=a", "test": 0.2}, r"--test 0.2 and --test-where theme=a both choose the test rows"),
+])
+def test_group_and_held_out_errors_name_the_value(tmp_path, options, message):
+    with pytest.raises(MlkitError, match=message):
+        split_manifest(write(tmp_path, themed(40)), **options)
+
+
+def test_cli_split_test_where_and_group_by(tmp_path, capsys):
+    path = write(tmp_path, themed(200))
+    assert main(["data", "split", str(path), "--test-where", "theme=d", "--group-by", "site", "--val", "0.25"]) == 0
+    manifest = read_manifest(path)
+    assert list(manifest.splits() == "test") == list(manifest.rows["theme"] == "d")
+    assert main(["data", "split", str(path), "--resplit", "--test-where", "theme=e"]) == 1
+    assert "no row has theme 'e'" in capsys.readouterr().err

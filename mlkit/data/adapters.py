@@ -5,7 +5,8 @@ Each adapter reads one source layout, writes a manifest with
 back to validate it, logs what it did, and returns the manifest's path:
 
     from_folders   a class-per-folder tree (multiclass), or nested category
-                   folders, every level a label (multilabel), with sidecar captions
+                   folders and the file name's words as labels (multilabel),
+                   with sidecar captions and a folder level as a group column
     from_coco      COCO `instances_*.json` (multilabel, category names)
     from_imet      iMet 2019 `train.csv` + `labels.csv` (multilabel)
     from_csv       a generic CSV with space-separated label ids or names and
@@ -16,7 +17,8 @@ import csv
 import json
 import logging
 import os
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -64,31 +66,98 @@ def _is_image(path):
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-FOLDER_LABELS = ("first", "path")
+FOLDER_LABELS = ("first", "path", "name", "path+name")
 FOLDER_CAPTIONS = ("none", "sidecar")
+# The column `from_folders(group_level=...)` writes, which `split --group-by` and `--test-where` read.
+GROUP_COLUMN = "group"
+# Where a file name splits into label words: edit-copy, edit_copy, "edit copy".
+NAME_WORD_SEPARATORS = re.compile(r"[-_\s]+")
 
 
-def from_folders(root, out, labels="first", captions="none"):
+def name_words(stem):
+    """The words of a file name's stem, in order, without repeats: "go-next_page" gives go, next, page."""
+    return tuple(dict.fromkeys(word for word in NAME_WORD_SEPARATORS.split(stem) if word))
+
+
+def _folder_labels(folders, stem, labels, where):
+    """The label names of one image under `folders` (group level removed), for the `labels` choice."""
+    names = {"first": folders[:1], "path": folders, "name": (), "path+name": folders}[labels]
+    if labels in ("name", "path+name"):
+        names = tuple(names) + name_words(stem)
+    return tuple(dict.fromkeys(_check_label_name(name, where) for name in names))
+
+
+def _check_folder_options(root, labels, captions, group_level, min_label_count):
+    if labels not in FOLDER_LABELS:
+        raise MlkitError(f"from-folders: --labels {labels!r}: use {', '.join(FOLDER_LABELS)}")
+    if captions not in FOLDER_CAPTIONS:
+        raise MlkitError(f"from-folders: --captions {captions!r}: use {' or '.join(FOLDER_CAPTIONS)}")
+    if group_level is not None and (not isinstance(group_level, int) or group_level < 1):
+        raise MlkitError(f"from-folders: --group-level {group_level!r}: give a folder level, 1 for the first "
+                         "folder below the root")
+    if not isinstance(min_label_count, int) or min_label_count < 1:
+        raise MlkitError(f"from-folders: --min-label-count {min_label_count!r}: give a whole number of images, "
+                         "1 or more")
+    if not root.is_dir():
+        raise MlkitError(f"from-folders: {root} is not a folder; give the folder holding one folder per class")
+
+
+def _drop_rare_labels(rows, min_count, source):
+    """Drops labels on fewer than `min_count` rows, and the rows left without a label."""
+    counts = Counter(name for row in rows for name in row["labels"])
+    rare = {name for name, count in counts.items() if count < min_count}
+    if not rare:
+        return rows
+    kept = []
+    for row in rows:
+        row["labels"] = tuple(name for name in row["labels"] if name not in rare)
+        if row["labels"]:
+            kept.append(row)
+    if not kept:
+        common = ", ".join(f"{name} ({count})" for name, count in counts.most_common(3))
+        raise MlkitError(f"{source}: no label is on {min_count} images or more (the most common: {common}); "
+                         "lower --min-label-count")
+    logger.info("%s: dropped %d of %d labels on fewer than %d images, and %d images left with no label",
+                source, len(rare), len(counts), min_count, len(rows) - len(kept))
+    return kept
+
+
+def from_folders(root, out, labels="first", captions="none", group_level=None, min_label_count=1):
     """Writes a manifest from a tree of folders of images.
 
     With `labels="first"` (a class-per-folder tree), `root/<class>/.../<image>`
     is one multiclass row whose class is its first-level folder. With
     `labels="path"` (nested categories), every folder level becomes a label
     of a multilabel row: `food/fruit/cartoon/x.png` gets food|fruit|cartoon.
+    `labels="name"` takes the words of the file name instead (split at `-`,
+    `_` and spaces), and `labels="path+name"` both: an icon theme's
+    `actions/edit-copy.png` gets actions|edit|copy.
+
+    `group_level` records one folder level in a `group` column instead of
+    reading it as a label, for trees that also say where each image came
+    from: with `root/<theme>/<context>/<icon>.png` and `group_level=1`, the
+    theme is the group (`mlkit data split --test-where group=oxygen` then
+    tests on a theme never trained on), and the context the first label.
 
     Image files are those ending in .jpg .jpeg .png .bmp .gif .tif .tiff .webp
     (any case). Other files (text, sound, SVG, ...) are passed over and counted
     by extension in the log; hidden files and folders are skipped, and so are
-    images directly under `root`, which have no folder to label them.
+    images with no folder (or name, for the name choices) to label them.
 
     Args:
         root: the top folder of the tree.
         out: the manifest to write (CSV, or JSON Lines for `.jsonl`).
-        labels: "first" (multiclass) or "path" (multilabel). Defaults to "first".
+        labels: "first" (multiclass), "path", "name" or "path+name"
+            (multilabel). Defaults to "first".
         captions: "sidecar" takes each image's caption from the first line of
             the text file beside it with the same stem (`x.txt` for `x.png`),
             the layout many caption datasets use; images without one get an
             empty caption, and are counted. Defaults to "none".
+        group_level: the folder level (1 for the first below `root`) to write
+            as the `group` column; images above it are skipped and counted.
+            Defaults to None (no group column).
+        min_label_count: drop labels on fewer images than this, and images
+            left with no label (a class, for "first"). Defaults to 1.
 
     Returns:
         The manifest's path.
@@ -96,16 +165,12 @@ def from_folders(root, out, labels="first", captions="none"):
     Example:
         from_folders("plankton/train", "plankton/manifest.csv")
         from_folders("/usr/share/tuxpaint/stamps", "stamps.csv", labels="path", captions="sidecar")
+        from_folders("icons", "icons/manifest.csv", labels="path+name", group_level=1, min_label_count=20)
     """
     root, out = Path(root), Path(out)
-    if labels not in FOLDER_LABELS:
-        raise MlkitError(f"from-folders: --labels {labels!r}: use {' or '.join(FOLDER_LABELS)}")
-    if captions not in FOLDER_CAPTIONS:
-        raise MlkitError(f"from-folders: --captions {captions!r}: use {' or '.join(FOLDER_CAPTIONS)}")
-    if not root.is_dir():
-        raise MlkitError(f"from-folders: {root} is not a folder; give the folder holding one folder per class")
+    _check_folder_options(root, labels, captions, group_level, min_label_count)
     manifest_dir = out.absolute().parent
-    rows, passed_over, uncaptioned = [], defaultdict(int), 0
+    rows, passed_over, uncaptioned, unlabelled = [], defaultdict(int), 0, 0
     for path in sorted(root.rglob("*")):
         folders = path.relative_to(root).parts[:-1]
         if any(part.startswith(".") for part in path.relative_to(root).parts) or not path.is_file():
@@ -113,22 +178,22 @@ def from_folders(root, out, labels="first", captions="none"):
         if not _is_image(path):
             passed_over[path.suffix.lower() or "(no extension)"] += 1
             continue
-        if not folders:
+        row = {"image": _relative_image(path, manifest_dir)}
+        if group_level is not None:
+            if len(folders) < group_level:
+                unlabelled += 1
+                continue
+            row[GROUP_COLUMN] = folders[group_level - 1]
+            folders = folders[:group_level - 1] + folders[group_level:]
+        row["labels"] = _folder_labels(folders, path.stem, labels, f"image {path}")
+        if not row["labels"]:
+            unlabelled += 1
             continue
-        names = folders[:1] if labels == "first" else folders
-        row = {"image": _relative_image(path, manifest_dir),
-               "labels": tuple(dict.fromkeys(_check_label_name(name, f"folder {root.joinpath(*folders)}")
-                                             for name in names))}
         if captions == "sidecar":
             row["caption"] = _sidecar_caption(path)
             uncaptioned += not row["caption"]
         rows.append(row)
-    loose = sum(1 for p in root.iterdir() if _is_image(p))
-    if loose:
-        logger.warning("from-folders: skipped %d images directly under %s (no folder to label them)", loose, root)
-    if passed_over:
-        logger.info("from-folders: passed over %d files that are not images (%s)", sum(passed_over.values()),
-                    ", ".join(f"{count} {ext}" for ext, count in sorted(passed_over.items())))
+    _log_folder_skips(root, passed_over, unlabelled, group_level)
     if uncaptioned:
         logger.warning("from-folders: %d of %d images have no caption file beside them (x.txt for x.png); their "
                        "caption is empty", uncaptioned, len(rows))
@@ -137,8 +202,19 @@ def from_folders(root, out, labels="first", captions="none"):
             f"from-folders: no images found in class folders under {root}; expected "
             f"{root}/<class>/<image> with extensions {' '.join(IMAGE_EXTENSIONS)}"
         )
+    rows = _drop_rare_labels(rows, min_label_count, "from-folders")
     task = "multiclass" if labels == "first" else "multilabel"
     return _finish(rows, out, task, "from-folders")
+
+
+def _log_folder_skips(root, passed_over, unlabelled, group_level):
+    if unlabelled:
+        why = (f"directly under {root} (no folder to label them)" if group_level is None else
+               f"under {root} without a group folder at level {group_level} or a label besides it")
+        logger.warning("from-folders: skipped %d images %s", unlabelled, why)
+    if passed_over:
+        logger.info("from-folders: passed over %d files that are not images (%s)", sum(passed_over.values()),
+                    ", ".join(f"{count} {ext}" for ext, count in sorted(passed_over.items())))
 
 
 def _sidecar_caption(image):

@@ -41,7 +41,8 @@ def _run_synth(args):
 
 
 def _run_from_folders(args):
-    from_folders(args.root, args.out, labels=args.labels, captions=args.captions)
+    from_folders(args.root, args.out, labels=args.labels, captions=args.captions, group_level=args.group_level,
+                 min_label_count=args.min_label_count)
 
 
 def _run_from_coco(args):
@@ -61,7 +62,8 @@ def _run_split(args):
     groups = None
     if args.group_duplicates:
         groups = read_duplicate_groups(args.group_duplicates)
-    split_manifest(args.manifest, val=args.val, test=args.test, seed=args.seed, resplit=args.resplit, groups=groups)
+    split_manifest(args.manifest, val=args.val, test=args.test, seed=args.seed, resplit=args.resplit, groups=groups,
+                   group_by=args.group_by, test_where=args.test_where)
 
 
 def _run_stats(args):
@@ -90,19 +92,29 @@ def _register_from_folders(subparsers):
         subparsers, "from-folders", "manifest from a tree of image folders (multiclass or multilabel)",
         "Write a manifest from a folder tree. By default ROOT/<class>/<image> gives a multiclass manifest; "
         "images in deeper folders take their first-level folder's class. With --labels path every folder "
-        "level is a label (multilabel): food/fruit/cartoon/x.png gets food|fruit|cartoon. Extensions: "
+        "level is a label (multilabel): food/fruit/cartoon/x.png gets food|fruit|cartoon; --labels path+name "
+        "adds the file name's words: actions/edit-copy.png gets actions|edit|copy. --group-level records "
+        "where images came from (a theme, a photographer) for `mlkit data split --test-where`. Extensions: "
         f"{' '.join(ext[1:] for ext in IMAGE_EXTENSIONS)}, any case; other files are passed over and counted.",
         "mlkit data from-folders plankton/train --out plankton/manifest.csv\n"
-        "  mlkit data from-folders /usr/share/tuxpaint/stamps --labels path --captions sidecar --out stamps.csv",
+        "  mlkit data from-folders /usr/share/tuxpaint/stamps --labels path --captions sidecar --out stamps.csv\n"
+        "  mlkit data from-folders icons --labels path+name --group-level 1 --min-label-count 20 \\\n"
+        "      --out icons/manifest.csv",
     )
     parser.add_argument("root", help="the top folder of the tree")
     parser.add_argument("--out", required=True, help="the manifest to write (.csv, or .jsonl for JSON Lines)")
     parser.add_argument("--labels", choices=FOLDER_LABELS, default="first",
                         help="first: the first-level folder is the class (multiclass); path: every folder level is "
-                             "a label (multilabel). Default: first")
+                             "a label (multilabel); name: the file name's words, split at - _ and spaces "
+                             "(multilabel); path+name: both. Default: first")
     parser.add_argument("--captions", choices=FOLDER_CAPTIONS, default="none",
                         help="sidecar: each image's caption is the first line of the .txt file beside it with the "
                              "same name (x.txt for x.png). Default: none")
+    parser.add_argument("--group-level", metavar="N", type=int, default=None,
+                        help="write folder level N (1: the first below ROOT) to a 'group' column instead of reading "
+                             "it as a label: ROOT/<theme>/<context>/x.png with --group-level 1 (default: no group)")
+    parser.add_argument("--min-label-count", metavar="N", type=int, default=1,
+                        help="drop labels on fewer than N images, and images left with no label (default: 1, keep all)")
     parser.set_defaults(func=_run_from_folders)
 
 
@@ -166,12 +178,22 @@ def _register_split(subparsers):
         subparsers, "split", "fill the split column: seeded, stratified, stable when rows are added",
         "Assign train/val/test to rows whose split is empty, stratified by label (iterative stratification for "
         "multilabel, by class for multiclass, by target quantile for regression). Rows that already have a "
-        "split keep it, so appending rows never moves old ones. The manifest is rewritten in place.",
-        "mlkit data split data/synth/manifest.csv --val 0.15 --test 0.15 --seed 0",
+        "split keep it, so appending rows never moves old ones. The manifest is rewritten in place. To measure "
+        "accuracy on a source never trained on (a photographer, a microscope, an icon theme), name it with "
+        "--test-where, and keep sources whole with --group-by.",
+        "mlkit data split data/synth/manifest.csv --val 0.15 --test 0.15 --seed 0\n"
+        "  mlkit data split icons/manifest.csv --val 0.15 --test-where group=oxygen",
     )
     parser.add_argument("manifest", help="the manifest to split (rewritten in place)")
     parser.add_argument("--val", type=float, default=0.15, help="fraction of rows for validation (default: 0.15)")
-    parser.add_argument("--test", type=float, default=0.15, help="fraction of rows for testing (default: 0.15)")
+    parser.add_argument("--test", type=float, default=None,
+                        help="fraction of rows for testing; not with --test-where (default: 0.15)")
+    parser.add_argument("--test-where", metavar="COLUMN=VALUE", default=None,
+                        help="the rows whose COLUMN holds VALUE are the test split, and no others; --val is then the "
+                             "fraction of the other rows (e.g. group=oxygen: one theme never trained on)")
+    parser.add_argument("--group-by", metavar="COLUMN", default=None,
+                        help="rows with the same value in COLUMN go to one split (a photographer, a site); an empty "
+                             "cell is a row on its own (default: rows are independent)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same split (default: 0)")
     parser.add_argument("--resplit", action="store_true",
                         help="reassign every row, discarding existing splits (default: keep them)")

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # At most this many quantile bins for a regression target; fewer for small sets.
 MAX_TARGET_BINS = 10
+# The test fraction when neither `test` nor `test_where` is given.
+DEFAULT_TEST = 0.15
 
 
 def _choose_fold(label_need, row_need, open_folds, rng):
@@ -158,7 +160,90 @@ def split_by_groups(row_labels, n_labels, fractions, assigned, groups, seed=0):
     return np.where(np.asarray(assigned) >= 0, assigned, unit_fold[unit_of])
 
 
-def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False, groups=None):
+def _column_values(manifest, column, option):
+    """The column's cells as str, or an error that lists the columns there are."""
+    if column not in manifest.rows:
+        columns = ", ".join(manifest.rows.columns)
+        raise MlkitError(f"split: {option} {column!r}: {manifest.path} has no column {column!r} (columns: {columns})")
+    return manifest.rows[column].astype(str).to_numpy(dtype=object)
+
+
+def _held_out_rows(manifest, test_where):
+    """The rows that `test_where` ("COLUMN=VALUE") names as the test split."""
+    column, equals, value = test_where.partition("=")
+    if not equals or not column.strip():
+        raise MlkitError(f"split: --test-where {test_where!r} is not COLUMN=VALUE; e.g. --test-where group=oxygen")
+    values = _column_values(manifest, column.strip(), "--test-where")
+    held_out = values == value
+    if not held_out.any():
+        known = sorted(set(values))
+        more = ", ..." if len(known) > 12 else ""
+        raise MlkitError(f"split: --test-where {test_where}: no row has {column.strip()} {value!r} "
+                         f"(values there: {', '.join(map(repr, known[:12]))}{more})")
+    return held_out
+
+
+def _check_held_out(current, held_out, test_where, images):
+    """Existing splits must agree with `test_where`: its rows test, no others."""
+    clash = np.flatnonzero((current != "") & ((current == "test") != held_out))
+    if len(clash):
+        raise MlkitError(
+            f"split: {len(clash)} rows already have a split that --test-where {test_where} contradicts "
+            f"(e.g. {images[clash[0]]} is {current[clash[0]]!r}); pass --resplit to reassign every row"
+        )
+
+
+def _merge_groups(*labellings):
+    """One group id per row, joining rows that share a group in any labelling (-1: no group there)."""
+    # Imported here: scipy.sparse adds a quarter of a second to every `mlkit data` command's start.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n_rows, rows, nodes, offset = len(labellings[0]), [], [], len(labellings[0])
+    for ids in labellings:
+        grouped = np.flatnonzero(ids >= 0)
+        rows.append(grouped)
+        nodes.append(ids[grouped] + offset)
+        offset += int(ids.max(initial=-1)) + 1
+    rows, nodes = np.concatenate(rows), np.concatenate(nodes)
+    graph = coo_matrix((np.ones(len(rows)), (rows, nodes)), shape=(offset, offset))
+    return connected_components(graph, directed=False)[1][:n_rows]
+
+
+def _row_groups(manifest, group_by, duplicate_groups):
+    """A group id per row (-1 for a row on its own), or None when nothing groups the rows."""
+    labellings = []
+    if group_by:
+        values = _column_values(manifest, group_by, "--group-by")
+        codes = pd.factorize(values)[0]
+        labellings.append(np.where(values == "", -1, codes))
+    if duplicate_groups:
+        duplicates = [duplicate_groups.get(image, -1) for image in manifest.rows["image"]]
+        labellings.append(np.array(duplicates, dtype=np.int64))
+    if not labellings:
+        return None
+    return labellings[0] if len(labellings) == 1 else _merge_groups(*labellings)
+
+
+def _warn_straddling_groups(row_groups, held_out, test_where):
+    if row_groups is None or held_out is None:
+        return
+    grouped = row_groups >= 0
+    straddling = np.intersect1d(row_groups[grouped & held_out], row_groups[grouped & ~held_out])
+    if len(straddling):
+        logger.warning("split: %d groups have rows both in --test-where %s and outside it; those rows are test "
+                       "and the others train or val", len(straddling), test_where)
+
+
+def _test_fraction(test, test_where):
+    if test_where is None:
+        return DEFAULT_TEST if test is None else test
+    if test is not None:
+        raise MlkitError(f"split: --test {test} and --test-where {test_where} both choose the test rows; give one")
+    return 0.0
+
+
+def split_manifest(path, val=0.15, test=None, seed=0, resplit=False, groups=None, group_by=None, test_where=None):
     """Fills the manifest's `split` column with a stratified train/val/test split.
 
     Rows that already have a split keep it; only rows with an empty split
@@ -168,37 +253,51 @@ def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False, groups=None
     the existing assignment into account. The file is rewritten atomically;
     its other cells are left as they were.
 
+    Two options hold a source of variation out. `group_by` names a column
+    (a photographer, a site, a theme): rows with the same value go to one
+    split, so no group is seen in training and scored in testing; an empty
+    cell is a row on its own. `test_where` ("COLUMN=VALUE") makes exactly
+    the rows with that value the test split (one theme or microscope never
+    trained on); the others are stratified into train and val. Rows of a
+    `group_by` group outside the named test rows stay together.
+
     Args:
         path: the manifest file.
-        val: the fraction of rows for validation. Defaults to 0.15.
-        test: the fraction of rows for testing. Defaults to 0.15.
+        val: the fraction of rows for validation; with `test_where`, of the
+            rows outside the test split. Defaults to 0.15.
+        test: the fraction of rows for testing; not with `test_where`.
+            Defaults to None: 0.15, or only the `test_where` rows.
         seed: the same seed and manifest give the same split. Defaults to 0.
         resplit: reassign every row, discarding existing splits. Defaults to False.
         groups: {image: group id} (`read_duplicate_groups`):
             rows of one group go to one split. Defaults to None.
+        group_by: a column whose equal values go to one split. Defaults to None.
+        test_where: "COLUMN=VALUE", the rows that are the test split. Existing
+            splits must agree (`resplit` otherwise). Defaults to None.
 
     Returns:
         The `Manifest` with its new splits.
 
     Example:
         manifest = split_manifest("data/manifest.csv", val=0.1, test=0.1, seed=1)
+        manifest = split_manifest("icons/manifest.csv", val=0.15, test_where="group=oxygen")
     """
+    test = _test_fraction(test, test_where)
     _check_fractions(val, test)
     manifest = read_manifest(path, allow_unlabelled=True)
     current = np.where(resplit, "", manifest.splits()).astype(object)
+    held_out = _held_out_rows(manifest, test_where) if test_where else None
+    row_groups = _row_groups(manifest, group_by, groups)
+    if held_out is not None:
+        _check_held_out(current, held_out, test_where, manifest.rows["image"].to_numpy())
     todo = current == ""
     if not todo.any():
         logger.info("split: every row of %s already has a split; pass --resplit to reassign them", path)
         return manifest
-    assigned = np.array([SPLITS.index(split) if split else -1 for split in current])
-    row_labels, n_labels = _strata(manifest)
-    fractions = [1 - val - test, val, test]
-    if groups:
-        row_groups = np.array([groups.get(image, -1) for image in manifest.rows["image"]], dtype=np.int64)
-        folds = split_by_groups(row_labels, n_labels, fractions, assigned, row_groups, seed=seed)
-    else:
-        folds = iterative_stratification(row_labels, n_labels, fractions, assigned, seed=seed)
-    splits = [SPLITS[fold] for fold in folds]
+    if held_out is not None:
+        current[held_out] = "test"
+        _warn_straddling_groups(row_groups, held_out, test_where)
+    splits = _assign_splits(manifest, current, held_out, row_groups, [1 - val - test, val, test], seed)
     update_column(manifest.path, "split", splits)
     manifest.rows["split"] = splits
     new = pd.Series(splits)[todo].value_counts()
@@ -208,6 +307,20 @@ def split_manifest(path, val=0.15, test=0.15, seed=0, resplit=False, groups=None
         ", ".join(f"{fold} {splits.count(fold)}" for fold in SPLITS),
     )
     return manifest
+
+
+def _assign_splits(manifest, current, held_out, row_groups, fractions, seed):
+    """The split of every row: the held-out rows test, the others stratified (by group when grouped)."""
+    row_labels, n_labels = _strata(manifest)
+    assigned = np.array([SPLITS.index(split) if split else -1 for split in current])
+    rest = np.flatnonzero(~held_out) if held_out is not None else np.arange(len(current))
+    labels = [row_labels[row] for row in rest]
+    if row_groups is not None:
+        folds = split_by_groups(labels, n_labels, fractions, assigned[rest], row_groups[rest], seed=seed)
+    else:
+        folds = iterative_stratification(labels, n_labels, fractions, assigned[rest], seed=seed)
+    assigned[rest] = folds
+    return [SPLITS[fold] for fold in assigned]
 
 
 def read_duplicate_groups(audit):
