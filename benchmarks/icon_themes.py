@@ -117,10 +117,10 @@ def select_icons(sources, min_themes):
     chosen = {}
     for theme, icons in sources.items():
         by_file = defaultdict(list)
-        for name, (_, path, real) in icons.items():
+        for name, (_, _, real) in icons.items():
             if themes_per_name.get(name, 0) >= min_themes:
                 by_file[real].append(name)
-        for real, names in by_file.items():
+        for names in by_file.values():
             name = min(names, key=lambda candidate: (-themes_per_name[candidate], candidate))
             chosen[theme, name] = (context_votes[name].most_common(1)[0][0], icons[name][1])
     return chosen
