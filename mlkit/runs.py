@@ -1,7 +1,7 @@
 """Run names: every trial is named by the hyperparameters that made it.
 
 A run's log, weights and config share one name, so runs can be compared from
-their file names alone (seed 003, section 4.3). Fields are joined by `_`:
+their file names alone (the COCO report, section 4.3; docs/references.md). Fields are joined by `_`:
 
     <dataset>_<subset>_<backbone>_<prep>_<pool>_<L>x<U><reg>_lr<XY>_b<B>
         [_<frozen>_lr<XY>_b<B>_<aug>] [_<key>-<value> ...]
@@ -33,7 +33,7 @@ image), `sw-bal` (balanced sample weights), `cap-N` (at most N training rows
 per class) and `over-N` (small classes oversampled to N rows). New keys
 need no change here: unknown keys are parsed and written back verbatim.
 
-The caption branch (seed 001) adds `text-<kind><units>[only]`: its recurrent
+The caption branch (the caption report) adds `text-<kind><units>[only]`: its recurrent
 layer (`lstm`, or `bilstm` for a bidirectional one) and units per direction,
 then `only` when the top reads the captions alone, without the image
 features (the fixed fields still name the cache it was trained on); and

@@ -1,6 +1,6 @@
 r"""Caption text: offline preprocessing, a fitted vocabulary, and an in-graph vectoriser.
 
-The caption branch (seed 001) turns free text into token ids in three steps
+The caption branch (the caption report, docs/references.md) turns free text into token ids in three steps
 that need no downloaded data: a regular-expression tokeniser (lower-cased
 runs of letters, digits and '_'; punctuation is dropped), stop-word removal
 (NLTK's English list when its corpus is installed, else scikit-learn's
@@ -15,7 +15,7 @@ evaluates with RE2 (`[\pL\pN_]`).
 
 A vocabulary is fitted on the training split's captions only. Ids: 0 pads,
 1 is the OOV token (a stem outside the vocabulary), and 2, 3, ... are the
-kept stems, most frequent first, at most `num_words` ids in all (seed 001:
+kept stems, most frequent first, at most `num_words` ids in all (the caption report:
 10,000). Captions are cut to `max_len` tokens, by default the 95th
 percentile of the training captions' token counts, and padded with 0 at the
 end. The vocabulary is a plain JSON-serialisable dict, stored in the

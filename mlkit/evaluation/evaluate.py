@@ -31,7 +31,7 @@ multilabel task:
       "best_possible": {"topk:K": {"k", "micro", "macro", "samples"}},
       "per_label": [{"name", "support", "ap", "auc", "f1", "precision",
                      "recall"}],             # under the first rule
-      "best_labels": [...], "worst_labels": [...],   # by AUC, seed 000
+      "best_labels": [...], "worst_labels": [...],   # by AUC, the iMet report
       "plots": ["DIR/roc_per_label.png", ...]        # with plots_dir
     }
 
@@ -238,7 +238,7 @@ def _rule_label(entry):
 
 
 def format_table(report):
-    """The report as text: seed 003's table 2 for multilabel, one row per rule.
+    """The report as text: the COCO report's table 2 for multilabel, one row per rule.
 
     Columns: macro precision, recall, F1 (MP MR MF1), micro (uP uR uF1),
     per-image F2 (iMet's score), mAP and mean AUC, as percentages. topk rules
@@ -298,7 +298,7 @@ def _table_notes(report):
 
 
 def format_labels_table(report, min_support=DEFAULT_MIN_SUPPORT):
-    """Seed 000's tables 3 and 4: the best and worst labels, with their support.
+    """The iMet report's tables 3 and 4: the best and worst labels, with their support.
 
     Args:
         report: from `evaluate_scores` (multilabel).

@@ -22,7 +22,7 @@ LOSSES = {
 }
 SCHEDULES = ("constant", "step", "plateau", "cosine")
 TOP_POOLS = ("flatten", "avg", "max")
-# The caption branch's recurrent layer (seed 001: a bidirectional LSTM of 128 units).
+# The caption branch's recurrent layer (the caption report: a bidirectional LSTM of 128 units).
 TEXT_KINDS = ("lstm", "bilstm")
 DEFAULT_TEXT = "bilstm"
 DEFAULT_TEXT_UNITS = 128

@@ -1,7 +1,7 @@
 """`mlkit lr-find`: the learning-rate range test on cached features.
 
 One batch per step, the learning rate rising exponentially from `start_lr` to
-`end_lr` (Smith 2017; seed 000 used it to pick StepLR's starting rate; fastai's
+`end_lr` (Smith 2017; the iMet report used it to pick StepLR's starting rate; fastai's
 `lr_find`). The loss is smoothed with a bias-corrected exponential moving
 average, and the test stops once the smoothed loss exceeds `diverge` times
 its minimum. Two rates are suggested: the steepest descent of the smoothed

@@ -1,6 +1,6 @@
 """`tune_top`: a grid search of top models on one bottleneck cache.
 
-The grid is the product of the listed values (seed 003, table 1: layers,
+The grid is the product of the listed values (the COCO report, table 1: layers,
 units, regulariser, learning rate, batch size; plus loss, optimiser, schedule
 and, for raw feature maps, how the top pools them; with captions, the caption
 branch's recurrent layer, its units and the embedding width). KerasTuner's
@@ -289,7 +289,7 @@ def tune_top(
             --captions`): the cached token ids feed an embedding and an
             (Bi)LSTM merged with the image features. Defaults to False.
         text: the caption branch's recurrent layer, lstm or bilstm (tuned).
-            Defaults to "bilstm" (seed 001).
+            Defaults to "bilstm" (the caption report).
         text_units: its units per direction (tuned). Defaults to 128.
         embed_dim: the token embedding's width (tuned). Defaults to 128.
         text_only: train the caption branch alone, without the image

@@ -1,7 +1,7 @@
 """Training and validation data for top models, read from a bottleneck cache.
 
 The training split may be rebalanced (per-class caps, oversampling of small
-classes, balanced sample weights: seed 002) and extended with the cache's
+classes, balanced sample weights: the plankton report) and extended with the cache's
 augmented views; the validation split is used as it is, and the test split is
 never read. Data that fits under `max_memory` is held as tensors and batched
 by index; a larger cache streams from HDF5 in contiguous blocks, shuffled

@@ -39,7 +39,7 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     One prediction pass over the validation split per epoch gives the loss
     and every metric; multilabel F1 uses the cardinality rule fitted on that
-    pass with the training split's label cardinality (seed 003, eqs. 11-12).
+    pass with the training split's label cardinality (the COCO report, eqs. 11-12).
     Also logs the epoch's learning rate, its wall time (`seconds`) and the
     running total (`elapsed`), for `mlkit runs --x time`. It must come first
     in the callback list: EarlyStopping, schedules and CSVLogger read its logs.
