@@ -1,4 +1,4 @@
-"""Run names: the grammar of DESIGN.md, exact round trips, clear errors."""
+"""Run names: the grammar of docs/design.md, exact round trips, clear errors."""
 
 import pytest
 from hypothesis import given, settings

@@ -53,7 +53,7 @@ STR = h5py.string_dtype("utf-8")
 IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size", "preprocess", "pooling",
                   "background", "fingerprint", "manifest_sha256")
 JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary")
-# A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (DESIGN.md, run names).
+# A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (docs/design.md, run names).
 NAME_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
 
 
