@@ -49,6 +49,8 @@ ablation.
     synth_all_mobilenetv2_inet_avg_1x64d2_lr13_b32_emb-64_opt-adam_text-lstm32only
 """
 
+from __future__ import annotations
+
 import re
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -141,10 +143,10 @@ class RunName:
     reg: str
     lr: float
     batch: int
-    frozen: object = None
-    ft_lr: float = None
-    ft_batch: int = None
-    aug: str = None
+    frozen: int | str | None = None
+    ft_lr: float | None = None
+    ft_batch: int | None = None
+    aug: str | None = None
     options: tuple = field(default=())
 
     def __post_init__(self):
@@ -228,7 +230,7 @@ def normalize_options(options):
     return tuple(sorted(normalized))
 
 
-def format_run_name(run):
+def format_run_name(run: RunName) -> str:
     """Writes a `RunName` as its canonical string (the inverse of `parse_run_name`)."""
     parts = [
         run.dataset, run.subset, run.backbone, run.prep, run.pool,
@@ -240,7 +242,7 @@ def format_run_name(run):
     return "_".join(parts)
 
 
-def parse_run_name(name):
+def parse_run_name(name: str) -> RunName:
     """Reads a run name (or a file name such as `<run>.csv`) back into its fields.
 
     Args:

@@ -28,6 +28,8 @@ the cache is being written it lives at `<name>.partial.h5`; it is renamed to
 name is always whole.
 """
 
+from __future__ import annotations
+
 import functools
 import json
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ import h5py
 import numpy as np
 
 from mlkit.errors import CacheError
-from mlkit.files import atomic_path
+from mlkit.files import StrPath, atomic_path
 from mlkit.thumbnails import THUMBNAIL_DATASET, THUMBNAIL_SHAPE
 
 FORMAT_VERSION = 1
@@ -159,8 +161,8 @@ class FeatureCache:
 
     path: Path
     attrs: dict
-    _split: np.ndarray = field(repr=False, default=None)
-    _done: np.ndarray = field(repr=False, default=None)
+    _split: np.ndarray | None = field(repr=False, default=None)
+    _done: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def name(self):
@@ -313,7 +315,7 @@ def identity_differences(stored, identity):
             if stored.get(key) is not None and identity.get(key) is not None and str(stored[key]) != str(identity[key])]
 
 
-def open_cache(path):
+def open_cache(path: StrPath) -> FeatureCache:
     """Opens a finished cache for reading, or explains why it cannot be used."""
     path = Path(path)
     if not path.exists():

@@ -19,8 +19,12 @@ The run is planned in mlkit.bottlenecks.plan, images become features in
 mlkit.bottlenecks.pipeline, and mlkit.bottlenecks.write writes the file.
 """
 
+from __future__ import annotations
+
 import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from mlkit.backbones import build_backbone, feature_extractor, get_backbone
 from mlkit.bottlenecks.options import CacheOptions
@@ -37,7 +41,7 @@ from mlkit.bottlenecks.shards import parse_shard, shard_path, write_zmuv_stats
 from mlkit.bottlenecks.write import CacheResult, CacheWriter, write_summary
 from mlkit.data.manifest import read_manifest
 from mlkit.errors import MlkitError
-from mlkit.files import stage_folder
+from mlkit.files import StrPath, stage_folder
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
 
@@ -51,14 +55,17 @@ CACHE = defaults_of(CacheOptions)
 
 
 def cache_features(
-    manifest, workdir=".", *, backbone=CACHE["backbone"], weights=CACHE["weights"], image_size=CACHE["image_size"],
-    preprocess=CACHE["preprocess"], pooling=CACHE["pooling"], augment_copies=CACHE["augment_copies"],
-    batch_size=CACHE["batch_size"], dataset=CACHE["dataset"], subset=CACHE["subset"], task=CACHE["task"],
-    allow_unlabelled=CACHE["allow_unlabelled"], background=CACHE["background"], strict=CACHE["strict"],
-    overwrite=CACHE["overwrite"], zmuv_samples=CACHE["zmuv_samples"], seed=CACHE["seed"], progress=True,
-    on_batch=None, captions=CACHE["captions"], num_words=CACHE["num_words"], max_len=CACHE["max_len"], shard=None,
-    dtype=CACHE["dtype"],
-):
+    manifest: StrPath, workdir: StrPath = ".", *, backbone: str = CACHE["backbone"], weights: str = CACHE["weights"],
+    image_size: int | None = CACHE["image_size"], preprocess: str = CACHE["preprocess"],
+    pooling: str = CACHE["pooling"], augment_copies: int = CACHE["augment_copies"],
+    batch_size: int = CACHE["batch_size"], dataset: str | None = CACHE["dataset"], subset: str | None = CACHE["subset"],
+    task: str | None = CACHE["task"], allow_unlabelled: bool = CACHE["allow_unlabelled"],
+    background: str = CACHE["background"], strict: bool = CACHE["strict"], overwrite: bool = CACHE["overwrite"],
+    zmuv_samples: int = CACHE["zmuv_samples"], seed: int = CACHE["seed"], progress: bool = True,
+    on_batch: Callable[[int, int], object] | None = None, captions: bool = CACHE["captions"],
+    num_words: int = CACHE["num_words"], max_len: int | None = CACHE["max_len"],
+    shard: str | tuple[int, int] | None = None, dtype: str = CACHE["dtype"],
+) -> CacheResult:
     """Caches a frozen backbone's features for every row of a manifest (or one shard of its rows).
 
     Writes `<workdir>/bottlenecks/<name>.h5` (see `mlkit.bottlenecks.cache`
@@ -138,11 +145,12 @@ def cache_features(
 
 
 def fit_zmuv_stats(
-    manifest, workdir=".", *, backbone=CACHE["backbone"], image_size=CACHE["image_size"], preprocess="zmuv",
-    pooling=CACHE["pooling"], dataset=CACHE["dataset"], subset=CACHE["subset"], task=CACHE["task"],
-    allow_unlabelled=CACHE["allow_unlabelled"], background=CACHE["background"], zmuv_samples=CACHE["zmuv_samples"],
-    progress=True,
-):
+    manifest: StrPath, workdir: StrPath = ".", *, backbone: str = CACHE["backbone"],
+    image_size: int | None = CACHE["image_size"], preprocess: str = "zmuv", pooling: str = CACHE["pooling"],
+    dataset: str | None = CACHE["dataset"], subset: str | None = CACHE["subset"], task: str | None = CACHE["task"],
+    allow_unlabelled: bool = CACHE["allow_unlabelled"], background: str = CACHE["background"],
+    zmuv_samples: int = CACHE["zmuv_samples"], progress: bool = True,
+) -> Path:
     """Fits zmuv statistics once on the whole manifest for its sharded cache: `<name>.zmuv.json`.
 
     Every `cache_features(..., shard=(i, n))` with zmuv reads them, so the shards

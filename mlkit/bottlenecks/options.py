@@ -21,7 +21,7 @@ class CacheOptions:
     backbone: str = option("mobilenetv2", "keras.applications model by lower-case name", metavar="NAME")
     weights: str = option("imagenet", "imagenet (downloaded once to $KERAS_HOME/models), none (seeded random), or a "
                                       "weights file PATH")
-    image_size: int = option(None, "square input side in pixels", shown="the backbone's own, e.g. 224", metavar="PX")
+    image_size: int | None = option(None, "square input side in pixels", shown="the backbone's own, e.g. 224", metavar="PX")
     preprocess: str = option("inet", "inet: the backbone's own preprocess_input; zmuv: per-channel zero mean, unit "
                                      "variance fitted on the training split; zmuvs: each image standardised on its own",
                              choices=PREPROCESSING)
@@ -34,10 +34,10 @@ class CacheOptions:
                                    "(6.1e-05 to 65504, e.g. random-weight mobilenetv2) are refused",
                         choices=FEATURE_DTYPES)
     batch_size: int = option(64, "images per backbone call")
-    dataset: str = option(None, "dataset name, the first run-name field", shown="the manifest's folder name")
-    subset: str = option(None, "subset name, the second run-name field",
+    dataset: str | None = option(None, "dataset name, the first run-name field", shown="the manifest's folder name")
+    subset: str | None = option(None, "subset name, the second run-name field",
                          shown="the manifest file's stem, or 'all' for manifest.*")
-    task: str = option(None, "multilabel, multiclass or regression", choices=TASKS,
+    task: str | None = option(None, "multilabel, multiclass or regression", choices=TASKS,
                        shown="inferred: a target column is regression, any row with several labels multilabel, "
                              "else multiclass")
     allow_unlabelled: bool = option(False, "accept multilabel rows with no labels (they train as all-negative and "
@@ -53,7 +53,7 @@ class CacheOptions:
                                    "train split)")
     num_words: int = option(10000, "with --captions: the most token ids, padding and out-of-vocabulary included; the "
                                    "N-2 most frequent training stems are kept", metavar="N")
-    max_len: int = option(None, "with --captions: tokens per caption; longer ones are cut",
+    max_len: int | None = option(None, "with --captions: tokens per caption; longer ones are cut",
                           shown="the 95th percentile of the training captions' token counts", metavar="T")
 
     def __post_init__(self):

@@ -13,6 +13,8 @@ shard, so all shards compute the same features. `merge_shards` joins the n
 shards into `<cache>.h5`, equal to what an unsharded run writes.
 """
 
+from __future__ import annotations
+
 import csv
 import hashlib
 import io
@@ -25,7 +27,7 @@ import numpy as np
 
 from mlkit.bottlenecks.cache import create_datasets, partial_path, read_attrs, write_attrs, write_tokens
 from mlkit.errors import CacheError, MlkitError
-from mlkit.files import atomic_path, remove_stale_temporaries, write_text
+from mlkit.files import StrPath, atomic_path, remove_stale_temporaries, write_text
 from mlkit.locks import hold_lock
 from mlkit.thumbnails import THUMBNAIL_DATASET
 
@@ -102,7 +104,7 @@ def read_zmuv_stats(cache_path, settings, required=False):
     return stats["zmuv_mean"], stats["zmuv_std"]
 
 
-def merge_shards(cache, workdir=None):
+def merge_shards(cache: StrPath, workdir: StrPath | None = None) -> Path:
     """Merges the shards of one cache into `<cache>.h5`, rows in manifest order.
 
     The result holds exactly what an unsharded `cache-features` run on the same

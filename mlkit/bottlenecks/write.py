@@ -44,7 +44,7 @@ class CacheResult:
     reused: int
     skipped: int
     seconds: float
-    captions: dict = None
+    captions: dict | None = None
 
 
 class CacheWriter:

@@ -29,6 +29,8 @@ Example:
     saved = json.dumps(rule.to_dict())
 """
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import numpy as np
@@ -542,7 +544,9 @@ class Rule:
         }
 
 
-def parse_rule(spec, *, min_labels=0, max_labels=None, min_positives=DEFAULT_MIN_POSITIVES):
+def parse_rule(
+    spec: str, *, min_labels: int = 0, max_labels: int | None = None, min_positives: int = DEFAULT_MIN_POSITIVES,
+) -> Rule:
     """A Rule from its spec; see RULE_FORMS and `Rule` for the options.
 
     Args:

@@ -58,7 +58,7 @@ def row_chunks(n_rows, n_cols):
     return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
-def as_score_matrix(scores, name="scores"):
+def as_score_matrix(scores, name="scores") -> np.ndarray:
     """Scores as a 2-D float32 or float64 array (other dtypes become float64).
 
     Args:
@@ -76,7 +76,7 @@ def as_score_matrix(scores, name="scores"):
     return scores
 
 
-def as_multi_hot(labels, shape=None, name="labels"):
+def as_multi_hot(labels, shape=None, name="labels") -> np.ndarray:
     """A 0/1 matrix as a boolean array, without copying uint8 or int8 input.
 
     Args:

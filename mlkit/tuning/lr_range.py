@@ -10,6 +10,8 @@ loss (against log lr) before its minimum, which is the one returned as
 conservative alternative.
 """
 
+from __future__ import annotations
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import pandas as pd
 
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
+from mlkit.files import StrPath
 from mlkit.options import defaults_of
 from mlkit.tuning.config import TopConfig
 from mlkit.tuning.memory import parse_memory
@@ -49,9 +52,9 @@ class LRFindResult:
     lrs: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     smoothed: list = field(default_factory=list)
-    steepest: float = None
-    min_over_10: float = None
-    suggestion: float = None
+    steepest: float | None = None
+    min_over_10: float | None = None
+    suggestion: float | None = None
     method: str = ""
     stopped: str = "end"
     csv: str = ""
@@ -91,11 +94,12 @@ def suggest(lrs, smoothed):
 
 
 def lr_find(
-    cache_path, workdir=".", *, layers=TOP["layers"], units=TOP["units"], reg=TOP["reg"], batch=TOP["batch"],
-    loss=TOP["loss"], optimizer=TOP["optimizer"], momentum=TOP["momentum"], top_pool=TOP["top_pool"],
-    start_lr=1e-6, end_lr=10.0, steps=100, smoothing=0.98, diverge=4.0, augmented=False, max_memory=MAX_MEMORY,
-    seed=TOP["seed"], verbose=True,
-):
+    cache_path: StrPath, workdir: StrPath = ".", *, layers: int = TOP["layers"], units: int = TOP["units"],
+    reg: str = TOP["reg"], batch: int = TOP["batch"], loss: str = TOP["loss"], optimizer: str = TOP["optimizer"],
+    momentum: float = TOP["momentum"], top_pool: str = TOP["top_pool"], start_lr: float = 1e-6, end_lr: float = 10.0,
+    steps: int = 100, smoothing: float = 0.98, diverge: float = 4.0, augmented: bool = False,
+    max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], verbose: bool = True,
+) -> LRFindResult:
     """Runs the LR range test for one top model on a cache, plots it, suggests a rate.
 
     Args:

@@ -14,16 +14,20 @@ This module stays free of TensorFlow imports; the training side lives in
 mlkit.tuning.tuner and is imported only when a trial has to run.
 """
 
+from __future__ import annotations
+
 import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from mlkit.bottlenecks.cache import identity_differences, open_cache
 from mlkit.errors import MlkitError
-from mlkit.files import stage_folder
+from mlkit.files import StrPath, stage_folder
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
 from mlkit.tuning.config import (
@@ -38,6 +42,9 @@ from mlkit.tuning.memory import parse_memory
 from mlkit.tuning.records import Progress, summary_frame, write_summary
 from mlkit.tuning.top_data import MAX_MEMORY
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 logger = logging.getLogger(__name__)
 # The Python API's defaults are TopConfig's (mlkit.options): written once, there.
 TOP = defaults_of(TopConfig)
@@ -45,6 +52,9 @@ TOP = defaults_of(TopConfig)
 # Order of the grid's axes: KerasTuner's GridSearch varies the last one fastest.
 TUNABLE = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool", "text", "text_units",
            "embed_dim")
+_T = TypeVar("_T")
+# A tuned argument of `tune_top`: one value, a list of values, or a comma-separated string of them.
+Tuned: TypeAlias = "_T | Sequence[_T] | str"
 # Held by a search tuning alone or by the chief (mlkit.locks).
 LOCK = ".tune-top.lock"
 DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
@@ -242,14 +252,17 @@ def warn_changed_settings(progress, configs):
 
 
 def tune_top(
-    cache_path, workdir=".", *, layers=TOP["layers"], units=TOP["units"], reg=TOP["reg"], lr=TOP["lr"],
-    batch=TOP["batch"], loss=TOP["loss"], optimizer=TOP["optimizer"], schedule=TOP["schedule"],
-    top_pool=TOP["top_pool"], epochs=TOP["epochs"], patience=TOP["patience"], objective=TOP["objective"],
-    momentum=TOP["momentum"], step_every=TOP["step_every"], step_gamma=TOP["step_gamma"], augmented=False,
-    sample_weights=TOP["sample_weights"], cap=TOP["cap"], oversample=TOP["oversample"], max_memory=MAX_MEMORY, seed=TOP["seed"],
-    chief=False, worker=None, oracle=None, verbose=True, captions=False, text=None, text_units=None,
-    embed_dim=None, text_only=TOP["text_only"],
-):
+    cache_path: StrPath, workdir: StrPath = ".", *, layers: Tuned[int] = TOP["layers"],
+    units: Tuned[int] = TOP["units"], reg: Tuned[str] = TOP["reg"], lr: Tuned[float] = TOP["lr"],
+    batch: Tuned[int] = TOP["batch"], loss: Tuned[str] = TOP["loss"], optimizer: Tuned[str] = TOP["optimizer"],
+    schedule: Tuned[str] = TOP["schedule"], top_pool: Tuned[str] = TOP["top_pool"], epochs: int = TOP["epochs"],
+    patience: int = TOP["patience"], objective: str = TOP["objective"], momentum: float = TOP["momentum"],
+    step_every: int = TOP["step_every"], step_gamma: float = TOP["step_gamma"], augmented: bool = False,
+    sample_weights: str | bool = TOP["sample_weights"], cap: int = TOP["cap"], oversample: int = TOP["oversample"],
+    max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], chief: bool = False, worker: int | None = None,
+    oracle: str | None = None, verbose: bool = True, captions: bool = False, text: Tuned[str] | None = None,
+    text_units: Tuned[int] | None = None, embed_dim: Tuned[int] | None = None, text_only: bool = TOP["text_only"],
+) -> pd.DataFrame:
     """Grid-searches top models on a bottleneck cache and returns the summary.
 
     Each tuned argument takes one value, a list, or a comma-separated string;
