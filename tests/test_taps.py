@@ -173,3 +173,12 @@ def test_tune_top_takes_taps_as_a_grid_axis_and_names_each_run_by_them(tmp_path)
         assert top.input_shape == (None, config.input_shape[0])
     with pytest.raises(MlkitError, match="holds no tap 'early'"):
         tune_top(cache, tmp_path, taps="early", verbose=False)
+
+
+def test_the_commands_offer_taps(capsys):
+    from mlkit.cli import main
+
+    for command in ("cache-features", "tune-top", "lr-find"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--taps" in capsys.readouterr().out, command
