@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mlkit.backbones import build_backbone, feature_extractor, get_backbone
+from mlkit.backbones import build_backbone, feature_extractor, get_backbone, tapped_backbone
 from mlkit.bottlenecks.options import CacheOptions
 from mlkit.bottlenecks.pipeline import compiled_forward
 from mlkit.bottlenecks.plan import (
@@ -44,6 +44,7 @@ from mlkit.errors import MlkitError
 from mlkit.files import StrPath, stage_folder
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
+from mlkit.taps import cache_taps
 
 # The stage's public names; the work is done in plan.py (what to compute), pipeline.py (images to
 # features) and write.py (the HDF5 file and its reports).
@@ -64,7 +65,7 @@ def cache_features(
     zmuv_samples: int = CACHE["zmuv_samples"], seed: int = CACHE["seed"], progress: bool = True,
     on_batch: Callable[[int, int], object] | None = None, captions: bool = CACHE["captions"],
     num_words: int = CACHE["num_words"], max_len: int | None = CACHE["max_len"],
-    shard: str | tuple[int, int] | None = None, dtype: str = CACHE["dtype"],
+    shard: str | tuple[int, int] | None = None, dtype: str = CACHE["dtype"], taps: str = CACHE["taps"],
 ) -> CacheResult:
     """Caches a frozen backbone's features for every row of a manifest (or one shard of its rows).
 
@@ -108,6 +109,12 @@ def cache_features(
             half the disk and memory (tune-top still trains in float32). Features
             outside float16's range (e.g. a random-weight MobileNetV2's, about
             1e-12) are refused. Defaults to "float32".
+        taps: layers whose outputs are pooled (as `pooling`) and cached beside
+            the backbone's output in the same forward pass, one dataset each
+            (`taps/<layer>`; mlkit.taps): "last" (none), "all" (the family's
+            named depths) or names joined by commas, named depths (early, mid,
+            high, pre) or layer names. A cache with other taps is refused
+            unless `overwrite`. Defaults to "last".
 
     Returns:
         A `CacheResult`.
@@ -115,7 +122,8 @@ def cache_features(
     started = time.perf_counter()
     CacheOptions(backbone=backbone, weights=weights, image_size=image_size, preprocess=preprocess, pooling=pooling,
                  augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
-                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len)  # checks them
+                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len, taps=taps)  # checks them
+    layers = cache_taps(backbone, taps)
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     fields = name_fields(manifest, backbone, preprocess, pooling, dataset, subset)
@@ -127,8 +135,11 @@ def cache_features(
         name = final.name[: -len(".h5")]
     with hold_lock(final.with_name(f"{name}.lock"), f"cache {final}"):
         model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
+        if layers:
+            info["tap_shapes"] = {layer: [int(d) for d in output.shape[1:]]
+                                  for layer, output in zip(layers, tapped_backbone(model, layers).outputs)}
         settings = cache_settings(backbone, weights, info["image_size"], preprocess, pooling, background, augment_copies,
-                                  dtype)
+                                  dtype, layers)
         check_same_settings(final, settings, overwrite)
         plan = CachePlan(table, settings, info, seed, final, text, whole=whole, shard=shard, dataset=fields[0],
                          subset=fields[1])
@@ -137,7 +148,8 @@ def cache_features(
             log.info("%s is up to date", final)
             return write_summary(plan, {"rows": len(plan.paths), "computed": 0, "reused": len(plan.paths), "skipped": 0,
                                         "skipped_path": plan.skipped_path, "seconds": time.perf_counter() - started}, name)
-        extractor = feature_extractor(model, get_backbone(backbone), preprocess, info["image_size"], plan.mean, plan.std)
+        extractor = feature_extractor(model, get_backbone(backbone), preprocess, info["image_size"], plan.mean, plan.std,
+                                      layers)
         writer = CacheWriter(plan, compiled_forward(extractor, batch_size))
         result = writer.run(batch_size, progress, on_batch, strict)
         result.update(seconds=time.perf_counter() - started)

@@ -11,6 +11,7 @@ from mlkit.backbones import POOLING, PREPROCESSING
 from mlkit.bottlenecks.cache import FEATURE_DTYPES
 from mlkit.errors import MlkitError, check_choice
 from mlkit.options import option
+from mlkit.taps import cache_taps
 from mlkit.vocabulary import TASKS
 
 
@@ -27,6 +28,10 @@ class CacheOptions:
                              choices=PREPROCESSING)
     pooling: str = option("avg", "avg or max: global pooling to a vector; none: keep raw feature maps (N x H x W x C)",
                           choices=POOLING)
+    taps: str = option("last", "layers to pool and cache beside the backbone's output, each as its own dataset, in "
+                               "the same pass: last (the output alone), all (every named depth of the family), or "
+                               "names joined by commas: named depths (early, mid, high, pre) and layer names",
+                       metavar="NAMES")
     augment_copies: int = option(0, "also cache K augmented views (flip, rotation, zoom, shifts) of each training "
                                     "image", metavar="K")
     dtype: str = option("float32", "how features are stored: float16 takes half the disk and memory, and tune-top "
@@ -60,6 +65,10 @@ class CacheOptions:
         check_choice(self.preprocess, PREPROCESSING, "preprocessing")
         check_choice(self.pooling, POOLING, "pooling")
         check_choice(self.dtype, FEATURE_DTYPES, "feature dtype")
+        layers = cache_taps(self.backbone, self.taps)
+        if layers and self.pooling == "none":
+            raise MlkitError(f"--taps {self.taps} with --pooling none: taps are combined as pooled vectors; "
+                             "use --pooling avg or max")
         if self.task is not None:
             check_choice(self.task, TASKS, "task")
         if int(self.augment_copies) < 0 or int(self.batch_size) < 1:

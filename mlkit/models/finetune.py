@@ -287,7 +287,8 @@ class _Job(RecordStep):
                 raise MlkitError(f"--jit compiles the whole training step with XLA, which has no string ops, and "
                                  f"top {top_run} tokenises its captions inside the network: drop --jit for caption "
                                  "tops")
-            self.network = build_network(self.backbone, self.spec, self.attrs, self.top, self.vocabulary)
+            self.network = build_network(self.backbone, self.spec, self.attrs, self.top, self.vocabulary,
+                                         self.top_config.tap_list)
         config.frozen = resolve_freeze(self.backbone, config.freeze)
         self.task = cache.task
         self.top_run = top_run

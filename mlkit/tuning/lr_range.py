@@ -23,6 +23,9 @@ from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 from mlkit.files import StrPath
 from mlkit.options import defaults_of
+from mlkit.taps import combinations as tap_combinations
+from mlkit.taps import encode as encode_taps
+from mlkit.taps import resolve as resolve_taps
 from mlkit.tuning.config import TopConfig
 from mlkit.tuning.memory import parse_memory
 from mlkit.tuning.top_data import MAX_MEMORY, TopData
@@ -98,7 +101,7 @@ def lr_find(
     reg: str = TOP["reg"], batch: int = TOP["batch"], loss: str = TOP["loss"], optimizer: str = TOP["optimizer"],
     momentum: float = TOP["momentum"], top_pool: str = TOP["top_pool"], start_lr: float = 1e-6, end_lr: float = 10.0,
     steps: int = 100, smoothing: float = 0.98, diverge: float = 4.0, augmented: bool = False,
-    max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], verbose: bool = True,
+    max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], verbose: bool = True, taps: str = TOP["taps"],
 ) -> LRFindResult:
     """Runs the LR range test for one top model on a cache, plots it, suggests a rate.
 
@@ -107,6 +110,8 @@ def lr_find(
         workdir: the workspace; files go to `tuning/lr-find/`. Defaults to ".".
         layers, units, reg, batch, loss, optimizer, momentum, top_pool: the top
             model, as in `tune_top` (one value each).
+        taps: the cached taps the top reads, one combination ("last+high",
+            "all"; mlkit.taps). Defaults to "last".
         start_lr, end_lr: the range, swept exponentially. Default to 1e-6 and 10.
         steps: batches (one rate each). Defaults to 100.
         smoothing: the moving-average factor. Defaults to 0.98.
@@ -130,11 +135,16 @@ def lr_find(
     if int(steps) < 2 * MIN_SLOPE_POINTS:
         raise MlkitError(f"--steps {steps}: use at least {2 * MIN_SLOPE_POINTS}")
     cache = open_cache(cache_path)
+    combos = tap_combinations(taps)
+    if len(combos) != 1:
+        raise MlkitError(f"--taps {taps}: lr-find tests one combination of taps (join names with '+')")
+    taps = "+".join(resolve_taps(combos[0], cache.name_fields[2], cache.taps))
     config = TopConfig(task=cache.task, layers=int(layers), units=int(units), reg=reg, lr=start_lr, batch=int(batch),
-                       loss=loss or "", optimizer=optimizer, momentum=momentum, top_pool=top_pool, seed=seed)
-    data = TopData(cache, views=cache.augment_copies if augmented else 0, max_memory=parse_memory(max_memory), seed=seed)
+                       loss=loss or "", optimizer=optimizer, momentum=momentum, top_pool=top_pool, seed=seed, taps=taps)
+    data = TopData(cache, views=cache.augment_copies if augmented else 0, max_memory=parse_memory(max_memory), seed=seed,
+                   taps=taps)
     keras.utils.set_random_seed(seed)
-    model = compile_top(build_top_model(config, cache.feature_shape, cache.num_outputs, cache.task), config,
+    model = compile_top(build_top_model(config, data.feature_shape, cache.num_outputs, cache.task), config,
                         data.pos_weight)
     set_input_statistics(model, *data.input_statistics())
     lrs = np.geomspace(start_lr, end_lr, int(steps))
@@ -146,7 +156,9 @@ def lr_find(
         suggestion=steepest if steepest is not None else min_over_10,
         method="steepest descent" if steepest is not None else "minimum / 10", stopped=stopped,
     )
-    stem = Path(workdir) / "tuning" / "lr-find" / f"{'_'.join(cache.name_fields)}_{config.layers}x{config.units}{config.reg}_b{config.batch}"
+    code = encode_taps(config.tap_list, cache.name_fields[2])
+    stem = Path(workdir) / "tuning" / "lr-find" / (f"{'_'.join(cache.name_fields)}_{config.layers}x{config.units}{config.reg}"
+                                                   f"_b{config.batch}{f'_taps-{code}' if code else ''}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     result.csv, result.plot = str(stem) + ".csv", str(stem) + ".png"
     pd.DataFrame({"lr": result.lrs, "loss": raw, "smoothed": smoothed}).to_csv(result.csv, index=False)

@@ -30,6 +30,8 @@ from mlkit.errors import MlkitError
 from mlkit.files import StrPath, stage_folder
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
+from mlkit.taps import combinations as tap_combinations
+from mlkit.taps import resolve as resolve_taps
 from mlkit.tuning.config import (
     DEFAULT_EMBED_DIM,
     DEFAULT_TEXT,
@@ -50,7 +52,7 @@ logger = logging.getLogger(__name__)
 TOP = defaults_of(TopConfig)
 
 # Order of the grid's axes: KerasTuner's GridSearch varies the last one fastest.
-TUNABLE = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool", "text", "text_units",
+TUNABLE = ("taps", "layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool", "text", "text_units",
            "embed_dim")
 _T = TypeVar("_T")
 # A tuned argument of `tune_top`: one value, a list of values, or a comma-separated string of them.
@@ -69,12 +71,15 @@ class Grid:
         base: the first trial's `TopConfig`; the others replace its tuned values.
         cache_fields: the cache's dataset, subset, backbone and preprocessing.
         pooling: the cache's pooling (avg, max, or none for raw maps).
+        tap_shapes: each value of the `taps` axis -> the shape its top reads.
+            Defaults to {} (no taps axis: every top reads the base's shape).
     """
 
     values: dict
     base: TopConfig
     cache_fields: tuple
     pooling: str
+    tap_shapes: dict = field(default_factory=dict)
     runs: list = field(default_factory=list, init=False)
 
     def __post_init__(self):
@@ -91,6 +96,8 @@ class Grid:
     def config(self, values):
         """The resolved config (with its run name) for one combination of tuned values."""
         config = replace(self.base, **values)
+        if config.taps in self.tap_shapes:
+            config.input_shape = list(self.tap_shapes[config.taps])
         config.run = str(config.run_name(self.cache_fields, self.pool_field(config)))
         return config
 
@@ -123,7 +130,7 @@ def as_list(value, name, cast):
 
 
 def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule, top_pool, augmented, captions=False,
-              text=None, text_units=None, embed_dim=None, text_only=False, fixed=None):
+              text=None, text_units=None, embed_dim=None, text_only=False, fixed=None, taps=TOP["taps"]):
     """The grid for one cache, its settings checked before anything trains.
 
     The tuned axes each take a value, a list or a comma-separated string;
@@ -136,13 +143,16 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
     captions = check_caption_settings(cache, captions or text_only, text, text_units, embed_dim, text_only, augmented)
     if augmented and not cache.augment_copies:
         raise MlkitError(f"--augmented: {cache.path} has no augmented views; rebuild it with cache-features --augment K")
-    shape = list(cache.feature_shape)
+    tap_shapes = tap_axis(cache, taps, text_only)
+    shape = list(cache.taps_shape(next(iter(tap_shapes)).split("+")))
     values = {
         "layers": as_list(layers, "layers", int), "units": as_list(units, "units", int),
         "reg": as_list(reg, "reg", str), "lr": as_list(lr, "lr", float), "batch": as_list(batch, "batch", int),
         "loss": as_list(loss or LOSSES[cache.task][0], "loss", str),
         "optimizer": as_list(optimizer, "optimizer", str), "schedule": as_list(schedule, "schedule", str),
     }
+    if list(tap_shapes) != ["last"]:
+        values = {"taps": list(tap_shapes), **values}
     if len(shape) == 3:
         values["top_pool"] = as_list(top_pool, "top_pool", str)
     elif as_list(top_pool, "top_pool", str) != ["flatten"]:
@@ -163,7 +173,16 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
         views=cache.augment_copies if augmented else 0, text_only=bool(text_only),
         vocabulary=cache.vocabulary if captions else {}, **{name: axis[0] for name, axis in values.items()}, **(fixed or {}),
     )
-    return Grid(values, base, (dataset, subset, backbone, prep), pooling)
+    return Grid(values, base, (dataset, subset, backbone, prep), pooling, tap_shapes if "taps" in values else {})
+
+
+def tap_axis(cache, taps, text_only=False):
+    """{taps as a top reads them ("last+<layer>..."): the shape it reads} for tune-top's `--taps` axis."""
+    combos = [resolve_taps(combo, cache.name_fields[2], cache.taps) for combo in tap_combinations(taps)]
+    axis = {"+".join(combo): None for combo in combos}
+    if text_only and list(axis) != ["last"]:
+        raise MlkitError("--taps chooses image features; a --text-only top reads none")
+    return {value: cache.taps_shape(value.split("+")) for value in axis}
 
 
 def check_caption_settings(cache, captions, text, text_units, embed_dim, text_only, augmented):
@@ -262,6 +281,7 @@ def tune_top(
     max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], chief: bool = False, worker: int | None = None,
     oracle: str | None = None, verbose: bool = True, captions: bool = False, text: Tuned[str] | None = None,
     text_units: Tuned[int] | None = None, embed_dim: Tuned[int] | None = None, text_only: bool = TOP["text_only"],
+    taps: Tuned[str] = TOP["taps"],
 ) -> pd.DataFrame:
     """Grid-searches top models on a bottleneck cache and returns the summary.
 
@@ -307,6 +327,11 @@ def tune_top(
         embed_dim: the token embedding's width (tuned). Defaults to 128.
         text_only: train the caption branch alone, without the image
             features (implies `captions`), for the ablation. Defaults to False.
+        taps: which cached taps each top reads (tuned; mlkit.taps):
+            combinations separated by commas, each of `last`, `all` (every
+            cached tap), named depths (early, mid, high, pre) or layer names
+            joined by "+", e.g. "last,last+high,all". The run name records a
+            combination as `taps-<codes>`. Defaults to "last".
 
     Returns:
         A pandas DataFrame, one row per finished trial of this grid, best first.
@@ -323,7 +348,7 @@ def tune_top(
     grid = make_grid(
         cache, layers=layers, units=units, reg=reg, lr=lr, batch=batch, loss=loss, optimizer=optimizer,
         schedule=schedule, top_pool=top_pool, augmented=augmented, captions=captions, text=text,
-        text_units=text_units, embed_dim=embed_dim, text_only=text_only,
+        text_units=text_units, embed_dim=embed_dim, text_only=text_only, taps=taps,
         fixed={"epochs": int(epochs), "patience": int(patience), "objective": objective, "momentum": float(momentum),
                    "step_every": int(step_every), "step_gamma": float(step_gamma),
                    "sample_weights": "balanced" if sample_weights else "", "cap": int(cap or 0),
