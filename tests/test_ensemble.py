@@ -207,3 +207,12 @@ def test_the_cli_makes_an_ensemble_and_prints_each_member(tuned, capsys):
     assert "for the 2 tops averaged" in out and ranked[0] in out and ranked[1] in out
     assert main(["ensemble", str(cache), "--top", "best:0", "--workdir", str(work)]) == 1
     assert "best:K" in capsys.readouterr().err
+
+
+def test_finetune_takes_one_top_and_points_best_k_at_ensemble(tuned):
+    from mlkit.models.finetune import select_top
+
+    work, cache, ranked = tuned
+    assert select_top(work, open_cache(cache), "best:1") == select_top(work, open_cache(cache), "best") == ranked[0]
+    with pytest.raises(MlkitError, match="mlkit ensemble .* --top best:3"):
+        select_top(work, open_cache(cache), "best:3")

@@ -206,10 +206,15 @@ def select_top(workdir, cache, top):
     run's record (the identity of the cache it was tuned on) keep the runs of
     other caches, and of an earlier cache of the same name, out.
     """
-    if top != "best":
-        parse_run_name(top)
-        return str(top)
-    return select_tops(workdir, cache, "best:1")[0]
+    text = str(top).strip()
+    if text != "best" and not text.startswith("best:"):
+        parse_run_name(text)
+        return text
+    runs = select_tops(workdir, cache, text)
+    if len(runs) > 1:
+        raise MlkitError(f"--top {text}: finetune trains one top on the backbone; to average the {len(runs)} best "
+                         f"tops on the frozen backbone, run `mlkit ensemble {cache.path} --top {text}`")
+    return runs[0]
 
 
 def select_tops(workdir, cache, top, image_only=False):
