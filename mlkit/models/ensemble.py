@@ -12,7 +12,7 @@ alone, and writes, with no training:
     models/<run>.json    members, labels, the fitted rule, test metrics (ensemble, each member), the config
 
 `<run>` is the best member's run name with the option `ens-K`
-(`mlkit.runs`), e.g. `icons_all_mobilenetv2_inet_avg_1x512d2_lr13_b32_ens-3_opt-adam`.
+(`mlkit.runs`), e.g. `icons_all-160px_mobilenetv2_inet_avg_1x512d2_lr13_b64_ens-3_opt-adam`.
 The exported model is a fine-tuned model's twin: `mlkit predict` and
 `mlkit export` take it as they take one.
 
