@@ -216,3 +216,30 @@ def test_finetune_takes_one_top_and_points_best_k_at_ensemble(tuned):
     assert select_top(work, open_cache(cache), "best:1") == select_top(work, open_cache(cache), "best") == ranked[0]
     with pytest.raises(MlkitError, match="mlkit ensemble .* --top best:3"):
         select_top(work, open_cache(cache), "best:3")
+
+
+@pytest.mark.slow
+def test_with_pretrained_weights_the_exported_ensemble_scores_images_as_its_members_mean(pretrained_mobilenetv2,
+                                                                                         tmp_path):
+    """Random weights give features of 1e-12 that hide a wrong preprocessing or batch norm; real ones do not."""
+    from mlkit.bottlenecks.extract import cache_features
+    from mlkit.data.split import split_manifest
+    from mlkit.data.synth import synthesize
+    from mlkit.models.export import load_model
+    from mlkit.tuning.search import tune_top
+    from mlkit.tuning.top import load_top
+
+    synthesize(tmp_path / "data", task="multilabel", n=40, size=64, seed=0)
+    split_manifest(tmp_path / "data" / "manifest.csv", val=0.25, test=0.25, seed=0)
+    work = tmp_path / "ws"
+    cache_path = cache_features(tmp_path / "data" / "manifest.csv", work, backbone="mobilenetv2",
+                                weights=pretrained_mobilenetv2, image_size=64, batch_size=32, progress=False).path
+    tune_top(cache_path, work, layers=1, units=[16, 32], optimizer="adam", lr=0.001, batch=16, epochs=3, verbose=False)
+    result = ensemble(cache_path, "best:2", work)
+    rows, _, images = some_test_images(cache_path)
+    model, _ = load_model(result.model_path)
+    scores = np.asarray(model.predict_on_batch(images)["scores"])
+    features = open_cache(cache_path).read("features", rows)
+    members = [load_top(work, run)[0].predict(features, verbose=0) for run in result.members]
+    assert np.ptp(np.mean(members, axis=0)) > 0.05, "the members' scores vary, so the comparison means something"
+    np.testing.assert_allclose(scores, np.mean(members, axis=0), atol=1e-5)
