@@ -70,3 +70,15 @@ def test_best_takes_only_the_runs_of_the_cache_it_is_given(two_sizes):
     for size in SIZES:
         runs = select_tops(work, open_cache(caches[size]), "best:2")
         assert {parse_run_name(run).subset for run in runs} == {f"all-{size}px"}
+
+
+def test_an_ensemble_refuses_a_named_top_tuned_on_the_other_size(two_sizes):
+    from mlkit.bottlenecks.cache import open_cache
+    from mlkit.models.ensemble import ensemble
+    from mlkit.models.finetune import select_tops
+
+    _, work, caches = two_sizes
+    small, large = (open_cache(caches[size]) for size in SIZES)
+    runs = [select_tops(work, small, "best:1")[0], select_tops(work, large, "best:1")[0]]
+    with pytest.raises(MlkitError, match="was not tuned on"):
+        ensemble(small, ",".join(runs), work)
