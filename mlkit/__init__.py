@@ -35,6 +35,7 @@ _LAZY = {
     "format_run_name": "mlkit.runs",
     "parse_rule": "mlkit.evaluation.decisions",
     "finetune": "mlkit.models.finetune",
+    "ensemble": "mlkit.models.ensemble",
     "predict": "mlkit.models.predict",
     "export_model": "mlkit.models.export",
     "load_model": "mlkit.models.export",

@@ -43,6 +43,7 @@ Transfer learning on image collections, in stages:
   mlkit tune-top         2. grid-search small top models on the cache
   mlkit runs, lr-find    compare tuned runs; find a learning rate
   mlkit finetune         3. fine-tune the best top end to end, fit the decision, export
+  mlkit ensemble         3. or average the best K tops on the frozen backbone, export
   mlkit export           write the exported model as SavedModel / TFLite / ONNX
   mlkit predict          label images, folders or a manifest with an exported model
   mlkit evaluate         decide labels from scores and report metrics

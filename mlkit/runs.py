@@ -30,8 +30,10 @@ and digits. Stage 2 writes `loss-` (focal, wbce, mae, huber; default bce /
 cce / mse), `opt-` (adam; default sgd with momentum), `sched-` (step, plateau,
 cos; default constant), `views-K` (trained on K cached augmented views per
 image), `sw-bal` (balanced sample weights), `cap-N` (at most N training rows
-per class) and `over-N` (small classes oversampled to N rows). New keys
-need no change here: unknown keys are parsed and written back verbatim.
+per class) and `over-N` (small classes oversampled to N rows). Stage 3's
+`mlkit ensemble` names its model after the best member with `ens-K` (K tops
+averaged on the frozen backbone). New keys need no change here: unknown
+keys are parsed and written back verbatim.
 
 The caption branch (the caption report) adds `text-<kind><units>[only]`: its recurrent
 layer (`lstm`, or `bilstm` for a bidirectional one) and units per direction,
@@ -47,6 +49,10 @@ ablation.
     met_culture_resnet50_inet_avg_1x1024bn_lr255_b64_loss-focal_opt-adam
     synth_all_mobilenetv2_inet_avg_1x64d2_lr13_b32_opt-adam_text-bilstm128
     synth_all_mobilenetv2_inet_avg_1x64d2_lr13_b32_emb-64_opt-adam_text-lstm32only
+    icons_all-96px_mobilenetv2_inet_avg_1x512d2_lr13_b64_ens-3_opt-adam
+
+A subset such as `all-96px` is how caches of one manifest at several image
+sizes sit side by side (`cache-features --subset`); it is an ordinary subset.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ class CacheOptions:
                         choices=FEATURE_DTYPES)
     batch_size: int = option(64, "images per backbone call")
     dataset: str | None = option(None, "dataset name, the first run-name field", shown="the manifest's folder name")
-    subset: str | None = option(None, "subset name, the second run-name field",
+    subset: str | None = option(None, "subset name, the second run-name field; give each image size its own (e.g. "
+                                "all-96px) to keep caches at several sizes side by side",
                          shown="the manifest file's stem, or 'all' for manifest.*")
     task: str | None = option(None, "multilabel, multiclass or regression", choices=TASKS,
                        shown="inferred: a target column is regression, any row with several labels multilabel, "

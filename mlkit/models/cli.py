@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from mlkit.models.augment import describe_codes
+from mlkit.models.ensemble import EnsembleConfig
 from mlkit.models.finetune import FinetuneConfig
 from mlkit.options import add_options, given
 
@@ -36,8 +37,9 @@ Examples:
 
 
 def register(subparsers):
-    """Adds finetune, export and predict."""
+    """Adds finetune, ensemble, export and predict."""
     add_finetune(subparsers)
+    add_ensemble(subparsers)
     add_export(subparsers)
     add_predict(subparsers)
 
@@ -69,6 +71,54 @@ def run_finetune(args):
     if result is None:
         print("worker: finished training in step with the chief, which writes the model, record and log")
         return 0
+    print(result.describe())
+    return 0
+
+
+ENSEMBLE_SETTINGS = ("top", "decision", "min_labels", "max_labels", "weights")
+
+ENSEMBLE_EPILOG = """\
+tune-top trains many tops on one cache; averaging the scores of the best K
+costs nothing at inference beyond their heads, since the backbone runs once.
+No training happens here: the tops' scores on the cached validation features
+are averaged, the decision is fitted on them, and test is reported beside
+each member alone. Measured on the icon themes (test: a theme never trained
+on) and the Tux Paint stamps, with the pretrained MobileNetV2: see README,
+"Ensembles".
+
+Writes, under WORKDIR/models/ (RUN = the best member's run name + _ens-K):
+  RUN.keras   uint8 images of any size -> {"scores", "labels"}: resize,
+              preprocessing, backbone, the K heads averaged, the label decision
+  RUN.json    the members, label names, the decision rule, test metrics of the
+              ensemble and of each member, and the config
+Then `mlkit predict RUN IMAGES` and `mlkit export RUN` take it like a
+fine-tuned model. Only tops tuned on this very cache take part; caption tops
+are refused (best:K passes over them).
+
+Examples:
+  mlkit ensemble bottlenecks/icons_all_mobilenetv2_inet_avg.h5                 # the best 3
+  mlkit ensemble CACHE --top best:5 --decision fbeta:1
+  mlkit ensemble CACHE --top RUN1,RUN2
+"""
+
+
+def add_ensemble(subparsers):
+    parser = subparsers.add_parser(
+        "ensemble", help="average the best tuned tops on the frozen backbone, then export",
+        description="Average the scores of several tops tuned on one cache, on its frozen backbone: fit the "
+                    "label decision on validation, report on test, and export one model that takes raw images.",
+        epilog=ENSEMBLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cache", help="bottleneck cache (.h5) the tops were tuned on")
+    add_options(parser, EnsembleConfig, ENSEMBLE_SETTINGS)
+    parser.add_argument("--overwrite", action="store_true", help="redo a finished ensemble")
+    parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
+    parser.set_defaults(func=run_ensemble)
+
+
+def run_ensemble(args):
+    from mlkit.models.ensemble import ensemble
+
+    result = ensemble(args.cache, workdir=args.workdir, overwrite=args.overwrite, **given(args, ENSEMBLE_SETTINGS))
     print(result.describe())
     return 0
 

@@ -211,11 +211,70 @@ def select_top(workdir, cache, top):
     run's record (the identity of the cache it was tuned on) keep the runs of
     other caches, and of an earlier cache of the same name, out.
     """
-    folder = Path(workdir) / "tuning"
-    if top != "best":
-        parse_run_name(top)
-        return str(top)
-    summary = folder / "summary.csv"
+    text = str(top).strip()
+    if text != "best" and not text.startswith("best:"):
+        parse_run_name(text)
+        return text
+    runs = select_tops(workdir, cache, text)
+    if len(runs) > 1:
+        raise MlkitError(f"--top {text}: finetune trains one top on the backbone; to average the {len(runs)} best "
+                         f"tops on the frozen backbone, run `mlkit ensemble {cache.path} --top {text}`")
+    return runs[0]
+
+
+def select_tops(workdir, cache, top, image_only=False, same_taps=False):
+    """Run names for `--top best:K` (the K best tuned on this very cache) or `RUN,RUN,...`.
+
+    `best:K` takes the first K runs of `tuning/summary.csv` that were tuned on
+    this cache (`ranked_tops`; with `image_only`, caption tops of either kind
+    are passed over; with `same_taps`, so are runs that read other taps than
+    the best run, since an ensemble's members share one feature input);
+    named runs are taken as given (their cache is checked when they are loaded).
+
+    Raises:
+        MlkitError: for K < 1, for a K larger than the runs there are, or for a name that is not a run name.
+    """
+    text = str(top).strip()
+    if text == "best" or text.startswith("best:"):
+        count = text.partition(":")[2] or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise MlkitError(f"--top {text}: K in best:K is how many of the best runs to take, a whole number >= 1 "
+                             "(e.g. best:3)")
+        runs, skipped = ranked_tops(workdir, cache, image_only)
+        if same_taps and runs:
+            taps = parse_run_name(runs[0]).option("taps")
+            other_taps = [run for run in runs if parse_run_name(run).option("taps") != taps]
+            runs = [run for run in runs if run not in other_taps]
+            skipped = [*skipped, f"{len(other_taps)} run(s) reading other taps than the best"] if other_taps else skipped
+        if len(runs) < int(count):
+            summary = Path(workdir) / "tuning" / "summary.csv"
+            other = f" other than {' and '.join(skipped)}" if skipped else ""
+            if not runs:
+                raise MlkitError(f"{summary} lists no finished run tuned on {cache.path.name}{other}; run "
+                                 f"`mlkit tune-top {cache.path}`")
+            raise MlkitError(f"--top {text}: {summary} lists only {len(runs)} finished run(s) tuned on "
+                             f"{cache.path.name}{other}; ask for best:{len(runs)} or fewer, or tune more tops "
+                             f"(`mlkit tune-top {cache.path}` with more values per axis)")
+        return runs[: int(count)]
+    runs = [name.strip() for name in text.split(",") if name.strip()]
+    if not runs:
+        raise MlkitError("--top: name a run, several joined by ',', or best:K")
+    if len(set(runs)) < len(runs):
+        raise MlkitError(f"--top {text}: a run is named twice")
+    for run in runs:
+        parse_run_name(run)
+    return runs
+
+
+def ranked_tops(workdir, cache, image_only=False):
+    """(runs tuned on this very cache that have image features, best first; why others were passed over).
+
+    The order is `tuning/summary.csv`'s; the `cache` column and each run's
+    record (the identity of the cache it was tuned on) keep the runs of other
+    caches, and of an earlier cache of the same name, out. With `image_only`
+    image + caption runs are passed over too (an ensemble averages image-only tops).
+    """
+    summary = Path(workdir) / "tuning" / "summary.csv"
     if not summary.exists():
         raise MlkitError(f"--top best needs {summary}; run `mlkit tune-top {cache.path}` first, or name a run")
     import pandas as pd
@@ -225,7 +284,7 @@ def select_top(workdir, cache, top):
     table = pd.read_csv(summary, keep_default_na=False)
     if "cache" in table:
         table = table[table["cache"] == cache.path.name]
-    caption_only = rebuilt = 0
+    runs, caption_only, captioned, rebuilt = [], 0, 0, 0
     for run in table["run"]:
         record = run_paths(workdir, run)["json"]
         if not record.exists():
@@ -237,12 +296,14 @@ def select_top(workdir, cache, top):
             rebuilt += 1
         elif branch_of(config.get("text"), config.get("text_only")) == "caption":
             caption_only += 1
+        elif image_only and config.get("text"):
+            captioned += 1
         else:
-            return str(run)
-    extra = [f"{caption_only} caption-only run(s), which have no backbone to fine-tune"] if caption_only else []
-    extra += [f"{rebuilt} run(s) tuned on an earlier {cache.path.name}, since rebuilt"] if rebuilt else []
-    raise MlkitError(f"{summary} lists no finished run tuned on {cache.path.name}"
-                     f"{' other than ' + ' and '.join(extra) if extra else ''}; run `mlkit tune-top {cache.path}`")
+            runs.append(str(run))
+    skipped = [f"{caption_only} caption-only run(s), which have no backbone to fine-tune"] if caption_only else []
+    skipped += [f"{captioned} image + caption run(s), which ensembles do not take"] if captioned else []
+    skipped += [f"{rebuilt} run(s) tuned on an earlier {cache.path.name}, since rebuilt"] if rebuilt else []
+    return runs, skipped
 
 
 def finetune_run_name(top_run, frozen, config):

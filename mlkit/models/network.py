@@ -142,6 +142,34 @@ def backbone_features(backbone, x, taps=("last",)):
     return keras.layers.Concatenate(name="taps")(outputs) if len(outputs) > 1 else outputs[0]
 
 
+def average_tops(tops):
+    """One top whose scores are the mean of several tops' scores on the same cached features.
+
+    The backbone runs once and every member reads its features, so an
+    ensemble costs only its extra heads at inference. The members keep their
+    own weights (each is wrapped, unchanged, as `top_1` ... `top_K`, so their
+    layer names do not clash), and the inputs are whatever the first member
+    takes (a feature vector, or a dict of named inputs), so any top that fits
+    the cache fits here. The result is named "top", as a single top is, and
+    goes where one goes (`build_network`).
+
+    Args:
+        tops: the member tops, best first; all take the same inputs.
+
+    Returns:
+        A Keras model: the members' inputs -> their mean scores. One top is returned as it is.
+    """
+    tops = list(tops)
+    if not tops:
+        raise MlkitError("an ensemble needs at least one top")
+    if len(tops) == 1:
+        return tops[0]
+    inputs = keras.tree.map_structure(lambda t: keras.Input(t.shape[1:], dtype=t.dtype, name=t.name), tops[0].input)
+    members = [keras.Model(top.input, top.output, name=f"top_{position}")(inputs)
+               for position, top in enumerate(tops, 1)]
+    return keras.Model(inputs, keras.layers.Average(name="top_average")(members), name="top")
+
+
 def takes_captions(model):
     """Whether a network or exported model has a "caption" input."""
     return isinstance(model.input, dict) and CAPTION in model.input

@@ -64,6 +64,37 @@ def read_log(path):
     return [rows[epoch] for epoch in sorted(rows)]
 
 
+def decide_and_report(cache, fit, test, train_labels, decision="", min_labels=0, max_labels=None):
+    """The decision rule fitted on validation scores, and the test report it gives.
+
+    Args:
+        cache: the `FeatureCache` (task, label names, regression's target scale).
+        fit: (validation scores, labels): what the rule is fitted on.
+        test: (test scores, labels): what the report measures.
+        train_labels: the training rows' labels (their mean cardinality helps the rule).
+        decision, min_labels, max_labels: the multilabel rule (`mlkit evaluate --help`).
+            Defaults to "" (cardinality), 0 and None.
+
+    Returns:
+        (rule or None for regression, the test report of `evaluate_scores`).
+    """
+    from mlkit.evaluation.evaluate import evaluate_scores
+
+    (val_scores, val_labels), (test_scores, test_labels) = fit, test
+    names = cache.label_names or cache.attrs.get("target_names")
+    if cache.task == "regression":
+        return None, evaluate_scores(cache.target_scale.unscale(test_scores), test_labels, names, task="regression")
+    if cache.task == "multiclass":
+        return parse_rule("argmax"), evaluate_scores(test_scores, test_labels, names, task="multiclass")
+    spec = decision or "cardinality"
+    rule = parse_rule(spec, min_labels=min_labels, max_labels=max_labels)
+    rule.fit(val_scores, val_labels, train_cardinality=float(np.asarray(train_labels).sum(axis=1).mean()))
+    if not rule.deployable:
+        raise MlkitError(f"--decision {spec} needs the true labels; an exported model needs a deployable rule")
+    return rule, evaluate_scores(test_scores, test_labels, names, decisions=[rule], fit_scores=val_scores,
+                                 fit_labels=val_labels)
+
+
 class RecordStep:
     """Decision, report, export and record of a trained fine-tuning job (a `_Job`'s last phase)."""
 
@@ -94,24 +125,8 @@ class RecordStep:
 
     def report(self, fit, test):
         """The decision rule fitted on validation scores, and the test report it gives."""
-        from mlkit.evaluation.evaluate import evaluate_scores
-
-        (val_scores, val_labels), (test_scores, test_labels) = fit, test
-        names = self.cache.label_names or self.attrs.get("target_names")
-        if self.task == "regression":
-            return None, evaluate_scores(self.cache.target_scale.unscale(test_scores), test_labels, names,
-                                         task="regression")
-        if self.task == "multiclass":
-            rule = parse_rule("argmax")
-            return rule, evaluate_scores(test_scores, test_labels, names, task="multiclass")
-        spec = self.config.decision or "cardinality"
-        rule = parse_rule(spec, min_labels=self.config.min_labels, max_labels=self.config.max_labels)
-        train_labels = self.rows.split("train")[1]
-        rule.fit(val_scores, val_labels, train_cardinality=float(np.asarray(train_labels).sum(axis=1).mean()))
-        if not rule.deployable:
-            raise MlkitError(f"--decision {spec} needs the true labels; an exported model needs a deployable rule")
-        return rule, evaluate_scores(test_scores, test_labels, names, decisions=[rule], fit_scores=val_scores,
-                                     fit_labels=val_labels)
+        return decide_and_report(self.cache, fit, test, self.rows.split("train")[1], self.config.decision,
+                                 self.config.min_labels, self.config.max_labels)
 
     def evaluate_and_export(self, progress):
         from mlkit.models.network import build_export_model

@@ -31,6 +31,19 @@ Worker N uses GPU N modulo the GPU count when a machine has several.
 """
 
 
+RUNS_EPILOG = """\
+Choosing the image size on validation: cache the same manifest at several sizes
+in one workspace, each under its own subset name (a second size under the same
+name is refused), tune the same grid on each, and rank them:
+  mlkit cache-features data/manifest.csv --image-size 96 --subset all-96px
+  mlkit cache-features data/manifest.csv --image-size 128 --subset all-128px
+  mlkit tune-top bottlenecks/data_all-96px_mobilenetv2_inet_avg.h5 --units 256,512
+  mlkit tune-top bottlenecks/data_all-128px_mobilenetv2_inet_avg.h5 --units 256,512
+  mlkit runs tuning --by image_size
+tuning/summary.csv ranks the same runs, with their cache and image_size columns.
+"""
+
+
 def register(subparsers):
     """Adds tune-top, runs and lr-find."""
     add_tune_top(subparsers)
@@ -91,12 +104,15 @@ def run_tune_top(args):
 def add_runs(subparsers):
     parser = subparsers.add_parser(
         "runs", help="compare tuned runs: table, filters, grouped curves",
-        description="Tabulate and plot runs from their logs, using the fields of their names.")
+        description="Tabulate and plot runs from their logs, using the fields of their names, the cache each was "
+                    "tuned on and its image size.",
+        epilog=RUNS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default="tuning", help="a tuning/ folder (default: tuning)")
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                         help="keep runs whose field matches (repeatable; VALUE may be a,b for either)")
     parser.add_argument("--by", metavar="FIELD",
-                        help="group the table and colour the plot by this field (e.g. lr; branch: image, caption, both)")
+                        help="group the table and colour the plot by this field (e.g. lr; image_size or cache: caches "
+                             "side by side; branch: image, caption, both)")
     parser.add_argument("--metric", default="val_loss", help="picks each run's best epoch and the curve (default val_loss)")
     parser.add_argument("--plot", metavar="OUT.png", help="draw validation curves to this image")
     parser.add_argument("--x", default="epoch", choices=("epoch", "time"), help="plot against epoch or training time")

@@ -1,12 +1,15 @@
 """`mlkit runs`: compare trials from their logs, by the fields of their names.
 
 Every `<run>.csv` in a folder becomes one row: the fields parsed from the run
-name (mlkit.runs), epochs trained, the best epoch by a metric and the
+name (mlkit.runs), the cache it was tuned on and that cache's image size
+(from the run's record, so `--by image_size` compares caches made at several
+sizes), epochs trained, the best epoch by a metric and the
 validation metrics there, and training time. Rows can be filtered by field
 (`units=4096`), grouped (`--by lr`), and their validation curves drawn
 coloured by a field against epoch or wall time (the COCO report, figures 4 to 6; docs/references.md).
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -60,9 +63,25 @@ def run_row(run, log, metric, folder):
         best = len(values) - 1
     seconds = log["seconds"].sum() if "seconds" in log else np.nan
     metrics = {name: log[name].iloc[best] for name in log.columns if name.startswith("val_")}
-    finished = run_files(folder, run)["json"].exists()
-    return {"run": run, **parse_run_name(run).fields(), "epochs": len(log), "best_epoch": int(log["epoch"].iloc[best]) + 1,
-            **metrics, "seconds": float(seconds), "status": "complete" if finished else "partial"}
+    record = run_files(folder, run)["json"]
+    return {"run": run, **parse_run_name(run).fields(), **cache_columns(record), "epochs": len(log),
+            "best_epoch": int(log["epoch"].iloc[best]) + 1, **metrics, "seconds": float(seconds),
+            "status": "complete" if record.exists() else "partial"}
+
+
+def cache_columns(record):
+    """The cache a run was tuned on and its image size, from the run's record (None while it runs).
+
+    Caches of one collection at several sizes differ only in these (and the
+    subset they were given), so `--by image_size` ranks the sizes on validation.
+    """
+    try:
+        config = json.loads(record.read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return {"cache": None, "image_size": None}
+    image_size = (config.get("cache_identity") or {}).get("image_size")
+    return {"cache": Path(config.get("cache", "")).name or None,
+            "image_size": int(image_size) if image_size is not None else None}
 
 
 def load_runs(folder, where=(), metric="val_loss"):

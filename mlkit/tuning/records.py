@@ -97,7 +97,8 @@ def summary_frame(progress, runs, task, objective):
     """One row per finished run of `runs`, best objective first.
 
     Columns: rank, run, cache (the file name of the cache it was tuned on),
-    the objective, best_epoch (counted from 1, as Keras's progress bar
+    image_size (that cache's input size, so caches at several sizes rank
+    side by side), the objective, best_epoch (counted from 1, as Keras's progress bar
     counts; the per-epoch CSV and the record count from 0, as Keras's
     CSVLogger does), epochs, seconds (training wall time), the validation
     metrics at the best epoch, and the run's settings (with the caption
@@ -110,7 +111,8 @@ def summary_frame(progress, runs, task, objective):
             continue
         result, config = record["result"], record["config"]
         rows.append({
-            "run": str(run), "cache": Path(config.get("cache", "")).name, objective: result["metrics"].get(objective),
+            "run": str(run), "cache": Path(config.get("cache", "")).name,
+            "image_size": (config.get("cache_identity") or {}).get("image_size"), objective: result["metrics"].get(objective),
             "best_epoch": result["best_epoch"] + 1, "epochs": result["epochs"], "seconds": result["fit_seconds"],
             # The training loss is renamed: "loss" is the loss function's name here.
             **{("train_loss" if k == "loss" else k): v for k, v in result["metrics"].items() if k != objective},
