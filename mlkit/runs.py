@@ -30,10 +30,13 @@ and digits. Stage 2 writes `loss-` (focal, wbce, mae, huber; default bce /
 cce / mse), `opt-` (adam; default sgd with momentum), `sched-` (step, plateau,
 cos; default constant), `views-K` (trained on K cached augmented views per
 image), `sw-bal` (balanced sample weights), `cap-N` (at most N training rows
-per class) and `over-N` (small classes oversampled to N rows). Stage 3's
-`mlkit ensemble` names its model after the best member with `ens-K` (K tops
-averaged on the frozen backbone). New keys need no change here: unknown
-keys are parsed and written back verbatim.
+per class) and `over-N` (small classes oversampled to N rows); a top on
+several cached taps adds `taps-<codes>` (mlkit.taps) and, with
+`--tap-weights none`, `tw-none` (its taps left unweighted after z-scoring;
+the default `equal` weighting, and any top on one tap, write no `tw-`).
+Stage 3's `mlkit ensemble` names its model after the best member with
+`ens-K` (K tops averaged on the frozen backbone). New keys need no change
+here: unknown keys are parsed and written back verbatim.
 
 The caption branch (the caption report) adds `text-<kind><units>[only]`: its recurrent
 layer (`lstm`, or `bilstm` for a bidirectional one) and units per direction,

@@ -16,6 +16,11 @@ layer name's sha256 for a layer that is not a named depth:
     last+high+pre   ->  taps-lhp
     last+block_5_add   ->  taps-lx3f2a9c
 
+A top on several taps also scales each tap's standardised block so every
+tap carries the same total variance (TopConfig.tap_weights "equal", the
+default; mlkit.tuning.top_data.tap_column_weights); `--tap-weights none`
+turns that off and adds `tw-none` to the run name.
+
 This module imports no TensorFlow.
 """
 

@@ -19,7 +19,8 @@ from mlkit.images import load_image, resize_images
 from mlkit.models.finetune import finetune, read_log
 from mlkit.models.network import apply_freeze, build_network, rebuild_backbone, resolve_freeze, walk_layers
 from mlkit.tuning.search import tune_top
-from mlkit.tuning.top import load_top
+from mlkit.tuning.top import STANDARDISE, load_top
+from mlkit.tuning.top_data import tap_column_weights
 
 SIZE = 96
 
@@ -126,7 +127,12 @@ def tapped_workspace(tmp_path_factory, pretrained_mobilenetv2):
 def test_a_tapped_network_starts_from_the_cached_tops_scores_with_batch_norm_in_inference_mode(tapped_workspace):
     work, cache, run = tapped_workspace
     top, config = load_top(work, run)
-    assert run.endswith("_taps-lhp") and config.input_shape == [1280 + 576 + 320]
+    assert run.endswith("_taps-lhp") and config.input_shape == [1280 + 576 + 320] and config.tap_weights == "equal"
+    # The top's standardisation holds each tap's variances over its squared weight, so the network must apply them.
+    variance = cache.read_taps(config.tap_list, cache.indices("train")).astype("float64").var(0)
+    live = variance > 1e-4 * variance.mean()
+    stored = np.asarray(top.get_layer(STANDARDISE).moving_variance)
+    np.testing.assert_allclose(stored[live], (variance / tap_column_weights([1280, 576, 320]) ** 2)[live], rtol=1e-3)
     backbone, spec = rebuild_backbone(cache.attrs)
     network = build_network(backbone, spec, cache.attrs, top, taps=config.tap_list)
     apply_freeze(network, backbone, resolve_freeze(backbone, "block_13"))

@@ -13,7 +13,8 @@ from mlkit.errors import CacheError, MlkitError
 from mlkit.images import load_image, resize_images
 from mlkit.runs import parse_run_name
 from mlkit.taps import cache_taps, combinations, decode, encode, resolve
-from mlkit.tuning.top_data import TopData
+from mlkit.tuning.config import TopConfig
+from mlkit.tuning.top_data import TopData, tap_column_weights
 
 SETTINGS = {"backbone": "mobilenetv2", "weights": "none", "image_size": 32, "pooling": "avg", "progress": False}
 MOBILENETV2_TAPS = ("block_6_expand_relu", "block_10_project_BN", "block_13_expand_relu", "block_16_project_BN")
@@ -131,12 +132,13 @@ def test_combinations_resolve_in_cache_order_and_their_codes_round_trip():
         resolve(("early",), "mobilenetv2", ("block_13_expand_relu",))
 
 
-def tapped_cache(folder, rows=120, seed=0):
-    """A learnable synthetic cache with two taps beside its features; the labels need the taps."""
+def tapped_cache(folder, rows=120, seed=0, scales=(1.0, 100.0, 0.01)):
+    """A learnable synthetic cache with two taps beside its features (6, 4 and 3 wide, at `scales`); the labels need
+    the taps."""
     rng = np.random.default_rng(seed)
     last, mid, high = (rng.normal(scale=scale, size=(rows, width)).astype("float32")
-                       for scale, width in ((1.0, 6), (100.0, 4), (0.01, 3)))
-    logits = np.concatenate([last, mid / 100, high * 100], axis=1) @ rng.normal(size=(13, 3))
+                       for scale, width in zip(scales, (6, 4, 3)))
+    logits = np.concatenate([last / scales[0], mid / scales[1], high / scales[2]], axis=1) @ rng.normal(size=(13, 3))
     split = np.array(["train", "train", "train", "val", "test"])[np.arange(rows) % 5]
     attrs = {"task": "multilabel", "dataset": "synth", "subset": "t", "backbone": "mobilenetv2", "preprocess": "inet",
              "pooling": "avg", "label_names": ["a", "b", "c"]}
@@ -157,6 +159,68 @@ def test_top_data_reads_the_taps_side_by_side_in_memory_and_streamed(tmp_path):
         mean, _ = data.input_statistics()
         np.testing.assert_allclose(mean, expected[cache.indices("train")].mean(0), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(cache.load("val", taps=taps)[0], expected[cache.indices("val")])
+
+
+def standardised_block_variances(features, widths, weights):
+    """Plain NumPy: z-score every column, scale each tap's block by its weight, sum each block's variances."""
+    z = (features - features.mean(0)) / features.std(0)
+    edges = np.cumsum([0, *widths])
+    return [float((z[:, start:stop] * weight).var(0).sum()) for start, stop, weight in zip(edges, edges[1:], weights)]
+
+
+@pytest.mark.parametrize("tap_weights", ["equal", "none"])
+def test_equal_tap_weights_give_every_tap_the_same_total_variance_after_the_tops_standardisation(tmp_path, tap_weights):
+    from mlkit.tuning.top import STANDARDISE, build_top_model, set_input_statistics
+
+    # Scales 1e5 apart in variance; smaller ones would meet the standardisation's variance floor.
+    cache = open_cache(tapped_cache(tmp_path, scales=(1.0, 30.0, 0.1)))
+    taps = ("last", "block_10_project_BN", "block_13_expand_relu")
+    data = TopData(cache, taps="+".join(taps))
+    assert data.tap_widths == [6, 4, 3]
+    config = TopConfig(units=4, taps="+".join(taps), tap_weights=tap_weights)
+    top = build_top_model(config, data.feature_shape, 3, "multilabel")
+    set_input_statistics(top, *data.input_statistics(config.tap_weights))
+    standardise = keras.Model(top.input, top.get_layer(STANDARDISE).output)
+    features = cache.load("train", taps=taps)[0].astype("float64")
+    weights = [np.sqrt(13 / (3 * width)) for width in (6, 4, 3)] if tap_weights == "equal" else [1.0, 1.0, 1.0]
+    expected = standardised_block_variances(features, [6, 4, 3], weights)
+    standardised = np.asarray(standardise(features), "float64")
+    np.testing.assert_allclose(standardised.mean(0), 0, atol=1e-4)
+    got = [float(block.var(0).sum()) for block in np.split(standardised, [6, 10], axis=1)]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    np.testing.assert_allclose(expected, [13 / 3] * 3 if tap_weights == "equal" else [6, 4, 3], rtol=1e-9)
+
+
+def test_tap_column_weights_leave_one_tap_alone_and_refuse_empty_widths():
+    np.testing.assert_array_equal(tap_column_weights([1280]), np.ones(1280))
+    np.testing.assert_allclose(tap_column_weights([2, 1]), [0.75**0.5, 0.75**0.5, 1.5**0.5])
+    with pytest.raises(MlkitError, match="one positive width per tap"):
+        tap_column_weights([])
+
+
+def test_tap_weights_are_named_only_when_off_the_default_on_several_taps_and_round_trip(tmp_path):
+    from mlkit.tuning.search import tune_top
+    from mlkit.tuning.top import load_top
+
+    cache = tapped_cache(tmp_path)
+    summary = tune_top(cache, tmp_path, taps="last,all", tap_weights="none", units=8, epochs=2, patience=2,
+                       verbose=False)
+    names = {parse_run_name(run).option("taps"): parse_run_name(run) for run in summary.run}
+    assert names[None].option("tw") is None and names["lmh"].option("tw") == "none"
+    assert str(names["lmh"]).endswith("_taps-lmh_tw-none")
+    for run in summary.run:
+        assert str(parse_run_name(run)) == run
+        _, config = load_top(tmp_path, run)
+        name = parse_run_name(run)
+        assert config.tap_weights == "none"
+        assert str(config.run_name((name.dataset, name.subset, name.backbone, name.prep), "avg")) == run
+    assert TopConfig(taps="last+block_13_expand_relu").run_options() == {}
+    assert TopConfig(taps="last", tap_weights="none").run_options() == {}
+    # A record written before tap weighting existed was trained without it.
+    assert TopConfig.from_dict({"taps": "last+block_13_expand_relu"}).tap_weights == "none"
+    assert TopConfig.from_dict(TopConfig(taps="last+block_13_expand_relu").to_dict()).tap_weights == "equal"
+    with pytest.raises(MlkitError, match="--tap-weights 'half'"):
+        TopConfig(tap_weights="half")
 
 
 def test_tune_top_takes_taps_as_a_grid_axis_and_names_each_run_by_them(tmp_path):
@@ -181,4 +245,5 @@ def test_the_commands_offer_taps(capsys):
     for command in ("cache-features", "tune-top", "lr-find"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
-        assert "--taps" in capsys.readouterr().out, command
+        out = capsys.readouterr().out
+        assert "--taps" in out and ("--tap-weights" in out) == (command != "cache-features"), command

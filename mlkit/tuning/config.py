@@ -22,6 +22,9 @@ LOSSES = {
     "regression": ("mse", "mae", "huber"),
 }
 SCHEDULES = ("constant", "step", "plateau", "cosine")
+# How a multi-tap top scales its taps after z-scoring each column (mlkit.tuning.top_data.tap_column_weights):
+# "equal" gives every tap the same total variance, "none" leaves every column at unit variance (wide taps dominate).
+TAP_WEIGHTS = ("equal", "none")
 TOP_POOLS = ("flatten", "avg", "max")
 # The caption branch's recurrent layer (the caption report: a bidirectional LSTM of 128 units).
 TEXT_KINDS = ("lstm", "bilstm")
@@ -61,7 +64,10 @@ class TopConfig:
 
     `taps` names the cached taps the top reads, side by side, as "last" and
     layer names joined by "+" in cache order (mlkit.taps); "last" is the
-    backbone's output alone.
+    backbone's output alone. `tap_weights` scales a multi-tap top's
+    standardised taps ("equal": each tap the same total variance; "none");
+    a single tap is never scaled. Records written before the setting existed
+    read as "none", as they were trained.
 
     The caption branch is on when `text` names its recurrent layer ("lstm"
     or "bilstm"; "" for image-only tops): `embed_dim`-wide embeddings of the
@@ -88,6 +94,9 @@ class TopConfig:
     taps: str = option("last", "which cached taps the top reads (cache-features --taps): combinations of last, all, "
                                "named depths (early, mid, high, pre) or layer names joined by '+', e.g. "
                                "last,last+high,all", metavar="TAPS")
+    tap_weights: str = option("equal", "multi-tap tops: equal (every tap the same total variance after standardisation, "
+                                       "so a wide tap does not drown a narrow one) or none (every feature unit variance)",
+                              choices=TAP_WEIGHTS)
     epochs: int = option(20, "most epochs per trial")
     patience: int = option(5, "early stopping: epochs without improvement of --objective")
     momentum: float = option(0.9, "SGD momentum")
@@ -127,6 +136,7 @@ class TopConfig:
         check_choice(self.optimizer, OPTIMIZERS, "optimizer")
         check_choice(self.schedule, SCHEDULES, "schedule")
         check_choice(self.top_pool, TOP_POOLS, "top pool")
+        check_choice(self.tap_weights, TAP_WEIGHTS, "--tap-weights")
         check_choice(self.objective, tuple(OBJECTIVES[self.task]), f"objective for {self.task}")
         for name in ("layers", "units", "batch", "epochs", "patience"):
             minimum = 0 if name == "layers" else 1
@@ -184,6 +194,8 @@ class TopConfig:
             options["cap"] = str(self.cap)
         if self.oversample:
             options["over"] = str(self.oversample)
+        if self.tap_weights != TAP_WEIGHTS[0] and len(self.tap_list) > 1:
+            options["tw"] = self.tap_weights
         if self.text:
             options["text"] = f"{self.text}{int(self.text_units)}{TEXT_ONLY_SUFFIX if self.text_only else ''}"
             if int(self.embed_dim) != DEFAULT_EMBED_DIM:
@@ -212,8 +224,11 @@ class TopConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """A config from a dict, ignoring keys this version does not know."""
+        """A config from a dict, ignoring keys this version does not know.
+
+        A record without `tap_weights` predates tap weighting: its top was trained with "none".
+        """
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        return cls(**{"tap_weights": "none", **{key: value for key, value in values.items() if key in known}})
 
 

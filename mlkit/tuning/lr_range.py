@@ -102,6 +102,7 @@ def lr_find(
     momentum: float = TOP["momentum"], top_pool: str = TOP["top_pool"], start_lr: float = 1e-6, end_lr: float = 10.0,
     steps: int = 100, smoothing: float = 0.98, diverge: float = 4.0, augmented: bool = False,
     max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], verbose: bool = True, taps: str = TOP["taps"],
+    tap_weights: str = TOP["tap_weights"],
 ) -> LRFindResult:
     """Runs the LR range test for one top model on a cache, plots it, suggests a rate.
 
@@ -112,6 +113,8 @@ def lr_find(
             model, as in `tune_top` (one value each).
         taps: the cached taps the top reads, one combination ("last+high",
             "all"; mlkit.taps). Defaults to "last".
+        tap_weights: "equal" or "none": how a multi-tap top scales its
+            standardised taps (see `tune_top`). Defaults to "equal".
         start_lr, end_lr: the range, swept exponentially. Default to 1e-6 and 10.
         steps: batches (one rate each). Defaults to 100.
         smoothing: the moving-average factor. Defaults to 0.98.
@@ -140,13 +143,13 @@ def lr_find(
         raise MlkitError(f"--taps {taps}: lr-find tests one combination of taps (join names with '+')")
     taps = "+".join(resolve_taps(combos[0], cache.name_fields[2], cache.taps))
     config = TopConfig(task=cache.task, layers=int(layers), units=int(units), reg=reg, lr=start_lr, batch=int(batch),
-                       loss=loss or "", optimizer=optimizer, momentum=momentum, top_pool=top_pool, seed=seed, taps=taps)
+                       loss=loss or "", optimizer=optimizer, momentum=momentum, top_pool=top_pool, seed=seed, taps=taps, tap_weights=tap_weights)
     data = TopData(cache, views=cache.augment_copies if augmented else 0, max_memory=parse_memory(max_memory), seed=seed,
                    taps=taps)
     keras.utils.set_random_seed(seed)
     model = compile_top(build_top_model(config, data.feature_shape, cache.num_outputs, cache.task), config,
                         data.pos_weight)
-    set_input_statistics(model, *data.input_statistics())
+    set_input_statistics(model, *data.input_statistics(config.tap_weights))
     lrs = np.geomspace(start_lr, end_lr, int(steps))
     raw, smoothed, stopped = range_test(model, iter(data.train_dataset(config.batch).repeat()), lrs, smoothing, diverge)
     lrs = lrs[: len(smoothed)]
@@ -157,8 +160,10 @@ def lr_find(
         method="steepest descent" if steepest is not None else "minimum / 10", stopped=stopped,
     )
     code = encode_taps(config.tap_list, cache.name_fields[2])
+    weights = config.run_options().get("tw")
     stem = Path(workdir) / "tuning" / "lr-find" / (f"{'_'.join(cache.name_fields)}_{config.layers}x{config.units}{config.reg}"
-                                                   f"_b{config.batch}{f'_taps-{code}' if code else ''}")
+                                                   f"_b{config.batch}{f'_taps-{code}' if code else ''}"
+                                                   f"{f'_tw-{weights}' if weights else ''}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     result.csv, result.plot = str(stem) + ".csv", str(stem) + ".png"
     pd.DataFrame({"lr": result.lrs, "loss": raw, "smoothed": smoothed}).to_csv(result.csv, index=False)

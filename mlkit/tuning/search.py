@@ -281,7 +281,7 @@ def tune_top(
     max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], chief: bool = False, worker: int | None = None,
     oracle: str | None = None, verbose: bool = True, captions: bool = False, text: Tuned[str] | None = None,
     text_units: Tuned[int] | None = None, embed_dim: Tuned[int] | None = None, text_only: bool = TOP["text_only"],
-    taps: Tuned[str] = TOP["taps"],
+    taps: Tuned[str] = TOP["taps"], tap_weights: str = TOP["tap_weights"],
 ) -> pd.DataFrame:
     """Grid-searches top models on a bottleneck cache and returns the summary.
 
@@ -332,6 +332,10 @@ def tune_top(
             cached tap), named depths (early, mid, high, pre) or layer names
             joined by "+", e.g. "last,last+high,all". The run name records a
             combination as `taps-<codes>`. Defaults to "last".
+        tap_weights: how a multi-tap top scales its standardised taps:
+            "equal" (each tap the same total variance) or "none" (each column
+            unit variance; the run name adds `tw-none`). Tops on one tap are
+            never scaled. Defaults to "equal".
 
     Returns:
         A pandas DataFrame, one row per finished trial of this grid, best first.
@@ -352,7 +356,7 @@ def tune_top(
         fixed={"epochs": int(epochs), "patience": int(patience), "objective": objective, "momentum": float(momentum),
                    "step_every": int(step_every), "step_gamma": float(step_gamma),
                    "sample_weights": "balanced" if sample_weights else "", "cap": int(cap or 0),
-                   "oversample": int(oversample or 0), "seed": int(seed)},
+                   "oversample": int(oversample or 0), "seed": int(seed), "tap_weights": tap_weights},
     )
     memory = parse_memory(max_memory)
     folder = stage_folder(workdir, "tuning")

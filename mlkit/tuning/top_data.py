@@ -15,6 +15,12 @@ and `mlkit lr-find` set it, a Python user calls it once (see its docstring).
 A top on several taps (mlkit.taps) reads their cached vectors side by side,
 in the order its config names them, as one feature vector; the top's
 standardisation then z-scores each column, so no tap's scale drowns another's.
+With `tap_weights="equal"` (TopConfig's default) it also scales each tap's
+block by sqrt(D / (T * d)) (D columns in all, T taps, d this tap's columns),
+so every tap carries the same total variance, D / T, and a 1,280-wide last
+layer does not outweigh a 64-wide early one twentyfold. The scale is folded
+into the variance the top stores (`input_statistics`), so it travels in the
+top's weights and stage 3 and the exported model apply it unchanged.
 
 Caption tops also read the cached token ids (always held in memory: N x T
 int32 is small); their inputs are then a dict {"features": ..., "tokens": ...}
@@ -26,7 +32,8 @@ import numpy as np
 
 from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows, tap_dataset
 from mlkit.branches import BRANCH_INPUTS
-from mlkit.errors import MlkitError
+from mlkit.errors import MlkitError, check_choice
+from mlkit.tuning.config import TAP_WEIGHTS
 from mlkit.tuning.memory import aligned_empty, host_tensor, parse_memory
 from mlkit.tuning.resampling import balanced_weights, positive_weights, resample, train_cardinality
 
@@ -35,6 +42,22 @@ MAX_MEMORY = "4G"
 
 BLOCKS_PER_BUFFER = 8
 PREDICT_BATCH = 4096
+
+
+def tap_column_weights(widths):
+    """Each column's weight that gives every tap the same total variance once the columns are z-scored.
+
+    Args:
+        widths: each tap's number of columns (channels, for maps), in order.
+
+    Returns:
+        A float64 array of sum(widths) weights: sqrt(D / (T * d)) over each
+        tap's d columns, D = sum(widths), T = len(widths); all 1 for one tap.
+    """
+    widths = np.asarray(widths, dtype="float64")
+    if widths.ndim != 1 or not len(widths) or (widths < 1).any():
+        raise MlkitError(f"tap widths {widths.tolist()}: need one positive width per tap")
+    return np.repeat(np.sqrt(widths.sum() / (len(widths) * widths)), widths.astype("int64"))
 
 
 def slice_inputs(x, start, stop):
@@ -207,8 +230,27 @@ class TopData:
         val = tf.cast(tf.gather(table, np.searchsorted(rows, self.val_rows)), tf.float32)
         return table, host_tensor(index), val
 
-    def input_statistics(self):
-        """Per-feature (per-channel for maps) mean and variance of the clean training rows, in float64."""
+    @property
+    def tap_widths(self):
+        """Each tap's columns (channels, for maps), in the order the features hold them."""
+        return [int(self.cache.taps_shape((tap,))[-1]) for tap in self.taps]
+
+    def input_statistics(self, tap_weights="none"):
+        """Per-feature (per-channel for maps) mean and variance of the clean training rows, in float64.
+
+        Args:
+            tap_weights: "none", or "equal" to divide each tap's variances by
+                the square of its `tap_column_weights`, so the top's
+                standardisation gives every tap the same total variance.
+                Defaults to "none".
+        """
+        mean, variance = self.column_statistics()
+        if check_choice(tap_weights, TAP_WEIGHTS, "tap weights") == "equal":
+            variance = variance / tap_column_weights(self.tap_widths) ** 2
+        return mean, variance
+
+    def column_statistics(self):
+        """Per-feature mean and variance of the clean training rows (computed once)."""
         if self._statistics is None:
             rows = np.unique(self.sample_rows)
             total = total_sq = 0.0
