@@ -22,7 +22,7 @@ mlkit.bottlenecks.pipeline, and mlkit.bottlenecks.write writes the file.
 import logging
 import time
 
-from mlkit.backbones import build_backbone, feature_extractor, get_backbone
+from mlkit.backbones import build_backbone, default_image_size, feature_extractor
 from mlkit.bottlenecks.options import CacheOptions
 from mlkit.bottlenecks.pipeline import compiled_forward
 from mlkit.bottlenecks.plan import (
@@ -57,7 +57,7 @@ def cache_features(
     allow_unlabelled=CACHE["allow_unlabelled"], background=CACHE["background"], strict=CACHE["strict"],
     overwrite=CACHE["overwrite"], zmuv_samples=CACHE["zmuv_samples"], seed=CACHE["seed"], progress=True,
     on_batch=None, captions=CACHE["captions"], num_words=CACHE["num_words"], max_len=CACHE["max_len"], shard=None,
-    dtype=CACHE["dtype"],
+    dtype=CACHE["dtype"], tap=CACHE["tap"],
 ):
     """Caches a frozen backbone's features for every row of a manifest (or one shard of its rows).
 
@@ -68,8 +68,11 @@ def cache_features(
     Args:
         manifest: path of the manifest (CSV or JSON Lines).
         workdir: the workspace folder. Defaults to the current folder.
-        backbone: a `keras.applications` model by lower-case name. Defaults to "mobilenetv2".
-        weights: "imagenet", "none" (seeded random) or a weights file. Defaults to "imagenet".
+        backbone: a `keras.applications` model by lower-case name, `hub:PRESET`
+            (a KerasHub preset or preset folder) or the path of a `.keras`
+            model (see `mlkit.backbones.get_backbone`). Defaults to "mobilenetv2".
+        weights: "imagenet" (for a preset or a file: its own weights), "none"
+            (seeded random) or a weights file. Defaults to "imagenet".
         image_size: square input side. Defaults to the backbone's own.
         preprocess: "inet", "zmuv" or "zmuvs". Defaults to "inet".
         pooling: "avg", "max" or "none" (raw maps). Defaults to "avg".
@@ -101,6 +104,8 @@ def cache_features(
             half the disk and memory (tune-top still trains in float32). Features
             outside float16's range (e.g. a random-weight MobileNetV2's, about
             1e-12) are refused. Defaults to "float32".
+        tap: a `.keras` backbone's layer to take features from ("outer/inner"
+            inside a nested model). Defaults to the last layer before its head.
 
     Returns:
         A `CacheResult`.
@@ -108,7 +113,7 @@ def cache_features(
     started = time.perf_counter()
     CacheOptions(backbone=backbone, weights=weights, image_size=image_size, preprocess=preprocess, pooling=pooling,
                  augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
-                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len)  # checks them
+                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len, tap=tap)  # checks them
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     fields = name_fields(manifest, backbone, preprocess, pooling, dataset, subset)
@@ -119,9 +124,9 @@ def cache_features(
         final = shard_path(whole, *shard)
         name = final.name[: -len(".h5")]
     with hold_lock(final.with_name(f"{name}.lock"), f"cache {final}"):
-        model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
+        model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed, tap=tap)
         settings = cache_settings(backbone, weights, info["image_size"], preprocess, pooling, background, augment_copies,
-                                  dtype)
+                                  dtype, info["settings"])
         check_same_settings(final, settings, overwrite)
         plan = CachePlan(table, settings, info, seed, final, text, whole=whole, shard=shard, dataset=fields[0],
                          subset=fields[1])
@@ -130,7 +135,7 @@ def cache_features(
             log.info("%s is up to date", final)
             return write_summary(plan, {"rows": len(plan.paths), "computed": 0, "reused": len(plan.paths), "skipped": 0,
                                         "skipped_path": plan.skipped_path, "seconds": time.perf_counter() - started}, name)
-        extractor = feature_extractor(model, get_backbone(backbone), preprocess, info["image_size"], plan.mean, plan.std)
+        extractor = feature_extractor(model, info["spec"], preprocess, info["image_size"], plan.mean, plan.std)
         writer = CacheWriter(plan, compiled_forward(extractor, batch_size))
         result = writer.run(batch_size, progress, on_batch, strict)
         result.update(seconds=time.perf_counter() - started)
@@ -160,7 +165,7 @@ def fit_zmuv_stats(
         raise MlkitError(f"--fit-stats fits zmuv statistics; --preprocess {preprocess} has none to fit")
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     final = stage_folder(workdir, "bottlenecks") / f"{cache_name(manifest, backbone, preprocess, pooling, dataset, subset)}.h5"
-    size = int(image_size or get_backbone(backbone).default_size)
+    size = int(image_size or default_image_size(backbone))
     settings = cache_settings(backbone, "none", size, preprocess, pooling, background, 0)
     with hold_lock(final.with_name(f"{final.name[:-len('.h5')]}.lock"), f"cache {final}"):
         mean, std = CachePlan(table, settings, {"image_size": size}, 0, final).fit_zmuv(zmuv_samples, progress)

@@ -248,7 +248,7 @@ def tune_top(
     momentum=TOP["momentum"], step_every=TOP["step_every"], step_gamma=TOP["step_gamma"], augmented=False,
     sample_weights=TOP["sample_weights"], cap=TOP["cap"], oversample=TOP["oversample"], max_memory=MAX_MEMORY, seed=TOP["seed"],
     chief=False, worker=None, oracle=None, verbose=True, captions=False, text=None, text_units=None,
-    embed_dim=None, text_only=TOP["text_only"],
+    embed_dim=None, text_only=TOP["text_only"], no_tensorboard=TOP["no_tensorboard"],
 ):
     """Grid-searches top models on a bottleneck cache and returns the summary.
 
@@ -283,6 +283,10 @@ def tune_top(
             per class (0: off). The validation and test splits are untouched.
         max_memory: features larger than this stream from HDF5. Defaults to "4G".
         seed: seeds weights, shuffling and resampling. Defaults to 0.
+        no_tensorboard: write no TensorBoard event files. By default each
+            trial writes `tuning/<run>/` (per-epoch scalars, and the run
+            name's fields as hparams): `tensorboard --logdir tuning`.
+            Defaults to False.
         chief, worker, oracle: distributed tuning (see `distributed_env`).
         verbose: print one line per trial. Defaults to True.
         captions: add the caption branch (the cache needs `cache-features
@@ -314,7 +318,7 @@ def tune_top(
         fixed={"epochs": int(epochs), "patience": int(patience), "objective": objective, "momentum": float(momentum),
                    "step_every": int(step_every), "step_gamma": float(step_gamma),
                    "sample_weights": "balanced" if sample_weights else "", "cap": int(cap or 0),
-                   "oversample": int(oversample or 0), "seed": int(seed)},
+                   "oversample": int(oversample or 0), "seed": int(seed), "no_tensorboard": bool(no_tensorboard)},
     )
     memory = parse_memory(max_memory)
     folder = stage_folder(workdir, "tuning")
