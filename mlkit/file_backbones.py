@@ -38,7 +38,7 @@ def build_file_backbone(spec, weights, image_size, pooling, tap):
     model = load_keras_file(path)
     tap = tap or default_tap(model)
     features = cut_at(model, tap, image_size)
-    size = int(features.input.shape[1])
+    size = int(features.inputs[0].shape[1])
     output = features.output
     if isinstance(output, (list, tuple, dict)):
         raise MlkitError(f"--tap {tap}: that layer of {path.name} has several outputs; tap a layer with one")
@@ -48,7 +48,7 @@ def build_file_backbone(spec, weights, image_size, pooling, tap):
         output = pools[len(output.shape), pooling](name=f"tap_{pooling}_pool")(output)
     elif pooling == "cls":
         raise MlkitError("--pooling cls is for KerasHub transformers; a file backbone's tap is pooled by avg or max")
-    model = keras.Model(features.input, output, name=f"{spec.name}_features")
+    model = keras.Model(features.inputs, output, name=f"{spec.name}_features")
     return model, {"image_size": size, "spec": _replace_size(spec, size), "weights_sha256": file_sha256(path),
                    "tap": tap, "settings": {"backbone_source": str(path), "tap": tap}}
 
