@@ -97,7 +97,7 @@ def build_hub_backbone(spec, weights, image_size, pooling, seed):
     model = features_model(image_model, pooling, size)
     scale, offset = _converter_numbers(converter)
     resolved = replace(spec, default_size=preset_size or size, scale=scale, offset=offset)
-    settings = {"backbone_source": spec.source, "converter": f"scale={list(scale)} offset={list(offset)}"}
+    settings = {"backbone_source": f"hub:{spec.source}", "converter": f"scale={list(scale)} offset={list(offset)}"}
     return model, {"image_size": size, "spec": resolved, "settings": settings}
 
 
@@ -227,7 +227,8 @@ def preset_is_cached(preset):
     if Path(preset).is_dir():
         return True
     handle, folder = hub_preset_location(preset)
-    return bool(handle) and (Path(folder) / handle_path(handle)).is_dir()
+    # kagglehub makes the folder before it downloads: only its config.json says a preset is there.
+    return bool(handle) and (Path(folder) / handle_path(handle) / "config.json").is_file()
 
 
 def handle_path(handle):

@@ -97,7 +97,7 @@ def test_features_are_the_preset_converter_then_the_mean_of_patch_tokens(presets
     ours = np.asarray(feature_extractor(model, info["spec"], "inet", info["image_size"])(pixels))
     np.testing.assert_allclose(ours, reference_features(backbone, converter, prefix, pixels), rtol=1e-4, atol=1e-5)
     assert info["image_size"] == SIZE and info["spec"].name == f"hub-{family}"
-    assert info["settings"]["backbone_source"] == str(folder)
+    assert info["settings"]["backbone_source"] == f"hub:{folder}"
     again = build_backbone(f"hub:{folder}", "imagenet", None, "avg")[1]
     random = build_backbone(f"hub:{folder}", "none", None, "avg", seed=3)[1]
     assert again["weights_sha256"] == info["weights_sha256"] != random["weights_sha256"]

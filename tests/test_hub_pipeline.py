@@ -55,10 +55,10 @@ def test_a_kerashub_family_caches_tunes_finetunes_and_serves_without_mlkit(tmp_p
     backbone.save_to_preset(str(preset))
     converter.save_to_preset(str(preset))
     cache, _, result = run_pipeline(dataset(tmp_path), tmp_path / "ws", f"hub:{preset}")
-    assert open_cache(cache.path).attrs["backbone_source"] == str(preset)
-    paths = export_model(result.keras_path, formats=("savedmodel",))
+    assert open_cache(cache.path).attrs["backbone_source"] == f"hub:{preset}"
+    paths = export_model(result.model_path, formats=("savedmodel",))
     images = np.random.default_rng(0).integers(0, 255, (2, 40, 48, 3), dtype="uint8")
-    model = keras.saving.load_model(result.keras_path, compile=False)
+    model = keras.saving.load_model(result.model_path, compile=False)
     np.testing.assert_allclose(served_scores(paths["savedmodel"], images), model(images)["scores"], rtol=1e-4, atol=1e-5)
 
 
@@ -66,24 +66,24 @@ def test_a_kerashub_family_caches_tunes_finetunes_and_serves_without_mlkit(tmp_p
 def test_an_mlkit_model_is_the_backbone_of_a_new_cache(tmp_path):
     manifest = dataset(tmp_path)
     _, _, first = run_pipeline(manifest, tmp_path / "ws", "mobilenetv2", weights="none", image_size=SIZE)
-    cache, _, result = run_pipeline(manifest, tmp_path / "ws2", str(first.keras_path))
+    cache, _, result = run_pipeline(manifest, tmp_path / "ws2", str(first.model_path))
     attrs = open_cache(cache.path).attrs
-    assert attrs["tap"].startswith("network/mobilenetv2") and attrs["backbone_source"] == str(first.keras_path)
+    assert attrs["tap"].startswith("network/mobilenetv2") and attrs["backbone_source"] == str(first.model_path)
     import hashlib
 
-    assert attrs["weights_sha256"] == hashlib.sha256(first.keras_path.read_bytes()).hexdigest()
+    assert attrs["weights_sha256"] == hashlib.sha256(first.model_path.read_bytes()).hexdigest()
     # The tap's features are the first model's own backbone features: the network's top sees the same values.
-    source = keras.saving.load_model(first.keras_path, compile=False)
+    source = keras.saving.load_model(first.model_path, compile=False)
     network = source.get_layer("network")
     inner = network.get_layer(attrs["tap"].split("/")[1])
     pixels = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
     expected = inner(network.get_layer("inet_tf")(pixels))
     from mlkit.backbones import build_backbone, feature_extractor
 
-    model, info = build_backbone(str(first.keras_path))
+    model, info = build_backbone(str(first.model_path))
     np.testing.assert_allclose(feature_extractor(model, info["spec"], "inet", SIZE)(pixels), expected, rtol=1e-5,
                                atol=1e-6)
-    assert result.keras_path.exists()
+    assert result.model_path.exists()
 
 
 def test_a_lambda_layer_is_refused(tmp_path):
