@@ -17,6 +17,7 @@ Keras without importing mlkit.
 
 import contextlib
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -56,6 +57,10 @@ class BackboneSpec:
         scale: "converter" mode: pixels in [0, 255] are multiplied by this
             (one number or one per channel), then
         offset: added.
+        taps: named depths (mlkit.taps), shallow to deep, as (name, layer
+            name) pairs: the layers `cache-features --taps` may pool beside
+            the backbone's output. Empty for families not declared here
+            (their layers are still reachable by name).
     """
 
     name: str
@@ -66,6 +71,7 @@ class BackboneSpec:
     source: str = ""
     scale: tuple = ()
     offset: tuple = ()
+    taps: tuple = ()
 
 
 def _specs():
@@ -85,7 +91,44 @@ def _specs():
         ("EfficientNetV2L", "none", 480),
     ]
     table += [(f"EfficientNetB{i}", "none", size) for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))]
-    return {ctor.lower(): BackboneSpec(ctor.lower(), ctor, mode, size) for ctor, mode, size in table}
+    return {ctor.lower(): BackboneSpec(ctor.lower(), ctor, mode, size, taps=tuple(zip(TAP_NAMES, _tap_layers(ctor))))
+            for ctor, mode, size in table}
+
+
+# Named depths, shallow to deep (mlkit.taps): the end of the stride-8 stage, the middle and the end of the
+# stride-16 stage, and the block before the backbone's last; `last` (the backbone's output) follows them.
+TAP_NAMES = ("early", "mid", "high", "pre")
+# EfficientNet B0-B7 repeat the blocks of stages 3-6 by their depth coefficient (keras.applications.efficientnet).
+EFFICIENTNET_DEPTH = (1.0, 1.1, 1.2, 1.4, 1.8, 2.2, 2.6, 3.1)
+# ConvNeXt's blocks per stage (keras.applications.convnext).
+CONVNEXT_DEPTHS = {"Tiny": (3, 3, 9, 3), "Small": (3, 3, 27, 3), "Base": (3, 3, 27, 3), "Large": (3, 3, 27, 3),
+                   "XLarge": (3, 3, 27, 3)}
+
+
+def _tap_layers(constructor):
+    """The layers behind `TAP_NAMES` for one `keras.applications` constructor; () where none are declared."""
+    fixed = {
+        # The layers of the issue-19 probe, whose pooled outputs beat out_relu alone under a style shift.
+        "MobileNetV2": ("block_6_expand_relu", "block_10_project_BN", "block_13_expand_relu", "block_16_project_BN"),
+        "VGG16": ("block4_conv3", "block5_conv1", "block5_conv3"),
+        "VGG19": ("block4_conv4", "block5_conv2", "block5_conv4"),
+        "ResNet50": ("conv3_block4_out", "conv4_block3_out", "conv4_block6_out", "conv5_block2_out"),
+        "ResNet101": ("conv3_block4_out", "conv4_block12_out", "conv4_block23_out", "conv5_block2_out"),
+        "ResNet152": ("conv3_block8_out", "conv4_block18_out", "conv4_block36_out", "conv5_block2_out"),
+        "EfficientNetV2B0": ("block3b_add", "block4c_add", "block5e_add", "block6h_add"),
+    }
+    if constructor in fixed:
+        return fixed[constructor]
+    if constructor.startswith("EfficientNetB"):
+        depth = EFFICIENTNET_DEPTH[int(constructor[-1])]
+        last = [chr(ord("a") + math.ceil(repeats * depth) - 1) for repeats in (2, 3, 3, 4)]
+        return tuple(f"block{stage}{letter}_add" for stage, letter in zip((3, 4, 5, 6), last))
+    if constructor.startswith("ConvNeXt"):
+        size = constructor[len("ConvNeXt"):]
+        depths = CONVNEXT_DEPTHS[size]
+        blocks = ((1, depths[1] - 1), (2, depths[2] // 2), (2, depths[2] - 1), (3, depths[3] - 2))
+        return tuple(f"convnext_{size.lower()}_stage_{stage}_block_{block}_identity" for stage, block in blocks)
+    return ()
 
 
 BACKBONES = _specs()
@@ -104,10 +147,10 @@ def get_backbone(name):
         preset = text[len(HUB_PREFIX):]
         if not preset:
             raise MlkitError("--backbone hub: needs a KerasHub preset, e.g. hub:dinov2_small")
-        return BackboneSpec(f"hub-{_name_field(Path(preset).name or preset)}", "", "converter", None, "hub", preset)
+        return BackboneSpec(f"hub-{_name_field(Path(preset).name or preset)}", "", "converter", None, kind="hub", source=preset)
     if text.lower().endswith(".keras") or os.sep in text or "/" in text:
         path = Path(text).expanduser().resolve()
-        return BackboneSpec(f"file-{_name_field(path.stem)}", "", "none", None, "file", str(path))
+        return BackboneSpec(f"file-{_name_field(path.stem)}", "", "none", None, kind="file", source=str(path))
     spec = BACKBONES.get(text.lower())
     if spec is None:
         raise MlkitError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}, "
@@ -305,15 +348,21 @@ def weights_sha256(model):
     return digest.hexdigest()
 
 
-def feature_extractor(backbone, spec, preprocess, image_size, mean=None, std=None):
-    """float pixels (B, S, S, 3) in [0, 255] -> preprocessing -> backbone features."""
+def feature_extractor(backbone, spec, preprocess, image_size, mean=None, std=None, taps=()):
+    """float pixels (B, S, S, 3) in [0, 255] -> preprocessing -> backbone features.
+
+    With `taps` (layer names), the outputs are a list: the backbone's own
+    features, then each tap pooled as the backbone pools (`tapped_backbone`),
+    all from one forward pass.
+    """
     import keras
 
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
     x = inputs
     for layer in preprocessing_layers(spec, preprocess, mean, std):
         x = layer(x)
-    outputs = backbone(x, training=False)
+    network = tapped_backbone(backbone, ("last", *taps)) if taps else backbone
+    outputs = network(x, training=False)
     return keras.Model(inputs, outputs, name=f"{spec.name}_features")
 
 
@@ -390,3 +439,56 @@ def _is_keras_class(layer):
 def _unit_name(layers, fallback):
     with_weights = [layer.name for layer in layers if layer.weights]
     return with_weights[0] if with_weights else fallback
+
+
+def backbone_pooling(backbone):
+    """"avg", "max" or "none": how `build_backbone` pooled this model's output."""
+    import keras
+
+    last = backbone.layers[-1]
+    if isinstance(last, keras.layers.GlobalAveragePooling2D):
+        return "avg"
+    if isinstance(last, keras.layers.GlobalMaxPooling2D):
+        return "max"
+    return "none"
+
+
+def tapped_backbone(backbone, taps):
+    """One model over the backbone's layers whose outputs are the given taps, in order.
+
+    `"last"` is the backbone's own output; any other tap is a layer name,
+    whose output is pooled as the backbone's is (global average or max
+    pooling; raw maps for "none"). The model shares the backbone's layers,
+    so freezing or training them acts on both.
+
+    Args:
+        backbone: a model from `build_backbone`.
+        taps: "last" and layer names, in the order the outputs are wanted.
+
+    Returns:
+        A `keras.Model` with one output per tap (a list, even for one tap).
+    """
+    import keras
+
+    pooling = backbone_pooling(backbone)
+    outputs = []
+    for tap in taps:
+        if tap == "last":
+            outputs.append(backbone.output)
+            continue
+        try:
+            x = backbone.get_layer(tap).output
+        except ValueError:
+            raise MlkitError(f"tap {tap!r}: {backbone.name} has no layer of that name; give a named depth "
+                             "(mlkit.taps) or a layer name from its model.summary()") from None
+        if pooling != "none":
+            pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+            x = pool(name=f"tap_{pooling}_{tap}")(x)
+        outputs.append(x)
+    return keras.Model(backbone.inputs, outputs, name=f"{backbone.name}_taps")
+
+
+def named_taps(name):
+    """{named depth: layer name} declared for a backbone (by registry name or Keras model name), or {}."""
+    spec = BACKBONES.get(str(name).lower())
+    return dict(spec.taps) if spec else {}

@@ -20,6 +20,9 @@ from pathlib import Path
 
 from mlkit.errors import MlkitError
 
+# A file or folder argument: a str or any os.PathLike (pathlib.Path), as `open` takes.
+StrPath = str | os.PathLike[str]
+
 MB = 1 << 20
 # The one temporary-name convention for files written in place of another (`temporary_path`).
 TEMPORARY_PREFIX = ".partial-"

@@ -77,6 +77,14 @@ def shown_default(field):
     return str(value).replace("%", "%%")
 
 
+def argument_type(hint):
+    """int, float or str for a field's type hint, `X | None` read as X; anything else is str."""
+    present = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if len(present) == 1:
+        hint = present[0]
+    return hint if hint in (int, float, str) else str
+
+
 def add_options(parser, config_class, names=None, *, lists=(), exclude=()):
     """Adds `--<name>` for each option field of `config_class` (all, or `names` in that order).
 
@@ -106,7 +114,7 @@ def add_options(parser, config_class, names=None, *, lists=(), exclude=()):
         elif field.name in lists:
             parser.add_argument(flag, default=None, help=f"{text} ({LIST_NOTE}; default {shown_default(field)})")
         else:
-            kind = types.get(field.name) if types.get(field.name) in (int, float, str) else str
+            kind = argument_type(types.get(field.name))
             parser.add_argument(flag, type=kind, default=default, choices=meta["choices"], metavar=meta["metavar"],
                                 help=f"{text} (default {shown_default(field)})")
     return parser

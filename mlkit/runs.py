@@ -1,7 +1,7 @@
 """Run names: every trial is named by the hyperparameters that made it.
 
 A run's log, weights and config share one name, so runs can be compared from
-their file names alone (seed 003, section 4.3). Fields are joined by `_`:
+their file names alone (the COCO report, section 4.3; docs/references.md). Fields are joined by `_`:
 
     <dataset>_<subset>_<backbone>_<prep>_<pool>_<L>x<U><reg>_lr<XY>_b<B>
         [_<frozen>_lr<XY>_b<B>_<aug>] [_<key>-<value> ...]
@@ -33,7 +33,7 @@ image), `sw-bal` (balanced sample weights), `cap-N` (at most N training rows
 per class) and `over-N` (small classes oversampled to N rows). New keys
 need no change here: unknown keys are parsed and written back verbatim.
 
-The caption branch (seed 001) adds `text-<kind><units>[only]`: its recurrent
+The caption branch (the caption report) adds `text-<kind><units>[only]`: its recurrent
 layer (`lstm`, or `bilstm` for a bidirectional one) and units per direction,
 then `only` when the top reads the captions alone, without the image
 features (the fixed fields still name the cache it was trained on); and
@@ -48,6 +48,8 @@ ablation.
     synth_all_mobilenetv2_inet_avg_1x64d2_lr13_b32_opt-adam_text-bilstm128
     synth_all_mobilenetv2_inet_avg_1x64d2_lr13_b32_emb-64_opt-adam_text-lstm32only
 """
+
+from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
@@ -141,10 +143,10 @@ class RunName:
     reg: str
     lr: float
     batch: int
-    frozen: object = None
-    ft_lr: float = None
-    ft_batch: int = None
-    aug: str = None
+    frozen: int | str | None = None
+    ft_lr: float | None = None
+    ft_batch: int | None = None
+    aug: str | None = None
     options: tuple = field(default=())
 
     def __post_init__(self):
@@ -228,7 +230,7 @@ def normalize_options(options):
     return tuple(sorted(normalized))
 
 
-def format_run_name(run):
+def format_run_name(run: RunName) -> str:
     """Writes a `RunName` as its canonical string (the inverse of `parse_run_name`)."""
     parts = [
         run.dataset, run.subset, run.backbone, run.prep, run.pool,
@@ -240,7 +242,7 @@ def format_run_name(run):
     return "_".join(parts)
 
 
-def parse_run_name(name):
+def parse_run_name(name: str) -> RunName:
     """Reads a run name (or a file name such as `<run>.csv`) back into its fields.
 
     Args:

@@ -30,10 +30,11 @@ def run_hparams(run):
     """The run name's fields as HParams values (str, float, int or bool); options as `opt_<key>`."""
     from dataclasses import asdict
 
-    fields = asdict(parse_run_name(run))
-    options = fields.pop("options", {}) or {}
+    name = parse_run_name(run)
+    fields = asdict(name)
+    fields.pop("options")
     values = {key: value for key, value in fields.items() if value is not None}
-    values.update({f"opt_{key}": str(value) for key, value in options.items()})
+    values.update({f"opt_{key}": str(value) for key, value in name.options})
     return {key: value if isinstance(value, (bool, int, float)) else str(value) for key, value in values.items()}
 
 

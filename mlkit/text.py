@@ -1,6 +1,6 @@
 r"""Caption text: offline preprocessing, a fitted vocabulary, and an in-graph vectoriser.
 
-The caption branch (seed 001) turns free text into token ids in three steps
+The caption branch (the caption report, docs/references.md) turns free text into token ids in three steps
 that need no downloaded data: a regular-expression tokeniser (lower-cased
 runs of letters, digits and '_'; punctuation is dropped), stop-word removal
 (NLTK's English list when its corpus is installed, else scikit-learn's
@@ -15,7 +15,7 @@ evaluates with RE2 (`[\pL\pN_]`).
 
 A vocabulary is fitted on the training split's captions only. Ids: 0 pads,
 1 is the OOV token (a stem outside the vocabulary), and 2, 3, ... are the
-kept stems, most frequent first, at most `num_words` ids in all (seed 001:
+kept stems, most frequent first, at most `num_words` ids in all (the caption report:
 10,000). Captions are cut to `max_len` tokens, by default the 95th
 percentile of the training captions' token counts, and padded with 0 at the
 end. The vocabulary is a plain JSON-serialisable dict, stored in the
@@ -39,9 +39,12 @@ seen there is OOV in the graph even when the Python encoder finds its stem
 in the vocabulary ("circling" when only "circle" was seen).
 """
 
+from __future__ import annotations
+
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 
 import keras
@@ -135,7 +138,9 @@ def preprocess(text, stop_words=None):
     return [stem(word) for word in content_words(text, stop_words)]
 
 
-def fit_vocabulary(captions, num_words=DEFAULT_NUM_WORDS, max_len=None):
+def fit_vocabulary(
+    captions: Iterable[str | None], num_words: int = DEFAULT_NUM_WORDS, max_len: int | None = None,
+) -> dict:
     """Fits a caption vocabulary on training captions.
 
     Args:
@@ -165,8 +170,8 @@ def fit_vocabulary(captions, num_words=DEFAULT_NUM_WORDS, max_len=None):
     documents = [content_words(text, stop_set) for text in captions if text is not None]
     if not documents:
         raise MlkitError("no training row has a caption to fit the vocabulary on; add captions or drop --captions")
-    counts = Counter()
-    stem_of = {}
+    counts: Counter[str] = Counter()
+    stem_of: dict[str, str] = {}
     for words in documents:
         for word in words:
             stem_of.setdefault(word, stem(word))
@@ -240,7 +245,7 @@ class CaptionEncoder:
         return out
 
 
-def encode_captions(captions, vocabulary):
+def encode_captions(captions: Iterable[str | None], vocabulary: dict) -> np.ndarray:
     """Token ids of captions, int32 (N, max_len), 0-padded; see `CaptionEncoder`."""
     return CaptionEncoder(vocabulary).encode(captions)
 
@@ -303,7 +308,7 @@ class CaptionVectorizer(keras.layers.Layer):
         return {**super().get_config(), "vocabulary": self.vocabulary}
 
 
-def caption_vectorizer(vocabulary, name="caption_vectorizer"):
+def caption_vectorizer(vocabulary: dict, name: str = "caption_vectorizer") -> CaptionVectorizer:
     """A `CaptionVectorizer` layer for a fitted vocabulary (see its docstring).
 
     Example:

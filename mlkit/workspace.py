@@ -35,7 +35,7 @@ def run_paths(workdir, run, stage="tuning"):
     and "work" (the hidden folder of a run in progress: checkpoints, phase logs).
 
     Example:
-        run_paths(".", "synth_ml_mobilenetv2_inet_avg_1x1024d5_lr1e-1_b64")["weights"]
+        run_paths(".", "synth_ml_mobilenetv2_inet_avg_1x1024d5_lr11_b64")["weights"]
     """
     return run_files(Path(workdir) / stage, run, stage)
 

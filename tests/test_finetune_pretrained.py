@@ -94,3 +94,87 @@ def test_the_first_fine_tuning_epoch_starts_from_the_cached_tops_loss(workspace)
                       warmup_epochs=0, batch=16, progress=False)
     first = float(read_log(result.csv_path)[0]["loss"])
     assert first == pytest.approx(cached, rel=0.05)
+
+
+TAPS = "last+high+pre"
+
+EXPORT_SERVE = """
+import sys
+import numpy as np
+import tensorflow as tf
+served = tf.saved_model.load(sys.argv[1])
+scores = served.serve(tf.constant(np.load(sys.argv[2])))["scores"].numpy()
+assert "mlkit" not in sys.modules
+np.save(sys.argv[3], scores)
+"""
+
+
+@pytest.fixture(scope="module")
+def tapped_workspace(tmp_path_factory, pretrained_mobilenetv2):
+    """A cache of every named depth of the pretrained MobileNetV2 (images already at its size) and a top on three taps."""
+    root = tmp_path_factory.mktemp("tapped")
+    synthesize(root / "data", task="multilabel", n=64, size=SIZE, seed=1)
+    split_manifest(root / "data" / "manifest.csv", val=0.25, test=0.25, seed=0)
+    work = root / "ws"
+    cache = cache_features(root / "data" / "manifest.csv", work, backbone="mobilenetv2", weights=pretrained_mobilenetv2,
+                           image_size=SIZE, batch_size=32, taps="all", progress=False)
+    summary = tune_top(cache.path, work, taps=TAPS, units=32, reg="d0", optimizer="adam", lr=0.001, batch=16, epochs=6,
+                       verbose=False)
+    return work, open_cache(cache.path), summary.run.iloc[0]
+
+
+def test_a_tapped_network_starts_from_the_cached_tops_scores_with_batch_norm_in_inference_mode(tapped_workspace):
+    work, cache, run = tapped_workspace
+    top, config = load_top(work, run)
+    assert run.endswith("_taps-lhp") and config.input_shape == [1280 + 576 + 320]
+    backbone, spec = rebuild_backbone(cache.attrs)
+    network = build_network(backbone, spec, cache.attrs, top, taps=config.tap_list)
+    apply_freeze(network, backbone, resolve_freeze(backbone, "block_13"))
+    assert backbone.trainable_weights and network.trainable_weights
+    rows = cache.indices("train")[:32]
+    images = [load_image(Path(cache.attrs["manifest_root"]) / path) for path in cache.read("image", rows)]
+    pixels = np.stack([resize_images(image.astype("float32"), SIZE) for image in images])
+    cached = top.predict(cache.read_taps(config.tap_list, rows), verbose=0)
+    np.testing.assert_allclose(network(pixels, training=False), cached, atol=1e-5)
+    np.testing.assert_allclose(network(pixels, training=True), cached, atol=1e-5)
+    norms = [layer for layer in walk_layers(network) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) > 40 and not any(layer.trainable for layer in norms)
+
+
+def test_an_exported_tapped_model_served_without_mlkit_gives_the_cached_tops_scores(tapped_workspace, tmp_path):
+    import subprocess
+    import sys
+
+    from mlkit.evaluation.decisions import parse_rule
+    from mlkit.models.export import write_savedmodel
+    from mlkit.models.network import build_export_model
+
+    work, cache, run = tapped_workspace
+    top, config = load_top(work, run)
+    backbone, spec = rebuild_backbone(cache.attrs)
+    network = build_network(backbone, spec, cache.attrs, top, taps=config.tap_list)
+    rule = parse_rule("threshold:0.5").to_dict()
+    saved = write_savedmodel(build_export_model(network, cache.attrs, rule, "multilabel"), tmp_path / "tapped.savedmodel")
+    rows = cache.indices("test")[:8]
+    # Stored at the cache's size, so the served model's resize leaves the pixels the cache saw.
+    images = np.stack([load_image(Path(cache.attrs["manifest_root"]) / path) for path in cache.read("image", rows)])
+    assert images.shape[1:3] == (SIZE, SIZE)
+    np.save(tmp_path / "images.npy", images)
+    (tmp_path / "serve.py").write_text(EXPORT_SERVE)
+    subprocess.run([sys.executable, str(tmp_path / "serve.py"), str(saved), str(tmp_path / "images.npy"),
+                    str(tmp_path / "scores.npy")], check=True, cwd=tmp_path, timeout=300)
+    cached = top.predict(cache.read_taps(config.tap_list, rows), verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), cached, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_finetune_of_a_tapped_top_reports_the_cached_tops_baseline_and_starts_from_its_loss(tapped_workspace):
+    work, cache, run = tapped_workspace
+    top, config = load_top(work, run)
+    features, labels = cache.load("train", taps=config.tap_list)
+    cached = float(keras.losses.BinaryCrossentropy()(labels.astype("float32"), top.predict(features, verbose=0)))
+    result = finetune(cache.path, run, work, freeze="block_13", optimizer="adam", lr=1e-5, augment="none", epochs=1,
+                      warmup_epochs=0, batch=16, progress=False)
+    assert result.run.endswith("_none_opt-adam_taps-lhp")
+    assert float(read_log(result.csv_path)[0]["loss"]) == pytest.approx(cached, rel=0.05)
+    assert result.baseline["micro"]["f1"] >= 0

@@ -125,7 +125,7 @@ def test_sortable_keys_order_like_floats():
 
 
 def loop_best_possible(labels, k):
-    """Seed 003's oracle in plain Python: rarest true labels first, then the most frequent false ones."""
+    """The COCO report's oracle in plain Python: rarest true labels first, then the most frequent false ones."""
     support = labels.sum(axis=0).astype(int)
     decisions = np.zeros_like(labels)
     for i, row in enumerate(labels):

@@ -1,4 +1,6 @@
-"""Run names: the grammar of DESIGN.md, exact round trips, clear errors."""
+"""Run names: the grammar of docs/design.md, exact round trips, clear errors."""
+
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
@@ -109,6 +111,27 @@ def test_format_and_parse_are_exact_inverses(run):
     assert parse_run_name(name) == run
     assert format_run_name(parse_run_name(name)) == name
     assert "_" not in run.dataset and name.count(".") == 0
+
+
+# Taps a MobileNetV2 cache may hold: its named depths' layers and two other layers (mlkit.taps).
+CACHED_TAPS = ("block_6_expand_relu", "block_10_project_BN", "block_13_expand_relu", "block_16_project_BN",
+               "block_3_add", "Conv1_relu")
+tap_combinations = st.lists(st.sampled_from(("last",) + CACHED_TAPS), min_size=1, unique=True).map(
+    lambda taps: tuple(tap for tap in ("last",) + CACHED_TAPS if tap in taps))
+
+
+@settings(max_examples=200, deadline=None)
+@given(run_names(), tap_combinations)
+def test_run_names_round_trip_with_taps(run, taps):
+    from mlkit.taps import decode, encode
+
+    code = encode(taps, "mobilenetv2")
+    assert (code is None) == (taps == ("last",))
+    options = {key: value for key, value in run.options if key != "taps"} | ({"taps": code} if code else {})
+    named = dataclasses.replace(run, backbone="mobilenetv2", options=options)
+    parsed = parse_run_name(format_run_name(named))
+    assert parsed == named
+    assert decode(parsed.option("taps"), parsed.backbone, CACHED_TAPS) == taps
 
 
 @pytest.mark.parametrize("options, branch", [

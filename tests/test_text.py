@@ -47,7 +47,7 @@ def test_stop_words_come_from_an_installed_list_and_are_dropped_before_stemming(
 
 
 def test_porter_stemming_joins_word_forms():
-    assert {stem(w) for w in ("play", "played", "playing", "plays")} == {"play"}  # seed 001's example
+    assert {stem(w) for w in ("play", "played", "playing", "plays")} == {"play"}  # the caption report's example
     assert stem("circles") == stem("circle") == "circl"
     assert preprocess("The CIRCLES are red; circled twice") == ["circl", "red", "circl", "twice"]
     assert preprocess(None) == [] and preprocess("café naïve") == ["café", "naïv"]

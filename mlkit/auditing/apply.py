@@ -1,5 +1,7 @@
 """Acting on an audit: a corrected manifest from an edited issues.csv, and the duplicate groups for splitting."""
 
+from __future__ import annotations
+
 import json
 import logging
 from pathlib import Path
@@ -10,6 +12,7 @@ from mlkit.auditing.config import ACCEPT, DECISION_COLUMN, REJECT, SUMMARY_JSON
 from mlkit.data.manifest import LABEL_SEP, read_manifest, write_manifest
 from mlkit.data.split import read_duplicate_groups  # noqa: F401 (re-exported: audit's groups.csv reader)
 from mlkit.errors import MlkitError
+from mlkit.files import StrPath
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def parse_labels(text, task, where):
         raise MlkitError(f"{where}: suggested target {text!r} is not a number") from None
 
 
-def apply_corrections(issues, manifest=None, out=None):
+def apply_corrections(issues: StrPath, manifest: StrPath | None = None, out: StrPath | None = None) -> Path:
     """Writes a corrected manifest from the accepted findings of an edited issues.csv.
 
     Accepted findings whose action is "drop" remove their row's image; those

@@ -1,10 +1,13 @@
 """`mlkit.audit`: every check on one cache, written to `audit/<cache>/`."""
 
+from __future__ import annotations
+
 import logging
 import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,7 +18,11 @@ from mlkit.auditing.labels import label_quality
 from mlkit.auditing.near import near_duplicates
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
+from mlkit.files import StrPath
 from mlkit.options import defaults_of
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 # The keyword defaults are AuditConfig's (mlkit.options): written once, there.
@@ -34,7 +41,7 @@ class AuditResult:
     """
 
     folder: Path
-    issues: object
+    issues: pd.DataFrame
     summary: dict
     timings: dict = field(default_factory=dict)
 
@@ -86,11 +93,13 @@ def check_labels(cache, table, config, workdir):
 
 
 def audit(
-    cache, workdir=".", *, near_threshold=AUDIT["near_threshold"], near_feature_threshold=AUDIT["near_feature_threshold"],
-    neighbours=AUDIT["neighbours"], outlier_k=AUDIT["outlier_k"], outlier_z=AUDIT["outlier_z"], folds=AUDIT["folds"],
-    top=AUDIT["top"], units=AUDIT["units"], epochs=AUDIT["epochs"], batch=AUDIT["batch"], lr=AUDIT["lr"],
-    residual_z=AUDIT["residual_z"], sheet_size=AUDIT["sheet_size"], seed=AUDIT["seed"],
-):
+    cache: StrPath, workdir: StrPath = ".", *, near_threshold: float = AUDIT["near_threshold"],
+    near_feature_threshold: float = AUDIT["near_feature_threshold"], neighbours: int = AUDIT["neighbours"],
+    outlier_k: int = AUDIT["outlier_k"], outlier_z: float = AUDIT["outlier_z"], folds: int = AUDIT["folds"],
+    top: str = AUDIT["top"], units: int = AUDIT["units"], epochs: int = AUDIT["epochs"], batch: int = AUDIT["batch"],
+    lr: float = AUDIT["lr"], residual_z: float = AUDIT["residual_z"], sheet_size: int = AUDIT["sheet_size"],
+    seed: int = AUDIT["seed"],
+) -> AuditResult:
     """Finds duplicates, split leaks, likely label errors and outliers in a bottleneck cache.
 
     Writes `WORKDIR/audit/<cache>/`: `issues.csv` (one row per finding, leaks
@@ -119,22 +128,22 @@ def audit(
         residual_z=residual_z, sheet_size=sheet_size, seed=seed,
     )
     timer = _Timer()
-    cache = open_cache(cache)
-    table = load_rows(cache)
+    features = open_cache(cache)
+    table = load_rows(features)
     groups = duplicates.exact_groups(table["sha256"])
     timer.done("exact duplicates")
     # The label check holds the whole feature matrix beside TensorFlow: it runs first, on a heap
     # that the neighbour searches have not yet fragmented, and frees the matrix before they start.
-    labels = check_labels(cache, table, config, workdir)
+    labels = check_labels(features, table, config, workdir)
     timer.done("label check")
-    similarities, positions = knn.nearest_neighbours(cache.path, table["rows"], config.neighbours)
+    similarities, positions = knn.nearest_neighbours(features.path, table["rows"], config.neighbours)
     outlier = findings.outlier_scores(similarities, config.outlier_k)
     timer.done("nearest neighbours")
-    near, near_record = near_duplicates(cache, table, (similarities, positions), groups, config)
+    near, near_record = near_duplicates(features, table, (similarities, positions), groups, config)
     del similarities, positions
     timer.done("near duplicates")
-    issues, duplicate_group = findings.collect(cache, table, groups, near, outlier, labels, config)
-    folder = Path(workdir) / AUDIT_DIR / cache.name
-    summary = report.write_all(folder, cache, table, issues, duplicate_group, groups, near, near_record, outlier,
+    issues, duplicate_group = findings.collect(features, table, groups, near, outlier, labels, config)
+    folder = Path(workdir) / AUDIT_DIR / features.name
+    summary = report.write_all(folder, features, table, issues, duplicate_group, groups, near, near_record, outlier,
                                labels, config, timer)
     return AuditResult(folder, issues, summary, timer.parts)

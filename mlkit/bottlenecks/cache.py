@@ -15,6 +15,8 @@ Layout (N manifest rows, D feature dims, K augmented views, L labels):
     image_sha256, file_size, file_mtime_ns   what the key was computed from (a rerun
                            trusts the hash of a file whose size and mtime are unchanged)
     done        uint8 (N,) 1 when the row's features (and views) are written
+    taps/<layer>             with cache-features --taps: the layer's output, pooled as `features`
+    augmented_taps/<layer>   and its augmented views, as `augmented` (mlkit.taps)
     thumbnail   uint8 (N, 8, 8, 3) optional: each image's pixel thumbnail (mlkit.thumbnails),
                 which `mlkit audit` finds near duplicates by; all 0 in a row that has none
                 (caches made before it existed have no such dataset)
@@ -22,11 +24,15 @@ Layout (N manifest rows, D feature dims, K augmented views, L labels):
 Attributes hold the task, label names, backbone, weights and their sha256,
 input size, preprocessing (and its fitted statistics), pooling, augmentation
 copies, versions, the manifest hash, `complete`, and with `tokens` the
-caption `vocabulary` they were encoded with (JSON; see mlkit.text). While
+caption `vocabulary` they were encoded with (JSON; see mlkit.text), and with
+`taps/` datasets the list of their layers (`taps`, JSON; absent for a cache of
+the backbone's output alone, which is byte for byte what it was before taps). While
 the cache is being written it lives at `<name>.partial.h5`; it is renamed to
 `<name>.h5` only when every readable row is done, so a file under the final
 name is always whole.
 """
+
+from __future__ import annotations
 
 import functools
 import json
@@ -37,7 +43,7 @@ import h5py
 import numpy as np
 
 from mlkit.errors import CacheError
-from mlkit.files import atomic_path
+from mlkit.files import StrPath, atomic_path
 from mlkit.thumbnails import THUMBNAIL_DATASET, THUMBNAIL_SHAPE
 
 FORMAT_VERSION = 1
@@ -52,9 +58,26 @@ STR = h5py.string_dtype("utf-8")
 # statistics; the manifest hash the rows, labels and splits). A top tuned on one cache fits only it.
 IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size", "preprocess", "pooling",
                   "background", "fingerprint", "manifest_sha256")
-JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary")
-# A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (DESIGN.md, run names).
+JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary",
+              "taps")
+# A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (docs/design.md, run names).
 NAME_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
+
+
+def tap_dataset(tap, views=False):
+    """The dataset that holds a tap's features (`views`: its augmented views): "last" is `features`."""
+    if tap == "last":
+        return "augmented" if views else "features"
+    return f"{'augmented_taps' if views else 'taps'}/{tap}"
+
+
+def feature_datasets(h5):
+    """Every features-like dataset of an open cache: `features`, `augmented` and each tap's."""
+    names = [name for name in ("features", "augmented") if name in h5]
+    for group in ("taps", "augmented_taps"):
+        if group in h5:
+            names += [f"{group}/{layer}" for layer in h5[group]]
+    return names
 
 
 def partial_path(path):
@@ -159,8 +182,8 @@ class FeatureCache:
 
     path: Path
     attrs: dict
-    _split: np.ndarray = field(repr=False, default=None)
-    _done: np.ndarray = field(repr=False, default=None)
+    _split: np.ndarray | None = field(repr=False, default=None)
+    _done: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def name(self):
@@ -246,6 +269,25 @@ class FeatureCache:
             return tuple(h5["features"].shape[1:])
 
     @property
+    def taps(self):
+        """Layers cached beside the backbone's output (`cache-features --taps`), in cache order; () for none."""
+        return tuple(self.attrs.get("taps") or ())
+
+    def taps_shape(self, taps=("last",)):
+        """The shape a top reads for a combination of taps: their pooled vectors side by side."""
+        if tuple(taps) == ("last",):
+            return self.feature_shape
+        with h5py.File(self.path, "r") as h5:
+            missing = [tap for tap in taps if tap_dataset(tap) not in h5]
+            if missing:
+                raise CacheError(f"{self.path} holds no tap {', '.join(missing)} (it holds last"
+                                 f"{''.join(', ' + tap for tap in self.taps)}); rerun cache-features with --taps")
+            shapes = [h5[tap_dataset(tap)].shape[1:] for tap in taps]
+        if any(len(shape) != 1 for shape in shapes):
+            raise CacheError(f"{self.path}: taps are combined as pooled vectors, and these are maps {shapes}")
+        return (sum(int(shape[0]) for shape in shapes),)
+
+    @property
     def feature_dtype(self):
         """The dtype features are stored in (float32, or float16 with cache-features --dtype float16)."""
         with h5py.File(self.path, "r") as h5:
@@ -283,21 +325,28 @@ class FeatureCache:
             values = decode_strings(values)
         return values
 
+    def read_taps(self, taps, indices=None, views=False):
+        """The taps' features (or views) of some rows, as float32, side by side along the last axis."""
+        parts = [self.read(tap_dataset(tap, views), indices).astype("float32", copy=False) for tap in taps]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
     def has(self, dataset):
         with h5py.File(self.path, "r") as h5:
             return dataset in h5
 
-    def load(self, split=None, augmented=False):
+    def load(self, split=None, augmented=False, taps=("last",)):
         """Features (float32, whatever the stored dtype) and labels of one split as in-memory arrays.
 
         With `augmented=True` the K cached views of each row follow the clean
         rows, so a top model sees augmentation without rerunning the backbone.
+        `taps` (mlkit.taps) picks the features: the taps' vectors side by
+        side, in the order given. Defaults to ("last",), the `features` dataset.
         """
         indices = self.indices(split)
-        x = self.read("features", indices).astype("float32", copy=False)
+        x = self.read_taps(taps, indices)
         y = self.read("labels", indices)
         if augmented and self.augment_copies and self.has("augmented"):
-            views = self.read("augmented", indices).astype("float32", copy=False)
+            views = self.read_taps(taps, indices, views=True)
             x = np.concatenate([x, views.reshape((-1,) + x.shape[1:])])
             y = np.concatenate([y, np.repeat(y, self.augment_copies, axis=0)])
         return x, y
@@ -313,7 +362,7 @@ def identity_differences(stored, identity):
             if stored.get(key) is not None and identity.get(key) is not None and str(stored[key]) != str(identity[key])]
 
 
-def open_cache(path):
+def open_cache(path: StrPath) -> FeatureCache:
     """Opens a finished cache for reading, or explains why it cannot be used."""
     path = Path(path)
     if not path.exists():
@@ -382,19 +431,14 @@ def as_stored(features, dtype, where):
 
 
 def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_copies=0, captions=False,
-                    dtype=DEFAULT_DTYPE, thumbnails=False):
+                    dtype=DEFAULT_DTYPE, thumbnails=False, taps=None):
     """Creates the empty datasets of a cache (features chunked along rows, all space allocated).
 
     `dtype` is the features' and views' dtype, one of `FEATURE_DTYPES`; `thumbnails` adds the
-    optional thumbnail dataset.
+    optional thumbnail dataset; `taps` maps each tapped layer to its pooled shape.
     """
-    feature_shape = tuple(int(d) for d in feature_shape)
-    n = max(num_rows, 1)
-    chunk_rows = max(1, min(n, (1 << 20) // (np.dtype(dtype).itemsize * int(np.prod(feature_shape)))))
-    h5.create_dataset("features", **_early((num_rows, *feature_shape), dtype, (chunk_rows, *feature_shape)))
-    if augment_copies:
-        views = (augment_copies, *feature_shape)
-        h5.create_dataset("augmented", **_early((num_rows, *views), dtype, (max(1, chunk_rows // augment_copies), *views)))
+    for tap, shape in {"last": feature_shape, **(taps or {})}.items():
+        _create_features(h5, tap, tuple(int(d) for d in shape), num_rows, augment_copies, dtype)
     if task == "multilabel":
         h5.create_dataset("labels", (num_rows, num_labels), "uint8")
     elif task == "multiclass":
@@ -412,6 +456,17 @@ def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_co
         h5.create_dataset(THUMBNAIL_DATASET, **_early((num_rows, *THUMBNAIL_SHAPE), "uint8"))
 
 
+def _create_features(h5, tap, feature_shape, num_rows, augment_copies, dtype):
+    """One tap's features dataset (and its views'), chunked along rows to about 1 MiB."""
+    n = max(num_rows, 1)
+    chunk_rows = max(1, min(n, (1 << 20) // (np.dtype(dtype).itemsize * int(np.prod(feature_shape)))))
+    h5.create_dataset(tap_dataset(tap), **_early((num_rows, *feature_shape), dtype, (chunk_rows, *feature_shape)))
+    if augment_copies:
+        views = (augment_copies, *feature_shape)
+        h5.create_dataset(tap_dataset(tap, views=True),
+                          **_early((num_rows, *views), dtype, (max(1, chunk_rows // augment_copies), *views)))
+
+
 def write_tokens(h5, tokens=None, vocabulary=None):
     """Replaces the cache's caption tokens and their vocabulary; with None, removes both."""
     if "tokens" in h5:
@@ -426,7 +481,7 @@ def write_tokens(h5, tokens=None, vocabulary=None):
 
 
 def write_cache(path, *, features, labels, split, attrs, image=None, caption=None, augmented=None, tokens=None,
-                image_sha256=None, dtype=DEFAULT_DTYPE, thumbnail=None):
+                image_sha256=None, dtype=DEFAULT_DTYPE, thumbnail=None, taps=None, tap_views=None):
     """Writes a finished cache in one go (tests, benchmarks, hand-made features).
 
     Args:
@@ -443,6 +498,9 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
         dtype: how features (and views) are stored: "float32" or "float16"; recorded as
             attribute `dtype`. Defaults to "float32".
         thumbnail: optional uint8 (N, 8, 8, 3) pixel thumbnails (mlkit.thumbnails).
+        taps: optional {layer: (N, D) features} stored as taps (mlkit.taps),
+            listed in attribute `taps` in this order.
+        tap_views: with `augmented`, {layer: (N, K, D) views} for each tap.
     """
     path = Path(path)
     if dtype not in FEATURE_DTYPES:
@@ -456,8 +514,13 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
             num_labels=labels.shape[1] if labels.ndim > 1 else 0,
             augment_copies=0 if augmented is None else augmented.shape[1],
             captions=caption is not None, dtype=dtype, thumbnails=thumbnail is not None,
+            taps={layer: np.shape(values)[1:] for layer, values in (taps or {}).items()},
         )
         h5["features"][...] = features
+        for layer, values in (taps or {}).items():
+            h5[tap_dataset(layer)][...] = as_stored(values, dtype, path)
+            if augmented is not None:
+                h5[tap_dataset(layer, views=True)][...] = as_stored(tap_views[layer], dtype, path)
         h5["labels"][...] = labels
         h5["split"][...] = list(split)
         h5["image"][...] = list(image) if image is not None else [f"row{i}" for i in range(n)]
@@ -474,5 +537,5 @@ def write_cache(path, *, features, labels, split, attrs, image=None, caption=Non
             write_tokens(h5, tokens, attrs.get("vocabulary"))
         h5["done"][...] = 1
         write_attrs(h5, {"format_version": FORMAT_VERSION, "augment_copies": 0 if augmented is None else augmented.shape[1],
-                         **attrs, "dtype": dtype, "complete": True})
+                         **attrs, "dtype": dtype, "complete": True, "taps": list(taps) if taps else None})
     return path

@@ -19,10 +19,14 @@ The run is planned in mlkit.bottlenecks.plan, images become features in
 mlkit.bottlenecks.pipeline, and mlkit.bottlenecks.write writes the file.
 """
 
+from __future__ import annotations
+
 import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from mlkit.backbones import build_backbone, default_image_size, feature_extractor
+from mlkit.backbones import build_backbone, default_image_size, feature_extractor, tapped_backbone
 from mlkit.bottlenecks.options import CacheOptions
 from mlkit.bottlenecks.pipeline import compiled_forward
 from mlkit.bottlenecks.plan import (
@@ -37,9 +41,10 @@ from mlkit.bottlenecks.shards import parse_shard, shard_path, write_zmuv_stats
 from mlkit.bottlenecks.write import CacheResult, CacheWriter, write_summary
 from mlkit.data.manifest import read_manifest
 from mlkit.errors import MlkitError
-from mlkit.files import stage_folder
+from mlkit.files import StrPath, stage_folder
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
+from mlkit.taps import cache_taps
 
 # The stage's public names; the work is done in plan.py (what to compute), pipeline.py (images to
 # features) and write.py (the HDF5 file and its reports).
@@ -51,14 +56,18 @@ CACHE = defaults_of(CacheOptions)
 
 
 def cache_features(
-    manifest, workdir=".", *, backbone=CACHE["backbone"], weights=CACHE["weights"], image_size=CACHE["image_size"],
-    preprocess=CACHE["preprocess"], pooling=CACHE["pooling"], augment_copies=CACHE["augment_copies"],
-    batch_size=CACHE["batch_size"], dataset=CACHE["dataset"], subset=CACHE["subset"], task=CACHE["task"],
-    allow_unlabelled=CACHE["allow_unlabelled"], background=CACHE["background"], strict=CACHE["strict"],
-    overwrite=CACHE["overwrite"], zmuv_samples=CACHE["zmuv_samples"], seed=CACHE["seed"], progress=True,
-    on_batch=None, captions=CACHE["captions"], num_words=CACHE["num_words"], max_len=CACHE["max_len"], shard=None,
-    dtype=CACHE["dtype"], tap=CACHE["tap"],
-):
+    manifest: StrPath, workdir: StrPath = ".", *, backbone: str = CACHE["backbone"], weights: str = CACHE["weights"],
+    image_size: int | None = CACHE["image_size"], preprocess: str = CACHE["preprocess"],
+    pooling: str = CACHE["pooling"], augment_copies: int = CACHE["augment_copies"],
+    batch_size: int = CACHE["batch_size"], dataset: str | None = CACHE["dataset"], subset: str | None = CACHE["subset"],
+    task: str | None = CACHE["task"], allow_unlabelled: bool = CACHE["allow_unlabelled"],
+    background: str = CACHE["background"], strict: bool = CACHE["strict"], overwrite: bool = CACHE["overwrite"],
+    zmuv_samples: int = CACHE["zmuv_samples"], seed: int = CACHE["seed"], progress: bool = True,
+    on_batch: Callable[[int, int], object] | None = None, captions: bool = CACHE["captions"],
+    num_words: int = CACHE["num_words"], max_len: int | None = CACHE["max_len"],
+    shard: str | tuple[int, int] | None = None, dtype: str = CACHE["dtype"], taps: str = CACHE["taps"],
+    tap: str | None = CACHE["tap"],
+) -> CacheResult:
     """Caches a frozen backbone's features for every row of a manifest (or one shard of its rows).
 
     Writes `<workdir>/bottlenecks/<name>.h5` (see `mlkit.bottlenecks.cache`
@@ -104,6 +113,12 @@ def cache_features(
             half the disk and memory (tune-top still trains in float32). Features
             outside float16's range (e.g. a random-weight MobileNetV2's, about
             1e-12) are refused. Defaults to "float32".
+        taps: layers whose outputs are pooled (as `pooling`) and cached beside
+            the backbone's output in the same forward pass, one dataset each
+            (`taps/<layer>`; mlkit.taps): "last" (none), "all" (the family's
+            named depths) or names joined by commas, named depths (early, mid,
+            high, pre) or layer names. A cache with other taps is refused
+            unless `overwrite`. Defaults to "last".
         tap: a `.keras` backbone's layer to take features from ("outer/inner"
             inside a nested model). Defaults to the last layer before its head.
 
@@ -113,7 +128,9 @@ def cache_features(
     started = time.perf_counter()
     CacheOptions(backbone=backbone, weights=weights, image_size=image_size, preprocess=preprocess, pooling=pooling,
                  augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
-                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len, tap=tap)  # checks them
+                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len, taps=taps,
+                 tap=tap)  # checks them
+    layers = cache_taps(backbone, taps)
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     fields = name_fields(manifest, backbone, preprocess, pooling, dataset, subset)
@@ -125,8 +142,11 @@ def cache_features(
         name = final.name[: -len(".h5")]
     with hold_lock(final.with_name(f"{name}.lock"), f"cache {final}"):
         model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed, tap=tap)
+        if layers:
+            info["tap_shapes"] = {layer: [int(d) for d in output.shape[1:]]
+                                  for layer, output in zip(layers, tapped_backbone(model, layers).outputs)}
         settings = cache_settings(backbone, weights, info["image_size"], preprocess, pooling, background, augment_copies,
-                                  dtype, info["settings"])
+                                  dtype, layers, info["settings"])
         check_same_settings(final, settings, overwrite)
         plan = CachePlan(table, settings, info, seed, final, text, whole=whole, shard=shard, dataset=fields[0],
                          subset=fields[1])
@@ -135,7 +155,8 @@ def cache_features(
             log.info("%s is up to date", final)
             return write_summary(plan, {"rows": len(plan.paths), "computed": 0, "reused": len(plan.paths), "skipped": 0,
                                         "skipped_path": plan.skipped_path, "seconds": time.perf_counter() - started}, name)
-        extractor = feature_extractor(model, info["spec"], preprocess, info["image_size"], plan.mean, plan.std)
+        extractor = feature_extractor(model, info["spec"], preprocess, info["image_size"], plan.mean, plan.std,
+                                      layers)
         writer = CacheWriter(plan, compiled_forward(extractor, batch_size))
         result = writer.run(batch_size, progress, on_batch, strict)
         result.update(seconds=time.perf_counter() - started)
@@ -143,11 +164,12 @@ def cache_features(
 
 
 def fit_zmuv_stats(
-    manifest, workdir=".", *, backbone=CACHE["backbone"], image_size=CACHE["image_size"], preprocess="zmuv",
-    pooling=CACHE["pooling"], dataset=CACHE["dataset"], subset=CACHE["subset"], task=CACHE["task"],
-    allow_unlabelled=CACHE["allow_unlabelled"], background=CACHE["background"], zmuv_samples=CACHE["zmuv_samples"],
-    progress=True,
-):
+    manifest: StrPath, workdir: StrPath = ".", *, backbone: str = CACHE["backbone"],
+    image_size: int | None = CACHE["image_size"], preprocess: str = "zmuv", pooling: str = CACHE["pooling"],
+    dataset: str | None = CACHE["dataset"], subset: str | None = CACHE["subset"], task: str | None = CACHE["task"],
+    allow_unlabelled: bool = CACHE["allow_unlabelled"], background: str = CACHE["background"],
+    zmuv_samples: int = CACHE["zmuv_samples"], progress: bool = True,
+) -> Path:
     """Fits zmuv statistics once on the whole manifest for its sharded cache: `<name>.zmuv.json`.
 
     Every `cache_features(..., shard=(i, n))` with zmuv reads them, so the shards

@@ -11,6 +11,7 @@ from mlkit.backbones import POOLING, PREPROCESSING
 from mlkit.bottlenecks.cache import FEATURE_DTYPES
 from mlkit.errors import MlkitError, check_choice
 from mlkit.options import option
+from mlkit.taps import cache_taps
 from mlkit.vocabulary import TASKS
 
 
@@ -23,10 +24,10 @@ class CacheOptions:
                                           "model, cut at --tap)", metavar="NAME")
     weights: str = option("imagenet", "imagenet (downloaded once to $KERAS_HOME/models; for hub: and .keras "
                                       "backbones, their own weights), none (seeded random), or a weights file PATH")
-    tap: str = option(None, "with --backbone PATH.keras: the layer whose output are the features (outer/inner for a "
+    tap: str | None = option(None, "with --backbone PATH.keras: the layer whose output are the features (outer/inner for a "
                             "layer of a nested model)", shown="the last layer before the model's head",
                       metavar="LAYER")
-    image_size: int = option(None, "square input side in pixels", shown="the backbone's own, e.g. 224", metavar="PX")
+    image_size: int | None = option(None, "square input side in pixels", shown="the backbone's own, e.g. 224", metavar="PX")
     preprocess: str = option("inet", "inet: the backbone's own preprocess_input; zmuv: per-channel zero mean, unit "
                                      "variance fitted on the training split; zmuvs: each image standardised on its own",
                              choices=PREPROCESSING)
@@ -34,6 +35,10 @@ class CacheOptions:
                                  "max); none: keep raw feature maps (N x H x W x C; a transformer's patch grid); cls: "
                                  "a KerasHub transformer's own image embedding (class token, SigLIP's pooled head)",
                           choices=POOLING)
+    taps: str = option("last", "layers to pool and cache beside the backbone's output, each as its own dataset, in "
+                               "the same pass: last (the output alone), all (every named depth of the family), or "
+                               "names joined by commas: named depths (early, mid, high, pre) and layer names",
+                       metavar="NAMES")
     augment_copies: int = option(0, "also cache K augmented views (flip, rotation, zoom, shifts) of each training "
                                     "image", metavar="K")
     dtype: str = option("float32", "how features are stored: float16 takes half the disk and memory, and tune-top "
@@ -41,10 +46,10 @@ class CacheOptions:
                                    "(6.1e-05 to 65504, e.g. random-weight mobilenetv2) are refused",
                         choices=FEATURE_DTYPES)
     batch_size: int = option(64, "images per backbone call")
-    dataset: str = option(None, "dataset name, the first run-name field", shown="the manifest's folder name")
-    subset: str = option(None, "subset name, the second run-name field",
+    dataset: str | None = option(None, "dataset name, the first run-name field", shown="the manifest's folder name")
+    subset: str | None = option(None, "subset name, the second run-name field",
                          shown="the manifest file's stem, or 'all' for manifest.*")
-    task: str = option(None, "multilabel, multiclass or regression", choices=TASKS,
+    task: str | None = option(None, "multilabel, multiclass or regression", choices=TASKS,
                        shown="inferred: a target column is regression, any row with several labels multilabel, "
                              "else multiclass")
     allow_unlabelled: bool = option(False, "accept multilabel rows with no labels (they train as all-negative and "
@@ -60,13 +65,17 @@ class CacheOptions:
                                    "train split)")
     num_words: int = option(10000, "with --captions: the most token ids, padding and out-of-vocabulary included; the "
                                    "N-2 most frequent training stems are kept", metavar="N")
-    max_len: int = option(None, "with --captions: tokens per caption; longer ones are cut",
+    max_len: int | None = option(None, "with --captions: tokens per caption; longer ones are cut",
                           shown="the 95th percentile of the training captions' token counts", metavar="T")
 
     def __post_init__(self):
         check_choice(self.preprocess, PREPROCESSING, "preprocessing")
         check_choice(self.pooling, POOLING, "pooling")
         check_choice(self.dtype, FEATURE_DTYPES, "feature dtype")
+        layers = cache_taps(self.backbone, self.taps)
+        if layers and self.pooling == "none":
+            raise MlkitError(f"--taps {self.taps} with --pooling none: taps are combined as pooled vectors; "
+                             "use --pooling avg or max")
         if self.task is not None:
             check_choice(self.task, TASKS, "task")
         if int(self.augment_copies) < 0 or int(self.batch_size) < 1:

@@ -25,8 +25,9 @@ def compiled_forward(extractor, batch_size):
     background thread, while the input pipeline decodes the first real batch.
 
     Returns:
-        `forward(pixels) -> features` (a NumPy array); `forward.wait()` joins
-        the warm-up thread, which must end before the process may exit.
+        `forward(pixels) -> features` (a NumPy array, or a list of them, one per
+        output, for an extractor with taps); `forward.wait()` joins the warm-up
+        thread, which must end before the process may exit.
     """
     import tensorflow as tf
 
@@ -54,7 +55,10 @@ def compiled_forward(extractor, batch_size):
         count = int(pixels.shape[0])
         if count < batch_size:
             pixels = tf.pad(pixels, [[0, batch_size - count], [0, 0], [0, 0], [0, 0]])
-        return graph(pixels).numpy()[:count]
+        outputs = graph(pixels)
+        if isinstance(outputs, (list, tuple)):
+            return [output.numpy()[:count] for output in outputs]
+        return outputs.numpy()[:count]
 
     forward.wait = warming.join
     return forward

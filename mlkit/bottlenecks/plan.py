@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from mlkit.backbones import get_backbone
-from mlkit.bottlenecks.cache import DEFAULT_DTYPE, partial_path, read_attrs
+from mlkit.bottlenecks.cache import DEFAULT_DTYPE, feature_datasets, partial_path, read_attrs
 from mlkit.bottlenecks.pipeline import progress_bar
 from mlkit.bottlenecks.shards import read_zmuv_stats, shard_rows, stats_path
 from mlkit.errors import CacheError
@@ -31,7 +31,7 @@ from mlkit.thumbnails import THUMBNAIL_DATASET
 # Bump when the way features are computed from the same inputs changes.
 FEATURE_VERSION = 1
 # Settings that a same-named cache must share; the name holds the others.
-IDENTITY_SETTINGS = ("backbone", "weights", "image_size", "preprocess", "pooling", "background", "dtype")
+IDENTITY_SETTINGS = ("backbone", "weights", "image_size", "preprocess", "pooling", "background", "dtype", "taps")
 
 
 @dataclass
@@ -116,9 +116,10 @@ def cache_name(manifest_path, backbone, preprocess, pooling, dataset=None, subse
 
 
 def cache_settings(backbone, weights, image_size, preprocess, pooling, background, augment_copies, dtype=DEFAULT_DTYPE,
-                   backbone_settings=None):
+                   taps=(), backbone_settings=None):
     """The settings that change a cache's features, as stored in its attributes.
 
+    `taps` are the layers cached beside the backbone's output (mlkit.taps).
     `backbone_settings` are what the registry needs to rebuild a KerasHub or
     file backbone (`build_backbone`'s `info["settings"]`: its source, tap and
     converter); a `keras.applications` backbone has none, so its caches keep
@@ -127,7 +128,7 @@ def cache_settings(backbone, weights, image_size, preprocess, pooling, backgroun
     return {
         "backbone": get_backbone(backbone).name, "weights": str(weights), "image_size": int(image_size),
         "preprocess": preprocess, "pooling": pooling, "background": ",".join(map(str, parse_background(background))),
-        "augment_copies": int(augment_copies), "dtype": dtype, **(backbone_settings or {}),
+        "augment_copies": int(augment_copies), "dtype": dtype, "taps": list(taps), **(backbone_settings or {}),
     }
 
 
@@ -140,8 +141,11 @@ def check_same_settings(final, settings, overwrite):
             old = {"dtype": DEFAULT_DTYPE, **read_attrs(h5)}
     except OSError:
         return
+    old["taps"] = list(old.get("taps") or [])  # caches of the last layer alone have no `taps` attribute
     changed = [f"{key} {old.get(key)!r} -> {settings[key]!r}" for key in IDENTITY_SETTINGS if str(old.get(key)) != str(settings[key])]
     if changed:
+        # Another set of taps is refused like any other setting: adding a tap runs the backbone over every
+        # image again, so keeping the old taps' rows would save nothing but their disk writes.
         raise CacheError(
             f"{final} was made with other settings ({'; '.join(changed)}). Pass --subset to cache these "
             "features under another name (e.g. --subset 96px), or --overwrite to replace it"
@@ -199,6 +203,8 @@ class CachePlan:
                        zmuv_std=self.std, feature_version=FEATURE_VERSION, seed=self.seed if self.settings["weights"].lower() == "none" else None)
         if payload["dtype"] == DEFAULT_DTYPE:  # so caches made before --dtype keep their fingerprint and rows
             del payload["dtype"]
+        if not payload["taps"]:  # and caches of the last layer alone, made before --taps, theirs
+            del payload["taps"]
         self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _shared_zmuv(self):
@@ -373,7 +379,7 @@ def _image_hashes(plan, by_stat):
 def _copy_rows(h5, source, pairs, plan, chunk=512):
     pairs.sort()
     # An earlier cache made before thumbnails were cached leaves them 0: the audit reads those images.
-    datasets = ["features"] + [name for name in ("augmented", THUMBNAIL_DATASET) if name in h5 and name in source]
+    datasets = [name for name in feature_datasets(h5) + [THUMBNAIL_DATASET] if name in h5 and name in source]
     for start in range(0, len(pairs), chunk):
         part = pairs[start : start + chunk]
         new_rows = [p[0] for p in part]

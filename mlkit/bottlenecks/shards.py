@@ -13,6 +13,8 @@ shard, so all shards compute the same features. `merge_shards` joins the n
 shards into `<cache>.h5`, equal to what an unsharded run writes.
 """
 
+from __future__ import annotations
+
 import csv
 import hashlib
 import io
@@ -23,9 +25,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mlkit.bottlenecks.cache import create_datasets, partial_path, read_attrs, write_attrs, write_tokens
+from mlkit.bottlenecks.cache import (
+    create_datasets,
+    feature_datasets,
+    partial_path,
+    read_attrs,
+    tap_dataset,
+    write_attrs,
+    write_tokens,
+)
 from mlkit.errors import CacheError, MlkitError
-from mlkit.files import atomic_path, remove_stale_temporaries, write_text
+from mlkit.files import StrPath, atomic_path, remove_stale_temporaries, write_text
 from mlkit.locks import hold_lock
 from mlkit.thumbnails import THUMBNAIL_DATASET
 
@@ -102,7 +112,7 @@ def read_zmuv_stats(cache_path, settings, required=False):
     return stats["zmuv_mean"], stats["zmuv_std"]
 
 
-def merge_shards(cache, workdir=None):
+def merge_shards(cache: StrPath, workdir: StrPath | None = None) -> Path:
     """Merges the shards of one cache into `<cache>.h5`, rows in manifest order.
 
     The result holds exactly what an unsharded `cache-features` run on the same
@@ -227,13 +237,14 @@ def _write_merged(target, shards, rows, total):
         feature_shape, dtype, task = h5["features"].shape[1:], h5["features"].dtype, attrs["task"]
         num_labels = h5["labels"].shape[1] if h5["labels"].ndim > 1 else 0
         captions, tokens_width = "caption" in h5, h5["tokens"].shape[1] if "tokens" in h5 else None
+        taps = {layer: h5[tap_dataset(layer)].shape[1:] for layer in attrs.get("taps") or ()}
     thumbnails = any(_has_dataset(path, THUMBNAIL_DATASET) for path, _ in shards)
     need = sum(path.stat().st_size for path, _ in shards)
     remove_stale_temporaries(target)  # under the cache's lock: only a killed merge leaves one
     with atomic_path(target, need) as tmp, h5py.File(tmp, "w") as out:
         create_datasets(out, num_rows=total, feature_shape=feature_shape, task=task, num_labels=num_labels,
                         augment_copies=int(attrs.get("augment_copies", 0)), captions=captions, dtype=dtype,
-                        thumbnails=thumbnails)
+                        thumbnails=thumbnails, taps=taps)
         tokens = None if tokens_width is None else np.zeros((total, tokens_width), "int32")
         for (path, _), manifest_rows in zip(shards, rows):
             with h5py.File(path, "r") as shard:
@@ -247,7 +258,10 @@ def _write_merged(target, shards, rows, total):
 
 def _copy_shard(shard, out, manifest_rows):
     """Writes a shard's rows at their manifest rows, a block of rows at a time (rows increase in both)."""
-    for name in shard:
+    # Tap datasets sit in groups (taps/<layer>); every other dataset at the top level.
+    names = [name for name in shard if isinstance(shard[name], h5py.Dataset)]
+    names += [name for name in feature_datasets(shard) if "/" in name]
+    for name in names:
         if name in NOT_COPIED:
             continue
         for start in range(0, len(manifest_rows), ROWS_PER_COPY):

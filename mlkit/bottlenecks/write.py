@@ -22,7 +22,15 @@ import h5py
 import numpy as np
 
 from mlkit import __version__
-from mlkit.bottlenecks.cache import FORMAT_VERSION, as_stored, create_datasets, read_attrs, write_attrs, write_tokens
+from mlkit.bottlenecks.cache import (
+    FORMAT_VERSION,
+    as_stored,
+    create_datasets,
+    read_attrs,
+    tap_dataset,
+    write_attrs,
+    write_tokens,
+)
 from mlkit.bottlenecks.pipeline import image_batches, progress_bar
 from mlkit.bottlenecks.plan import FEATURE_VERSION, copy_reusable, open_sources
 from mlkit.errors import CacheError
@@ -44,7 +52,7 @@ class CacheResult:
     reused: int
     skipped: int
     seconds: float
-    captions: dict = None
+    captions: dict | None = None
 
 
 class CacheWriter:
@@ -127,7 +135,8 @@ class CacheWriter:
     def expected_size(self):
         """Bytes the partial cache takes: its features and views are allocated when it is created."""
         plan = self.plan
-        per_row = np.dtype(plan.settings["dtype"]).itemsize * int(np.prod(plan.info["feature_shape"]))
+        shapes = [plan.info["feature_shape"], *plan.info.get("tap_shapes", {}).values()]
+        per_row = np.dtype(plan.settings["dtype"]).itemsize * sum(int(np.prod(shape)) for shape in shapes)
         strings = sum(len(p) for p in plan.paths) + 256 * len(plan.paths)
         return per_row * (len(plan.paths) + int(plan.views.sum())) + strings + (64 << 10)
 
@@ -138,7 +147,7 @@ class CacheWriter:
             h5, num_rows=len(plan.paths), feature_shape=plan.info["feature_shape"], task=table.task,
             num_labels=labels.shape[1] if labels.ndim > 1 else 0,
             augment_copies=plan.settings["augment_copies"], captions=table.captions() is not None,
-            dtype=plan.settings["dtype"], thumbnails=True,
+            dtype=plan.settings["dtype"], thumbnails=True, taps=plan.info.get("tap_shapes"),
         )
         if len(plan.paths):
             h5["labels"][...] = labels
@@ -167,6 +176,8 @@ class CacheWriter:
             whole, splits = plan.whole_table.label_array(), plan.whole_table.splits()
             train = whole[splits == "train"] if (splits == "train").any() else whole
             attrs.update(target_names=list(table.target_names), target_min=train.min(0).tolist(), target_max=train.max(0).tolist())
+        if not attrs["taps"]:  # a cache of the last layer alone keeps the attributes it had before taps
+            del attrs["taps"]
         if plan.shard is not None:
             attrs.update(shard_index=plan.shard[0], shard_count=plan.shard[1], manifest_rows=len(plan.whole_table.rows))
         return attrs
@@ -198,12 +209,15 @@ class CacheWriter:
     def _write_batch(self, h5, batch, remaining):
         rows, views, shas, ok, thumbnails, pixels = batch
         dtype = self.plan.settings["dtype"]
+        outputs = self.forward(pixels)
         # Unreadable images (not ok) are left out: their blank pixels' features are never stored.
-        features = as_stored(self.forward(pixels)[ok], dtype, f"--dtype {dtype}")
+        tapped = {tap: as_stored(values[ok], dtype, f"--dtype {dtype}")
+                  for tap, values in zip(("last", *self.plan.settings["taps"]), outputs if isinstance(outputs, list) else [outputs])}
         rows, views, shas, thumbnails = rows[ok], views[ok], shas[ok], thumbnails[ok]
         clean = np.flatnonzero(views == 0)
         if len(clean):  # rows arrive in increasing order: one write per dataset per batch
-            write_rows(h5["features"], rows[clean], features[clean])
+            for tap, features in tapped.items():
+                write_rows(h5[tap_dataset(tap)], rows[clean], features[clean])
             # A partial file begun before thumbnails were cached has none; the audit reads its images.
             if THUMBNAIL_DATASET in h5:
                 write_rows(h5[THUMBNAIL_DATASET], rows[clean], thumbnails[clean])
@@ -211,7 +225,8 @@ class CacheWriter:
         for i in range(len(rows)):
             row, view = int(rows[i]), int(views[i])
             if view:
-                h5["augmented"][row, view - 1] = features[i]
+                for tap, features in tapped.items():
+                    h5[tap_dataset(tap, views=True)][row, view - 1] = features[i]
             remaining[row] -= 1
             if remaining[row] == 0:
                 finished.append(row)
@@ -272,8 +287,9 @@ def write_summary(plan, result, name):
     splits = {s or "(none)": int(((plan.splits == s) & done).sum()) for s in sorted(set(plan.splits))}
     summary = {"name": name, "path": str(plan.final), **{k: attrs.get(k) for k in (
         "task", "label_names", "target_names", "backbone", "backbone_source", "tap", "weights", "weights_sha256", "image_size", "preprocess",
-        "pooling", "augment_copies", "background", "dtype", "zmuv_mean", "zmuv_std", "manifest_path", "manifest_sha256", "versions")},
-        "feature_shape": plan.info["feature_shape"], "rows": result["rows"], "rows_done": int(done.sum()), "rows_by_split": splits,
+        "pooling", "taps", "augment_copies", "background", "dtype", "zmuv_mean", "zmuv_std", "manifest_path", "manifest_sha256", "versions")},
+        "feature_shape": plan.info["feature_shape"], **({"tap_shapes": plan.info["tap_shapes"]} if plan.info.get("tap_shapes") else {}),
+        "rows": result["rows"], "rows_done": int(done.sum()), "rows_by_split": splits,
         "computed": result["computed"], "reused": result["reused"], "skipped": result["skipped"],
         "seconds": round(result["seconds"], 2)}
     if plan.text:

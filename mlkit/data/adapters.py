@@ -262,7 +262,7 @@ def from_coco(instances_json, images_dir, out, keep_unlabelled=False):
 
     An image's labels are the category names of its annotations. Images
     with no annotations are dropped by default (their count is logged):
-    with no labels they cannot be scored, so seed 003 kept them out of
+    with no labels they cannot be scored, so the COCO report kept them out of
     evaluation. `keep_unlabelled=True` keeps them with split "train", where
     they train as all-negative; stage 1 then needs `--allow-unlabelled`.
 
@@ -418,7 +418,7 @@ def from_imet(train_csv, labels_csv, images_dir, out):
 def _last_cell_from_raw(raw, fields_before):
     """The last column of a one-line record: everything after the `fields_before`-th comma.
 
-    Captions in some CSVs (seed 001's COMP5329 train.csv) hold unquoted commas,
+    Captions in some CSVs (the caption report's COMP5329 train.csv) hold unquoted commas,
     or quotes inside a quoted field, which a CSV parser splits or mangles.
     """
     cell = raw.rstrip("\r\n").split(",", fields_before)[-1].strip()
@@ -443,7 +443,7 @@ def _source_fields(header, fields, raw, where, repair_last):
 
 
 def from_csv(csv, out, image_col, labels_col, caption_col=None, label_map=None, image_dir=None, image_suffix=""):
-    """Writes a multilabel manifest from a generic CSV (e.g. seed 001's COMP5329 layout).
+    """Writes a multilabel manifest from a generic CSV (e.g. the caption report's COMP5329 layout).
 
     Labels are space-separated ids or names in one column (or joined by "|",
     for names with spaces). A last column of free text (not the image or

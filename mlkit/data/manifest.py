@@ -14,6 +14,8 @@ bad manifest fails here in a second instead of an hour into stage 1. Image
 files are not opened here: stage 1 reports unreadable images.
 """
 
+from __future__ import annotations
+
 import csv
 import hashlib
 import json
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mlkit.errors import ManifestError
-from mlkit.files import atomic_path
+from mlkit.files import StrPath, atomic_path
 from mlkit.vocabulary import SPLITS, TASKS
 
 LABEL_SEP = "|"
@@ -411,7 +413,7 @@ def _parse_splits(table, where):
     return splits
 
 
-def read_manifest(path, task=None, allow_unlabelled=False):
+def read_manifest(path: StrPath, task: str | None = None, allow_unlabelled: bool = False) -> Manifest:
     """Reads and validates a manifest.
 
     CSV, or JSON Lines when the suffix is `.jsonl` or `.json` (lists are
@@ -514,7 +516,7 @@ def _ordered_columns(rows):
     return first + [column for column in rows.columns if column not in first]
 
 
-def write_manifest(rows, path):
+def write_manifest(rows: pd.DataFrame, path: StrPath) -> Path:
     """Writes a manifest atomically (a temporary file in the same folder, then a rename).
 
     Label tuples are joined by "|", target tuples too; None captions are

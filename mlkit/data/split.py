@@ -11,14 +11,18 @@ iterstrat recounts a dense N x L matrix once per label (hours for iMet's
 100k x 1,103). A test cross-checks its label balance against iterstrat.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mlkit.data.manifest import read_manifest, update_column
+from mlkit.data.manifest import Manifest, read_manifest, update_column
 from mlkit.errors import MlkitError
+from mlkit.files import StrPath
 from mlkit.vocabulary import SPLITS
 
 # The duplicate groups `mlkit audit` writes into its folder, which `split --group-duplicates` reads.
@@ -243,7 +247,10 @@ def _test_fraction(test, test_where):
     return 0.0
 
 
-def split_manifest(path, val=0.15, test=None, seed=0, resplit=False, groups=None, group_by=None, test_where=None):
+def split_manifest(
+    path: StrPath, val: float = 0.15, test: float | None = None, seed: int = 0, resplit: bool = False,
+    groups: Sequence[Hashable] | None = None, group_by: str | None = None, test_where: str | None = None,
+) -> Manifest:
     """Fills the manifest's `split` column with a stratified train/val/test split.
 
     Rows that already have a split keep it; only rows with an empty split

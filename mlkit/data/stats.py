@@ -4,6 +4,8 @@
 turns them into the table `mlkit data stats` prints.
 """
 
+from __future__ import annotations
+
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from mlkit.data.manifest import read_manifest
+from mlkit.files import StrPath
 from mlkit.vocabulary import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -89,7 +92,7 @@ def _regression_stats(manifest, splits, names):
     return {"targets": targets}
 
 
-def manifest_stats(path, read_images=True):
+def manifest_stats(path: StrPath, read_images: bool = True) -> dict:
     """Counts what a manifest holds.
 
     Args:

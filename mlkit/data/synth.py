@@ -11,6 +11,8 @@ instead of reshuffling it.
     regression  1-6 shapes in distinct cells of a 3 x 3 grid; target = their number
 """
 
+from __future__ import annotations
+
 import logging
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from mlkit.data.manifest import TASKS, write_manifest
 from mlkit.errors import MlkitError
+from mlkit.files import StrPath
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ def _example(task, size, seed, index):
     return pixels, {"labels": labels, "caption": _caption(rng, shapes, colours)}
 
 
-def synthesize(out, task="multilabel", n=600, size=64, seed=0):
+def synthesize(out: StrPath, task: str = "multilabel", n: int = 600, size: int = 64, seed: int = 0) -> Path:
     """Writes the synthetic dataset: PNGs under `out/images/` and `out/manifest.csv`.
 
     Args:

@@ -4,15 +4,15 @@ A rule is written as a short spec and fitted on validation scores; its
 thresholds then travel with the exported model (`Rule.to_dict`,
 `rule_from_dict`) and are applied unchanged to new images.
 
-    threshold:T    every label scoring >= T (seed 003, eq. 10)
+    threshold:T    every label scoring >= T (the COCO report, eq. 10)
     cardinality    one global tau so that the mean number of predicted labels
-                   per image equals the training label cardinality (seed 003,
+                   per image equals the training label cardinality (the COCO report,
                    eqs. 11-12; "PCut")
-    fbeta:B        the global tau that maximises micro F-beta (F2 in seed 000)
+    fbeta:B        the global tau that maximises micro F-beta (F2 in the iMet report)
     per-class:B    one tau per label, maximising that label's F-beta; labels
                    with too few validation positives use the fbeta:B tau
     topk:K         the K highest-scoring labels of every image
-    rank           each image's true number of labels (seed 003's per-image
+    rank           each image's true number of labels (the COCO report's per-image
                    k): needs the truth, so an upper bound, never deployable
     argmax         multiclass: the highest-scoring class
     identity       regression: the predictions themselves
@@ -28,6 +28,8 @@ Example:
     decisions = rule.apply(test_scores)          # uint8 (N, L)
     saved = json.dumps(rule.to_dict())
 """
+
+from __future__ import annotations
 
 from typing import NamedTuple
 
@@ -47,7 +49,7 @@ from mlkit.evaluation.metrics import (
 RULE_FORMS = {
     "threshold:T": "every label whose score is at least T (e.g. threshold:0.5)",
     "cardinality": "one threshold, fitted so that images get as many labels on average as the training "
-                   "images have (seed 003, eqs. 11-12)",
+                   "images have (the COCO report, eqs. 11-12)",
     "fbeta:B": "one threshold, fitted to maximise F-beta over all labels (fbeta:2 favours recall, as iMet's F2)",
     "per-class:B": "one threshold per label, each maximising that label's F-beta; labels with too few "
                    "validation positives use the fbeta:B threshold",
@@ -139,7 +141,7 @@ def _check_not_empty(scores):
 def cardinality_threshold(scores, target_cardinality):
     """The global threshold whose mean number of labels per image is closest to a target.
 
-    Seed 003, eqs. 11-12. Among all thresholds (every distinct score, plus one
+    The COCO report, eqs. 11-12. Among all thresholds (every distinct score, plus one
     above the highest), picks the one whose predicted count is closest to
     target x N; ties go to the higher threshold. Without tied scores the mean
     predicted cardinality is within 0.5 / N of the target.
@@ -542,7 +544,9 @@ class Rule:
         }
 
 
-def parse_rule(spec, *, min_labels=0, max_labels=None, min_positives=DEFAULT_MIN_POSITIVES):
+def parse_rule(
+    spec: str, *, min_labels: int = 0, max_labels: int | None = None, min_positives: int = DEFAULT_MIN_POSITIVES,
+) -> Rule:
     """A Rule from its spec; see RULE_FORMS and `Rule` for the options.
 
     Args:

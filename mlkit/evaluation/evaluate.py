@@ -31,7 +31,7 @@ multilabel task:
       "best_possible": {"topk:K": {"k", "micro", "macro", "samples"}},
       "per_label": [{"name", "support", "ap", "auc", "f1", "precision",
                      "recall"}],             # under the first rule
-      "best_labels": [...], "worst_labels": [...],   # by AUC, seed 000
+      "best_labels": [...], "worst_labels": [...],   # by AUC, the iMet report
       "plots": ["DIR/roc_per_label.png", ...]        # with plots_dir
     }
 
@@ -43,9 +43,13 @@ regression reports "mae", "rmse", "per_target" and "decision" (identity), in
 the units of the values given.
 """
 
+from __future__ import annotations
+
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -60,8 +64,11 @@ from mlkit.evaluation.metrics import (
     regression_report,
     topk_best_possible,
 )
-from mlkit.files import write_text
+from mlkit.files import StrPath, write_text
 from mlkit.vocabulary import TASKS
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +80,14 @@ RULE_KEYS = ("micro", "macro", "samples", "map", "auc", "hamming", "subset_accur
              "excluded", "excluded_from", "decision", "upper_bound")
 
 
-def evaluate_scores(scores, labels, label_names, task="multilabel", decisions=DEFAULT_DECISIONS,
-                    fit_scores=None, fit_labels=None, train_cardinality=None, plots_dir=None, *,
-                    min_labels=0, max_labels=None, min_positives=DEFAULT_MIN_POSITIVES,
-                    min_support=DEFAULT_MIN_SUPPORT, top_n=DEFAULT_TOP_N):
+def evaluate_scores(
+    scores: npt.ArrayLike, labels: npt.ArrayLike, label_names: Sequence[str], task: str = "multilabel",
+    decisions: Sequence[str] = DEFAULT_DECISIONS, fit_scores: npt.ArrayLike | None = None,
+    fit_labels: npt.ArrayLike | None = None, train_cardinality: float | None = None, plots_dir: StrPath | None = None,
+    *, min_labels: int = 0, max_labels: int | None = None, min_positives: int = DEFAULT_MIN_POSITIVES,
+    min_support: int = DEFAULT_MIN_SUPPORT, top_n: int = DEFAULT_TOP_N,
+) -> dict:
+
     """Decides labels with each rule and reports every metric.
 
     Rules that need fitting are fitted on `fit_scores`/`fit_labels` (the
@@ -238,7 +249,7 @@ def _rule_label(entry):
 
 
 def format_table(report):
-    """The report as text: seed 003's table 2 for multilabel, one row per rule.
+    """The report as text: the COCO report's table 2 for multilabel, one row per rule.
 
     Columns: macro precision, recall, F1 (MP MR MF1), micro (uP uR uF1),
     per-image F2 (iMet's score), mAP and mean AUC, as percentages. topk rules
@@ -298,7 +309,7 @@ def _table_notes(report):
 
 
 def format_labels_table(report, min_support=DEFAULT_MIN_SUPPORT):
-    """Seed 000's tables 3 and 4: the best and worst labels, with their support.
+    """The iMet report's tables 3 and 4: the best and worst labels, with their support.
 
     Args:
         report: from `evaluate_scores` (multilabel).

@@ -4,7 +4,7 @@ Pure NumPy and vectorised: a full multilabel report on iMet's size (100,000
 images x 1,103 labels) with average precision and ROC AUC takes about a
 second (see benchmarks/decisions_speed.py).
 
-Definitions are the standard ones (seed 003's equations 1-9 swap the precision
+Definitions are the standard ones (the COCO report's equations 1-9 swap the precision
 and recall denominators; these do not):
 
     precision = TP / (TP + FP)      recall = TP / (TP + FN)
@@ -34,7 +34,7 @@ import numpy as np
 
 from mlkit.errors import MlkitError
 
-# Seed 000 (tables 3 and 4) ranks labels "with more than 20 examples in the test set".
+# The iMet report (tables 3 and 4) ranks labels "with more than 20 examples in the test set".
 DEFAULT_MIN_SUPPORT = 20
 # Columns sorted together: 128 x 100,000 float32 keys is 51 MB, an eighth of iMet's scores.
 _BLOCK_COLUMNS = 128
@@ -58,7 +58,7 @@ def row_chunks(n_rows, n_cols):
     return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
-def as_score_matrix(scores, name="scores"):
+def as_score_matrix(scores, name="scores") -> np.ndarray:
     """Scores as a 2-D float32 or float64 array (other dtypes become float64).
 
     Args:
@@ -76,7 +76,7 @@ def as_score_matrix(scores, name="scores"):
     return scores
 
 
-def as_multi_hot(labels, shape=None, name="labels"):
+def as_multi_hot(labels, shape=None, name="labels") -> np.ndarray:
     """A 0/1 matrix as a boolean array, without copying uint8 or int8 input.
 
     Args:
@@ -386,7 +386,7 @@ def multilabel_report(labels, decisions, scores=None, label_names=None, min_supp
             them those are None. Defaults to None.
         label_names: L names. Defaults to None ("label_0", "label_1", ...).
         min_support: the fewest test positives a label needs to appear in
-            "best_labels"/"worst_labels". Defaults to 20 (seed 000).
+            "best_labels"/"worst_labels". Defaults to 20 (the iMet report).
 
     Returns:
         A dict with stable keys: "micro", "macro", "samples" (each "precision",
@@ -488,7 +488,7 @@ def _per_label_rows(names, counts, ap, auc):
 def best_worst_labels(report, n=10, min_support=DEFAULT_MIN_SUPPORT):
     """The best and worst labels by ROC AUC (by F1 when there are no scores).
 
-    Seed 000's tables 3 and 4: only labels with at least `min_support`
+    The iMet report's tables 3 and 4: only labels with at least `min_support`
     positives in the evaluated set are ranked, since a rare label's AUC is noise.
 
     Args:
@@ -508,7 +508,7 @@ def best_worst_labels(report, n=10, min_support=DEFAULT_MIN_SUPPORT):
 
 
 def topk_best_possible(labels, k):
-    """Seed 003 table 2's "best possible" row: a perfect ranker forced to pick k labels.
+    """The "best possible" row of the COCO report's table 2: a perfect ranker forced to pick k labels.
 
     With k labels per image, an image with fewer than k true labels must get
     false positives and one with more must lose true ones, so even a perfect

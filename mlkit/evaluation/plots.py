@@ -43,7 +43,7 @@ def _most_common_labels(labels, top_n):
 
 
 def roc_per_label(path, labels, scores, label_names, top_n=DEFAULT_TOP_N):
-    """ROC curves of the most common labels (seed 000, figure 6).
+    """ROC curves of the most common labels (the iMet report, figure 6; docs/references.md).
 
     Args:
         path: PNG to write.
@@ -103,7 +103,7 @@ def precision_recall(path, labels, scores, label_names, top_n=DEFAULT_TOP_N, swe
 
 
 def threshold_curves(path, sweep, thresholds=None, betas=(1.0, 2.0)):
-    """Micro F-beta and predicted cardinality against a global threshold (seed 000, fig. 12).
+    """Micro F-beta and predicted cardinality against a global threshold (the iMet report, fig. 12).
 
     Args:
         path: PNG to write.

@@ -1,8 +1,8 @@
 """Augmentation codes (`--augment hwrszf`) and the Keras preprocessing layers they stand for.
 
-The six codes of seed 003 (h height shift, w width shift, r rotation, s shear,
+The six codes of the COCO report (h height shift, w width shift, r rotation, s shear,
 z zoom, f horizontal flip) plus v (vertical flip, for images with no up, such
-as plankton), and seed 000's photometric ones: b brightness, c contrast, g
+as plankton), and the iMet report's photometric ones: b brightness, c contrast, g
 grayscale. Codes are written in one canonical order, so `fh` and `hf` name the
 same run; `none` means no augmentation.
 """

@@ -30,13 +30,20 @@ string hash table) unconverted, and TFLite keeps them only as Flex ops that
 its stock interpreter cannot run; use the SavedModel.
 """
 
+from __future__ import annotations
+
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlkit.errors import MlkitError
-from mlkit.files import atomic_folder, atomic_path, write_bytes
+from mlkit.files import StrPath, atomic_folder, atomic_path, write_bytes
 from mlkit.workspace import run_paths
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,7 @@ def model_paths(model, workdir="."):
     return path, record
 
 
-def load_model(model, workdir="."):
+def load_model(model: StrPath, workdir: StrPath = ".") -> tuple[keras.Model, dict]:
     """The exported Keras model and its record (`<run>.json`).
 
     Args:
@@ -84,7 +91,9 @@ def load_model(model, workdir="."):
     return loaded, record
 
 
-def export_model(model, formats=("savedmodel",), workdir=".", out_dir=None):
+def export_model(
+    model: StrPath, formats: Sequence[str] = ("savedmodel",), workdir: StrPath = ".", out_dir: StrPath | None = None,
+) -> dict[str, Path]:
     """Writes the exported model in serving formats.
 
     Args:
@@ -157,10 +166,11 @@ def write_savedmodel(model, path):
         archive.add_endpoint("serve", serve, input_signature=[images, captions])
         archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[files, captions])
     else:
-        def serve(images):
+        # The endpoints of an image-only model take one argument where a caption model's take two.
+        def serve(images):  # type: ignore[misc]
             return model(images, training=False)
 
-        def serve_bytes(files):
+        def serve_bytes(files):  # type: ignore[misc]
             return tf.map_fn(lambda data: first(model(decode(data), training=False)), files, fn_output_signature=specs)
 
         archive.add_endpoint("serve", serve, input_signature=[images])

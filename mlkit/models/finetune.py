@@ -23,6 +23,8 @@ with every weights file written atomically: `mlkit.models.checkpoints`); a
 finished one is not redone.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import shutil
@@ -37,7 +39,7 @@ from mlkit.bottlenecks.cache import FeatureCache, open_cache
 from mlkit.branches import branch_of
 from mlkit.compat import average_logs_over_workers, build_from_local_batch
 from mlkit.errors import MlkitError
-from mlkit.files import check_workdir, write_json
+from mlkit.files import StrPath, check_workdir, write_json
 from mlkit.locks import hold_lock
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
@@ -85,7 +87,7 @@ class FinetuneConfig:
     decision: str = option("", "multilabel rule fitted on validation: cardinality, fbeta:B, per-class:B, "
                                "threshold:T, topk:K (see `mlkit evaluate --help`)", shown="cardinality")
     min_labels: int = option(0, "at least this many labels per image")
-    max_labels: int = option(None, "at most this many labels per image", shown="no limit")
+    max_labels: int | None = option(None, "at most this many labels per image", shown="no limit")
     weights: str = option("", "where the backbone weights come from, if not where the cache says (must hash the "
                               "same)", shown="the cache's")
     mixed_precision: bool = option(False, "mixed_float16 on a GPU (mixed_bfloat16 on CPU); the exported model "
@@ -133,15 +135,18 @@ FINETUNE = defaults_of(FinetuneConfig)
 
 
 def finetune(
-    cache, top=FINETUNE["top"], workdir=".", *, freeze=FINETUNE["freeze"], lr=FINETUNE["lr"], batch=FINETUNE["batch"],
-    epochs=FINETUNE["epochs"], warmup_epochs=FINETUNE["warmup_epochs"], augment=FINETUNE["augment"],
-    optimizer=FINETUNE["optimizer"], momentum=FINETUNE["momentum"], patience=FINETUNE["patience"],
-    decision=FINETUNE["decision"], min_labels=FINETUNE["min_labels"], max_labels=FINETUNE["max_labels"],
-    weights=FINETUNE["weights"], mixed_precision=FINETUNE["mixed_precision"], jit=FINETUNE["jit"],
-    strategy=FINETUNE["strategy"], seed=FINETUNE["seed"], memory_cache=FINETUNE["memory_cache"],
-    no_tensorboard=FINETUNE["no_tensorboard"], image_root=None,
-    overwrite=False, progress=True,
-):
+    cache: StrPath | FeatureCache, top: str = FINETUNE["top"], workdir: StrPath = ".", *,
+    freeze: str = FINETUNE["freeze"], lr: float = FINETUNE["lr"], batch: int = FINETUNE["batch"], epochs: int = FINETUNE["epochs"],
+    warmup_epochs: int = FINETUNE["warmup_epochs"], augment: str = FINETUNE["augment"],
+    optimizer: str = FINETUNE["optimizer"], momentum: float = FINETUNE["momentum"],
+    patience: int = FINETUNE["patience"], decision: str = FINETUNE["decision"],
+    min_labels: int = FINETUNE["min_labels"], max_labels: int | None = FINETUNE["max_labels"],
+    weights: str = FINETUNE["weights"], mixed_precision: bool = FINETUNE["mixed_precision"],
+    jit: bool = FINETUNE["jit"], strategy: str = FINETUNE["strategy"], seed: int = FINETUNE["seed"],
+    memory_cache: int = FINETUNE["memory_cache"],
+    no_tensorboard: bool = FINETUNE["no_tensorboard"], image_root: StrPath | None = None, overwrite: bool = False,
+    progress: bool = True,
+) -> FinetuneResult:
     """Fine-tunes a tuned top on its backbone end to end, fits the decision, and exports the model.
 
     Args:
@@ -285,7 +290,8 @@ class _Job(RecordStep):
                 raise MlkitError(f"--jit compiles the whole training step with XLA, which has no string ops, and "
                                  f"top {top_run} tokenises its captions inside the network: drop --jit for caption "
                                  "tops")
-            self.network = build_network(self.backbone, self.spec, self.attrs, self.top, self.vocabulary)
+            self.network = build_network(self.backbone, self.spec, self.attrs, self.top, self.vocabulary,
+                                         self.top_config.tap_list)
         config.frozen = resolve_freeze(self.backbone, config.freeze)
         self.task = cache.task
         self.top_run = top_run

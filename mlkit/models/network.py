@@ -9,6 +9,11 @@ Three models share one set of layers:
   network -> scores, plus the label decision (and, for regression, the
   targets back in original units).
 
+A top tuned on several taps (mlkit.taps) gets them from one multi-output
+model over the backbone's layers (`mlkit.backbones.tapped_backbone`), pooled
+as cache-features pooled them and concatenated in the top's order, so the
+network, the `.keras` file and the SavedModel hold the taps inside.
+
 A caption top (image + caption, `mlkit.tuning.top`) makes both models take
 two named inputs: the network {"pixels", "caption"} and the exported model
 {"image", "caption"}, a caption being one tf.string per image. The caption
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import keras
 
-from mlkit.backbones import build_backbone, freeze_units, preprocessing_layers
+from mlkit.backbones import build_backbone, freeze_units, preprocessing_layers, tapped_backbone
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.errors import MlkitError
 from mlkit.models.layers import LabelDecision, Unscale
@@ -80,8 +85,9 @@ def check_top_matches(config, cache):
         problems.append("its record predates cache identities, so only the file names were compared")
     if config.task != cache.task:
         problems.append(f"task {config.task} vs the cache's {cache.task}")
-    if tuple(config.input_shape) != tuple(cache.feature_shape):
-        problems.append(f"input shape {tuple(config.input_shape)} vs the cache's features {cache.feature_shape}")
+    shape = cache.taps_shape(config.tap_list)
+    if tuple(config.input_shape) != tuple(shape):
+        problems.append(f"input shape {tuple(config.input_shape)} vs the cache's features {shape}")
     if cache.task != "regression" and list(config.label_names) != list(cache.label_names):
         problems.append("its label names differ from the cache's")
     if problems:
@@ -90,7 +96,7 @@ def check_top_matches(config, cache):
                          f"this one (mlkit tune-top {cache.path})")
 
 
-def build_network(backbone, spec, attrs, top, vocabulary=None):
+def build_network(backbone, spec, attrs, top, vocabulary=None, taps=("last",)):
     """float pixels (S, S, 3) in [0, 255] -> preprocessing -> backbone -> top -> float32 scores.
 
     Args:
@@ -101,13 +107,15 @@ def build_network(backbone, spec, attrs, top, vocabulary=None):
         vocabulary: a caption top's vocabulary (`TopConfig.vocabulary`). With
             it the network takes {"pixels", "caption"} and vectorises the
             caption strings itself. Defaults to None (pixels only).
+        taps: the taps the top reads (`TopConfig.tap_list`). Defaults to
+            ("last",), the backbone's output.
     """
     size = int(attrs["image_size"])
     pixels = keras.Input((size, size, 3), dtype="float32", name="pixels")
     x = pixels
     for layer in preprocessing_layers(spec, attrs["preprocess"], attrs.get("zmuv_mean"), attrs.get("zmuv_std")):
         x = layer(x)
-    features = backbone(x, training=False)
+    features = backbone_features(backbone, x, taps)
     if vocabulary:
         from mlkit.text import caption_vectorizer
 
@@ -120,6 +128,19 @@ def build_network(backbone, spec, attrs, top, vocabulary=None):
     # Under mixed precision the head computes in float16; losses and decisions want float32.
     scores = keras.layers.Activation("linear", dtype="float32", name="scores")(scores)
     return keras.Model(inputs, scores, name="network")
+
+
+def backbone_features(backbone, x, taps=("last",)):
+    """The backbone's features of `x` as a top reads them: its output, or its taps' vectors side by side.
+
+    The taps come from one model sharing the backbone's layers, so `--freeze`
+    (on `backbone.layers`) and `keep_statistics` act on them as on the backbone.
+    """
+    if tuple(taps) == ("last",):
+        return backbone(x, training=False)
+    outputs = tapped_backbone(backbone, taps)(x, training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return keras.layers.Concatenate(name="taps")(outputs) if len(outputs) > 1 else outputs[0]
 
 
 def takes_captions(model):

@@ -13,15 +13,18 @@ error, not silently captioned "": pass `--caption ""` to mean no caption.
 Image-only models ignore `--caption`, with a warning.
 """
 
+from __future__ import annotations
+
 import csv
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mlkit.errors import MlkitError
-from mlkit.files import atomic_path
+from mlkit.files import StrPath, atomic_path
 from mlkit.images import ImageReadError, load_image, parse_background
 from mlkit.vocabulary import IMAGE_EXTENSIONS
 
@@ -38,10 +41,10 @@ class Prediction:
     image: str
     ranked: list = field(default_factory=list)
     decided: list = field(default_factory=list)
-    truth: list = None
+    truth: list | None = None
     error: str = ""
     task: str = "multilabel"
-    caption: str = None
+    caption: str | None = None
 
 
 def expand_inputs(inputs):
@@ -97,7 +100,10 @@ def attach_captions(items, caption, captioned, model):
     return items
 
 
-def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_path=None, batch_size=32):
+def predict(
+    model: StrPath, inputs: StrPath | Sequence[StrPath], *, caption: str | Sequence[str] | None = None,
+    workdir: StrPath = ".", top: int = DEFAULT_TOP, csv_path: StrPath | None = None, batch_size: int = 32,
+) -> list[Prediction]:
     """Labels images with an exported model.
 
     Args:
@@ -131,7 +137,7 @@ def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_pa
     items = attach_captions(expand_inputs(inputs), caption, captioned, model)
     results = [Prediction(image, truth=truth, task=task, caption=text if captioned else None)
                for image, truth, text in items]
-    pending = {}
+    pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
     for index, (image, _, _) in enumerate(items):
         try:
             pixels = load_image(image, background)

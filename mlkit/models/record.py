@@ -85,8 +85,8 @@ class RecordStep:
         from mlkit.text import encode_captions
         from mlkit.tuning.top import load_top
 
-        top, _ = load_top(self.workdir, self.top_run)
-        features, labels = self.cache.load(split)
+        top, config = load_top(self.workdir, self.top_run)
+        features, labels = self.cache.load(split, taps=config.tap_list)
         if self.vocabulary:
             captions = self.cache.read("caption", self.cache.indices(split))
             features = {"features": features, "tokens": encode_captions(captions, self.vocabulary)}
@@ -148,8 +148,8 @@ class RecordStep:
         from mlkit.tuning.top import load_top
 
         backbone, spec = rebuild_backbone(self.attrs, self.config.weights or None)
-        top, _ = load_top(self.workdir, self.top_run)
-        network = build_network(backbone, spec, self.attrs, top, self.vocabulary)
+        top, config = load_top(self.workdir, self.top_run)
+        network = build_network(backbone, spec, self.attrs, top, self.vocabulary, config.tap_list)
         network.set_weights(self.network.get_weights())
         return network
 

@@ -39,11 +39,11 @@ def register(subparsers):
 
 
 # TopConfig's settings each command takes; their defaults and help live on TopConfig's fields (mlkit.options).
-GRID_AXES = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool")
+GRID_AXES = ("taps", "layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool")
 CAPTION_AXES = ("text", "text_units", "embed_dim")
 TRAINING = ("epochs", "patience", "objective", "momentum", "step_every", "step_gamma", "sample_weights", "cap",
             "oversample", "seed", "no_tensorboard")
-LR_FIND = ("layers", "units", "reg", "batch", "loss", "optimizer", "momentum", "top_pool", "seed")
+LR_FIND = ("taps", "layers", "units", "reg", "batch", "loss", "optimizer", "momentum", "top_pool", "seed")
 
 
 def add_data_options(parser):

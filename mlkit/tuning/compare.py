@@ -4,7 +4,7 @@ Every `<run>.csv` in a folder becomes one row: the fields parsed from the run
 name (mlkit.runs), epochs trained, the best epoch by a metric and the
 validation metrics there, and training time. Rows can be filtered by field
 (`units=4096`), grouped (`--by lr`), and their validation curves drawn
-coloured by a field against epoch or wall time (seed 003, figures 4 to 6).
+coloured by a field against epoch or wall time (the COCO report, figures 4 to 6; docs/references.md).
 """
 
 import logging
@@ -207,7 +207,7 @@ def plot_runs(folder, out, *, where=(), by=None, x="epoch", metric="val_loss"):
 
 
 def elapsed(log):
-    """Cumulative seconds at the end of each epoch (seed 003, fig. 6b)."""
+    """Cumulative seconds at the end of each epoch (the COCO report, fig. 6b)."""
     if "elapsed" in log:
         return log["elapsed"]
     return log["seconds"].cumsum() if "seconds" in log else log["epoch"] + 1

@@ -13,6 +13,7 @@ from mlkit.branches import BRANCH_INPUTS, branch_of
 from mlkit.errors import MlkitError, check_choice
 from mlkit.options import option
 from mlkit.runs import TEXT_ONLY_SUFFIX, RunName
+from mlkit.taps import encode as encode_taps
 from mlkit.vocabulary import OPTIMIZERS, TASKS
 
 LOSSES = {
@@ -22,7 +23,7 @@ LOSSES = {
 }
 SCHEDULES = ("constant", "step", "plateau", "cosine")
 TOP_POOLS = ("flatten", "avg", "max")
-# The caption branch's recurrent layer (seed 001: a bidirectional LSTM of 128 units).
+# The caption branch's recurrent layer (the caption report: a bidirectional LSTM of 128 units).
 TEXT_KINDS = ("lstm", "bilstm")
 DEFAULT_TEXT = "bilstm"
 DEFAULT_TEXT_UNITS = 128
@@ -58,6 +59,10 @@ class TopConfig:
     that cache's `FeatureCache.identity`, so stage 3 can refuse another cache
     (records written before it was kept have {} there).
 
+    `taps` names the cached taps the top reads, side by side, as "last" and
+    layer names joined by "+" in cache order (mlkit.taps); "last" is the
+    backbone's output alone.
+
     The caption branch is on when `text` names its recurrent layer ("lstm"
     or "bilstm"; "" for image-only tops): `embed_dim`-wide embeddings of the
     cached token ids feed `text_units` LSTM units (per direction), merged with
@@ -80,6 +85,9 @@ class TopConfig:
     optimizer: str = option("sgd", "sgd (with --momentum) or adam")
     schedule: str = option("constant", "learning-rate schedule: constant|step|plateau|cosine")
     top_pool: str = option("flatten", "raw feature maps only: flatten|avg|max")
+    taps: str = option("last", "which cached taps the top reads (cache-features --taps): combinations of last, all, "
+                               "named depths (early, mid, high, pre) or layer names joined by '+', e.g. "
+                               "last,last+high,all", metavar="TAPS")
     epochs: int = option(20, "most epochs per trial")
     patience: int = option(5, "early stopping: epochs without improvement of --objective")
     momentum: float = option(0.9, "SGD momentum")
@@ -187,10 +195,19 @@ class TopConfig:
     def run_name(self, cache_fields, pool):
         """This trial's `RunName` given the cache's first fields and the top's pool field."""
         dataset, subset, backbone, prep = cache_fields
+        options = self.run_options()
+        taps = encode_taps(self.tap_list, backbone)
+        if taps:
+            options["taps"] = taps
         return RunName(
             dataset, subset, backbone, prep, pool, int(self.layers), int(self.units), self.reg,
-            float(self.lr), int(self.batch), options=self.run_options(),
+            float(self.lr), int(self.batch), options=options,
         )
+
+    @property
+    def tap_list(self):
+        """The taps the top reads, in order: ("last",) or "last" and layer names."""
+        return tuple(self.taps.split("+"))
 
     def to_dict(self):
         return asdict(self)

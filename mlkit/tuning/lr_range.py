@@ -1,7 +1,7 @@
 """`mlkit lr-find`: the learning-rate range test on cached features.
 
 One batch per step, the learning rate rising exponentially from `start_lr` to
-`end_lr` (Smith 2017; seed 000 used it to pick StepLR's starting rate; fastai's
+`end_lr` (Smith 2017; the iMet report used it to pick StepLR's starting rate; fastai's
 `lr_find`). The loss is smoothed with a bias-corrected exponential moving
 average, and the test stops once the smoothed loss exceeds `diverge` times
 its minimum. Two rates are suggested: the steepest descent of the smoothed
@@ -9,6 +9,8 @@ loss (against log lr) before its minimum, which is the one returned as
 `suggestion`, and the rate at the minimum divided by 10, the usual
 conservative alternative.
 """
+
+from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
@@ -19,7 +21,11 @@ import pandas as pd
 
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
+from mlkit.files import StrPath
 from mlkit.options import defaults_of
+from mlkit.taps import combinations as tap_combinations
+from mlkit.taps import encode as encode_taps
+from mlkit.taps import resolve as resolve_taps
 from mlkit.tuning.config import TopConfig
 from mlkit.tuning.memory import parse_memory
 from mlkit.tuning.top_data import MAX_MEMORY, TopData
@@ -49,9 +55,9 @@ class LRFindResult:
     lrs: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     smoothed: list = field(default_factory=list)
-    steepest: float = None
-    min_over_10: float = None
-    suggestion: float = None
+    steepest: float | None = None
+    min_over_10: float | None = None
+    suggestion: float | None = None
     method: str = ""
     stopped: str = "end"
     csv: str = ""
@@ -91,11 +97,12 @@ def suggest(lrs, smoothed):
 
 
 def lr_find(
-    cache_path, workdir=".", *, layers=TOP["layers"], units=TOP["units"], reg=TOP["reg"], batch=TOP["batch"],
-    loss=TOP["loss"], optimizer=TOP["optimizer"], momentum=TOP["momentum"], top_pool=TOP["top_pool"],
-    start_lr=1e-6, end_lr=10.0, steps=100, smoothing=0.98, diverge=4.0, augmented=False, max_memory=MAX_MEMORY,
-    seed=TOP["seed"], verbose=True,
-):
+    cache_path: StrPath, workdir: StrPath = ".", *, layers: int = TOP["layers"], units: int = TOP["units"],
+    reg: str = TOP["reg"], batch: int = TOP["batch"], loss: str = TOP["loss"], optimizer: str = TOP["optimizer"],
+    momentum: float = TOP["momentum"], top_pool: str = TOP["top_pool"], start_lr: float = 1e-6, end_lr: float = 10.0,
+    steps: int = 100, smoothing: float = 0.98, diverge: float = 4.0, augmented: bool = False,
+    max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], verbose: bool = True, taps: str = TOP["taps"],
+) -> LRFindResult:
     """Runs the LR range test for one top model on a cache, plots it, suggests a rate.
 
     Args:
@@ -103,6 +110,8 @@ def lr_find(
         workdir: the workspace; files go to `tuning/lr-find/`. Defaults to ".".
         layers, units, reg, batch, loss, optimizer, momentum, top_pool: the top
             model, as in `tune_top` (one value each).
+        taps: the cached taps the top reads, one combination ("last+high",
+            "all"; mlkit.taps). Defaults to "last".
         start_lr, end_lr: the range, swept exponentially. Default to 1e-6 and 10.
         steps: batches (one rate each). Defaults to 100.
         smoothing: the moving-average factor. Defaults to 0.98.
@@ -126,11 +135,16 @@ def lr_find(
     if int(steps) < 2 * MIN_SLOPE_POINTS:
         raise MlkitError(f"--steps {steps}: use at least {2 * MIN_SLOPE_POINTS}")
     cache = open_cache(cache_path)
+    combos = tap_combinations(taps)
+    if len(combos) != 1:
+        raise MlkitError(f"--taps {taps}: lr-find tests one combination of taps (join names with '+')")
+    taps = "+".join(resolve_taps(combos[0], cache.name_fields[2], cache.taps))
     config = TopConfig(task=cache.task, layers=int(layers), units=int(units), reg=reg, lr=start_lr, batch=int(batch),
-                       loss=loss or "", optimizer=optimizer, momentum=momentum, top_pool=top_pool, seed=seed)
-    data = TopData(cache, views=cache.augment_copies if augmented else 0, max_memory=parse_memory(max_memory), seed=seed)
+                       loss=loss or "", optimizer=optimizer, momentum=momentum, top_pool=top_pool, seed=seed, taps=taps)
+    data = TopData(cache, views=cache.augment_copies if augmented else 0, max_memory=parse_memory(max_memory), seed=seed,
+                   taps=taps)
     keras.utils.set_random_seed(seed)
-    model = compile_top(build_top_model(config, cache.feature_shape, cache.num_outputs, cache.task), config,
+    model = compile_top(build_top_model(config, data.feature_shape, cache.num_outputs, cache.task), config,
                         data.pos_weight)
     set_input_statistics(model, *data.input_statistics())
     lrs = np.geomspace(start_lr, end_lr, int(steps))
@@ -142,7 +156,9 @@ def lr_find(
         suggestion=steepest if steepest is not None else min_over_10,
         method="steepest descent" if steepest is not None else "minimum / 10", stopped=stopped,
     )
-    stem = Path(workdir) / "tuning" / "lr-find" / f"{'_'.join(cache.name_fields)}_{config.layers}x{config.units}{config.reg}_b{config.batch}"
+    code = encode_taps(config.tap_list, cache.name_fields[2])
+    stem = Path(workdir) / "tuning" / "lr-find" / (f"{'_'.join(cache.name_fields)}_{config.layers}x{config.units}{config.reg}"
+                                                   f"_b{config.batch}{f'_taps-{code}' if code else ''}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     result.csv, result.plot = str(stem) + ".csv", str(stem) + ".png"
     pd.DataFrame({"lr": result.lrs, "loss": raw, "smoothed": smoothed}).to_csv(result.csv, index=False)

@@ -1,6 +1,6 @@
 """`tune_top`: a grid search of top models on one bottleneck cache.
 
-The grid is the product of the listed values (seed 003, table 1: layers,
+The grid is the product of the listed values (the COCO report, table 1: layers,
 units, regulariser, learning rate, batch size; plus loss, optimiser, schedule
 and, for raw feature maps, how the top pools them; with captions, the caption
 branch's recurrent layer, its units and the embedding width). KerasTuner's
@@ -14,18 +14,24 @@ This module stays free of TensorFlow imports; the training side lives in
 mlkit.tuning.tuner and is imported only when a trial has to run.
 """
 
+from __future__ import annotations
+
 import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from mlkit.bottlenecks.cache import identity_differences, open_cache
 from mlkit.errors import MlkitError
-from mlkit.files import stage_folder
+from mlkit.files import StrPath, stage_folder
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
+from mlkit.taps import combinations as tap_combinations
+from mlkit.taps import resolve as resolve_taps
 from mlkit.tuning.config import (
     DEFAULT_EMBED_DIM,
     DEFAULT_TEXT,
@@ -38,13 +44,19 @@ from mlkit.tuning.memory import parse_memory
 from mlkit.tuning.records import Progress, summary_frame, write_summary
 from mlkit.tuning.top_data import MAX_MEMORY
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 logger = logging.getLogger(__name__)
 # The Python API's defaults are TopConfig's (mlkit.options): written once, there.
 TOP = defaults_of(TopConfig)
 
 # Order of the grid's axes: KerasTuner's GridSearch varies the last one fastest.
-TUNABLE = ("layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool", "text", "text_units",
+TUNABLE = ("taps", "layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool", "text", "text_units",
            "embed_dim")
+_T = TypeVar("_T")
+# A tuned argument of `tune_top`: one value, a list of values, or a comma-separated string of them.
+Tuned: TypeAlias = "_T | Sequence[_T] | str"
 # Held by a search tuning alone or by the chief (mlkit.locks).
 LOCK = ".tune-top.lock"
 DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
@@ -59,12 +71,15 @@ class Grid:
         base: the first trial's `TopConfig`; the others replace its tuned values.
         cache_fields: the cache's dataset, subset, backbone and preprocessing.
         pooling: the cache's pooling (avg, max, or none for raw maps).
+        tap_shapes: each value of the `taps` axis -> the shape its top reads.
+            Defaults to {} (no taps axis: every top reads the base's shape).
     """
 
     values: dict
     base: TopConfig
     cache_fields: tuple
     pooling: str
+    tap_shapes: dict = field(default_factory=dict)
     runs: list = field(default_factory=list, init=False)
 
     def __post_init__(self):
@@ -81,6 +96,8 @@ class Grid:
     def config(self, values):
         """The resolved config (with its run name) for one combination of tuned values."""
         config = replace(self.base, **values)
+        if config.taps in self.tap_shapes:
+            config.input_shape = list(self.tap_shapes[config.taps])
         config.run = str(config.run_name(self.cache_fields, self.pool_field(config)))
         return config
 
@@ -113,7 +130,7 @@ def as_list(value, name, cast):
 
 
 def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule, top_pool, augmented, captions=False,
-              text=None, text_units=None, embed_dim=None, text_only=False, fixed=None):
+              text=None, text_units=None, embed_dim=None, text_only=False, fixed=None, taps=TOP["taps"]):
     """The grid for one cache, its settings checked before anything trains.
 
     The tuned axes each take a value, a list or a comma-separated string;
@@ -126,13 +143,16 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
     captions = check_caption_settings(cache, captions or text_only, text, text_units, embed_dim, text_only, augmented)
     if augmented and not cache.augment_copies:
         raise MlkitError(f"--augmented: {cache.path} has no augmented views; rebuild it with cache-features --augment K")
-    shape = list(cache.feature_shape)
+    tap_shapes = tap_axis(cache, taps, text_only)
+    shape = list(cache.taps_shape(next(iter(tap_shapes)).split("+")))
     values = {
         "layers": as_list(layers, "layers", int), "units": as_list(units, "units", int),
         "reg": as_list(reg, "reg", str), "lr": as_list(lr, "lr", float), "batch": as_list(batch, "batch", int),
         "loss": as_list(loss or LOSSES[cache.task][0], "loss", str),
         "optimizer": as_list(optimizer, "optimizer", str), "schedule": as_list(schedule, "schedule", str),
     }
+    if list(tap_shapes) != ["last"]:
+        values = {"taps": list(tap_shapes), **values}
     if len(shape) == 3:
         values["top_pool"] = as_list(top_pool, "top_pool", str)
     elif as_list(top_pool, "top_pool", str) != ["flatten"]:
@@ -153,7 +173,16 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
         views=cache.augment_copies if augmented else 0, text_only=bool(text_only),
         vocabulary=cache.vocabulary if captions else {}, **{name: axis[0] for name, axis in values.items()}, **(fixed or {}),
     )
-    return Grid(values, base, (dataset, subset, backbone, prep), pooling)
+    return Grid(values, base, (dataset, subset, backbone, prep), pooling, tap_shapes if "taps" in values else {})
+
+
+def tap_axis(cache, taps, text_only=False):
+    """{taps as a top reads them ("last+<layer>..."): the shape it reads} for tune-top's `--taps` axis."""
+    combos = [resolve_taps(combo, cache.name_fields[2], cache.taps) for combo in tap_combinations(taps)]
+    axis = {"+".join(combo): None for combo in combos}
+    if text_only and list(axis) != ["last"]:
+        raise MlkitError("--taps chooses image features; a --text-only top reads none")
+    return {value: cache.taps_shape(value.split("+")) for value in axis}
 
 
 def check_caption_settings(cache, captions, text, text_units, embed_dim, text_only, augmented):
@@ -242,14 +271,18 @@ def warn_changed_settings(progress, configs):
 
 
 def tune_top(
-    cache_path, workdir=".", *, layers=TOP["layers"], units=TOP["units"], reg=TOP["reg"], lr=TOP["lr"],
-    batch=TOP["batch"], loss=TOP["loss"], optimizer=TOP["optimizer"], schedule=TOP["schedule"],
-    top_pool=TOP["top_pool"], epochs=TOP["epochs"], patience=TOP["patience"], objective=TOP["objective"],
-    momentum=TOP["momentum"], step_every=TOP["step_every"], step_gamma=TOP["step_gamma"], augmented=False,
-    sample_weights=TOP["sample_weights"], cap=TOP["cap"], oversample=TOP["oversample"], max_memory=MAX_MEMORY, seed=TOP["seed"],
-    chief=False, worker=None, oracle=None, verbose=True, captions=False, text=None, text_units=None,
-    embed_dim=None, text_only=TOP["text_only"], no_tensorboard=TOP["no_tensorboard"],
-):
+    cache_path: StrPath, workdir: StrPath = ".", *, layers: Tuned[int] = TOP["layers"],
+    units: Tuned[int] = TOP["units"], reg: Tuned[str] = TOP["reg"], lr: Tuned[float] = TOP["lr"],
+    batch: Tuned[int] = TOP["batch"], loss: Tuned[str] = TOP["loss"], optimizer: Tuned[str] = TOP["optimizer"],
+    schedule: Tuned[str] = TOP["schedule"], top_pool: Tuned[str] = TOP["top_pool"], epochs: int = TOP["epochs"],
+    patience: int = TOP["patience"], objective: str = TOP["objective"], momentum: float = TOP["momentum"],
+    step_every: int = TOP["step_every"], step_gamma: float = TOP["step_gamma"], augmented: bool = False,
+    sample_weights: str | bool = TOP["sample_weights"], cap: int = TOP["cap"], oversample: int = TOP["oversample"],
+    max_memory: int | str = MAX_MEMORY, seed: int = TOP["seed"], chief: bool = False, worker: int | None = None,
+    oracle: str | None = None, verbose: bool = True, captions: bool = False, text: Tuned[str] | None = None,
+    text_units: Tuned[int] | None = None, embed_dim: Tuned[int] | None = None, text_only: bool = TOP["text_only"],
+    taps: Tuned[str] = TOP["taps"], no_tensorboard: bool = TOP["no_tensorboard"],
+) -> pd.DataFrame:
     """Grid-searches top models on a bottleneck cache and returns the summary.
 
     Each tuned argument takes one value, a list, or a comma-separated string;
@@ -293,11 +326,16 @@ def tune_top(
             --captions`): the cached token ids feed an embedding and an
             (Bi)LSTM merged with the image features. Defaults to False.
         text: the caption branch's recurrent layer, lstm or bilstm (tuned).
-            Defaults to "bilstm" (seed 001).
+            Defaults to "bilstm" (the caption report).
         text_units: its units per direction (tuned). Defaults to 128.
         embed_dim: the token embedding's width (tuned). Defaults to 128.
         text_only: train the caption branch alone, without the image
             features (implies `captions`), for the ablation. Defaults to False.
+        taps: which cached taps each top reads (tuned; mlkit.taps):
+            combinations separated by commas, each of `last`, `all` (every
+            cached tap), named depths (early, mid, high, pre) or layer names
+            joined by "+", e.g. "last,last+high,all". The run name records a
+            combination as `taps-<codes>`. Defaults to "last".
 
     Returns:
         A pandas DataFrame, one row per finished trial of this grid, best first.
@@ -314,7 +352,7 @@ def tune_top(
     grid = make_grid(
         cache, layers=layers, units=units, reg=reg, lr=lr, batch=batch, loss=loss, optimizer=optimizer,
         schedule=schedule, top_pool=top_pool, augmented=augmented, captions=captions, text=text,
-        text_units=text_units, embed_dim=embed_dim, text_only=text_only,
+        text_units=text_units, embed_dim=embed_dim, text_only=text_only, taps=taps,
         fixed={"epochs": int(epochs), "patience": int(patience), "objective": objective, "momentum": float(momentum),
                    "step_every": int(step_every), "step_gamma": float(step_gamma),
                    "sample_weights": "balanced" if sample_weights else "", "cap": int(cap or 0),

@@ -3,11 +3,11 @@
 A top is a plain Keras Functional model whose input is one cached feature
 (a pooled vector, or a raw H x W x C map that the top flattens or pools), so
 stage 3 can put it on the backbone unchanged. Hidden layers are Dense + ReLU,
-each followed by dropout (`dN`) or batch norm (`bn`) as in seed 003; the head
+each followed by dropout (`dN`) or batch norm (`bn`) as in the COCO report; the head
 is sigmoid (multilabel), softmax (multiclass) or linear (regression, targets
 scaled to [0, 1]).
 
-A caption top (seed 001) has a second input, "tokens": the cached int32 token
+A caption top (the caption report) has a second input, "tokens": the cached int32 token
 ids (max_len,), 0 = padding. They pass an Embedding(mask_zero=True) and an
 LSTM or bidirectional LSTM, whose output is concatenated with the
 standardised (and pooled) image features before the hidden layers. A
@@ -192,8 +192,8 @@ def make_loss(config, num_outputs, pos_weight=None):
 def schedule_callbacks(config):
     """Callbacks that change the learning rate: none, StepLR, reduce-on-plateau or cosine.
 
-    Step (seed 000's StepLR) multiplies the rate by `step_gamma` every
-    `step_every` epochs; plateau (seed 002) halves it after 2 epochs without a
+    Step (the iMet report's StepLR) multiplies the rate by `step_gamma` every
+    `step_every` epochs; plateau (the plankton report) halves it after 2 epochs without a
     better val_loss, down to 1e-5; cosine anneals it to 0 over `epochs`.
     """
     if config.schedule == "step":

@@ -1,7 +1,7 @@
 """Training and validation data for top models, read from a bottleneck cache.
 
 The training split may be rebalanced (per-class caps, oversampling of small
-classes, balanced sample weights: seed 002) and extended with the cache's
+classes, balanced sample weights: the plankton report) and extended with the cache's
 augmented views; the validation split is used as it is, and the test split is
 never read. Data that fits under `max_memory` is held as tensors and batched
 by index; a larger cache streams from HDF5 in contiguous blocks, shuffled
@@ -12,6 +12,10 @@ the memory) and reach the top as float32, one batch at a time.
 Streaming is fast only with `keep_freed_memory()` in effect: `mlkit tune-top`
 and `mlkit lr-find` set it, a Python user calls it once (see its docstring).
 
+A top on several taps (mlkit.taps) reads their cached vectors side by side,
+in the order its config names them, as one feature vector; the top's
+standardisation then z-scores each column, so no tap's scale drowns another's.
+
 Caption tops also read the cached token ids (always held in memory: N x T
 int32 is small); their inputs are then a dict {"features": ..., "tokens": ...}
 (or {"tokens": ...} alone), while image-only tops get the bare features.
@@ -20,7 +24,7 @@ int32 is small); their inputs are then a dict {"features": ..., "tokens": ...}
 import h5py
 import numpy as np
 
-from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows
+from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows, tap_dataset
 from mlkit.branches import BRANCH_INPUTS
 from mlkit.errors import MlkitError
 from mlkit.tuning.memory import aligned_empty, host_tensor, parse_memory
@@ -54,11 +58,14 @@ class TopData:
         seed: seeds the rebalancing and the shuffling. Defaults to 0.
         inputs: the top's inputs: ("features",), ("features", "tokens") or
             ("tokens",). Defaults to ("features",).
+        taps: the cached taps whose vectors make the features, in order
+            (mlkit.taps): a tuple, or names joined by "+". Defaults to ("last",).
     """
 
     def __init__(self, cache, *, views=0, sample_weights="", cap=0, oversample=0, max_memory=MAX_MEMORY, seed=0,
-                 inputs=("features",)):
+                 inputs=("features",), taps=("last",)):
         self.cache = cache
+        self.taps = tuple(taps.split("+") if isinstance(taps, str) else taps)
         self.inputs = tuple(inputs)
         if self.inputs not in BRANCH_INPUTS.values():
             raise MlkitError(f"top inputs {inputs!r}: expected ('features',), ('features', 'tokens') or ('tokens',)")
@@ -79,7 +86,7 @@ class TopData:
         self.val_targets = self.targets(self.val_labels)
         self.weights = balanced_weights(sample_labels, self.task) if sample_weights else None
         self.pos_weight = positive_weights(sample_labels) if self.task == "multilabel" else None
-        self.feature_shape = tuple(cache.feature_shape)
+        self.feature_shape = tuple(cache.taps_shape(self.taps))
         self.feature_dtype = cache.feature_dtype
         self.tokens = cache.read("tokens").astype("int32") if "tokens" in self.inputs else None
         self.in_memory = "features" not in self.inputs or self.memory_bytes() <= parse_memory(max_memory)
@@ -188,9 +195,9 @@ class TopData:
         # One array, read in place and handed to TensorFlow as it is: the table is in memory once.
         features = aligned_empty((len(rows) + len(train_unique) * self.views,) + self.feature_shape, self.feature_dtype)
         with h5py.File(self.cache.path, "r") as h5:
-            read_rows(h5["features"], rows, out=features[: len(rows)])
+            self.read_features(h5, rows, out=features[: len(rows)])
             if self.views:
-                views = read_rows(h5["augmented"], train_unique)[:, : self.views]
+                views = self.read_features(h5, train_unique, views=True)[:, : self.views]
                 features[len(rows):] = views.reshape((-1,) + self.feature_shape)
         index = np.searchsorted(rows, self.sample_rows)
         viewed = self.sample_views > 0
@@ -208,7 +215,7 @@ class TopData:
             count = 0
             with h5py.File(self.cache.path, "r") as h5:
                 for start in range(0, len(rows), self.block_rows()):
-                    block = read_rows(h5["features"], rows[start:start + self.block_rows()]).astype("float64")
+                    block = self.read_features(h5, rows[start:start + self.block_rows()]).astype("float64")
                     block = block.reshape(-1, block.shape[-1])
                     total = total + block.sum(0)
                     total_sq = total_sq + np.square(block).sum(0)
@@ -266,11 +273,26 @@ class TopData:
         rows, views = self.sample_rows[samples], self.sample_views[samples]
         x = np.empty((len(samples),) + self.feature_shape, dtype="float32")
         clean = views == 0
-        x[clean] = read_rows(h5["features"], rows[clean])
+        x[clean] = self.read_features(h5, rows[clean])
         if (~clean).any():
-            stacked = read_rows(h5["augmented"], rows[~clean])
+            stacked = self.read_features(h5, rows[~clean], views=True)
             x[~clean] = stacked[np.arange(len(stacked)), views[~clean] - 1]
         return x
+
+    def read_features(self, h5, rows, out=None, views=False):
+        """The taps' features (or all cached views) of increasing `rows`, side by side along the last axis."""
+        datasets = [h5[tap_dataset(tap, views)] for tap in self.taps]
+        if len(datasets) == 1:
+            return read_rows(datasets[0], rows, out=out)
+        if out is None:
+            shape = datasets[0].shape[1:-1] + (sum(d.shape[-1] for d in datasets),)
+            out = np.empty((len(rows),) + shape, dtype=self.feature_dtype)
+        start = 0
+        for dataset in datasets:
+            width = dataset.shape[-1]
+            read_rows(dataset, rows, out=out[..., start:start + width])
+            start += width
+        return out
 
     def streamed_val(self):
         """Validation features in row order, block by block."""
@@ -281,7 +303,7 @@ class TopData:
             with h5py.File(self.cache.path, "r") as h5:
                 for start in range(0, len(self.val_rows), step):
                     rows = self.val_rows[start:start + step]
-                    x = read_rows(h5["features"], rows, out=np.empty((len(rows),) + self.feature_shape, "float32"))
+                    x = self.read_features(h5, rows, out=np.empty((len(rows),) + self.feature_shape, "float32"))
                     yield self.model_inputs(x,
                                             None if self.tokens is None else self.tokens[rows])
 

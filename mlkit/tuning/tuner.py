@@ -41,7 +41,7 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     One prediction pass over the validation split per epoch gives the loss
     and every metric; multilabel F1 uses the cardinality rule fitted on that
-    pass with the training split's label cardinality (seed 003, eqs. 11-12).
+    pass with the training split's label cardinality (the COCO report, eqs. 11-12).
     Also logs the epoch's learning rate, its wall time (`seconds`) and the
     running total (`elapsed`), for `mlkit runs --x time`. It must come first
     in the callback list: EarlyStopping, schedules and CSVLogger read its logs.
@@ -122,7 +122,7 @@ class TopHyperModel(kt.HyperModel):
 
     Args:
         grid: the `Grid` (mlkit.tuning.search).
-        data: a callable returning the `TopData`, called when a trial first trains.
+        data: a callable returning the `TopData` for a trial's taps, called when a trial first trains.
     """
 
     def __init__(self, grid, data):
@@ -142,7 +142,7 @@ class TopHyperModel(kt.HyperModel):
 
     def fit(self, hp, model, *args, csv_path=None, **kwargs):
         config = self.trial_config(hp)
-        data = self.data()
+        data = self.data(config.taps)
         compile_top(model, config, data.pos_weight)
         if "features" in config.inputs:
             set_input_statistics(model, *data.input_statistics())
@@ -211,7 +211,7 @@ class TopTuner(kt.Tuner):
     def train(self, hp, config):
         """Builds, trains and saves one trial; returns its result."""
         paths = run_paths(self.progress.folder.parent, config.run)
-        data = self.hypermodel.data()
+        data = self.hypermodel.data(config.taps)
         model = self._try_build(hp)
         # Timed from here: what `fit` costs, data loading and building excluded.
         started = time.perf_counter()
@@ -304,15 +304,17 @@ def run_search(grid, cache, progress, *, role, max_memory, verbose=True):
         pin_gpu(progress.tuner_id)
     loaded = {}
 
-    def data():
-        if "data" not in loaded:
+    def data(taps):
+        # One combination of taps in memory at a time: the taps axis varies slowest, so each loads once.
+        if taps not in loaded:
+            loaded.clear()
             base = grid.base
-            loaded["data"] = TopData(cache, views=base.views, sample_weights=base.sample_weights, cap=base.cap,
-                                     oversample=base.oversample, max_memory=max_memory, seed=base.seed,
-                                     inputs=grid.inputs)
+            loaded[taps] = TopData(cache, views=base.views, sample_weights=base.sample_weights, cap=base.cap,
+                                   oversample=base.oversample, max_memory=max_memory, seed=base.seed,
+                                   inputs=grid.inputs, taps=taps)
             if verbose:
-                print(f"data: {loaded['data'].describe()}", flush=True)
-        return loaded["data"]
+                print(f"data: {loaded[taps].describe()}{'' if taps == 'last' else f' (taps {taps})'}", flush=True)
+        return loaded[taps]
 
     objective = grid.base.objective
     tuner = TopTuner(
