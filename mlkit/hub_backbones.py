@@ -25,10 +25,15 @@ features, and its facts.
   token and mean of patch tokens); `cls` is one option away. Neither was
   measured against the other here: no preset can be downloaded on this
   machine.
+- The features model (`HubFeatures`, registered as `mlkit>HubFeatures`)
+  is saved as the image model's KerasHub config and weights, so a
+  fine-tuned model's `.keras` loads back (with `import mlkit.layers`).
 """
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import keras
 
 from mlkit.errors import MlkitError
 
@@ -76,8 +81,6 @@ def import_keras_hub():
 
 def build_hub_backbone(spec, weights, image_size, pooling, seed):
     """The preset's image model, cut to pooled features, and its facts (see `mlkit.backbones.build_backbone`)."""
-    import keras
-
     keras_hub = import_keras_hub()
     load_weights = _load_weights(spec, weights)
     if not load_weights:
@@ -94,7 +97,7 @@ def build_hub_backbone(spec, weights, image_size, pooling, seed):
     image_model = getattr(backbone, "vision_encoder", None) or backbone
     if isinstance(weights, str) and Path(weights).is_file():
         image_model.load_weights(weights)
-    model = features_model(image_model, pooling, size)
+    model = features_model(image_model, pooling)
     scale, offset = _converter_numbers(converter)
     resolved = replace(spec, default_size=preset_size or size, scale=scale, offset=offset)
     settings = {"backbone_source": f"hub:{spec.source}", "converter": f"scale={list(scale)} offset={list(offset)}"}
@@ -111,41 +114,73 @@ def _load_weights(spec, weights):
                      "(seeded random) or a weights file saved from this preset's image model")
 
 
-def features_model(image_model, pooling, size):
-    """A functional model from the image model's input to its pooled features, sharing its layers.
+def features_model(image_model, pooling):
+    """The image model cut to pooled features (`HubFeatures`)."""
+    return HubFeatures(image_model, pooling, name=f"{type(image_model).__name__.lower()}_features")
 
-    Built on the image model's own graph (not wrapped around it), so the
-    network's layers are the backbone's and `--freeze` reaches its blocks.
+
+@keras.saving.register_keras_serializable(package="mlkit")
+class HubFeatures(keras.Model):
+    """A KerasHub image model's pooled features: a functional model on the image model's own graph.
+
+    Its layers are the image model's (and the pooling's), not one nested
+    model, so `--freeze` reaches the transformer's blocks and
+    `keep_statistics` a CNN's batch norms. It is saved as the image model's
+    KerasHub config plus the pooling and rebuilt from them, as KerasHub saves
+    its own tasks: saving the graph layer by layer would need every KerasHub
+    layer's `get_config` to round-trip, and some do not (keras-hub 0.32's
+    `ViTPatchingAndEmbedding` writes `num_patches`, which its constructor
+    refuses), so such a model's `.keras` would not load back.
+
+    Args:
+        image_model: a KerasHub backbone taking images (a ViT, DINOv2, CLIP or
+            SigLIP vision encoder, or any CNN).
+        pooling: "avg", "max", "none" or "cls" (see the module's docstring).
     """
-    import keras
 
+    def __init__(self, image_model, pooling="avg", **kwargs):
+        super().__init__(image_model.inputs, _pooled(image_model, pooling), **kwargs)
+        self.image_model = image_model
+        self.pooling = pooling
+
+    def get_config(self):
+        return {"image_model": keras.saving.serialize_keras_object(self.image_model), "pooling": self.pooling,
+                "name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["image_model"] = keras.saving.deserialize_keras_object(config["image_model"])
+        return cls(**config)
+
+
+def _pooled(image_model, pooling):
+    """The features tensor on the image model's graph: a CNN's map or a transformer's tokens, pooled."""
     name = type(image_model).__name__
     output = image_model.output
     if len(output.shape) == 4:
         if pooling == "cls":
             raise MlkitError(f"--pooling cls takes a transformer's class token; {name} is a CNN: use avg, max or none")
         pools = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
-        features = pools[pooling](name=f"hub_{pooling}_pool")(output) if pooling in pools else output
-        return keras.Model(image_model.inputs, features, name=f"{name.lower()}_features")
+        return pools[pooling](name=f"hub_{pooling}_pool")(output) if pooling in pools else output
     family = TOKEN_FAMILIES.get(name)
     if family is None:
         raise MlkitError(f"KerasHub {name} gives {len(output.shape) - 1}-d outputs that mlkit does not know how to "
                          f"pool; supported transformer families: {', '.join(sorted(TOKEN_FAMILIES))}, and any CNN")
     config = image_model.get_config()
     if pooling == "cls":
-        return keras.Model(image_model.inputs, _class_token(output, family, config), name=f"{name.lower()}_features")
+        return _class_token(output, family, config)
     tokens = _layer_ending(image_model, family.tokens_layer).output if family.tokens_layer else output
     patches = keras.layers.Cropping1D((_prefix(family, config), 0), name="hub_patch_tokens")(tokens)
     if pooling == "avg":
-        features = keras.layers.GlobalAveragePooling1D(name="hub_avg_pool")(patches)
-    elif pooling == "max":
-        features = keras.layers.GlobalMaxPooling1D(name="hub_max_pool")(patches)
-    else:
-        side = int(round(patches.shape[1] ** 0.5))
-        if side * side != patches.shape[1]:
-            raise MlkitError(f"--pooling none: {name} gives {patches.shape[1]} patch tokens at {size} px, not a square grid")
-        features = keras.layers.Reshape((side, side, patches.shape[-1]), name="hub_patch_map")(patches)
-    return keras.Model(image_model.inputs, features, name=f"{name.lower()}_features")
+        return keras.layers.GlobalAveragePooling1D(name="hub_avg_pool")(patches)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling1D(name="hub_max_pool")(patches)
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+        raise MlkitError(f"--pooling none: {name} gives {patches.shape[1]} patch tokens at "
+                         f"{image_model.inputs[0].shape[1]} px, not a square grid")
+    return keras.layers.Reshape((side, side, patches.shape[-1]), name="hub_patch_map")(patches)
 
 
 def _layer_ending(model, suffix):
@@ -167,8 +202,6 @@ def _prefix(family, config):
 
 
 def _class_token(output, family, config):
-    import keras
-
     if len(output.shape) == 2:
         return output  # already the model's own pooled embedding (SigLIP's attention pooling)
     if not _has_class_token(family, config):
