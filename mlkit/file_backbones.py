@@ -18,8 +18,6 @@ zmuvs. The weights' identity is the file's sha256.
 """
 
 import hashlib
-import importlib
-import json
 import zipfile
 from pathlib import Path
 
@@ -68,8 +66,15 @@ def file_sha256(path):
 
 
 def load_keras_file(path):
-    """Loads a `.keras` file in safe mode, explaining what is wrong with it."""
+    """Loads a `.keras` file in safe mode, explaining what is wrong with it.
+
+    An mlkit model holds mlkit's own layers (label decision, caption
+    vectoriser, a KerasHub backbone's features), which Keras finds once
+    `mlkit.layers` has registered them.
+    """
     import keras
+
+    import mlkit.layers  # noqa: F401
 
     path = Path(path)
     if path.is_dir():
@@ -79,7 +84,6 @@ def load_keras_file(path):
         raise MlkitError(f"--backbone {path}: no such file")
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise MlkitError(f"--backbone {path}: not a Keras v3 .keras file (model.save('model.keras'))")
-    _import_layer_modules(path)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:
@@ -87,32 +91,6 @@ def load_keras_file(path):
         hint = (" It holds a Lambda layer, whose Python code mlkit will not run; rebuild the model without it"
                 if "lambda" in str(error).lower() else "")
         raise MlkitError(f"cannot load {path} as a backbone ({type(error).__name__}: {reason}).{hint}") from None
-
-
-def _import_layer_modules(path):
-    """Imports the mlkit modules that define the file's custom layers, as Keras itself does for keras_hub's.
-
-    An mlkit model holds mlkit's label decision and caption layers, which Keras
-    finds only once the module that registers them is imported.
-    """
-    with zipfile.ZipFile(path) as archive:
-        config = archive.read("config.json").decode() if "config.json" in archive.namelist() else "{}"
-    modules = set()
-
-    def visit(node):
-        if isinstance(node, dict):
-            module = node.get("module")
-            if isinstance(module, str) and module.split(".")[0] == "mlkit":
-                modules.add(module)
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(json.loads(config))
-    for module in sorted(modules):
-        importlib.import_module(module)
 
 
 def default_tap(model):

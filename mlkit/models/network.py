@@ -37,7 +37,7 @@ import keras
 from mlkit.backbones import build_backbone, freeze_units, preprocessing_layers, tapped_backbone
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.errors import MlkitError
-from mlkit.models.layers import LabelDecision, Unscale
+from mlkit.layers import LabelDecision, Unscale
 
 CAPTION = "caption"
 
