@@ -173,7 +173,8 @@ def resolve_freeze(backbone, freeze):
     if text.isdigit():
         count = int(text)
         if count > len(layers):
-            raise MlkitError(f"--freeze {freeze}: {backbone.name} has only {len(layers)} units (layers or blocks)")
+            what = "layers" if len(layers) == len(backbone.layers) else "units (embedding, blocks, head)"
+            raise MlkitError(f"--freeze {freeze}: {backbone.name} has only {len(layers)} {what}")
         return "all" if count == len(layers) else count
     for position, name in enumerate(layers):
         if name.lower().startswith(text):
