@@ -27,6 +27,7 @@ Run:
     python benchmarks/transfer_quality.py                               # 3 seeds, all sides
     python benchmarks/transfer_quality.py --seeds 0,1,2 --keras-seeds 0 --sides a,b,c,d   # as recorded
     python benchmarks/transfer_quality.py --seeds 0 --sides a --freeze block_15 --lr 3e-4
+    python benchmarks/transfer_quality.py --sides a --backbone hub:dinov2_small   # a KerasHub preset, if cached
 """
 
 import os
@@ -55,7 +56,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(STAMPS), help="the image tree (every folder level a label)")
     parser.add_argument("--weights", default=str(PRETRAINED), help="MobileNetV2 weights file")
-    parser.add_argument("--size", type=int, default=96, help="image size")
+    parser.add_argument("--backbone", default="mobilenetv2",
+                        help="(a) the backbone: mobilenetv2 with --weights, or hub:PRESET (pip install -e \".[hub]\"), "
+                             "which must already be in KerasHub's cache (nothing is downloaded)")
+    parser.add_argument("--size", type=int, default=None, help="image size (default 96; a preset's own size)")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (the split stays seed 0)")
     parser.add_argument("--sides", default="a,b,c",
                         help="a (mlkit), b (Keras guide), c (Keras guide, BN fixed), d (mlkit, BN trains)")
@@ -97,7 +101,8 @@ def run_mlkit(manifest, work, args, seed, train_bn=False):
 
     times = {}
     started = time.perf_counter()
-    cache = cache_features(manifest, work, backbone="mobilenetv2", weights=args.weights, image_size=args.size,
+    weights = args.weights if args.backbone == "mobilenetv2" else "imagenet"
+    cache = cache_features(manifest, work, backbone=args.backbone, weights=weights, image_size=args.size,
                            progress=False)
     times["cache"] = time.perf_counter() - started
     tune_top(cache.path, work, units=args.units, reg="d2", optimizer="adam", lr=0.001, epochs=60, patience=8,
@@ -217,8 +222,32 @@ def print_table(rows, summary):
               f"micro-F1, time ratio {summary['mlkit']['seconds'] / summary[better]['seconds']:.2f} (target <= 0.5)")
 
 
+def check_hub_preset(backbone):
+    """Exits with a plain message when a hub: preset is not in KerasHub's cache (it cannot be downloaded here)."""
+    from mlkit.backbones import HUB_PREFIX
+
+    if not backbone.startswith(HUB_PREFIX):
+        return
+    from mlkit.hub_backbones import import_keras_hub, preset_is_cached
+
+    import_keras_hub()
+    preset = backbone[len(HUB_PREFIX):]
+    if not preset_is_cached(preset):
+        from kagglehub.config import get_cache_folder
+
+        sys.exit(f"{backbone}: the preset is not in KerasHub's cache ({get_cache_folder()}) and this benchmark "
+                 "downloads nothing. On a machine with network, load it once (keras_hub.models.Backbone."
+                 f"from_preset('{preset}')) and copy the cache folder here, or pass hub:/path/to/preset-folder")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_hub_preset(args.backbone)
+    if args.size is None and args.backbone == "mobilenetv2":
+        args.size = 96
+    if args.backbone != "mobilenetv2" and set(args.sides.split(",")) - {"a"}:
+        sys.exit("--backbone other than mobilenetv2 runs side a only (the Keras guide sides are MobileNetV2): "
+                 "pass --sides a")
     for path, what in ((Path(args.root), "the image tree (apt-get install tuxpaint-stamps-default)"),
                        (Path(args.weights), "the pretrained weights (../shared/pretrained/)")):
         if not path.exists():

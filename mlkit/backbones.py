@@ -1,8 +1,13 @@
-"""The backbone registry: every `keras.applications` model by lower-case name.
+"""The backbone registry: every `keras.applications` model by lower-case name,
+KerasHub presets (`hub:PRESET`) and the user's own Keras models (`PATH.keras`).
 
 No other module special-cases a backbone: they ask `get_backbone(name)` for
-the constructor, its input preprocessing and default size, and
-`build_backbone(...)` for a model plus the hash of its weights.
+the constructor, its input preprocessing and default size, `build_backbone(...)`
+for a model plus the hash of its weights and the settings a cache records to
+rebuild it, and `freeze_units(model)` for what `--freeze` counts. KerasHub
+backbones are built in mlkit.hub_backbones, file backbones in
+mlkit.file_backbones; both return the same (model, info) as a
+`keras.applications` one.
 
 Preprocessing is built from stock Keras layers (Rescaling, Normalization, a
 fixed 1x1 convolution for Caffe's RGB->BGR and mean, LayerNormalization for
@@ -23,7 +28,10 @@ import numpy as np
 from mlkit.errors import MlkitError, check_choice
 
 PREPROCESSING = ("inet", "zmuv", "zmuvs")
-POOLING = ("avg", "max", "none")
+# "cls": a transformer's own image embedding (its class token, or SigLIP's attention-pooled output).
+POOLING = ("avg", "max", "none", "cls")
+HUB_PREFIX = "hub:"
+KINDS = ("applications", "hub", "file")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
@@ -34,11 +42,21 @@ class BackboneSpec:
     """What the rest of mlkit needs to know about one backbone.
 
     Attributes:
-        name: lower-case registry name, e.g. "resnet50".
-        constructor: the `keras.applications` attribute, e.g. "ResNet50".
-        mode: its own `preprocess_input` mode: "caffe", "tf", "torch", or
-            "none" for models that rescale inside (EfficientNet, ConvNeXt, ...).
-        default_size: the input size its ImageNet weights were trained at.
+        name: lower-case registry name and run-name field, e.g. "resnet50",
+            "hub-dinov2-small" or "file-mymodel".
+        constructor: the `keras.applications` attribute, e.g. "ResNet50" ("" for the others).
+        mode: its own `preprocess_input` mode: "caffe", "tf", "torch", "none"
+            for models that rescale inside (EfficientNet, ConvNeXt, a user's
+            model), or "converter" for a KerasHub preset's image converter
+            (`scale` and `offset`).
+        default_size: the input size its weights were trained at (None until
+            a KerasHub or file backbone is built: only its files say).
+        kind: "applications", "hub" or "file".
+        source: what a hub or file backbone is built from: the preset, or the
+            file's absolute path ("" for `keras.applications`).
+        scale: "converter" mode: pixels in [0, 255] are multiplied by this
+            (one number or one per channel), then
+        offset: added.
         taps: named depths (mlkit.taps), shallow to deep, as (name, layer
             name) pairs: the layers `cache-features --taps` may pool beside
             the backbone's output. Empty for families not declared here
@@ -49,6 +67,10 @@ class BackboneSpec:
     constructor: str
     mode: str
     default_size: int = 224
+    kind: str = "applications"
+    source: str = ""
+    scale: tuple = ()
+    offset: tuple = ()
     taps: tuple = ()
 
 
@@ -69,7 +91,7 @@ def _specs():
         ("EfficientNetV2L", "none", 480),
     ]
     table += [(f"EfficientNetB{i}", "none", size) for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))]
-    return {ctor.lower(): BackboneSpec(ctor.lower(), ctor, mode, size, tuple(zip(TAP_NAMES, _tap_layers(ctor))))
+    return {ctor.lower(): BackboneSpec(ctor.lower(), ctor, mode, size, taps=tuple(zip(TAP_NAMES, _tap_layers(ctor))))
             for ctor, mode, size in table}
 
 
@@ -113,11 +135,40 @@ BACKBONES = _specs()
 
 
 def get_backbone(name):
-    """The registry entry for `name` (case-insensitive), or an error listing the choices."""
-    spec = BACKBONES.get(str(name).lower())
+    """The registry entry for `name`, or an error listing the choices.
+
+    `name` is a `keras.applications` model by name (case-insensitive),
+    `hub:PRESET` (a KerasHub preset name, or a preset folder), or the path of
+    a `.keras` file. Nothing is read or downloaded here: a hub or file entry's
+    size and preprocessing are known once `build_backbone` has loaded it.
+    """
+    text = str(name)
+    if text.lower().startswith(HUB_PREFIX):
+        preset = text[len(HUB_PREFIX):]
+        if not preset:
+            raise MlkitError("--backbone hub: needs a KerasHub preset, e.g. hub:dinov2_small")
+        return BackboneSpec(f"hub-{_name_field(Path(preset).name or preset)}", "", "converter", None, kind="hub", source=preset)
+    if text.lower().endswith(".keras") or os.sep in text or "/" in text:
+        path = Path(text).expanduser().resolve()
+        return BackboneSpec(f"file-{_name_field(path.stem)}", "", "none", None, kind="file", source=str(path))
+    spec = BACKBONES.get(text.lower())
     if spec is None:
-        raise MlkitError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+        raise MlkitError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}, "
+                         "hub:PRESET (KerasHub) or the path of a .keras file")
     return spec
+
+
+def default_image_size(name):
+    """The backbone's own input size; a KerasHub or file backbone is loaded to read it."""
+    spec = get_backbone(name)
+    if spec.default_size is None:
+        spec = build_backbone(name)[1]["spec"]
+    return int(spec.default_size)
+
+
+def _name_field(text):
+    """A run-name field (letters, digits, '-') from a preset or file name: 'dinov2_small' -> 'dinov2-small'."""
+    return "-".join(part for part in "".join(c if c.isalnum() else " " for c in text.lower()).split()) or "model"
 
 
 def preprocessing_layers(spec, preprocess, mean=None, std=None):
@@ -149,7 +200,16 @@ def preprocessing_layers(spec, preprocess, mean=None, std=None):
         return [keras.layers.Normalization(mean=mean, variance=variance, name="inet_torch", dtype="float32")]
     if spec.mode == "caffe":
         return [_caffe_layer()]
+    if spec.mode == "converter":
+        if not spec.scale:
+            raise MlkitError(f"{spec.name}: its image converter is read when the backbone is built (build_backbone)")
+        return [keras.layers.Rescaling(_number_or_list(spec.scale), offset=_number_or_list(spec.offset),
+                                       name="inet_converter", dtype="float32")]
     return []
+
+
+def _number_or_list(values):
+    return float(values[0]) if len(values) == 1 else [float(v) for v in values]
 
 
 def _caffe_layer():
@@ -167,28 +227,57 @@ def _caffe_layer():
     return layer
 
 
-def build_backbone(name, weights="imagenet", image_size=None, pooling="avg", seed=0):
-    """A headless `keras.applications` model and the facts that identify its weights.
+def build_backbone(name, weights="imagenet", image_size=None, pooling="avg", seed=0, tap=None):
+    """A headless backbone and the facts that identify its weights.
 
     Args:
-        name: registry name, e.g. "mobilenetv2".
-        weights: "imagenet" (Keras's download, cached in `$KERAS_HOME/models`),
-            "none" (random, seeded by `seed` so a rerun rebuilds the same
-            network), or the path of a weights file for this architecture.
-            Defaults to "imagenet".
+        name: registry name, e.g. "mobilenetv2", "hub:dinov2_small" or
+            "models/run.keras" (see `get_backbone`).
+        weights: "imagenet" (Keras's download, cached in `$KERAS_HOME/models`;
+            for a KerasHub preset or a file, the weights they carry), "none"
+            (random, seeded by `seed` so a rerun rebuilds the same network;
+            not for a file), or the path of a weights file for this
+            architecture (not for a file). Defaults to "imagenet".
         image_size: square input side. Defaults to the backbone's own size.
-        pooling: "avg", "max" or "none" (raw feature maps). Defaults to "avg".
+        pooling: "avg", "max" or "none" (raw feature maps; a transformer's
+            patch tokens as a map), or "cls" (a transformer's own image
+            embedding). Defaults to "avg".
         seed: seeds the initialisation when weights are "none". Defaults to 0.
+        tap: a file backbone's layer whose output are the features. Defaults
+            to the last layer before the model's head (`info["tap"]` names it).
 
     Returns:
         (model, info): info holds `weights` (as given), `weights_sha256` (of
-        the weight values, so any two identical networks match) and
-        `feature_shape`.
+        the weight values, so any two identical networks match; a file's own
+        sha256 for a file), `feature_shape`, `image_size`, `spec` (the
+        `BackboneSpec` with its size and preprocessing known) and `settings`
+        (what a cache records to rebuild a hub or file backbone: its source,
+        tap and converter; empty for `keras.applications`).
     """
-    import keras
-
     spec = get_backbone(name)
     check_choice(pooling, POOLING, "pooling")
+    if tap and spec.kind != "file":
+        raise MlkitError(f"--tap {tap}: taps name a layer of a .keras backbone; {spec.name} is not one")
+    if spec.kind == "hub":
+        from mlkit.hub_backbones import build_hub_backbone
+
+        model, info = build_hub_backbone(spec, weights, image_size, pooling, seed)
+    elif spec.kind == "file":
+        from mlkit.file_backbones import build_file_backbone
+
+        model, info = build_file_backbone(spec, weights, image_size, pooling, tap)
+    else:
+        model, info = _build_application(spec, weights, image_size, pooling, seed)
+    shape = [int(d) for d in model.output_shape[1:]]
+    return model, {"weights": str(weights), "weights_sha256": info.pop("weights_sha256", None) or weights_sha256(model),
+                   "feature_shape": shape, **info}
+
+
+def _build_application(spec, weights, image_size, pooling, seed):
+    import keras
+
+    if pooling == "cls":
+        raise MlkitError(f"--pooling cls takes a transformer's class token; {spec.name} is a CNN: use avg, max or none")
     size = int(image_size or spec.default_size)
     source = _weights_source(weights)
     if source is None:
@@ -206,13 +295,7 @@ def build_backbone(name, weights="imagenet", image_size=None, pooling="avg", see
             raise MlkitError(_build_failure(spec, size, weights, source, error)) from None
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    info = {
-        "weights": str(weights),
-        "weights_sha256": weights_sha256(model),
-        "feature_shape": [int(d) for d in model.output_shape[1:]],
-        "image_size": size,
-    }
-    return model, info
+    return model, {"image_size": size, "spec": spec, "settings": {}}
 
 
 def _build_failure(spec, size, weights, source, error):
@@ -281,6 +364,81 @@ def feature_extractor(backbone, spec, preprocess, image_size, mean=None, std=Non
     network = tapped_backbone(backbone, ("last", *taps)) if taps else backbone
     outputs = network(x, training=False)
     return keras.Model(inputs, outputs, name=f"{spec.name}_features")
+
+
+def freeze_units(model):
+    """What `--freeze` counts, in order: [(name, [layers])]; freezing N units freezes the first N.
+
+    A CNN (every `keras.applications` model): each layer of `model.layers` is
+    one unit, so `--freeze 116` or `75%` mean what they always have. A
+    transformer: everything before its first block (patch embedding,
+    position embedding, class token) is one unit, each block is one, and
+    everything after the last block (final norm, pooling) is one, so `75%`
+    of ViT-B's 14 units freezes the embedding and the first 9 of its 12
+    blocks, and a block's name (`transformer_block_10`, `layers_8`,
+    `encoder_block_6`) freezes every unit before it. Blocks are found the
+    same way in every family: a layer holding a list of two or more layers
+    (ViT's `encoder_layers`, DINOv2's encoder), or two or more consecutive
+    top-level layers of one class that is not Keras's own (SigLIP's and
+    CLIP's `encoder_block_i`). A nested model (an mlkit model used as a
+    backbone) counts by its own layers.
+    """
+    entries = list(_leaf_entries(model))
+    custom = [type(layer) for layer, block in entries if block is None and not _is_keras_class(layer)]
+    repeated = {cls for cls in custom if custom.count(cls) >= 2}
+    flags = [bool(block) or (block is None and type(layer) in repeated) for layer, block in entries]
+    if not any(flags):
+        return [(layer.name, [layer]) for layer, _ in entries]
+    first = flags.index(True)
+    last = len(flags) - 1 - flags[::-1].index(True)
+    before = [layer for layer, _ in entries[:first]]
+    after = [layer for layer, _ in entries[last + 1:]]
+    units = [(_unit_name(before, "embeddings"), before)] if before else []
+    units += [(layer.name, [layer]) for layer, _ in entries[first:last + 1]]
+    return units + ([(_unit_name(after, "head"), after)] if after else [])
+
+
+def _leaf_entries(model):
+    """(layer, True for a member of a block list / None) for every layer, nested models and block lists opened."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and hasattr(layer, "layers") and not isinstance(layer, keras.Sequential):
+            yield from _leaf_entries(layer)
+            continue
+        blocks = _block_list(layer)
+        if not blocks:
+            yield layer, None
+            continue
+        yield from ((block, True) for block in blocks)
+        held = {id(block) for block in blocks}
+        yield from ((other, False) for other in _sublayers(layer) if id(other) not in held)
+
+
+def _block_list(layer):
+    import keras
+
+    for value in vars(layer).values():
+        if (isinstance(value, (list, tuple)) and len(value) >= 2
+                and all(isinstance(item, keras.layers.Layer) for item in value)
+                and len({type(item) for item in value}) == 1):
+            return list(value)
+    return None
+
+
+def _sublayers(layer):
+    import keras
+
+    return [value for key, value in vars(layer).items() if not key.startswith("_") and isinstance(value, keras.layers.Layer)]
+
+
+def _is_keras_class(layer):
+    return type(layer).__module__.split(".")[0] == "keras"
+
+
+def _unit_name(layers, fallback):
+    with_weights = [layer.name for layer in layers if layer.weights]
+    return with_weights[0] if with_weights else fallback
 
 
 def backbone_pooling(backbone):

@@ -13,6 +13,7 @@ ranges below.
 | `queue_next_trial` | `GridSearchOracle._populate_next` | KerasTuner 1.4.7-1.4.8 |
 | `build_from_local_batch` | `Model._symbolic_build`, `._maybe_symbolic_build` | Keras 3.15 (keras-team/keras#20329) |
 | `average_logs_over_workers` | `keras.src.backend.tensorflow.trainer.reduce_per_replica` | Keras 3.15 |
+| `hub_preset_location`, `explaining_hub_downloads` | `keras_hub.src.utils.preset_utils.BUILTIN_PRESETS` | KerasHub 0.32 |
 """
 
 import contextlib
@@ -117,3 +118,47 @@ def average_logs_over_workers():
 
     reduce_per_replica.averages_over_workers = True
     trainer.reduce_per_replica = reduce_per_replica
+
+
+def hub_preset_location(preset):
+    """(Kaggle handle or "", kagglehub's cache folder) for a KerasHub preset name.
+
+    KerasHub resolves a preset name to a Kaggle handle through its table of
+    built-in presets and downloads it with kagglehub, whose cache folder is
+    `$KAGGLEHUB_CACHE` or ~/.cache/kagglehub. Neither names the handle in
+    its offline error; the table has no public accessor.
+    """
+    from kagglehub.config import get_cache_folder
+    from keras_hub.src.utils import preset_utils
+
+    entry = preset_utils.BUILTIN_PRESETS.get(preset) or {}
+    handle = entry.get("kaggle_handle", "")
+    if not handle and str(preset).startswith("kaggle://"):
+        handle = str(preset)
+    return handle, get_cache_folder()
+
+
+@contextlib.contextmanager
+def explaining_hub_downloads(preset, error_class, message):
+    """Turns a failed KerasHub download inside the block into `error_class(message(preset, handle, folder, error))`.
+
+    A local preset folder is not a download: its errors pass through unchanged.
+    """
+    from pathlib import Path
+
+    try:
+        yield
+    except error_class:
+        raise
+    except Exception as error:
+        if Path(preset).is_dir() or not _looks_like_download_failure(error):
+            raise
+        handle, folder = hub_preset_location(preset)
+        raise error_class(message(preset, handle, folder, error)) from None
+
+
+def _looks_like_download_failure(error):
+    """Connection, HTTP and missing-file errors (requests, kagglehub, huggingface_hub), not model errors."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"ConnectionError", "OSError", "HTTPError", "FileNotFoundError", "KaggleApiHTTPError",
+                         "LocalEntryNotFoundError", "TimeoutError"}) or "resolve" in str(error).lower()

@@ -6,9 +6,9 @@ import pytest
 
 from mlkit.errors import MlkitError
 from mlkit.evaluation.decisions import parse_rule
+from mlkit.layers import LabelDecision, Unscale
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.finetune import FinetuneConfig, finetune_run_name
-from mlkit.models.layers import LabelDecision, Unscale
 from mlkit.models.network import apply_freeze, resolve_freeze
 from mlkit.runs import parse_run_name
 

@@ -43,3 +43,12 @@ def test_every_private_name_is_used_from_compat_alone():
                                                                "._current_epoch", "._symbolic_build",
                                                                "reduce_per_replica"))]
     assert not offenders, offenders
+
+
+def test_keras_hub_private_hooks_exist():
+    import pytest
+
+    pytest.importorskip("keras_hub")
+    from keras_hub.src.utils import preset_utils
+
+    assert "kaggle_handle" in preset_utils.BUILTIN_PRESETS["dinov2_small"], "compat.hub_preset_location reads it"

@@ -15,6 +15,8 @@ examples:
   mlkit cache-features DIR/manifest.csv --backbone mobilenetv2 --weights none \\
       --image-size 64 --pooling avg --workdir WS
   mlkit cache-features DIR/manifest.csv --captions --num-words 10000 ...
+  mlkit cache-features data/manifest.csv --backbone hub:dinov2_small     # pip install -e ".[hub]"
+  mlkit cache-features data/manifest.csv --backbone models/RUN.keras [--tap network/LAYER]
 
 Writes WS/bottlenecks/<dataset>_<subset>_<backbone>_<prep>_<pool>.h5 (features,
 labels, image paths, splits, captions), a .json summary and a .skipped.csv listing
@@ -36,7 +38,10 @@ On many machines: --shard I/N caches the rows whose image path hashes to shard I
 of N (I = 0 .. N-1) to <cache>.shard-I-of-N.h5, with the same resume and locks;
 `mlkit cache-merge` joins the N shards into <cache>.h5. With --preprocess zmuv, run
 the same command with --fit-stats once first: every shard reads those statistics.
-backbones: """ + ", ".join(sorted(BACKBONES))
+backbones: """ + ", ".join(sorted(BACKBONES)) + """; hub:PRESET for a KerasHub preset
+(dinov2_small, siglip_base_patch16_224, vit_base_patch16_224_imagenet, resnet_50_imagenet, ...)
+or preset folder; or PATH.keras, your own model cut at --tap (default: the last layer before
+its head, named in the cache's .json summary)."""
 
 
 def register(subparsers):

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mlkit.backbones import build_backbone, feature_extractor, get_backbone, tapped_backbone
+from mlkit.backbones import build_backbone, default_image_size, feature_extractor, tapped_backbone
 from mlkit.bottlenecks.options import CacheOptions
 from mlkit.bottlenecks.pipeline import compiled_forward
 from mlkit.bottlenecks.plan import (
@@ -66,6 +66,7 @@ def cache_features(
     on_batch: Callable[[int, int], object] | None = None, captions: bool = CACHE["captions"],
     num_words: int = CACHE["num_words"], max_len: int | None = CACHE["max_len"],
     shard: str | tuple[int, int] | None = None, dtype: str = CACHE["dtype"], taps: str = CACHE["taps"],
+    tap: str | None = CACHE["tap"],
 ) -> CacheResult:
     """Caches a frozen backbone's features for every row of a manifest (or one shard of its rows).
 
@@ -76,8 +77,11 @@ def cache_features(
     Args:
         manifest: path of the manifest (CSV or JSON Lines).
         workdir: the workspace folder. Defaults to the current folder.
-        backbone: a `keras.applications` model by lower-case name. Defaults to "mobilenetv2".
-        weights: "imagenet", "none" (seeded random) or a weights file. Defaults to "imagenet".
+        backbone: a `keras.applications` model by lower-case name, `hub:PRESET`
+            (a KerasHub preset or preset folder) or the path of a `.keras`
+            model (see `mlkit.backbones.get_backbone`). Defaults to "mobilenetv2".
+        weights: "imagenet" (for a preset or a file: its own weights), "none"
+            (seeded random) or a weights file. Defaults to "imagenet".
         image_size: square input side. Defaults to the backbone's own.
         preprocess: "inet", "zmuv" or "zmuvs". Defaults to "inet".
         pooling: "avg", "max" or "none" (raw maps). Defaults to "avg".
@@ -115,6 +119,8 @@ def cache_features(
             named depths) or names joined by commas, named depths (early, mid,
             high, pre) or layer names. A cache with other taps is refused
             unless `overwrite`. Defaults to "last".
+        tap: a `.keras` backbone's layer to take features from ("outer/inner"
+            inside a nested model). Defaults to the last layer before its head.
 
     Returns:
         A `CacheResult`.
@@ -122,7 +128,8 @@ def cache_features(
     started = time.perf_counter()
     CacheOptions(backbone=backbone, weights=weights, image_size=image_size, preprocess=preprocess, pooling=pooling,
                  augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
-                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len, taps=taps)  # checks them
+                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len, taps=taps,
+                 tap=tap)  # checks them
     layers = cache_taps(backbone, taps)
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
@@ -134,12 +141,12 @@ def cache_features(
         final = shard_path(whole, *shard)
         name = final.name[: -len(".h5")]
     with hold_lock(final.with_name(f"{name}.lock"), f"cache {final}"):
-        model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed)
+        model, info = build_backbone(backbone, weights, image_size, pooling, seed=seed, tap=tap)
         if layers:
             info["tap_shapes"] = {layer: [int(d) for d in output.shape[1:]]
                                   for layer, output in zip(layers, tapped_backbone(model, layers).outputs)}
         settings = cache_settings(backbone, weights, info["image_size"], preprocess, pooling, background, augment_copies,
-                                  dtype, layers)
+                                  dtype, layers, info["settings"])
         check_same_settings(final, settings, overwrite)
         plan = CachePlan(table, settings, info, seed, final, text, whole=whole, shard=shard, dataset=fields[0],
                          subset=fields[1])
@@ -148,7 +155,7 @@ def cache_features(
             log.info("%s is up to date", final)
             return write_summary(plan, {"rows": len(plan.paths), "computed": 0, "reused": len(plan.paths), "skipped": 0,
                                         "skipped_path": plan.skipped_path, "seconds": time.perf_counter() - started}, name)
-        extractor = feature_extractor(model, get_backbone(backbone), preprocess, info["image_size"], plan.mean, plan.std,
+        extractor = feature_extractor(model, info["spec"], preprocess, info["image_size"], plan.mean, plan.std,
                                       layers)
         writer = CacheWriter(plan, compiled_forward(extractor, batch_size))
         result = writer.run(batch_size, progress, on_batch, strict)
@@ -180,7 +187,7 @@ def fit_zmuv_stats(
         raise MlkitError(f"--fit-stats fits zmuv statistics; --preprocess {preprocess} has none to fit")
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     final = stage_folder(workdir, "bottlenecks") / f"{cache_name(manifest, backbone, preprocess, pooling, dataset, subset)}.h5"
-    size = int(image_size or get_backbone(backbone).default_size)
+    size = int(image_size or default_image_size(backbone))
     settings = cache_settings(backbone, "none", size, preprocess, pooling, background, 0)
     with hold_lock(final.with_name(f"{final.name[:-len('.h5')]}.lock"), f"cache {final}"):
         mean, std = CachePlan(table, settings, {"image_size": size}, 0, final).fit_zmuv(zmuv_samples, progress)

@@ -19,14 +19,21 @@ from mlkit.vocabulary import TASKS
 class CacheOptions:
     """The settings of one cache-features run; made (and so checked) by `cache_features`."""
 
-    backbone: str = option("mobilenetv2", "keras.applications model by lower-case name", metavar="NAME")
-    weights: str = option("imagenet", "imagenet (downloaded once to $KERAS_HOME/models), none (seeded random), or a "
-                                      "weights file PATH")
+    backbone: str = option("mobilenetv2", "keras.applications model by lower-case name, hub:PRESET (a KerasHub preset "
+                                          "or preset folder; pip install -e \".[hub]\"), or PATH.keras (your own Keras "
+                                          "model, cut at --tap)", metavar="NAME")
+    weights: str = option("imagenet", "imagenet (downloaded once to $KERAS_HOME/models; for hub: and .keras "
+                                      "backbones, their own weights), none (seeded random), or a weights file PATH")
+    tap: str | None = option(None, "with --backbone PATH.keras: the layer whose output are the features (outer/inner for a "
+                            "layer of a nested model)", shown="the last layer before the model's head",
+                      metavar="LAYER")
     image_size: int | None = option(None, "square input side in pixels", shown="the backbone's own, e.g. 224", metavar="PX")
     preprocess: str = option("inet", "inet: the backbone's own preprocess_input; zmuv: per-channel zero mean, unit "
                                      "variance fitted on the training split; zmuvs: each image standardised on its own",
                              choices=PREPROCESSING)
-    pooling: str = option("avg", "avg or max: global pooling to a vector; none: keep raw feature maps (N x H x W x C)",
+    pooling: str = option("avg", "avg or max: global pooling to a vector (a transformer's patch tokens: their mean or "
+                                 "max); none: keep raw feature maps (N x H x W x C; a transformer's patch grid); cls: "
+                                 "a KerasHub transformer's own image embedding (class token, SigLIP's pooled head)",
                           choices=POOLING)
     taps: str = option("last", "layers to pool and cache beside the backbone's output, each as its own dataset, in "
                                "the same pass: last (the output alone), all (every named depth of the family), or "

@@ -116,12 +116,19 @@ def cache_name(manifest_path, backbone, preprocess, pooling, dataset=None, subse
 
 
 def cache_settings(backbone, weights, image_size, preprocess, pooling, background, augment_copies, dtype=DEFAULT_DTYPE,
-                   taps=()):
-    """The settings that change a cache's features, as stored in its attributes (`taps`: layers, mlkit.taps)."""
+                   taps=(), backbone_settings=None):
+    """The settings that change a cache's features, as stored in its attributes.
+
+    `taps` are the layers cached beside the backbone's output (mlkit.taps).
+    `backbone_settings` are what the registry needs to rebuild a KerasHub or
+    file backbone (`build_backbone`'s `info["settings"]`: its source, tap and
+    converter); a `keras.applications` backbone has none, so its caches keep
+    their fingerprint.
+    """
     return {
         "backbone": get_backbone(backbone).name, "weights": str(weights), "image_size": int(image_size),
         "preprocess": preprocess, "pooling": pooling, "background": ",".join(map(str, parse_background(background))),
-        "augment_copies": int(augment_copies), "dtype": dtype, "taps": list(taps),
+        "augment_copies": int(augment_copies), "dtype": dtype, "taps": list(taps), **(backbone_settings or {}),
     }
 
 

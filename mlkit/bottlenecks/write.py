@@ -286,7 +286,7 @@ def write_summary(plan, result, name):
         done = h5["done"][...] == 1
     splits = {s or "(none)": int(((plan.splits == s) & done).sum()) for s in sorted(set(plan.splits))}
     summary = {"name": name, "path": str(plan.final), **{k: attrs.get(k) for k in (
-        "task", "label_names", "target_names", "backbone", "weights", "weights_sha256", "image_size", "preprocess",
+        "task", "label_names", "target_names", "backbone", "backbone_source", "tap", "weights", "weights_sha256", "image_size", "preprocess",
         "pooling", "taps", "augment_copies", "background", "dtype", "zmuv_mean", "zmuv_std", "manifest_path", "manifest_sha256", "versions")},
         "feature_shape": plan.info["feature_shape"], **({"tap_shapes": plan.info["tap_shapes"]} if plan.info.get("tap_shapes") else {}),
         "rows": result["rows"], "rows_done": int(done.sum()), "rows_by_split": splits,

@@ -60,7 +60,7 @@ RULE_FORMS = {
 }
 # Rules whose thresholds come from fitting on validation scores.
 FITTED_KINDS = ("cardinality", "fbeta", "per-class")
-# Rules an exported model applies (mlkit.models.layers.LabelDecision); "rank" needs the true labels and
+# Rules an exported model applies (mlkit.layers.LabelDecision); "rank" needs the true labels and
 # never ships.
 DEPLOYABLE_KINDS = ("threshold", "cardinality", "fbeta", "per-class", "topk", "argmax")
 DEFAULT_MIN_POSITIVES = 5

@@ -79,8 +79,7 @@ def load_model(model: StrPath, workdir: StrPath = ".") -> tuple[keras.Model, dic
     """
     import keras
 
-    import mlkit.models.layers
-    import mlkit.text  # noqa: F401 (registers the caption vectoriser's layers)
+    import mlkit.layers  # noqa: F401 (registers every layer an mlkit model may hold)
 
     path, record_path = model_paths(model, workdir)
     try:

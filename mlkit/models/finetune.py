@@ -96,6 +96,8 @@ class FinetuneConfig:
     strategy: str = option("none", "tf.distribute: mirrored (all local GPUs) or multiworker (workers from "
                                    "TF_CONFIG)", choices=STRATEGIES)
     seed: int = option(0, "random seed")
+    no_tensorboard: bool = option(False, "write no TensorBoard event files (models/<run>/: per-epoch scalars, "
+                                         "warm-up under warmup/, and the run-name fields as hparams)")
     memory_cache: int = DEFAULT_MEMORY_CACHE
     frozen: object = None
 
@@ -141,7 +143,8 @@ def finetune(
     min_labels: int = FINETUNE["min_labels"], max_labels: int | None = FINETUNE["max_labels"],
     weights: str = FINETUNE["weights"], mixed_precision: bool = FINETUNE["mixed_precision"],
     jit: bool = FINETUNE["jit"], strategy: str = FINETUNE["strategy"], seed: int = FINETUNE["seed"],
-    memory_cache: int = FINETUNE["memory_cache"], image_root: StrPath | None = None, overwrite: bool = False,
+    memory_cache: int = FINETUNE["memory_cache"],
+    no_tensorboard: bool = FINETUNE["no_tensorboard"], image_root: StrPath | None = None, overwrite: bool = False,
     progress: bool = True,
 ) -> FinetuneResult:
     """Fine-tunes a tuned top on its backbone end to end, fits the decision, and exports the model.
@@ -157,7 +160,7 @@ def finetune(
             Defaults to the folder of the manifest the cache was made from.
         freeze, lr, batch, epochs, warmup_epochs, augment, optimizer, momentum,
             patience, decision, min_labels, max_labels, weights, mixed_precision,
-            jit, strategy, seed: the `FinetuneConfig` settings (each field says
+            jit, strategy, seed, no_tensorboard: the `FinetuneConfig` settings (each field says
             what it does; `mlkit finetune --help` prints them). Their defaults
             were measured on a pretrained backbone: the last quarter of the
             backbone ("75%") trains with Adam at 1e-4, batch 32, up to 12 epochs
@@ -180,7 +183,7 @@ def finetune(
         top=str(top), freeze=freeze, lr=lr, batch=batch, epochs=epochs, warmup_epochs=warmup_epochs, augment=augment,
         optimizer=optimizer, momentum=momentum, patience=patience, decision=decision or "", min_labels=min_labels,
         max_labels=max_labels, weights=weights or "", mixed_precision=mixed_precision, jit=jit, strategy=strategy,
-        seed=seed, memory_cache=memory_cache,
+        seed=seed, memory_cache=memory_cache, no_tensorboard=no_tensorboard,
     )
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
     workdir = check_workdir(workdir)
@@ -453,6 +456,12 @@ class _Job(RecordStep):
         if phase == "main":
             callbacks.insert(1, best_weights_checkpoint(self.work / "best.weights.h5", "val_loss",
                                                         min(previous) if previous else None))
+        if self.chief and not self.config.no_tensorboard:
+            from mlkit.tensorboard_logs import WARMUP, EpochEvents
+
+            # models/<run>/, beside models/<run>.csv; a resumed run appends, as its CSV does.
+            prefix = "" if phase == "main" else f"{WARMUP}/"
+            callbacks.append(EpochEvents(self.paths["csv"].with_suffix(""), self.run, prefix))
         try:
             self.network.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False,
                              verbose=1 if progress else 2)

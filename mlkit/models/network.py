@@ -34,10 +34,10 @@ from pathlib import Path
 
 import keras
 
-from mlkit.backbones import build_backbone, get_backbone, preprocessing_layers, tapped_backbone
+from mlkit.backbones import build_backbone, freeze_units, preprocessing_layers, tapped_backbone
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.errors import MlkitError
-from mlkit.models.layers import LabelDecision, Unscale
+from mlkit.layers import LabelDecision, Unscale
 
 CAPTION = "caption"
 
@@ -58,15 +58,16 @@ def rebuild_backbone(attrs, weights=None):
         MlkitError: when the rebuilt weights differ from those the features were cached with.
     """
     weights = weights or attrs["weights"]
-    model, info = build_backbone(attrs["backbone"], weights, int(attrs["image_size"]), attrs["pooling"],
-                                 seed=int(attrs.get("seed", 0)))
+    # A KerasHub or file backbone is rebuilt from what the cache recorded (its preset or path, and tap).
+    model, info = build_backbone(attrs.get("backbone_source") or attrs["backbone"], weights, int(attrs["image_size"]),
+                                 attrs["pooling"], seed=int(attrs.get("seed", 0)), tap=attrs.get("tap"))
     if info["weights_sha256"] != attrs["weights_sha256"]:
         raise MlkitError(
             f"the {attrs['backbone']} rebuilt from weights {weights!r} is not the network the cache was made "
             f"with (weights sha256 {info['weights_sha256'][:12]}... vs the cache's {attrs['weights_sha256'][:12]}...). "
             "Fine-tuning on it would not start from the tuned top's features: pass --weights with the file the "
             "cache used, or rerun cache-features and tune-top with these weights")
-    return model, get_backbone(attrs["backbone"])
+    return model, info["spec"]
 
 
 def check_top_matches(config, cache):
@@ -176,21 +177,23 @@ def takes_captions(model):
 
 
 def resolve_freeze(backbone, freeze):
-    """The number of leading backbone layers to freeze for `--freeze all|N|P%|blockname`.
+    """The number of leading backbone units to freeze for `--freeze all|N|P%|blockname`.
 
-    `all` freezes every layer; a number freezes that many leading layers (as
-    counted by `backbone.layers`, the input layer included, so VGG16's 15
-    freezes blocks 1-4); a percentage freezes that share of the layers,
-    rounded (`75%` of MobileNetV2's 154 layers is 116, the start of
-    block_13), which works for every backbone; a name freezes every layer
-    before the first layer whose name starts with it (`block5` for VGG16 is
-    also 15).
+    Units are what `mlkit.backbones.freeze_units` counts: a CNN's layers, a
+    transformer's embedding, blocks and final norm. `all` freezes every unit;
+    a number freezes that many leading units (as counted by `backbone.layers`
+    for a CNN, the input layer included, so VGG16's 15 freezes blocks 1-4); a
+    percentage freezes that share of the units, rounded (`75%` of
+    MobileNetV2's 154 layers is 116, the start of block_13; of ViT-B's 14
+    units, 10: the embedding and blocks 1-9), which works for every backbone;
+    a name freezes every unit before the first unit whose name starts with it
+    (`block5` for VGG16 is also 15; `transformer_block_10` for ViT-B).
 
     Returns:
-        The run-name field: "all" or the number of frozen layers.
+        The run-name field: "all" or the number of frozen units.
     """
     text = str(freeze).strip().lower()
-    layers = backbone.layers
+    layers = [layer for layer, _ in freeze_units(backbone)]
     if text == "all":
         return "all"
     if text.endswith("%") and text[:-1].replace(".", "", 1).isdigit() and float(text[:-1]) <= 100:
@@ -198,12 +201,13 @@ def resolve_freeze(backbone, freeze):
     if text.isdigit():
         count = int(text)
         if count > len(layers):
-            raise MlkitError(f"--freeze {freeze}: {backbone.name} has only {len(layers)} layers")
+            what = "layers" if len(layers) == len(backbone.layers) else "units (embedding, blocks, head)"
+            raise MlkitError(f"--freeze {freeze}: {backbone.name} has only {len(layers)} {what}")
         return "all" if count == len(layers) else count
-    for position, layer in enumerate(layers):
-        if layer.name.lower().startswith(text):
+    for position, name in enumerate(layers):
+        if name.lower().startswith(text):
             return position
-    prefixes = sorted({layer.name.split("_")[0] for layer in layers})
+    prefixes = sorted({name.split("_")[0] for name in layers})
     raise MlkitError(f"--freeze {freeze!r}: no layer of {backbone.name} is named like that; use all, a number of "
                      f"layers (0-{len(layers)}), a percentage (75%) or a block prefix such as: {', '.join(prefixes[:20])}")
 
@@ -219,8 +223,9 @@ def apply_freeze(network, backbone, frozen):
     """
     backbone.trainable = frozen != "all"
     if frozen != "all":
-        for position, layer in enumerate(backbone.layers):
-            layer.trainable = position >= int(frozen)
+        for position, (_, layers) in enumerate(freeze_units(backbone)):
+            for layer in layers:
+                layer.trainable = position >= int(frozen)
     keep_statistics(network)
 
 

@@ -55,7 +55,7 @@ def register(subparsers):
 GRID_AXES = ("taps", "layers", "units", "reg", "lr", "batch", "loss", "optimizer", "schedule", "top_pool")
 CAPTION_AXES = ("text", "text_units", "embed_dim")
 TRAINING = ("tap_weights", "epochs", "patience", "objective", "momentum", "step_every", "step_gamma", "sample_weights", "cap",
-            "oversample", "seed")
+            "oversample", "seed", "no_tensorboard")
 LR_FIND = ("taps", "tap_weights", "layers", "units", "reg", "batch", "loss", "optimizer", "momentum", "top_pool", "seed")
 
 

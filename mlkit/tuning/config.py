@@ -105,6 +105,8 @@ class TopConfig:
     objective: str = option("val_loss", "what picks the best epoch and run: val_loss, val_map|val_f1|val_auc "
                                         "(multilabel), val_accuracy|val_f1 (multiclass), val_mae|val_rmse (regression)")
     seed: int = option(0, "random seed (weights, shuffling, resampling)")
+    no_tensorboard: bool = option(False, "write no TensorBoard event files (tuning/<run>/: per-epoch scalars and the "
+                                         "run-name fields as hparams, for `tensorboard --logdir tuning`)")
     views: int = 0
     sample_weights: str = option("", "weight training rows by inverse class frequency", const="balanced")
     cap: int = option(0, "at most N training rows per class, 0 for no cap")

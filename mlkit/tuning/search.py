@@ -282,6 +282,7 @@ def tune_top(
     oracle: str | None = None, verbose: bool = True, captions: bool = False, text: Tuned[str] | None = None,
     text_units: Tuned[int] | None = None, embed_dim: Tuned[int] | None = None, text_only: bool = TOP["text_only"],
     taps: Tuned[str] = TOP["taps"], tap_weights: str = TOP["tap_weights"],
+    no_tensorboard: bool = TOP["no_tensorboard"],
 ) -> pd.DataFrame:
     """Grid-searches top models on a bottleneck cache and returns the summary.
 
@@ -316,6 +317,10 @@ def tune_top(
             per class (0: off). The validation and test splits are untouched.
         max_memory: features larger than this stream from HDF5. Defaults to "4G".
         seed: seeds weights, shuffling and resampling. Defaults to 0.
+        no_tensorboard: write no TensorBoard event files. By default each
+            trial writes `tuning/<run>/` (per-epoch scalars, and the run
+            name's fields as hparams): `tensorboard --logdir tuning`.
+            Defaults to False.
         chief, worker, oracle: distributed tuning (see `distributed_env`).
         verbose: print one line per trial. Defaults to True.
         captions: add the caption branch (the cache needs `cache-features
@@ -356,7 +361,8 @@ def tune_top(
         fixed={"epochs": int(epochs), "patience": int(patience), "objective": objective, "momentum": float(momentum),
                    "step_every": int(step_every), "step_gamma": float(step_gamma),
                    "sample_weights": "balanced" if sample_weights else "", "cap": int(cap or 0),
-                   "oversample": int(oversample or 0), "seed": int(seed), "tap_weights": tap_weights},
+                   "oversample": int(oversample or 0), "seed": int(seed), "tap_weights": tap_weights,
+                   "no_tensorboard": bool(no_tensorboard)},
     )
     memory = parse_memory(max_memory)
     folder = stage_folder(workdir, "tuning")

@@ -10,6 +10,7 @@ import gc
 import logging
 import re
 import time
+from pathlib import Path
 
 import keras
 import keras_tuner as kt
@@ -18,6 +19,7 @@ import numpy as np
 from mlkit.compat import queue_next_trial
 from mlkit.errors import MlkitError
 from mlkit.files import disk_full_error, save_weights_atomic
+from mlkit.tensorboard_logs import EpochEvents
 from mlkit.tuning.config import OBJECTIVES
 from mlkit.tuning.top import build_top_model, compile_top, schedule_callbacks, set_input_statistics
 from mlkit.tuning.top_data import TopData
@@ -102,13 +104,17 @@ def task_metrics(data, scores):
 
 def trial_callbacks(config, data, loss, csv_path):
     direction = OBJECTIVES[config.task][config.objective]
-    return [
+    callbacks = [
         ValidationMetrics(data, loss),
         keras.callbacks.EarlyStopping(
             monitor=config.objective, mode=direction, patience=config.patience, restore_best_weights=True),
         *schedule_callbacks(config),
         keras.callbacks.CSVLogger(str(csv_path)),
     ]
+    if not config.no_tensorboard:
+        # Beside the CSV: tuning/<run>/, one TensorBoard run per trial.
+        callbacks.append(EpochEvents(Path(csv_path).with_suffix(""), config.run, fresh=True))
+    return callbacks
 
 
 class TopHyperModel(kt.HyperModel):

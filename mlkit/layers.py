@@ -1,9 +1,15 @@
-"""The two layers an exported model needs beyond stock Keras: the label decision and target unscaling.
+"""Every Keras layer mlkit's saved models hold beyond stock Keras and KerasHub, registered by one import.
 
-Both are written in `keras.ops` only, so they trace into a TensorFlow
-SavedModel that serves without mlkit. Loading a `.keras` file that holds them
-needs `import mlkit.models.layers` (mlkit's `predict` does it), because Keras
-rebuilds registered layers by name (`mlkit>LabelDecision`).
+Loading a `.keras` file that holds them needs `import mlkit.layers` (mlkit's
+`load_model`, `predict` and `--backbone PATH.keras` do it): Keras rebuilds a
+registered layer by its registered name (`mlkit>LabelDecision`), whatever
+module it was saved from, so models saved when the decision layers lived in
+mlkit.models.layers load unchanged. Defined here: the label decision and
+target unscaling, written in `keras.ops` only so they trace into a
+TensorFlow SavedModel that serves without mlkit. Registered from their own
+modules and re-exported: the caption vectoriser (mlkit.text) and a KerasHub
+backbone's pooled features (mlkit.hub_backbones, which imports KerasHub only
+when a model holding one is rebuilt).
 """
 
 import keras
@@ -11,6 +17,10 @@ import numpy as np
 from keras import ops
 
 from mlkit.evaluation.decisions import DEPLOYABLE_KINDS, DecisionRuleError
+from mlkit.hub_backbones import HubFeatures
+from mlkit.text import CaptionVectorizer
+
+__all__ = ["CaptionVectorizer", "HubFeatures", "LabelDecision", "Unscale", "top_labels"]
 
 
 def top_labels(scores, k):
