@@ -19,8 +19,8 @@ Model: a multilabel manifest of the pasted stamps (labels: the stamp's folders, 
 from-folders --labels path`), split 70/15/15; cache-features + a small tune-top grid, once on the
 canvases and once on `mlkit crop`'s crops; the best top's validation micro-F1 (cardinality rule) of each.
 
-Time: seconds per image of `Cropper.boxes` and of `mlkit.look`'s maps, against the backbone's forward pass
-(pooled features) at the same size, each on batches of --batch images, on this machine's CPU.
+Time: seconds per image of `Cropper.boxes` against the backbone's forward pass (pooled features) at the
+same size, each on batches of --batch images, on this machine's CPU. (`mlkit look` is not timed here.)
 
 Run:
     python benchmarks/crop_quality.py                         # boxes and timing (about 5 minutes)
@@ -164,7 +164,7 @@ def box_quality(args, cropper):
 
 
 def timing(args, cropper):
-    """Seconds per image: crop's boxes, the backbone's pooled forward pass, and look's maps."""
+    """Seconds per image: crop's boxes and the backbone's pooled forward pass."""
     import keras
 
     from mlkit.backbones import build_backbone

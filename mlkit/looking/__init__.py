@@ -1,7 +1,7 @@
 """Looking at images with a network's eyes: content-aware crops and where a model looks.
 
 `mlkit.crop(manifest, out)` crops every image to where a backbone's first
-layers respond (seed 000's auto-crop); `mlkit.look(model, images, out)` draws
+layers respond (Sokolova 2019's auto-crop); `mlkit.look(model, images, out)` draws
 those early-layer maps and Grad-CAM maps of a fine-tuned model, beside the
 backbone's before fine-tuning. This room sits above the stages: it reads
 backbones (the registry) and exported models (stage 3). Public names load on

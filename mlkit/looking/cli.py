@@ -39,7 +39,7 @@ LOOK_SETTINGS = [field.name for field in option_fields(CropConfig)
 def register(subparsers):
     parser = subparsers.add_parser(
         "crop", help="crop every image of a manifest to where a backbone's first layers respond",
-        description="Content-aware crops (seed 000's auto-crop): the first layers' activation maps, each "
+        description="Content-aware crops (Sokolova 2019's auto-crop): the first layers' activation maps, each "
         "normalised by itself, low-variance maps dropped, summed; the box spanning the peaks is cut.",
         epilog=CROP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", help="manifest CSV or JSON Lines")

@@ -16,7 +16,7 @@ class CropConfig:
     weights: str = option("imagenet", "its weights: imagenet, none, or a weights file")
     model: str = option(None, "a fine-tuned run (or .keras file) whose own first layers are used instead of "
                               "--backbone/--weights", metavar="RUN", shown="none")
-    layers: int = option(8, "how many of the backbone's first layers make the activation map (seed 000: 8)")
+    layers: int = option(8, "how many of the backbone's first layers make the activation map (Sokolova 2019: 8)")
     image_size: int = option(224, "side the image is resized to before the layers")
     min_std: float = option(0.05, "feature maps whose standard deviation, once scaled to 0-1, is below this are "
                                   "dropped")

@@ -1,11 +1,11 @@
-"""`mlkit look`: where a model looks, before and after fine-tuning (seed 000's figure 9, and Grad-CAM).
+"""`mlkit look`: where a model looks, before and after fine-tuning (Sokolova 2019's figure 9, and Grad-CAM).
 
 For each image one PNG grid, one row per network:
 
     image (+ caption) | early-layer map with its crop box | Grad-CAM: label 1 | label 2 | ...
 
 The early-layer map is the one `mlkit crop` cuts along (`mlkit.looking.saliency`).
-Grad-CAM (Selvaraju et al., 2017; docs/references.md) weights each channel of
+Grad-CAM (Selvaraju et al., "Grad-CAM: visual explanations from deep networks", 2017) weights each channel of
 the backbone's last convolutional block by the mean gradient of a label's
 score with respect to it, sums them and keeps the positive part: the regions
 that raise that label. The labels are the model's decided ones, highest score

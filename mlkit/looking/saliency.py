@@ -1,7 +1,7 @@
 """Where a network's first layers respond: the activation map that `mlkit crop` cuts along.
 
-The method is seed 000's auto-crop (docs/references.md, "Auto-cropping", its
-section 3.6): take the activations of the backbone's first layers, normalise
+The method is the auto-crop of K. Sokolova, "Multi-label classification of
+art using deep neural networks" (Princeton, 2019; section 3.6): take the activations of the backbone's first layers, normalise
 each feature map by itself, drop the maps with a low standard deviation, sum
 the rest, bring the sum to the image by nearest interpolation, and find its
 peaks; the peaks span the crop. This module holds that arithmetic twice:
@@ -35,7 +35,7 @@ def early_layers(backbone, count):
 
     Args:
         backbone: a functional Keras model (a `keras.applications` backbone).
-        count: how many layers, counted as Keras lists them (seed 000 uses 8).
+        count: how many layers, counted as Keras lists them (Sokolova, 2019, uses 8).
 
     Raises:
         MlkitError: when `count` is not a positive number of layers the backbone has.
