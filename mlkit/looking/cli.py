@@ -40,7 +40,7 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "crop", help="crop every image of a manifest to where a backbone's first layers respond",
         description="Content-aware crops (Sokolova 2019's auto-crop): the first layers' activation maps, each "
-        "normalised by itself, low-variance maps dropped, summed; the box spanning the peaks is cut.",
+        "centred on its median and scaled by itself, low-variance maps dropped, summed; the box spanning the peaks is cut.",
         epilog=CROP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", help="manifest CSV or JSON Lines")
     parser.add_argument("--out", required=True, help="output folder (created; a rerun resumes there)")

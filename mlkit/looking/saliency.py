@@ -1,15 +1,23 @@
 """Where a network's first layers respond: the activation map that `mlkit crop` cuts along.
 
 The method is the auto-crop of K. Sokolova, "Multi-label classification of
-art using deep neural networks" (Princeton, 2019; section 3.6): take the activations of the backbone's first layers, normalise
-each feature map by itself, drop the maps with a low standard deviation, sum
-the rest, bring the sum to the image by nearest interpolation, and find its
-peaks; the peaks span the crop. This module holds that arithmetic twice:
+art using deep neural networks" (Princeton, 2019; section 3.6): take the
+activations of the backbone's first layers, normalise each feature map by
+itself, drop the maps with a low standard deviation, sum the rest, bring the
+sum to the image by nearest interpolation, and find its peaks; the peaks span
+the crop. She scales each map by its minimum and maximum (VGG16, no batch
+norm). On a batch-norm backbone that fails: a plain background sits mid-range
+in most maps, the sum is a plateau of "peaks" (mean IoU 0.08 on pasted stamps
+with the pretrained MobileNetV2, BENCHMARKS.md). So each map is centred on
+its median and scaled by its largest deviation from it, and its outer `EDGE`
+cells, which zero padding lights up whatever the image holds, are zeroed.
+
+The arithmetic is here twice:
 
 - in NumPy and SciPy (`activation_map`, `peak_box`), what `mlkit crop` runs;
 - in TensorFlow ops (`activation_map_tf`, `peak_box_tf`), for a model that
-  carries the crop inside it. tests/test_looking.py checks that both give
-  the same box.
+  carries the crop inside it. tests/test_looking_crop.py checks that both
+  give the same box.
 
 Feature maps are brought to the size of the largest one with integer index
 arithmetic (`nearest_indices`), not an image resize, so the two versions
@@ -73,8 +81,9 @@ def activation_model(backbone, count, preprocessing=(), image_size=224):
 def activation_map(maps, min_std=0.05):
     """One image's early-layer activation map, in [0, 1], at the largest map's size.
 
-    Each feature map is scaled to [0, 1] by its own minimum and maximum; maps
-    whose scaled standard deviation is below `min_std` (flat, or one hot
+    Each feature map is centred on its own median, its outer `EDGE` cells are
+    zeroed, and its absolute deviations are scaled to [0, 1] by their maximum;
+    maps whose scaled standard deviation is below `min_std` (flat, or one hot
     pixel) are dropped; the rest are summed over every layer.
 
     Args:
