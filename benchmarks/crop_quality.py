@@ -55,6 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=200, help="pasted stamps per background kind")
     parser.add_argument("--model-images", type=int, default=0, help="pasted stamps for the micro-F1 comparison "
                         "(0: skip it)")
+    parser.add_argument("--model-background", default="textured", choices=("plain", "textured"),
+                        help="the canvases of the micro-F1 comparison")
+    parser.add_argument("--skip-boxes", action="store_true", help="only the micro-F1 comparison")
     parser.add_argument("--weights", default=str(PRETRAINED), help="MobileNetV2 weights file")
     parser.add_argument("--size", type=int, default=224, help="side the crop's backbone sees")
     parser.add_argument("--layers", type=int, default=8, help="--layers of mlkit crop")
@@ -202,7 +205,7 @@ def model_quality(args):
         work = Path(work)
         rows = []
         (work / "images").mkdir()
-        for index, (pixels, _, stamp) in enumerate(pasted_set("textured", args.model_images, args.seed + 2)):
+        for index, (pixels, _, stamp) in enumerate(pasted_set(args.model_background, args.model_images, args.seed + 2)):
             name = f"images/{index:05d}.png"
             Image.fromarray(pixels).save(work / name)
             labels = tuple(stamp.relative_to(STAMPS).parts[:-1])
@@ -219,7 +222,7 @@ def model_quality(args):
             summary = mlkit.tune_top(cache.path, space, units=[64, 256], layers=[1], reg="d2", optimizer="adam",
                                      lr=0.001, epochs=40, patience=6, seed=args.seed, verbose=False)
             results[name] = float(summary["val_f1"].max())
-        print(f"validation micro-F1 of the best top at 96 px: canvases {results['canvas']:.3f}, "
+        print(f"{args.model_background} canvases, validation micro-F1 of the best top at 96 px: canvases {results['canvas']:.3f}, "
               f"mlkit crops {results['cropped']:.3f} ({args.model_images} images)", flush=True)
     return results
 
@@ -232,7 +235,9 @@ def main(argv=None):
     config = CropConfig(weights=args.weights, image_size=args.size, layers=args.layers, threshold=args.threshold,
                         window=args.window, min_std=args.min_std, margin=0.0, min_size=0.0)
     cropper = Cropper(config)
-    results = {"settings": vars(args), "boxes": box_quality(args, cropper), "time": timing(args, cropper)}
+    results = {"settings": vars(args)}
+    if not args.skip_boxes:
+        results.update(boxes=box_quality(args, cropper), time=timing(args, cropper))
     if args.model_images:
         results["model"] = model_quality(args)
     if args.json:
