@@ -44,6 +44,8 @@ _LAZY = {
     "caption_vectorizer": "mlkit.text",
     "audit": "mlkit.auditing.run",
     "apply_corrections": "mlkit.auditing.apply",
+    "crop": "mlkit.looking.crop",
+    "look": "mlkit.looking.look",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "mlkit.demo",
     "mlkit.evaluation.cli",
     "mlkit.auditing.cli",
+    "mlkit.looking.cli",
 )
 
 DESCRIPTION = """\
@@ -48,6 +49,7 @@ Transfer learning on image collections, in stages:
   mlkit predict          label images, folders or a manifest with an exported model
   mlkit evaluate         decide labels from scores and report metrics
   mlkit audit            duplicates, split leaks, likely label errors, outliers
+  mlkit crop, look       content-aware crops; where a model looks (early layers, Grad-CAM)
   mlkit demo             all of the above on built-in synthetic data (offline, CPU)
 
 Start with `mlkit demo` (offline, CPU, built-in synthetic data).

@@ -21,7 +21,7 @@ def test_import_mlkit_does_not_load_tensorflow():
 # The stages, in the one direction they may import each other (docs/design.md, "What each stage may import"). Package-level
 # modules not named here are shared helpers (errors, files, runs, ...) that import no stage.
 STAGES = ["data", "bottlenecks", "tuning", "models"]
-ABOVE_STAGES = {"auditing": 3, "demo": 4, "cli": 4, "__main__": 4}
+ABOVE_STAGES = {"auditing": 3, "looking": 3.5, "demo": 4, "cli": 4, "__main__": 4}
 
 
 def import_graph():

@@ -1,0 +1,76 @@
+"""The networks `crop` and `look` read: a registry backbone, or the parts of a fine-tuned model.
+
+A fine-tuned model (`models/<run>.keras`) is uint8 images -> resize ->
+network; the network is pixels -> preprocessing layers -> backbone -> top.
+`model_parts` takes those apart so that the same early layers, the same
+preprocessing and the same last convolutional block can be read from a
+backbone before and after fine-tuning.
+"""
+
+from dataclasses import dataclass
+
+import keras
+
+from mlkit.backbones import build_backbone, get_backbone, preprocessing_layers
+from mlkit.errors import MlkitError
+from mlkit.looking.saliency import activation_model
+
+
+@dataclass
+class ModelParts:
+    """A network's pieces: preprocessing layers, backbone, top (None for a bare backbone), input side.
+
+    `exported` is the whole exported model when the pieces came from one.
+    """
+
+    preprocessing: list
+    backbone: keras.Model
+    top: object
+    image_size: int
+    name: str
+    exported: object = None
+
+
+def backbone_parts(backbone="mobilenetv2", weights="imagenet", image_size=224):
+    """A registry backbone with its own ImageNet preprocessing, as `ModelParts` without a top."""
+    spec = get_backbone(backbone)
+    model, _ = build_backbone(spec.name, weights, image_size, pooling="none")
+    return ModelParts(preprocessing_layers(spec, "inet"), model, None, int(image_size), f"{spec.name} ({weights})")
+
+
+def model_parts(model, workdir="."):
+    """The pieces of an exported model (a `.keras` path or a run name under `<workdir>/models/`).
+
+    Returns:
+        (ModelParts, record): the record is the run's `<run>.json` (label names, decision, ...).
+    """
+    from mlkit.models.export import load_model
+
+    exported, record = load_model(model, workdir)
+    try:
+        network = exported.get_layer("network")
+    except ValueError:
+        raise MlkitError(f"{model} is not a model exported by mlkit finetune: it has no 'network' layer") from None
+    nested = [layer for layer in network.layers if isinstance(layer, keras.Model)]
+    if len(nested) < 2:
+        raise MlkitError(f"{model}: cannot find its backbone and top inside the network")
+    backbone, top = nested[0], nested[1]
+    preprocessing = [layer for layer in network.layers[: network.layers.index(backbone)]
+                     if not isinstance(layer, keras.layers.InputLayer)]
+    size = int((record.get("input") or {}).get("image_size") or backbone.input.shape[1])
+    return ModelParts(preprocessing, backbone, top, size, str(record.get("run") or model), exported), record
+
+
+def early_layer_model(backbone, weights, model, layers, image_size, workdir="."):
+    """The early-layer activation model of a registry backbone, or of a fine-tuned model's backbone.
+
+    With `model` set, its backbone's own first layers (fine-tuned weights) and
+    preprocessing are used at the model's own input size; `backbone`,
+    `weights` and `image_size` are then ignored.
+
+    Returns:
+        (keras.Model: pixels (N, S, S, 3) -> list of feature maps, S, a text naming the layers' source).
+    """
+    parts = model_parts(model, workdir)[0] if model else backbone_parts(backbone, weights, image_size)
+    return (activation_model(parts.backbone, layers, parts.preprocessing, parts.image_size), parts.image_size,
+            parts.name)
