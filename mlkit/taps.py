@@ -31,6 +31,8 @@ from mlkit.errors import MlkitError
 
 LAST = "last"
 ALL = "all"
+# cache-features' default: every named depth where the family declares them and features are pooled, else last.
+AUTO = "auto"
 # The run-name code of `last`, and the prefix of a layer's code (then HASH_DIGITS hex digits).
 LAST_CODE = "l"
 LAYER_CODE = "x"
@@ -45,14 +47,16 @@ def split_names(text):
     return list(dict.fromkeys(str(name).strip() for name in text if str(name).strip()))
 
 
-def cache_taps(backbone, taps=LAST):
+def cache_taps(backbone, taps=LAST, pooling="avg"):
     """The layers `cache-features --taps` stores beside the backbone's output, in order.
 
     Args:
         backbone: the registry name, e.g. "mobilenetv2".
         taps: "last" (nothing more), "all" (every named depth of the family),
-            or names joined by "," or "+": named depths and layer names.
-            Defaults to "last".
+            "auto" ("all" where the family declares named depths and `pooling`
+            is not "none", else "last"), or names joined by "," or "+": named
+            depths and layer names. Defaults to "last".
+        pooling: the cache's pooling, which "auto" reads. Defaults to "avg".
 
     Returns:
         A tuple of layer names, without "last" (its dataset is `features`).
@@ -62,6 +66,8 @@ def cache_taps(backbone, taps=LAST):
             or for no names at all.
     """
     named = named_taps(get_backbone(backbone).name)
+    if taps == AUTO:
+        return tuple(dict.fromkeys(named.values())) if named and pooling != "none" else ()
     names = split_names(taps)
     if not names:
         raise MlkitError(f"--taps {taps!r}: give last, all, or names such as last,mid,high")

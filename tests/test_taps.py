@@ -247,3 +247,23 @@ def test_the_commands_offer_taps(capsys):
             main([command, "--help"])
         out = capsys.readouterr().out
         assert "--taps" in out and ("--tap-weights" in out) == (command != "cache-features"), command
+
+
+def test_auto_caches_every_named_depth_where_the_family_declares_them_and_features_are_pooled():
+    from mlkit.taps import cache_taps
+
+    assert cache_taps("mobilenetv2", "auto") == cache_taps("mobilenetv2", "all") and cache_taps("mobilenetv2", "auto")
+    assert cache_taps("mobilenetv2", "auto", pooling="none") == ()
+    assert cache_taps("xception", "auto") == ()
+
+
+def test_tune_tops_default_reads_every_cached_tap_and_a_config_without_a_cache_reads_the_output():
+    import inspect
+
+    from mlkit.taps import combinations
+    from mlkit.tuning.config import TopConfig
+    from mlkit.tuning.search import tune_top
+
+    assert TopConfig().taps == "last" and TopConfig().tap_list == ("last",)
+    assert inspect.signature(tune_top).parameters["taps"].default == ""
+    assert combinations("all") == [("all",)]

@@ -36,8 +36,10 @@ class CacheOptions:
                                  "a KerasHub transformer's own image embedding (class token, SigLIP's pooled head)",
                           choices=POOLING)
     taps: str = option("last", "layers to pool and cache beside the backbone's output, each as its own dataset, in "
-                               "the same pass: last (the output alone), all (every named depth of the family), or "
-                               "names joined by commas: named depths (early, mid, high, pre) and layer names",
+                               "the same pass: last (the output alone), all (every named depth of the family), "
+                               "auto (all where the family declares named depths and features are pooled, else "
+                               "last), or names joined by commas: named depths (early, mid, high, pre) and layer "
+                               "names. --taps all lifted test micro-F1 by 0.15 on both measured collections (README, Taps)",
                        metavar="NAMES")
     augment_copies: int = option(0, "also cache K augmented views (flip, rotation, zoom, shifts) of each training "
                                     "image", metavar="K")
@@ -73,7 +75,7 @@ class CacheOptions:
         check_choice(self.preprocess, PREPROCESSING, "preprocessing")
         check_choice(self.pooling, POOLING, "pooling")
         check_choice(self.dtype, FEATURE_DTYPES, "feature dtype")
-        layers = cache_taps(self.backbone, self.taps)
+        layers = cache_taps(self.backbone, self.taps, self.pooling)
         if layers and self.pooling == "none":
             raise MlkitError(f"--taps {self.taps} with --pooling none: taps are combined as pooled vectors; "
                              "use --pooling avg or max")

@@ -146,9 +146,13 @@ def check_same_settings(final, settings, overwrite):
     if changed:
         # Another set of taps is refused like any other setting: adding a tap runs the backbone over every
         # image again, so keeping the old taps' rows would save nothing but their disk writes.
+        hint = ""
+        if str(old.get("taps")) != str(settings["taps"]) and not old["taps"]:
+            # Caches made before taps were the default hold the last layer alone.
+            hint = " (--taps last reuses this cache as it is)"
         raise CacheError(
             f"{final} was made with other settings ({'; '.join(changed)}). Pass --subset to cache these "
-            "features under another name (e.g. --subset 96px), or --overwrite to replace it"
+            f"features under another name (e.g. --subset 96px), or --overwrite to replace it{hint}"
         )
 
 

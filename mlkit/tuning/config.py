@@ -63,8 +63,8 @@ class TopConfig:
     (records written before it was kept have {} there).
 
     `taps` names the cached taps the top reads, side by side, as "last" and
-    layer names joined by "+" in cache order (mlkit.taps); "last" is the
-    backbone's output alone. `tap_weights` scales a multi-tap top's
+    layer names joined by "+" in cache order (mlkit.taps); "last" (or "",
+    the default of a config made without a cache) is the backbone's output alone. `tap_weights` scales a multi-tap top's
     standardised taps ("equal": each tap the same total variance; "none");
     a single tap is never scaled. Records written before the setting existed
     read as "none", as they were trained.
@@ -91,13 +91,14 @@ class TopConfig:
     optimizer: str = option("sgd", "sgd (with --momentum) or adam")
     schedule: str = option("constant", "learning-rate schedule: constant|step|plateau|cosine")
     top_pool: str = option("flatten", "raw feature maps only: flatten|avg|max")
-    taps: str = option("last", "which cached taps the top reads (cache-features --taps): combinations of last, all, "
-                               "named depths (early, mid, high, pre) or layer names joined by '+', e.g. "
-                               "last,last+high,all", metavar="TAPS")
+    taps: str = option("", "which cached taps the top reads (cache-features --taps): combinations of last, all, "
+                           "named depths (early, mid, high, pre) or layer names joined by '+', e.g. "
+                           "last,last+high,all", metavar="TAPS",
+                       shown="all: every tap the cache holds (last alone for a cache made with --taps last)")
     tap_weights: str = option("equal", "multi-tap tops: equal (every tap the same total variance after standardisation, "
                                        "so a wide tap does not drown a narrow one) or none (every feature unit variance)",
                               choices=TAP_WEIGHTS)
-    epochs: int = option(20, "most epochs per trial")
+    epochs: int = option(40, "most epochs per trial")
     patience: int = option(5, "early stopping: epochs without improvement of --objective")
     momentum: float = option(0.9, "SGD momentum")
     step_every: int = option(10, "step schedule: epochs between drops")
@@ -129,6 +130,8 @@ class TopConfig:
     def __post_init__(self):
         """Fills the task's default loss and refuses any setting that cannot be used (MlkitError)."""
         self.loss = self.loss or LOSSES.get(self.task, ("",))[0]
+        # tune-top reads "" as every tap its cache holds; a config made without a cache reads the output alone.
+        self.taps = self.taps or "last"
         self.validate()
 
     def validate(self):

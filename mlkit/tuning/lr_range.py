@@ -23,6 +23,7 @@ from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 from mlkit.files import StrPath
 from mlkit.options import defaults_of
+from mlkit.taps import ALL as ALL_TAPS
 from mlkit.taps import combinations as tap_combinations
 from mlkit.taps import encode as encode_taps
 from mlkit.taps import resolve as resolve_taps
@@ -112,7 +113,7 @@ def lr_find(
         layers, units, reg, batch, loss, optimizer, momentum, top_pool: the top
             model, as in `tune_top` (one value each).
         taps: the cached taps the top reads, one combination ("last+high",
-            "all"; mlkit.taps). Defaults to "last".
+            "all"; mlkit.taps). Defaults to every tap the cache holds.
         tap_weights: "equal" or "none": how a multi-tap top scales its
             standardised taps (see `tune_top`). Defaults to "equal".
         start_lr, end_lr: the range, swept exponentially. Default to 1e-6 and 10.
@@ -138,7 +139,7 @@ def lr_find(
     if int(steps) < 2 * MIN_SLOPE_POINTS:
         raise MlkitError(f"--steps {steps}: use at least {2 * MIN_SLOPE_POINTS}")
     cache = open_cache(cache_path)
-    combos = tap_combinations(taps)
+    combos = tap_combinations(taps or ALL_TAPS)
     if len(combos) != 1:
         raise MlkitError(f"--taps {taps}: lr-find tests one combination of taps (join names with '+')")
     taps = "+".join(resolve_taps(combos[0], cache.name_fields[2], cache.taps))

@@ -30,6 +30,7 @@ from mlkit.errors import MlkitError
 from mlkit.files import StrPath, stage_folder
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
+from mlkit.taps import ALL as ALL_TAPS
 from mlkit.taps import combinations as tap_combinations
 from mlkit.taps import resolve as resolve_taps
 from mlkit.tuning.config import (
@@ -178,7 +179,7 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
 
 def tap_axis(cache, taps, text_only=False):
     """{taps as a top reads them ("last+<layer>..."): the shape it reads} for tune-top's `--taps` axis."""
-    combos = [resolve_taps(combo, cache.name_fields[2], cache.taps) for combo in tap_combinations(taps)]
+    combos = [resolve_taps(combo, cache.name_fields[2], cache.taps) for combo in tap_combinations(taps or ALL_TAPS)]
     axis = {"+".join(combo): None for combo in combos}
     if text_only and list(axis) != ["last"]:
         raise MlkitError("--taps chooses image features; a --text-only top reads none")
@@ -336,7 +337,9 @@ def tune_top(
             combinations separated by commas, each of `last`, `all` (every
             cached tap), named depths (early, mid, high, pre) or layer names
             joined by "+", e.g. "last,last+high,all". The run name records a
-            combination as `taps-<codes>`. Defaults to "last".
+            combination as `taps-<codes>`. Defaults to every tap the cache holds
+            (the measured best on both collections: BENCHMARKS.md, "Taps"),
+            which is "last" alone on a cache made with `--taps last`.
         tap_weights: how a multi-tap top scales its standardised taps:
             "equal" (each tap the same total variance) or "none" (each column
             unit variance; the run name adds `tw-none`). Tops on one tap are
