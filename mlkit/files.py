@@ -126,6 +126,17 @@ def temporary_path(path):
     return path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
 
 
+def is_temporary(path):
+    """True for a file `atomic_path` (or `atomic_folder`) is still writing, or a killed writer left.
+
+    Such a file may hold a whole, valid-looking result that was never
+    published; no reader may take it for one.
+    """
+    name = Path(path).name
+    pid, _, rest = name[len(TEMPORARY_PREFIX):].partition("-")
+    return name.startswith(TEMPORARY_PREFIX) and pid.isdigit() and bool(rest)
+
+
 def remove_stale_temporaries(path):
     """Removes temporary files (or folders) of `path` that killed writers left (a SIGKILL skips every clean-up).
 
@@ -141,6 +152,43 @@ def remove_stale_temporaries(path):
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
+
+
+def sweep_temporaries(folder, names=None):
+    """Removes the temporaries that killed writers left in `folder`; returns how many.
+
+    Call it only while holding the lock that guards what the temporaries
+    stand for (a live writer's temporary has the same form). Temporaries of
+    processes alive on this host are kept all the same: a lock guards one
+    run, while a stage folder holds many.
+
+    Args:
+        folder: a stage folder (tuning/, models/).
+        names: when given, only temporaries of these file names are removed. Defaults to None (all).
+    """
+    removed = 0
+    for tmp in Path(folder).glob(f"{TEMPORARY_PREFIX}*"):
+        pid, _, name = tmp.name[len(TEMPORARY_PREFIX):].partition("-")
+        if not is_temporary(tmp) or (names is not None and name not in names) or _alive(int(pid)):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def publish(finished, path):

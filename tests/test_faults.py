@@ -447,3 +447,31 @@ def test_the_cli_filters_tensorflows_cuda_noise_but_not_other_output(workspace):
     assert done.returncode == 0, done.stderr
     assert "cuda drivers" not in done.stderr and "cuInit" not in done.stderr and "absl::InitializeLog" not in done.stderr
     assert "mlkit test warning" in done.stderr
+
+
+# -- issue 24: data safety and security -----------------------------------------------------------
+
+def test_a_killed_tune_tops_temporary_record_is_not_ranked(workspace, tmp_path):
+    # 1. A SIGKILL between writing a record and renaming it leaves a whole, valid-looking `.partial-*` record.
+    work = tmp_path / "ws"
+    shutil.copytree(workspace["work"] / "tuning", work / "tuning")
+    record = json.loads((work / "tuning" / f"{workspace['run']}.json").read_text())
+    record["result"]["metrics"]["val_loss"] = -1.0  # it would rank first
+    (work / "tuning" / f".partial-999999-{workspace['run']}.json").write_text(json.dumps(record))
+    tune_top(workspace["a"], work, **TOP)
+    summary = pd.read_csv(work / "tuning" / "summary.csv")
+    assert list(summary.run) == [workspace["run"]]
+    assert select_top(work, open_cache(workspace["a"]), "best") == workspace["run"]
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(workspace, tmp_path):
+    # 2. On a shared workspace a planted link would make the lock overwrite another user's file.
+    work = tmp_path / "ws"
+    (work / "tuning").mkdir(parents=True)
+    target = tmp_path / "somefile"
+    target.write_text("precious\n")
+    (work / "tuning" / LOCK).symlink_to(target)
+    with pytest.raises(MlkitError, match=r"\.tune-top\.lock .*is a symbolic link"):
+        tune_top(workspace["a"], work, **TOP)
+    assert target.read_text() == "precious\n"
+    assert (work / "tuning" / LOCK).is_symlink()
