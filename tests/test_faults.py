@@ -475,3 +475,39 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(workspace, tm
         tune_top(workspace["a"], work, **TOP)
     assert target.read_text() == "precious\n"
     assert (work / "tuning" / LOCK).is_symlink()
+
+
+def copied_cache(workspace, tmp_path):
+    work = tmp_path / "ws"
+    (work / "bottlenecks").mkdir(parents=True)
+    path = work / "bottlenecks" / workspace["a"].name
+    shutil.copy(workspace["a"], path)
+    return work, path
+
+
+def test_non_finite_features_are_refused_naming_the_rows(workspace, tmp_path):
+    # 3. NaN features trained a top of NaN weights while tune-top exited 0.
+    import h5py
+
+    work, path = copied_cache(workspace, tmp_path)
+    with h5py.File(path, "r+") as h5:
+        h5["features"][5:10] = np.nan
+        image = h5["image"][5].decode()
+    with pytest.raises(MlkitError, match=rf"features of row 5 \({image}\).* are not finite"):
+        tune_top(path, work, **TOP)
+    with pytest.raises(MlkitError, match="not finite"):
+        open_cache(path).load("train")
+
+
+def test_a_label_edited_inside_the_cache_is_rewritten_from_the_manifest(workspace, tmp_path):
+    # 3. An edited label kept the manifest hash the cache records, and the rerun called the cache up to date.
+    import h5py
+
+    work, path = copied_cache(workspace, tmp_path)
+    with h5py.File(path, "r") as h5:
+        labels = h5["labels"][...]
+    with h5py.File(path, "r+") as h5:
+        h5["labels"][0] = 1 - labels[0]
+    cache_features(workspace["manifest_a"], work, **CACHE)
+    with h5py.File(path, "r") as h5:
+        np.testing.assert_array_equal(h5["labels"][...], labels)

@@ -53,6 +53,8 @@ STR = h5py.string_dtype("utf-8")
 IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size", "preprocess", "pooling",
                   "background", "fingerprint", "manifest_sha256")
 JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary")
+# The datasets that hold features; what reads them refuses non-finite values (check_finite).
+FEATURE_DATASETS = ("/features", "/augmented")
 # A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (DESIGN.md, run names).
 NAME_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
 
@@ -113,8 +115,31 @@ def read_rows(dataset, rows, out=None):
         end = np.searchsorted(rows, rows[start] + block, side="left")
         first, last = rows[start], rows[end - 1]
         out[start:end] = dataset[first:last + 1][rows[start:end] - first]
+        check_finite(dataset, out[start:end], rows[start:end])
         start = end
     return out
+
+
+def check_finite(dataset, values, rows):
+    """Refuses NaN or infinite features: a top trained on them is NaN while its loss looks fine.
+
+    Only `features` and `augmented` are checked: labels of a regression cache
+    are the manifest's to judge. Raises CacheError naming the rows and images.
+    """
+    if dataset.name not in FEATURE_DATASETS or values.dtype.kind != "f":
+        return
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if finite.all():
+        return
+    bad = np.asarray(rows)[~finite]
+    try:
+        images = decode_strings(read_rows(dataset.file["image"], bad[:3]))
+    except (KeyError, OSError):
+        images = []
+    named = ", ".join(f"row {r}" + (f" ({images[i]})" if i < len(images) else "") for i, r in enumerate(bad[:3]))
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise CacheError(f"{dataset.file.filename}: {dataset.name[1:]} of {named}{more} are not finite (NaN or inf); the "
+                     "cache is corrupt: delete it and rerun cache-features")
 
 
 @dataclass(frozen=True)
@@ -278,7 +303,11 @@ class FeatureCache:
             if dataset not in h5:
                 raise CacheError(f"{self.path} has no {dataset!r} dataset")
             data = h5[dataset]
-            values = data[...] if indices is None else read_rows(data, indices)
+            if indices is None:
+                values = data[...]
+                check_finite(data, values, np.arange(len(values)))
+            else:
+                values = read_rows(data, indices)
         if values.dtype.kind in "OS":
             values = decode_strings(values)
         return values

@@ -12,6 +12,7 @@ carry the plan out.
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ import h5py
 import numpy as np
 
 from mlkit.backbones import get_backbone
-from mlkit.bottlenecks.cache import DEFAULT_DTYPE, partial_path, read_attrs
+from mlkit.bottlenecks.cache import DEFAULT_DTYPE, decode_strings, partial_path, read_attrs
 from mlkit.bottlenecks.pipeline import progress_bar
 from mlkit.bottlenecks.shards import read_zmuv_stats, shard_rows, stats_path
 from mlkit.errors import CacheError
 from mlkit.images import ImageReadError, decode_image, parse_background, read_bytes, resize_array, sha256_bytes
 from mlkit.thumbnails import THUMBNAIL_DATASET
+
+log = logging.getLogger(__name__)
 
 # Bump when the way features are computed from the same inputs changes.
 FEATURE_VERSION = 1
@@ -254,9 +257,25 @@ class CachePlan:
                     return False
                 stats = np.stack([h5["file_size"][...], h5["file_mtime_ns"][...]], axis=1)
                 done = h5["done"][...]
+                if not self.rows_match_manifest(h5):
+                    return False
         except (OSError, KeyError):
             return False
         return len(done) == len(self.paths) and bool((done == 1).all()) and np.array_equal(stats, file_stats(self.paths))
+
+    def rows_match_manifest(self, h5):
+        """True when the cache's labels and splits are the manifest's; an edit inside the cache is undone by a rebuild.
+
+        The manifest hash the cache records says what the rows should be, not
+        what the file now holds: a label changed with h5py kept that hash.
+        """
+        labels = self.table.label_array()
+        same = (h5["labels"].shape == labels.shape and np.array_equal(h5["labels"][...], labels)
+                and np.array_equal(decode_strings(h5["split"][...]).astype(str), np.asarray(self.splits, dtype=str)))
+        if not same:
+            log.warning("%s holds labels or splits that differ from %s (edited after it was written); rewriting them",
+                        self.final, self.table.path)
+        return same
 
     def is_resumable(self, attrs, rows):
         """True when a partial cache with these attributes and row count was started by this same plan."""
