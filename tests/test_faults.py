@@ -511,3 +511,66 @@ def test_a_label_edited_inside_the_cache_is_rewritten_from_the_manifest(workspac
     cache_features(workspace["manifest_a"], work, **CACHE)
     with h5py.File(path, "r") as h5:
         np.testing.assert_array_equal(h5["labels"][...], labels)
+
+
+def test_an_image_swapped_for_another_with_its_old_mtime_is_recomputed(workspace, tmp_path):
+    # 4. `cp B A; touch -r A.orig A` kept size and mtime, and the rerun called the cache up to date.
+    import h5py
+
+    root = tmp_path / "data"
+    shutil.copytree(workspace["root"] / "a", root)
+    manifest = root / Path(workspace["manifest_a"]).name
+    path = cache_features(manifest, tmp_path / "ws", **CACHE).path
+    images = sorted((root / "images").glob("*.png"))
+    a = images[0]
+    row, b = next((i, p) for i, p in enumerate(images) if p.stat().st_size < a.stat().st_size)
+    original = a.stat()
+    # B padded to A's size (PNG readers ignore bytes after the end), given A's mtime: only the content differs.
+    a.write_bytes(b.read_bytes().ljust(original.st_size, b"\0"))
+    os.utime(a, ns=(original.st_atime_ns, original.st_mtime_ns))
+    assert (a.stat().st_size, a.stat().st_mtime_ns) == (original.st_size, original.st_mtime_ns)
+    with h5py.File(path, "r") as h5:
+        before, b_features = h5["features"][0].copy(), h5["features"][row].copy()
+    cache_features(manifest, tmp_path / "ws", **CACHE)
+    with h5py.File(path, "r") as h5:
+        np.testing.assert_allclose(h5["features"][0], b_features, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(h5["features"][0], before)
+
+
+@pytest.fixture
+def alarm():
+    """Fails a test that would hang instead of hanging the suite."""
+    def timeout(*_):
+        raise TimeoutError("hung reading the manifest's files")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_fifos_devices_and_folders_in_a_manifest_are_unreadable_rows_not_hangs(tmp_path, alarm):
+    # 5. A FIFO hung `data stats` and cache-features; /dev/zero was read without bound.
+    from mlkit.data.stats import manifest_stats
+    from mlkit.images import MAX_IMAGE_BYTES, read_bytes
+
+    manifest = synthesize(tmp_path / "d", task="multilabel", n=8, size=SIZE, seed=0)
+    os.mkfifo(tmp_path / "d" / "fifo.png")
+    (tmp_path / "d" / "folder.png").mkdir()
+    with open(manifest, "a") as handle:
+        handle.write("fifo.png,red,\n/dev/zero,red,\nfolder.png,red,\n../../../../../../../etc/hostname,red,\n")
+    stats = manifest_stats(manifest)
+    assert stats["rows"] == 12
+    result = cache_features(manifest, tmp_path / "ws", **CACHE)
+    skipped = pd.read_csv(result.skipped_path).set_index("image")["reason"].to_dict()
+    assert skipped["fifo.png"] == "not a regular file (a FIFO)"
+    assert skipped["/dev/zero"] == "not a regular file (a device or socket)"
+    assert skipped["folder.png"] == "not a regular file (a folder)"
+    assert "../../../../../../../etc/hostname" in skipped  # read (a regular file), then not an image
+    assert (result.computed, result.skipped) == (8, 4)
+    big = tmp_path / "big.png"
+    with open(big, "wb") as handle:
+        handle.truncate(MAX_IMAGE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(Exception, match="file too large"):
+        read_bytes(big)

@@ -12,8 +12,11 @@ Layout (N manifest rows, D feature dims, K augmented views, L labels):
     tokens      int32 (N, T) with --captions: caption token ids (mlkit.text), 0 = padding;
                            a row without a caption is all 0
     key         bytes (N,) sha256 of the image bytes and everything that changes the features
-    image_sha256, file_size, file_mtime_ns   what the key was computed from (a rerun
-                           trusts the hash of a file whose size and mtime are unchanged)
+    image_sha256, file_size, file_mtime_ns, file_ctime_ns   what the key was computed from (a
+                           rerun trusts the hash of a file whose size, mtime and ctime are unchanged:
+                           the kernel sets ctime on every change, and no user can set it back, so a
+                           file swapped for another and given the old mtime is hashed again; caches
+                           made before ctime was kept hash every file once)
     done        uint8 (N,) 1 when the row's features (and views) are written
     thumbnail   uint8 (N, 8, 8, 3) optional: each image's pixel thumbnail (mlkit.thumbnails),
                 which `mlkit audit` finds near duplicates by; all 0 in a row that has none
@@ -53,6 +56,10 @@ STR = h5py.string_dtype("utf-8")
 IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size", "preprocess", "pooling",
                   "background", "fingerprint", "manifest_sha256")
 JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary")
+# What a row's hash was computed from (mlkit.bottlenecks.plan.file_stats): size, mtime and ctime.
+STAT_DATASETS = ("file_size", "file_mtime_ns", "file_ctime_ns")
+# Stands for a stat the cache does not hold (made before it was kept): it matches no file.
+UNKNOWN_STAT = -2
 # The datasets that hold features; what reads them refuses non-finite values (check_finite).
 FEATURE_DATASETS = ("/features", "/augmented")
 # A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (DESIGN.md, run names).
@@ -118,6 +125,16 @@ def read_rows(dataset, rows, out=None):
         check_finite(dataset, out[start:end], rows[start:end])
         start = end
     return out
+
+
+def stored_stats(h5, rows=None):
+    """(N, 3) size, mtime_ns and ctime_ns recorded per row; `UNKNOWN_STAT` where the cache holds none."""
+    count = len(h5["done"]) if rows is None else len(rows)
+    stats = np.full((count, len(STAT_DATASETS)), UNKNOWN_STAT, dtype="int64")
+    for column, name in enumerate(STAT_DATASETS):
+        if name in h5:
+            stats[:, column] = h5[name][...] if rows is None else h5[name][...][rows]
+    return stats
 
 
 def check_finite(dataset, values, rows):
@@ -434,7 +451,7 @@ def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_co
         h5.create_dataset(name, (num_rows,), STR)
     for name in ("key", "image_sha256"):
         h5.create_dataset(name, **_early((num_rows,), "S64"))
-    for name in ("file_size", "file_mtime_ns"):
+    for name in STAT_DATASETS:
         h5.create_dataset(name, **_early((num_rows,), "int64"))
     h5.create_dataset("done", **_early((num_rows,), "uint8"))
     if thumbnails:

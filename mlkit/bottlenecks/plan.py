@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from mlkit.backbones import get_backbone
-from mlkit.bottlenecks.cache import DEFAULT_DTYPE, decode_strings, partial_path, read_attrs
+from mlkit.bottlenecks.cache import DEFAULT_DTYPE, STAT_DATASETS, decode_strings, partial_path, read_attrs, stored_stats
 from mlkit.bottlenecks.pipeline import progress_bar
 from mlkit.bottlenecks.shards import read_zmuv_stats, shard_rows, stats_path
 from mlkit.errors import CacheError
@@ -255,7 +255,7 @@ class CachePlan:
                     return False
                 if not same_vocabulary(attrs.get("vocabulary"), self.text.vocabulary if self.text else None):
                     return False
-                stats = np.stack([h5["file_size"][...], h5["file_mtime_ns"][...]], axis=1)
+                stats = stored_stats(h5)
                 done = h5["done"][...]
                 if not self.rows_match_manifest(h5):
                     return False
@@ -288,12 +288,12 @@ class CachePlan:
 
 
 def file_stats(paths):
-    """(size, mtime_ns) per file, (-1, -1) when it cannot be stat'ed."""
-    stats = np.full((len(paths), 2), -1, dtype="int64")
+    """(size, mtime_ns, ctime_ns) per file (as `STAT_DATASETS`), all -1 when it cannot be stat'ed."""
+    stats = np.full((len(paths), len(STAT_DATASETS)), -1, dtype="int64")
     for i, path in enumerate(paths):
         try:
             st = os.stat(path)
-            stats[i] = st.st_size, st.st_mtime_ns
+            stats[i] = st.st_size, st.st_mtime_ns, st.st_ctime_ns
         except OSError:
             pass
     return stats
@@ -338,11 +338,11 @@ def copy_reusable(h5, sources, plan):
         root = Path(attrs.get("manifest_root", "."))
         done = np.flatnonzero(source["done"][...] == 1)
         keys, shas = source["key"][...], source["image_sha256"][...]
-        sizes, mtimes, images = source["file_size"][...], source["file_mtime_ns"][...], source["image"][...]
+        stats, images = stored_stats(source), source["image"][...]
         for old in done:
             reusable.setdefault(keys[old].decode(), (source, int(old)))
             image = images[old].decode() if isinstance(images[old], bytes) else images[old]
-            by_stat[(real_path(root / image), int(sizes[old]), int(mtimes[old]))] = shas[old].decode()
+            by_stat[(real_path(root / image), *map(int, stats[old]))] = shas[old].decode()
     if not reusable:
         return 0
     shas = _image_hashes(plan, by_stat)
@@ -369,8 +369,7 @@ def _image_hashes(plan, by_stat):
     """sha256 per row: trusted from an earlier cache when size and mtime match, else read and hashed."""
     def one(row):
         path = plan.paths[row]
-        size, mtime = plan.stats[row]
-        known = by_stat.get((real_path(path), int(size), int(mtime)))
+        known = by_stat.get((real_path(path), *map(int, plan.stats[row])))
         if known:
             return known
         try:
@@ -398,6 +397,6 @@ def _copy_rows(h5, source, pairs, plan, chunk=512):
             h5[name][new_rows] = values
         h5["image_sha256"][new_rows] = [p[2].encode() for p in part]
         h5["key"][new_rows] = [plan.key(p[2], p[0]).encode() for p in part]
-        h5["file_size"][new_rows] = plan.stats[new_rows, 0]
-        h5["file_mtime_ns"][new_rows] = plan.stats[new_rows, 1]
+        for column, name in enumerate(STAT_DATASETS):
+            h5[name][new_rows] = plan.stats[new_rows, column]
         h5["done"][new_rows] = 1

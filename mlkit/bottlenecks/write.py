@@ -22,7 +22,16 @@ import h5py
 import numpy as np
 
 from mlkit import __version__
-from mlkit.bottlenecks.cache import FORMAT_VERSION, as_stored, create_datasets, read_attrs, write_attrs, write_tokens
+from mlkit.bottlenecks.cache import (
+    FORMAT_VERSION,
+    STAT_DATASETS,
+    as_stored,
+    create_datasets,
+    read_attrs,
+    stored_stats,
+    write_attrs,
+    write_tokens,
+)
 from mlkit.bottlenecks.pipeline import image_batches, progress_bar
 from mlkit.bottlenecks.plan import FEATURE_VERSION, copy_reusable, open_sources
 from mlkit.errors import CacheError
@@ -99,7 +108,7 @@ class CacheWriter:
             h5.close()
             return None
         done = h5["done"][...] == 1
-        unchanged = (h5["file_size"][...] == plan.stats[:, 0]) & (h5["file_mtime_ns"][...] == plan.stats[:, 1])
+        unchanged = (stored_stats(h5) == plan.stats).all(axis=1)
         h5["done"][...] = (done & unchanged).astype("uint8")
         h5.flush()
         self.reused = int((done & unchanged).sum())
@@ -221,8 +230,8 @@ class CacheWriter:
             stats = self.plan.stats
             write_rows(h5["image_sha256"], finished, [sha.encode() for sha in finished_shas])
             write_rows(h5["key"], finished, [self.plan.key(sha, row).encode() for row, sha in zip(finished.tolist(), finished_shas)])
-            write_rows(h5["file_size"], finished, stats[finished, 0])
-            write_rows(h5["file_mtime_ns"], finished, stats[finished, 1])
+            for column, name in enumerate(STAT_DATASETS):
+                write_rows(h5[name], finished, stats[finished, column])
         h5.flush()  # features reach the file before the done mask says so
         if len(finished):
             write_rows(h5["done"], finished, np.ones(len(finished), h5["done"].dtype))
