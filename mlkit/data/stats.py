@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from mlkit.data.manifest import read_manifest
+from mlkit.images import ImageReadError, open_image_file
 from mlkit.vocabulary import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,10 @@ UNREADABLE_EXAMPLES = 5
 def _image_size(path):
     """(width, height) from the image header, or the reason it cannot be read."""
     try:
-        with Image.open(path) as image:
+        with open_image_file(path) as handle, Image.open(handle) as image:
             return image.size
+    except ImageReadError as error:
+        return error.reason
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         return f"{type(error).__name__}: {error}"
 
