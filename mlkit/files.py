@@ -179,6 +179,24 @@ def sweep_temporaries(folder, names=None):
     return removed
 
 
+@contextlib.contextmanager
+def scratch_folder(purpose):
+    """A folder in the system temp dir for the block, removed after it; removes those killed runs left.
+
+    Its name holds the pid (`mlkit-<purpose>-<pid>-...`), so a later run can
+    tell a killed process's folder from a live one's.
+    """
+    import tempfile
+
+    prefix = f"mlkit-{purpose}-"
+    for old in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
+        yield folder
+
+
 def _alive(pid):
     if pid == os.getpid():
         return True

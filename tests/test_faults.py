@@ -574,3 +574,68 @@ def test_fifos_devices_and_folders_in_a_manifest_are_unreadable_rows_not_hangs(t
         handle.truncate(MAX_IMAGE_BYTES + 1)  # sparse: no disk used
     with pytest.raises(Exception, match="file too large"):
         read_bytes(big)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to inject a kill at a write")
+def test_a_kill_during_the_caches_final_flush_keeps_every_row(workspace, tmp_path):
+    # 6. `strace -e inject=pwrite64:signal=KILL:when=N`: a kill in the last writes left the partial cache unreadable.
+    def command(work, *strace):
+        return ["strace", "-f", "-qq", "-o", os.devnull, *strace, *mlkit_command(
+            "cache-features", workspace["manifest_a"], "--backbone", "vgg16", "--weights", "none", "--image-size", SIZE,
+            "--workdir", work, "--no-progress")]
+
+    trace = tmp_path / "trace.txt"
+    counted = command(tmp_path / "count", "-e", "trace=pwrite64")
+    counted[counted.index(os.devnull)] = str(trace)
+    subprocess.run(counted, capture_output=True, check=True, timeout=600)
+    total = sum(1 for line in trace.read_text().splitlines() if "pwrite64(" in line)
+    # HDF5 is the only writer using pwrite64: the last ones are the cache's final attributes and close.
+    for back in (0, 1, 3, 6):
+        work = tmp_path / f"ws{back}"
+        killed = subprocess.run(command(work, "-e", f"inject=pwrite64:signal=KILL:when={total - back}"),
+                                capture_output=True, timeout=600)
+        assert killed.returncode != 0
+        result = cache_features(workspace["manifest_a"], work, **CACHE)
+        assert (result.computed, result.reused) == (0, 24), back
+
+
+def dead_pid():
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_tune_top_sweeps_the_temporaries_killed_runs_left(workspace, tmp_path):
+    # 7. `.partial-*` JSON, CSV and weights of killed runs stayed for ever; a live process's are kept.
+    work = tmp_path / "ws"
+    shutil.copytree(workspace["work"] / "tuning", work / "tuning")
+    pid, run = dead_pid(), workspace["run"]
+    left = [work / "tuning" / f".partial-{pid}-{name}" for name in (f"{run}.csv", f"{run}.weights.h5", "summary.csv")]
+    (work / "tuning" / f".partial-{pid}-x.savedmodel").mkdir()
+    for path in left:
+        path.write_text("x")
+    live = work / "tuning" / f".partial-{os.getpid()}-{run}.json"
+    live.write_text("{}")
+    tune_top(workspace["a"], work, **TOP)
+    assert hidden_leftovers(work) == [live.name]
+
+
+def test_export_and_finetune_sweep_only_their_own_dead_temporaries(tmp_path):
+    # 7. Each stage sweeps its own: an export's names in models/, and its scratch folder in the system temp dir.
+    import tempfile
+
+    from mlkit.files import scratch_folder, sweep_temporaries
+
+    pid = dead_pid()
+    mine, other = tmp_path / f".partial-{pid}-m.savedmodel", tmp_path / f".partial-{pid}-n.savedmodel"
+    mine.mkdir()
+    other.mkdir()
+    assert sweep_temporaries(tmp_path, {"m.savedmodel", "m.tflite"}) == 1
+    assert not mine.exists() and other.exists()
+    stale = Path(tempfile.gettempdir()) / f"mlkit-export-{pid}-abc"
+    stale.mkdir()
+    with scratch_folder("export") as folder:
+        assert Path(folder).name.startswith(f"mlkit-export-{os.getpid()}-")
+        assert not stale.exists()
+    assert not Path(folder).exists()

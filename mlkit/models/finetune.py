@@ -37,7 +37,7 @@ from mlkit.bottlenecks.cache import FeatureCache, open_cache
 from mlkit.branches import branch_of
 from mlkit.compat import average_logs_over_workers, build_from_local_batch
 from mlkit.errors import MlkitError
-from mlkit.files import check_workdir, write_json
+from mlkit.files import check_workdir, sweep_temporaries, write_json
 from mlkit.locks import hold_lock
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
@@ -193,6 +193,10 @@ def finetune(
                 return done
             if overwrite:
                 shutil.rmtree(job.work, ignore_errors=True)
+            # This run's temporaries only: models/ holds other runs, each under its own lock.
+            sweep_temporaries(job.paths["keras"].parent, {path.name for path in job.paths.values()})
+            if job.work.is_dir():
+                sweep_temporaries(job.work)
             job.train(progress)
             result = job.evaluate_and_export(progress)
     result.seconds = time.perf_counter() - started
