@@ -679,3 +679,19 @@ def findings_columns():
     from mlkit.auditing.findings import COLUMNS
 
     return COLUMNS
+
+
+def test_audit_contact_sheets_refuse_decompression_bombs(tmp_path):
+    # 10. A 20000 x 20000 PNG in a duplicate pair gave a traceback in the contact sheet.
+    from PIL import Image
+
+    from mlkit.auditing.report import THUMB, thumbnail
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)  # 1 bit a pixel: 50 MB to make, a few kB on disk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picture = thumbnail(bomb)
+    assert picture.shape == (THUMB, THUMB, 3) and (picture == 170).all()  # the grey square of an unreadable image
+    Image.new("RGBA", (40, 20), (255, 0, 0, 255)).save(tmp_path / "red.png")
+    assert (thumbnail(tmp_path / "red.png")[THUMB // 2, THUMB // 2] == (255, 0, 0)).all()
