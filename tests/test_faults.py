@@ -695,3 +695,20 @@ def test_audit_contact_sheets_refuse_decompression_bombs(tmp_path):
     assert picture.shape == (THUMB, THUMB, 3) and (picture == 170).all()  # the grey square of an unreadable image
     Image.new("RGBA", (40, 20), (255, 0, 0, 255)).save(tmp_path / "red.png")
     assert (thumbnail(tmp_path / "red.png")[THUMB // 2, THUMB // 2] == (255, 0, 0)).all()
+
+
+def test_a_manifest_or_cache_whose_rows_all_share_one_label_is_refused(tmp_path):
+    # 11. Every row with the same single label was accepted, and tune-top reported val_loss 0.
+    from mlkit.bottlenecks.cache import write_cache
+
+    manifest = synthesize(tmp_path / "d", task="multilabel", n=6, size=SIZE, seed=0)
+    table = pd.read_csv(manifest)
+    table.assign(labels="red").to_csv(manifest, index=False)
+    with pytest.raises(ManifestError, match="every one of its 6 rows has the label red"):
+        cache_features(manifest, tmp_path / "ws", **CACHE)
+    cache = tmp_path / "bottlenecks" / "same_all_x_inet_avg.h5"
+    cache.parent.mkdir()
+    write_cache(cache, features=np.random.default_rng(0).normal(size=(8, 4)), labels=np.zeros(8, "int32"),
+                split=["train"] * 6 + ["val"] * 2, attrs={"task": "multiclass", "label_names": ["cat", "dog"]})
+    with pytest.raises(MlkitError, match="every training row has the label cat"):
+        tune_top(cache, tmp_path, **TOP)

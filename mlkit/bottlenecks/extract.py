@@ -110,6 +110,8 @@ def cache_features(
                  augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
                  task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len)  # checks them
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
+    if not allow_unlabelled:
+        table.refuse_constant_labels()
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     fields = name_fields(manifest, backbone, preprocess, pooling, dataset, subset)
     name = "_".join(fields)

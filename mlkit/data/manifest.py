@@ -88,6 +88,13 @@ class Manifest:
         multi_hot[row_index, column_index] = 1
         return multi_hot
 
+    def refuse_constant_labels(self):
+        """Raises ManifestError when every row has the same labels (or target): there is nothing to learn."""
+        message = constant_labels_message(self.label_array(), self.task, self.label_names)
+        if message:
+            raise ManifestError(f"{self.path}: every one of its {len(self.rows)} rows {message}; a model "
+                                "cannot learn anything from that. Add rows of other labels")
+
     def splits(self):
         """The split of each row as an object array of str ("" where none)."""
         return np.array(list(self.rows["split"]), dtype=object)
@@ -115,6 +122,19 @@ class Manifest:
             digest.update(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode())
             digest.update(b"\n")
         return digest.hexdigest()
+
+
+def constant_labels_message(labels, task, names=()):
+    """What all `labels` rows share when they are all the same ("has the labels cat"), else None."""
+    labels = np.asarray(labels)
+    if len(labels) == 0 or not (labels == labels[:1]).all():
+        return None
+    first = labels[0]
+    if task == "regression":
+        return f"has the target {', '.join(f'{v:g}' for v in np.ravel(first))}"
+    chosen = [int(first)] if task == "multiclass" else np.flatnonzero(first).tolist()
+    shown = [str(names[i]) if i < len(names) else str(i) for i in chosen]
+    return f"has the label{'s' if len(shown) != 1 else ''} {' | '.join(shown) or '(none)'}"
 
 
 class _RowLocator:
