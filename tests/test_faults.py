@@ -712,3 +712,16 @@ def test_a_manifest_or_cache_whose_rows_all_share_one_label_is_refused(tmp_path)
                 split=["train"] * 6 + ["val"] * 2, attrs={"task": "multiclass", "label_names": ["cat", "dog"]})
     with pytest.raises(MlkitError, match="every training row has the label cat"):
         tune_top(cache, tmp_path, **TOP)
+
+
+@pytest.mark.parametrize("row, what", [
+    ({"image": "a.png", "labels": "x", "caption": "a\ud800b"}, r"the caption .* holds a lone surrogate \(U\+D800\)"),
+    ({"image": "a\0.png", "labels": "x"}, "the image .* holds a NUL character at position 1"),
+    ({"image": "a.png", "labels": "x\0y"}, "the labels .* holds a NUL character"),
+])
+def test_nul_characters_and_lone_surrogates_are_refused_naming_the_row(tmp_path, row, what):
+    # 12. They reached h5py or the UTF-8 encoder and gave tracebacks.
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"image": "b.png", "labels": "z"}) + "\n")
+    with pytest.raises(ManifestError, match=rf"m\.jsonl row 1 \(line 1\): {what}"):
+        read_manifest(path)

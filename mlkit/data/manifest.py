@@ -402,6 +402,23 @@ def _parse_targets(table, where):
     return targets
 
 
+# NUL ends a C string (h5py, file systems); a lone surrogate cannot be encoded as UTF-8 at all.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_characters(table, where):
+    """Refuses a cell that no file or HDF5 string can hold, naming the row, column and character."""
+    for column in ("image", "labels", "target", "caption", "split"):
+        if column not in table:
+            continue
+        for index, cell in enumerate(table[column]):
+            found = UNSTORABLE.search(cell) if isinstance(cell, str) else None
+            if found:
+                what = "a NUL character" if found.group() == "\x00" else f"a lone surrogate (U+{ord(found.group()):04X})"
+                raise ManifestError(f"{where(index)}: the {column} {cell[:80]!r} holds {what} at position "
+                                    f"{found.start()}, which cannot be stored; remove it")
+
+
 def _check_images(table, where):
     images = [cell.strip() for cell in table["image"]]
     seen = {}
@@ -476,6 +493,7 @@ def read_manifest(path, task=None, allow_unlabelled=False):
             f"manifest {path} has no '{answer_column}' column, which task {task!r} needs "
             f"(columns found: {', '.join(map(str, table.columns))})"
         )
+    _check_characters(table, where)
     rows = table.copy()
     rows["image"] = _check_images(table, where)
     if task == "regression":
