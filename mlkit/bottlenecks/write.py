@@ -158,6 +158,7 @@ class CacheWriter:
         if plan.shard is not None:
             h5.create_dataset("manifest_row", data=plan.manifest_row)
         write_attrs(h5, self._attrs())
+        h5.attrs["complete"], h5.attrs["rows_done"] = False, np.int64(0)  # set in place by `finish`
         h5.flush()
 
     def _attrs(self):
@@ -250,8 +251,10 @@ class CacheWriter:
             log.warning("%d image(s) could not be read; they are listed with the reason in %s", len(skipped), skipped_path)
         if skipped and strict:
             raise CacheError(f"--strict: {len(skipped)} image(s) could not be read (see {skipped_path}); fix them and rerun to finish {plan.partial}")
-        h5.attrs["complete"] = True
-        h5.attrs["rows_done"] = len(plan.paths) - len(skipped)
+        # Both attributes exist since the file was made (`_create`): overwriting a value in place moves no
+        # HDF5 metadata, so a kill here leaves a readable partial cache that the rerun finishes.
+        h5.attrs.modify("complete", True)
+        h5.attrs.modify("rows_done", np.int64(len(plan.paths) - len(skipped)))
         h5.flush()
         h5.close()
         publish(plan.partial, plan.final)
