@@ -725,3 +725,18 @@ def test_nul_characters_and_lone_surrogates_are_refused_naming_the_row(tmp_path,
     path.write_text(json.dumps(row) + "\n" + json.dumps({"image": "b.png", "labels": "z"}) + "\n")
     with pytest.raises(ManifestError, match=rf"m\.jsonl row 1 \(line 1\): {what}"):
         read_manifest(path)
+
+
+def test_a_caption_over_the_csv_field_limit_is_read_and_row_errors_still_name_the_row(tmp_path):
+    # 13. `_csv.Error: field larger than field limit (131072)` in from-csv and in row error messages.
+    from mlkit.data.adapters import from_csv
+
+    long = "word " * 40000  # 200,000 characters
+    source = tmp_path / "train.csv"
+    source.write_text(f'ImageID,Labels,Caption\n1.jpg,cat,"{long}"\n2.jpg,dog,short\n')
+    manifest = from_csv(source, tmp_path / "manifest.csv", "ImageID", "Labels", caption_col="Caption")
+    assert len(read_manifest(manifest).rows) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f'image,labels,caption\na.png,cat,"{long}"\nb.png,,x\n')
+    with pytest.raises(ManifestError, match=r"bad\.csv row 2 \(line 3\): empty label set"):
+        read_manifest(bad, task="multiclass")

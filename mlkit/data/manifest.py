@@ -155,11 +155,22 @@ class _RowLocator:
         return f"{self.path} row {index + 1} (line {line})"
 
 
+# Python's csv refuses fields over 131,072 characters; a long caption is a fine field. Its limit is
+# process-wide, so it is raised where mlkit makes a reader.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def csv_reader(lines):
+    """`csv.reader(lines)` with no practical limit on a field's length."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    return csv.reader(lines)
+
+
 def _csv_record_lines(path):
     """The file line on which each data record starts (the header is line 1)."""
     starts = []
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+        reader = csv_reader(handle)
         next(reader, None)
         start = reader.line_num + 1
         for record in reader:
@@ -195,7 +206,7 @@ def _read_csv(path):
 def _row_at_line(path, line):
     """"FILE row R (line L)" for the record that holds file line `line` (the header is line 1)."""
     text = Path(path).read_bytes().decode("latin-1")  # never fails: only row boundaries matter here
-    reader = csv.reader(text.splitlines(keepends=True))
+    reader = csv_reader(text.splitlines(keepends=True))
     next(reader, None)
     row = 0
     for record in reader:
@@ -223,7 +234,7 @@ def _encoding_message(path):
 def _extra_field_message(path):
     """Names the first record with more fields than the header."""
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.reader(handle)
+        reader = csv_reader(handle)
         header = next(reader, [])
         start = reader.line_num + 1
         for record in reader:
