@@ -20,7 +20,12 @@ from mlkit.errors import MlkitError
 
 # What TensorFlow prints on import on a machine without CUDA drivers (see QuietTensorFlowImport).
 TENSORFLOW_NOISE = re.compile(rb"All log messages before absl::InitializeLog\(\) is called|"
-                              rb"cudart_stub\.cc:\d+\] Could not find cuda drivers|failed call to cuInit")
+                              rb"cudart_stub\.cc:\d+\] Could not find cuda drivers|failed call to cuInit|"
+                              rb"oneDNN custom operations are on")
+# Libraries that log routine steps at INFO, which mlkit's own INFO progress would show: faiss's loader
+# tries its AVX-512 and AVX2 builds first and logs each miss; TensorFlow logs "Assets written to" a
+# SavedModel's temporary folder. Their warnings still show.
+QUIET_LOGGERS = ("faiss", "faiss.loader", "tensorflow", "absl")
 
 # Order is the order `mlkit --help` lists them: the pipeline first.
 COMMAND_MODULES = (
@@ -67,10 +72,11 @@ def build_parser():
 
 
 class QuietTensorFlowImport:
-    """Filters TensorFlow's CUDA start-up lines out of stderr while TensorFlow is first imported.
+    """Filters TensorFlow's start-up lines out of stderr while TensorFlow is first imported.
 
     On a machine without a GPU, `import tensorflow` prints "Could not find cuda
-    drivers" twice from C++ before its logging is set up, so no setting of
+    drivers" twice, and on any x86 CPU "oneDNN custom operations are on", from
+    C++ before its logging is set up, so no setting of
     TF_CPP_MIN_LOG_LEVEL hides them (TensorFlow 2.21). This meta-path finder
     runs that one import with file descriptor 2 captured and writes back
     every line that is not that noise, so Python warnings and real errors
@@ -118,6 +124,9 @@ def main(argv=None):
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
     )
+    if not args.verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

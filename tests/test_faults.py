@@ -446,7 +446,19 @@ def test_the_cli_filters_tensorflows_cuda_noise_but_not_other_output(workspace):
                       workspace["manifest_a"])
     assert done.returncode == 0, done.stderr
     assert "cuda drivers" not in done.stderr and "cuInit" not in done.stderr and "absl::InitializeLog" not in done.stderr
+    assert "oneDNN" not in done.stderr  # issue 24, item 17: on every TensorFlow command, whatever TF_CPP_MIN_LOG_LEVEL
     assert "mlkit test warning" in done.stderr
+
+
+def test_the_cli_keeps_faiss_and_savedmodel_info_lines_out_of_a_run(tmp_path):
+    # 17. Twelve faiss "Could not load library" lines on every audit; "Assets written to: ...partial..." in exports.
+    done = run_python("import logging, sys; from mlkit.cli import main; main(['data', 'stats', sys.argv[1]]); "
+                      "import faiss, tensorflow as tf; logging.getLogger('tensorflow').info('Assets written to: x'); "
+                      "logging.getLogger('mlkit.x').info('mlkit progress line')",
+                      synthesize(tmp_path / "d", task="multilabel", n=4, size=SIZE, seed=0))
+    assert done.returncode == 0, done.stderr
+    assert "Could not load library" not in done.stderr and "Loading faiss" not in done.stderr
+    assert "Assets written to" not in done.stderr and "mlkit progress line" in done.stderr
 
 
 # -- issue 24: data safety and security -----------------------------------------------------------
