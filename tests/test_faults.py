@@ -752,3 +752,25 @@ def test_a_caption_over_the_csv_field_limit_is_read_and_row_errors_still_name_th
     bad.write_text(f'image,labels,caption\na.png,cat,"{long}"\nb.png,,x\n')
     with pytest.raises(ManifestError, match=r"bad\.csv row 2 \(line 3\): empty label set"):
         read_manifest(bad, task="multiclass")
+
+
+def test_every_option_is_checked_before_any_work(workspace, tmp_path, capsys, monkeypatch):
+    # 16. Each was refused late (after TensorFlow loaded, after training or labelling) or with a misleading line.
+    import mlkit.bottlenecks.extract as extract
+    import mlkit.models.finetune as finetune_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(extract, "read_manifest", no_work)
+    monkeypatch.setattr(finetune_module, "open_cache", no_work)
+    assert "--background: background 'bogus' is not a colour" in one_line_error(
+        capsys, ["cache-features", workspace["manifest_a"], "--background", "bogus", "--workdir", tmp_path])
+    assert "--decision bogus" in one_line_error(capsys, ["finetune", workspace["a"], "--decision", "bogus"])
+    assert "--freeze 150%: a percentage of the backbone's layers is between 0% and 100%" in one_line_error(
+        capsys, ["finetune", workspace["a"], "--freeze", "150%"])
+    text = tmp_path / "scores.npz"
+    text.write_text("not scores\n")
+    assert "is not a .npz file (not a zip archive)" in one_line_error(capsys, ["evaluate", text])
+    assert f"the folder {tmp_path / 'missing'} does not exist" in one_line_error(
+        capsys, ["predict", "no-such-model", workspace["manifest_a"], "--csv", tmp_path / "missing" / "out.csv"])

@@ -108,7 +108,8 @@ def cache_features(
     started = time.perf_counter()
     CacheOptions(backbone=backbone, weights=weights, image_size=image_size, preprocess=preprocess, pooling=pooling,
                  augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
-                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len)  # checks them
+                 task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len,
+                 background=background)  # checks them
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
     if not allow_unlabelled:
         table.refuse_constant_labels()

@@ -123,6 +123,9 @@ def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_pa
     from mlkit.models.export import load_model
     from mlkit.models.network import takes_captions
 
+    if csv_path and not Path(csv_path).absolute().parent.is_dir():  # before labelling anything, not after
+        raise MlkitError(f"--csv {csv_path}: the folder {Path(csv_path).absolute().parent} does not exist; create it "
+                         "or write the CSV elsewhere")
     keras_model, record = load_model(model, workdir)
     captioned = takes_captions(keras_model)
     names = record.get("label_names") or record.get("target_names") or []
