@@ -139,10 +139,10 @@ def main(argv=None):
         print(f"mlkit {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as error:
-        # A full disk can surface anywhere (h5py, Keras, KerasTuner); it is the user's to fix, not a bug.
-        from mlkit.files import disk_full_error
+        # A full disk or a read-only folder can surface anywhere (h5py, Keras, KerasTuner); the user's to fix, not a bug.
+        from mlkit.files import disk_full_error, read_only_error
 
-        full = disk_full_error(error, path=getattr(args, "workdir", None))
+        full = disk_full_error(error, path=getattr(args, "workdir", None)) or read_only_error(error)
         if full is None:
             raise
         print(f"mlkit {args.command}: error: {full}", file=sys.stderr)

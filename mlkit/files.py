@@ -49,6 +49,19 @@ class DiskFullError(MlkitError):
                          f"free at least {self.free_mb} MB and rerun: finished work is kept")
 
 
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def read_only_error(error):
+    """A one-line MlkitError when `error` is a write refused by permissions or a read-only mount, else None."""
+    if not isinstance(error, OSError) or error.errno not in READ_ONLY_ERRNOS:
+        return None
+    where = error.filename or "a file"
+    why = "the file system is read-only" if error.errno == errno.EROFS else "permission denied"
+    return MlkitError(f"cannot write {where}: {why}. Use a folder you can write to (--workdir, or a copy of the "
+                      "manifest's folder); finished work elsewhere is kept")
+
+
 def existing_folder(path):
     """The nearest folder of `path` (itself or a parent) that exists, or None."""
     for folder in (Path(path), *Path(path).parents):

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from mlkit.errors import MlkitError
+from mlkit.files import READ_ONLY_ERRNOS
 
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -49,8 +50,16 @@ def hold_lock(path, what):
             ...
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = _acquire(path, what)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = _acquire(path, what)
+    except OSError as error:
+        if error.errno not in READ_ONLY_ERRNOS:
+            raise
+        # Where this process cannot make the lock it cannot write what the lock guards either: reading
+        # (a finished cache's "up to date") needs no lock, and the first write fails with a clear error.
+        yield path
+        return
     try:
         handle.seek(0)
         handle.truncate()

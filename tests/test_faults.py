@@ -774,3 +774,29 @@ def test_every_option_is_checked_before_any_work(workspace, tmp_path, capsys, mo
     assert "is not a .npz file (not a zip archive)" in one_line_error(capsys, ["evaluate", text])
     assert f"the folder {tmp_path / 'missing'} does not exist" in one_line_error(
         capsys, ["predict", "no-such-model", workspace["manifest_a"], "--csv", tmp_path / "missing" / "out.csv"])
+
+
+@pytest.fixture
+def read_only_copy(workspace, tmp_path):
+    """A read-only bind mount of a copy of the workspace and dataset `a` (root only)."""
+    source, mount = tmp_path / "src", tmp_path / "ro"
+    shutil.copytree(workspace["root"] / "a", source / "a")
+    cache_features(source / "a" / "manifest.csv", source / "ws", **CACHE)
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True).returncode:
+        pytest.skip("a read-only bind mount needs root")
+    subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_read_only_workspace_gives_one_line_and_a_finished_cache_still_reads(read_only_copy, capsys):
+    # 14. PermissionError tracebacks; a finished cache in a read-only folder could not be read for its lock.
+    manifest, work = read_only_copy / "a" / "manifest.csv", read_only_copy / "ws"
+    assert main(["cache-features", str(manifest), "--backbone", "vgg16", "--weights", "none", "--image-size",
+                 str(SIZE), "--batch-size", "32", "--workdir", str(work), "--no-progress"]) == 0
+    capsys.readouterr()
+    cache = work / "bottlenecks" / "a_all_vgg16_inet_avg.h5"
+    assert "read-only" in one_line_error(capsys, ["tune-top", cache, "--workdir", work, "--units", "8", "--epochs", "1"])
+    assert "read-only" in one_line_error(capsys, ["data", "split", manifest, "--resplit"])
+    assert "read-only" in one_line_error(capsys, ["audit", cache, "--workdir", work, "--folds", "0"])

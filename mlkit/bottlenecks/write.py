@@ -35,7 +35,7 @@ from mlkit.bottlenecks.cache import (
 from mlkit.bottlenecks.pipeline import image_batches, progress_bar
 from mlkit.bottlenecks.plan import FEATURE_VERSION, copy_reusable, open_sources
 from mlkit.errors import CacheError
-from mlkit.files import DiskFullError, atomic_path, publish, remove_stale_temporaries, write_text
+from mlkit.files import DiskFullError, atomic_path, publish, read_only_error, remove_stale_temporaries, write_text
 from mlkit.thumbnails import THUMBNAIL_DATASET
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,12 @@ def write_summary(plan, result, name):
     if plan.text:
         summary["captions"] = plan.text.report
     summary_path = plan.final.with_suffix(".json")
-    write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    try:
+        write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    except OSError as error:
+        if read_only_error(error) is None or result["computed"]:
+            raise
+        log.info("%s is read-only; its summary %s is left as it was", plan.final.parent, summary_path)
     return CacheResult(path=plan.final, summary_path=summary_path, skipped_path=result["skipped_path"],
                        rows=result["rows"], computed=result["computed"], reused=result["reused"],
                        skipped=result["skipped"], seconds=result["seconds"],
