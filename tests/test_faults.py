@@ -800,3 +800,11 @@ def test_a_read_only_workspace_gives_one_line_and_a_finished_cache_still_reads(r
     assert "read-only" in one_line_error(capsys, ["tune-top", cache, "--workdir", work, "--units", "8", "--epochs", "1"])
     assert "read-only" in one_line_error(capsys, ["data", "split", manifest, "--resplit"])
     assert "read-only" in one_line_error(capsys, ["audit", cache, "--workdir", work, "--folds", "0"])
+
+
+def test_a_folder_with_accents_names_a_cache_every_stage_takes(tmp_path):
+    # 15. "dätä-sét" passed stage 1 and failed stage 2 ("use letters, digits") without saying how to fix it.
+    manifest = make_data(tmp_path / "dätä-sét", 0, n=12)
+    path = cache_features(manifest, tmp_path / "ws", **CACHE).path
+    assert path.name == "data-set_all_vgg16_inet_avg.h5"
+    assert len(tune_top(path, tmp_path / "ws", **TOP)) == 1

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,13 @@ def same_vocabulary(stored, wanted):
 
 
 def clean_name(text):
-    """A name usable as one run-name field: lower case, no '_' or spaces."""
-    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in str(text).lower()).strip("-")
+    """A name usable as one run-name field (mlkit.runs): ASCII letters, digits and '-', lower case.
+
+    Accents are dropped ("dätä-sét" is "data-set") and any other character
+    becomes '-': run names must read back the same on every file system.
+    """
+    ascii_text = unicodedata.normalize("NFKD", str(text).lower()).encode("ascii", "ignore").decode()
+    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in ascii_text).strip("-")
     return cleaned or "data"
 
 
