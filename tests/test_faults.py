@@ -576,9 +576,9 @@ def test_fifos_devices_and_folders_in_a_manifest_are_unreadable_rows_not_hangs(t
     assert stats["rows"] == 12
     result = cache_features(manifest, tmp_path / "ws", **CACHE)
     skipped = pd.read_csv(result.skipped_path).set_index("image")["reason"].to_dict()
-    assert skipped["fifo.png"] == "not a regular file (a FIFO)"
-    assert skipped["/dev/zero"] == "not a regular file (a device or socket)"
-    assert skipped["folder.png"] == "not a regular file (a folder)"
+    assert skipped["fifo.png"] == "cannot read file: not a regular file (a FIFO)"
+    assert skipped["/dev/zero"] == "cannot read file: not a regular file (a device or socket)"
+    assert skipped["folder.png"] == "cannot read file: not a regular file (a folder)"
     assert "../../../../../../../etc/hostname" in skipped  # read (a regular file), then not an image
     assert (result.computed, result.skipped) == (8, 4)
     big = tmp_path / "big.png"
