@@ -43,18 +43,18 @@ Transfer learning on image collections, in stages:
 
   mlkit data synth|from-folders|from-coco|from-imet|from-csv|split|stats
                          make and check a manifest (CSV or JSON Lines)
-  mlkit cache-features   1. run a frozen backbone once, cache features to HDF5
-  mlkit cache-merge      join the shards of cache-features --shard I/N into one cache
-  mlkit tune-top         2. grid-search small top models on the cache
-  mlkit runs, lr-find    compare tuned runs; find a learning rate
-  mlkit finetune         3. fine-tune the best top end to end, fit the decision, export
+  mlkit cache-features   stage 1: run a frozen backbone once, cache features to HDF5
+  mlkit cache-merge      stage 1: join the shards of cache-features --shard I/N into one cache
+  mlkit tune-top         stage 2: grid-search small top models on the cache
+  mlkit runs, lr-find    stage 2: compare tuned runs; find a learning rate
+  mlkit finetune         stage 3: fine-tune the best top end to end, fit the decision, export
   mlkit export           write the exported model as SavedModel / TFLite / ONNX
   mlkit predict          label images, folders or a manifest with an exported model
   mlkit evaluate         decide labels from scores and report metrics
   mlkit audit            duplicates, split leaks, likely label errors, outliers
-  mlkit demo             all of the above on built-in synthetic data (offline, CPU)
+  mlkit demo             stages 1-3, export and predict on built-in synthetic data (CPU, minutes)
 
-Start with `mlkit demo` (offline, CPU, built-in synthetic data).
+Start with `mlkit demo`.
 """
 
 def build_parser():

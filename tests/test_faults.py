@@ -808,3 +808,52 @@ def test_a_folder_with_accents_names_a_cache_every_stage_takes(tmp_path):
     path = cache_features(manifest, tmp_path / "ws", **CACHE).path
     assert path.name == "data-set_all_vgg16_inet_avg.h5"
     assert len(tune_top(path, tmp_path / "ws", **TOP)) == 1
+
+
+# -- issue 24: the first hour -----------------------------------------------------------------------
+
+def test_predict_top_keeps_at_most_top_rows_and_the_legend_says_only_what_can_appear(tmp_path):
+    # 20. --top 3 printed 7 rows for an image with 7 decided labels (the CSV too); `+` explained where none can be.
+    from mlkit.models.predict import Prediction, _run, format_predictions, write_csv
+
+    names = [f"l{i}" for i in range(9)]
+    scores = np.linspace(0.9, 0.1, 9, dtype="float32")[None]
+
+    def model(images, training=False):
+        return {"scores": scores, "labels": (scores > 0.2).astype("int32")}  # 7 decided
+
+    results = [Prediction("a.png")]
+    _run(model, [(0, np.zeros((4, 4, 3)))], results, names, "multilabel", 3)
+    assert [name for name, _ in results[0].ranked] == ["l0", "l1", "l2"] and len(results[0].decided) == 7
+    table = format_predictions(results)
+    assert sum(line.lstrip()[:1].isdigit() for line in table.splitlines()) == 3
+    assert "decided, ranked lower: l3, l4, l5, l6" in table and "+ true label" not in table
+    write_csv(results, tmp_path / "p.csv")
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    assert row.to_string().count("l0:") == 1 and "l3:" not in row.to_string()
+    results[0].truth = ["l0"]
+    assert "+ true label" in format_predictions(results)
+
+
+def test_predict_split_labels_only_that_splits_rows(workspace):
+    # 20. Predicting on a manifest scored every split; there was no --split.
+    from mlkit.models.predict import expand_inputs
+
+    table = read_manifest(workspace["manifest_a"])
+    test_rows = [str(p) for p, s in zip(table.image_paths(), table.splits()) if s == "test"]
+    assert [image for image, _, _ in expand_inputs([workspace["manifest_a"]], "test")] == test_rows
+    assert len(expand_inputs([workspace["manifest_a"]])) == len(table.rows)
+
+
+def test_mlkit_help_numbers_the_stages_one_way(capsys):
+    # 20. `mlkit --help` said "1." in one list and "stage 1:" in another.
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert not re.search(r"^\s+\S.*\s[123]\. ", text, re.M), text
+    for stage, command in (("1", "cache-features"), ("2", "tune-top"), ("3", "finetune")):
+        assert len(re.findall(rf"{command}\s+stage {stage}:", text)) == 2, command  # the summary and the list
+    quickstart = (Path(__file__).resolve().parents[1] / "examples" / "quickstart.sh").read_text()
+    assert "so far" not in quickstart and "Stages 1 and 2" in quickstart

@@ -23,7 +23,7 @@ import numpy as np
 from mlkit.errors import MlkitError
 from mlkit.files import atomic_path
 from mlkit.images import ImageReadError, load_image, parse_background
-from mlkit.vocabulary import IMAGE_EXTENSIONS
+from mlkit.vocabulary import IMAGE_EXTENSIONS, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,13 @@ class Prediction:
     caption: str = None
 
 
-def expand_inputs(inputs):
+def expand_inputs(inputs, split=None):
     """(image path, true labels, caption) from files, folders and manifests.
 
     True labels are None when unknown; the caption is a manifest row's
     (blank -> "") and None for images from files, folders or a manifest
-    without a caption column.
+    without a caption column. With `split`, a manifest gives only its rows
+    of that split (files and folders are taken whole).
     """
     items = []
     for entry in inputs:
@@ -60,7 +61,7 @@ def expand_inputs(inputs):
                 log.warning("%s holds no images (%s)", path, ", ".join(sorted(IMAGE_EXTENSIONS)))
             items += [(str(p), None, None) for p in found]
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
-            items += _manifest_items(path)
+            items += _manifest_items(path, split)
         else:
             items.append((str(path), None, None))
     if not items:
@@ -68,7 +69,7 @@ def expand_inputs(inputs):
     return items
 
 
-def _manifest_items(path):
+def _manifest_items(path, split=None):
     from mlkit.data.manifest import read_manifest
 
     table = read_manifest(path, allow_unlabelled=True)
@@ -77,7 +78,14 @@ def _manifest_items(path):
     captions = [None] * len(images) if captions is None else ["" if text is None else str(text) for text in captions]
     truth = ([None] * len(images) if table.task == "regression"
              else [list(labels) for labels in table.rows["labels"]])
-    return list(zip(images, truth, captions))
+    items = list(zip(images, truth, captions))
+    if split is None:
+        return items
+    chosen = [item for item, row_split in zip(items, table.splits()) if row_split == split]
+    if not chosen:
+        raise MlkitError(f"{path} has no rows in split {split!r} (splits: {sorted(set(table.splits()))}); run "
+                         "`mlkit data split` first, or leave out --split")
+    return chosen
 
 
 def attach_captions(items, caption, captioned, model):
@@ -97,7 +105,7 @@ def attach_captions(items, caption, captioned, model):
     return items
 
 
-def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_path=None, batch_size=32):
+def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_path=None, batch_size=32, split=None):
     """Labels images with an exported model.
 
     Args:
@@ -108,7 +116,9 @@ def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_pa
             caption are an error. Ignored, with a warning, by image-only
             models. Defaults to None.
         workdir: the workspace. Defaults to ".".
-        top: ranked labels kept per image (all decided ones are always kept). Defaults to 5.
+        top: the most ranked labels kept per image; a decided label ranked lower is still in
+            `decided` (the table names it on one line). Defaults to 5.
+        split: with a manifest, only its rows of this split (train, val or test). Defaults to None (all).
         csv_path: also write one row per image here. Defaults to None.
         batch_size: images of the same size run through the model together. Defaults to 32.
 
@@ -123,6 +133,10 @@ def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_pa
     from mlkit.models.export import load_model
     from mlkit.models.network import takes_captions
 
+    if split is not None and split not in SPLITS:
+        raise MlkitError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+    if int(top) < 1:
+        raise MlkitError(f"--top {top} must be >= 1")
     if csv_path and not Path(csv_path).absolute().parent.is_dir():  # before labelling anything, not after
         raise MlkitError(f"--csv {csv_path}: the folder {Path(csv_path).absolute().parent} does not exist; create it "
                          "or write the CSV elsewhere")
@@ -131,7 +145,7 @@ def predict(model, inputs, *, caption=None, workdir=".", top=DEFAULT_TOP, csv_pa
     names = record.get("label_names") or record.get("target_names") or []
     task = record.get("task", "multilabel")
     background = parse_background((record.get("input") or {}).get("background") or "white")
-    items = attach_captions(expand_inputs(inputs), caption, captioned, model)
+    items = attach_captions(expand_inputs(inputs, split), caption, captioned, model)
     results = [Prediction(image, truth=truth, task=task, caption=text if captioned else None)
                for image, truth, text in items]
     pending = {}
@@ -169,8 +183,7 @@ def _run(model, group, results, names, task, top):
             continue
         order = np.argsort(-scores[row], kind="stable")
         decided = {int(i) for i in np.flatnonzero(labels[row])}
-        kept = [int(i) for i in order[:top]] + sorted(decided - {int(i) for i in order[:top]}, key=lambda i: -scores[row, i])
-        result.ranked = [(label_names[i], float(scores[row, i])) for i in kept]
+        result.ranked = [(label_names[i], float(scores[row, i])) for i in order[:top]]
         result.decided = [label_names[i] for i in order if int(i) in decided]
 
 
@@ -190,10 +203,18 @@ def format_predictions(results):
         for rank, (name, score) in enumerate(result.ranked, 1):
             marks = ("*" if name in result.decided else " ") + ("+" if name in truth else " ")
             lines.append(f"  {rank:>3} {marks} {score:6.3f}  {name}")
-        missed = sorted(truth - {name for name, _ in result.ranked})
+        shown = {name for name, _ in result.ranked}
+        lower = [name for name in result.decided if name not in shown]
+        if lower:
+            lines.append(f"        decided, ranked lower: {', '.join(lower)}")
+        missed = sorted(truth - shown)
         if missed:
             lines.append(f"        true, ranked lower: {', '.join(missed)}")
-    legend = "  (* decided by the model's rule, + true label)" if task != "regression" else ""
+    legend = ""
+    if task != "regression":
+        # `+` only appears where true labels are known (a manifest's rows); the legend says what can be seen.
+        known = any(result.truth is not None for result in results)
+        legend = "  (* decided by the model's rule" + (", + true label)" if known else ")")
     return "\n".join(lines + ([legend] if legend else []))
 
 
