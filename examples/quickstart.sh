@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The pipeline so far on the built-in synthetic dataset: offline, CPU, about two minutes on 2 cores.
+# Stages 1 and 2 (cache features, tune tops) on the built-in synthetic dataset: offline, CPU, about two minutes
+# on 2 cores. Stage 3 (finetune), export and predict follow in README; `mlkit demo` runs all of them.
 # Usage: bash examples/quickstart.sh [WORKDIR]   (default: the repository's own workspace folders)
 set -euo pipefail
 cd "$(dirname "$0")/.."

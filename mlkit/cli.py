@@ -20,7 +20,12 @@ from mlkit.errors import MlkitError
 
 # What TensorFlow prints on import on a machine without CUDA drivers (see QuietTensorFlowImport).
 TENSORFLOW_NOISE = re.compile(rb"All log messages before absl::InitializeLog\(\) is called|"
-                              rb"cudart_stub\.cc:\d+\] Could not find cuda drivers|failed call to cuInit")
+                              rb"cudart_stub\.cc:\d+\] Could not find cuda drivers|failed call to cuInit|"
+                              rb"oneDNN custom operations are on")
+# Libraries that log routine steps at INFO, which mlkit's own INFO progress would show: faiss's loader
+# tries its AVX-512 and AVX2 builds first and logs each miss; TensorFlow logs "Assets written to" a
+# SavedModel's temporary folder. Their warnings still show.
+QUIET_LOGGERS = ("faiss", "faiss.loader", "tensorflow", "absl")
 
 # Order is the order `mlkit --help` lists them: the pipeline first.
 COMMAND_MODULES = (
@@ -39,20 +44,20 @@ Transfer learning on image collections, in stages:
 
   mlkit data synth|from-folders|from-coco|from-imet|from-csv|split|stats
                          make and check a manifest (CSV or JSON Lines)
-  mlkit cache-features   1. run a frozen backbone once, cache features to HDF5
-  mlkit cache-merge      join the shards of cache-features --shard I/N into one cache
-  mlkit tune-top         2. grid-search small top models on the cache
-  mlkit runs, lr-find    compare tuned runs; find a learning rate
-  mlkit finetune         3. fine-tune the best top end to end, fit the decision, export
-  mlkit ensemble         3. or average the best K tops on the frozen backbone, export
+  mlkit cache-features   stage 1: run a frozen backbone once, cache features to HDF5
+  mlkit cache-merge      stage 1: join the shards of cache-features --shard I/N into one cache
+  mlkit tune-top         stage 2: grid-search small top models on the cache
+  mlkit runs, lr-find    stage 2: compare tuned runs; find a learning rate
+  mlkit finetune         stage 3: fine-tune the best top end to end, fit the decision, export
+  mlkit ensemble         stage 3: or average the best K tops on the frozen backbone, export
   mlkit export           write the exported model as SavedModel / TFLite / ONNX
   mlkit predict          label images, folders or a manifest with an exported model
   mlkit evaluate         decide labels from scores and report metrics
   mlkit audit            duplicates, split leaks, likely label errors, outliers
   mlkit crop, look       content-aware crops; where a model looks (early layers, Grad-CAM)
-  mlkit demo             all of the above on built-in synthetic data (offline, CPU)
+  mlkit demo             stages 1-3, export and predict on built-in synthetic data (CPU, minutes)
 
-Start with `mlkit demo` (offline, CPU, built-in synthetic data).
+Start with `mlkit demo`.
 """
 
 def build_parser():
@@ -70,10 +75,11 @@ def build_parser():
 
 
 class QuietTensorFlowImport:
-    """Filters TensorFlow's CUDA start-up lines out of stderr while TensorFlow is first imported.
+    """Filters TensorFlow's start-up lines out of stderr while TensorFlow is first imported.
 
     On a machine without a GPU, `import tensorflow` prints "Could not find cuda
-    drivers" twice from C++ before its logging is set up, so no setting of
+    drivers" twice, and on any x86 CPU "oneDNN custom operations are on", from
+    C++ before its logging is set up, so no setting of
     TF_CPP_MIN_LOG_LEVEL hides them (TensorFlow 2.21). This meta-path finder
     runs that one import with file descriptor 2 captured and writes back
     every line that is not that noise, so Python warnings and real errors
@@ -121,6 +127,9 @@ def main(argv=None):
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
     )
+    if not args.verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -133,10 +142,10 @@ def main(argv=None):
         print(f"mlkit {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as error:
-        # A full disk can surface anywhere (h5py, Keras, KerasTuner); it is the user's to fix, not a bug.
-        from mlkit.files import disk_full_error
+        # A full disk or a read-only folder can surface anywhere (h5py, Keras, KerasTuner); the user's to fix, not a bug.
+        from mlkit.files import disk_full_error, read_only_error
 
-        full = disk_full_error(error, path=getattr(args, "workdir", None))
+        full = disk_full_error(error, path=getattr(args, "workdir", None)) or read_only_error(error)
         if full is None:
             raise
         print(f"mlkit {args.command}: error: {full}", file=sys.stderr)

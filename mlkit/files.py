@@ -52,6 +52,19 @@ class DiskFullError(MlkitError):
                          f"free at least {self.free_mb} MB and rerun: finished work is kept")
 
 
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def read_only_error(error):
+    """A one-line MlkitError when `error` is a write refused by permissions or a read-only mount, else None."""
+    if not isinstance(error, OSError) or error.errno not in READ_ONLY_ERRNOS:
+        return None
+    where = error.filename or "a file"
+    why = "the file system is read-only" if error.errno == errno.EROFS else "permission denied"
+    return MlkitError(f"cannot write {where}: {why}. Use a folder you can write to (--workdir, or a copy of the "
+                      "manifest's folder); finished work elsewhere is kept")
+
+
 def existing_folder(path):
     """The nearest folder of `path` (itself or a parent) that exists, or None."""
     for folder in (Path(path), *Path(path).parents):
@@ -129,6 +142,17 @@ def temporary_path(path):
     return path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
 
 
+def is_temporary(path):
+    """True for a file `atomic_path` (or `atomic_folder`) is still writing, or a killed writer left.
+
+    Such a file may hold a whole, valid-looking result that was never
+    published; no reader may take it for one.
+    """
+    name = Path(path).name
+    pid, _, rest = name[len(TEMPORARY_PREFIX):].partition("-")
+    return name.startswith(TEMPORARY_PREFIX) and pid.isdigit() and bool(rest)
+
+
 def remove_stale_temporaries(path):
     """Removes temporary files (or folders) of `path` that killed writers left (a SIGKILL skips every clean-up).
 
@@ -144,6 +168,61 @@ def remove_stale_temporaries(path):
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
+
+
+def sweep_temporaries(folder, names=None):
+    """Removes the temporaries that killed writers left in `folder`; returns how many.
+
+    Call it only while holding the lock that guards what the temporaries
+    stand for (a live writer's temporary has the same form). Temporaries of
+    processes alive on this host are kept all the same: a lock guards one
+    run, while a stage folder holds many.
+
+    Args:
+        folder: a stage folder (tuning/, models/).
+        names: when given, only temporaries of these file names are removed. Defaults to None (all).
+    """
+    removed = 0
+    for tmp in Path(folder).glob(f"{TEMPORARY_PREFIX}*"):
+        pid, _, name = tmp.name[len(TEMPORARY_PREFIX):].partition("-")
+        if not is_temporary(tmp) or (names is not None and name not in names) or _alive(int(pid)):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def scratch_folder(purpose):
+    """A folder in the system temp dir for the block, removed after it; removes those killed runs left.
+
+    Its name holds the pid (`mlkit-<purpose>-<pid>-...`), so a later run can
+    tell a killed process's folder from a live one's.
+    """
+    import tempfile
+
+    prefix = f"mlkit-{purpose}-"
+    for old in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
+        yield folder
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def publish(finished, path):

@@ -12,12 +12,18 @@ same weights, summed in the same order, bit for bit, in a third of the time.
 import functools
 import hashlib
 import io
+import os
+import stat
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
 DEFAULT_BACKGROUND = (255, 255, 255)
+# Input values converted to float32 at a time by `resize_array` (16 MB).
+RESIZE_BLOCK_VALUES = 4 << 20
+# The most bytes read from one image file: a 100-megapixel PNG is under it, /dev/zero would never end.
+MAX_IMAGE_BYTES = 512 << 20
 
 
 class ImageReadError(Exception):
@@ -46,15 +52,40 @@ def parse_background(text):
     return values
 
 
-def read_bytes(path):
-    """The file's bytes, or ImageReadError with why not."""
+def open_image_file(path):
+    """The image file opened for binary reading; ImageReadError unless it is a regular file of bounded size.
+
+    A manifest names files for mlkit to read: a FIFO would block every reader
+    for ever and a device (/dev/zero) never ends, so only regular files are
+    read, and none over `MAX_IMAGE_BYTES`. Opening does not block on a FIFO.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ImageReadError(path, "missing file") from None
     except OSError as error:
         raise ImageReadError(path, f"cannot read file: {error.strerror or error}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
+        raise ImageReadError(path, f"cannot read file: not a regular file ({kind})")
+    if info.st_size > MAX_IMAGE_BYTES:
+        os.close(fd)
+        raise ImageReadError(path, f"file too large ({info.st_size >> 20} MB; at most {MAX_IMAGE_BYTES >> 20} MB)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path):
+    """The file's bytes, or ImageReadError with why not (see `open_image_file`)."""
+    with open_image_file(path) as handle:
+        try:
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+        except OSError as error:
+            raise ImageReadError(path, f"cannot read file: {error.strerror or error}") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageReadError(path, f"file too large (over {MAX_IMAGE_BYTES >> 20} MB)")
     if not data:
         raise ImageReadError(path, "empty file (0 bytes)")
     return data
@@ -82,7 +113,8 @@ def decode_image(data, path="<bytes>", background=DEFAULT_BACKGROUND):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
-                image = ImageOps.exif_transpose(image)
+                # In place: a copy of a 50-megapixel photo is another 150 MB at the peak.
+                ImageOps.exif_transpose(image, in_place=True)
                 return _to_rgb(image, background)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"too large to decode safely ({error})") from None
@@ -181,8 +213,14 @@ def resize_array(pixels, size):
     pixels = np.asarray(pixels)
     height, width, channels = pixels.shape
     rows, cols = _resize_weights(height, size), _resize_weights(width, size)
-    image = np.ascontiguousarray(pixels, dtype=np.float32).reshape(height, width * channels)
-    tall = (rows @ image).reshape(size, width, channels)
+    image = pixels.reshape(height, width * channels)
+    # The input becomes float32 a block of columns at a time, not whole: a 9000 x 9000 photo would take
+    # 970 MB as float32. Each output column depends on its input column only, so the sums are unchanged.
+    block = max(1, RESIZE_BLOCK_VALUES // height)
+    tall = np.empty((size, width * channels), np.float32)
+    for start in range(0, width * channels, block):
+        tall[:, start:start + block] = rows @ np.ascontiguousarray(image[:, start:start + block], dtype=np.float32)
+    tall = tall.reshape(size, width, channels)
     tall = np.ascontiguousarray(tall.transpose(1, 0, 2)).reshape(width, size * channels)
     return (cols @ tall).reshape(size, size, channels).transpose(1, 0, 2)
 

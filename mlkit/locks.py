@@ -19,11 +19,13 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 
 from mlkit.errors import MlkitError
+from mlkit.files import READ_ONLY_ERRNOS
 
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -48,8 +50,16 @@ def hold_lock(path, what):
             ...
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = _acquire(path, what)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = _acquire(path, what)
+    except OSError as error:
+        if error.errno not in READ_ONLY_ERRNOS:
+            raise
+        # Where this process cannot make the lock it cannot write what the lock guards either: reading
+        # (a finished cache's "up to date") needs no lock, and the first write fails with a clear error.
+        yield path
+        return
     try:
         handle.seek(0)
         handle.truncate()
@@ -67,7 +77,7 @@ def hold_lock(path, what):
 def _acquire(path, what):
     """The lock file, open and locked by this process (retrying when its holder removed it meanwhile)."""
     for _ in range(10):
-        handle = open(path, "a+")  # noqa: SIM115 (held open, and locked, until release)
+        handle = _open_no_link(path, what)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -88,9 +98,28 @@ def _acquire(path, what):
     raise LockedError(f"could not take the lock {path} for {what}: other processes keep replacing it")
 
 
+def _open_no_link(path, what):
+    """The lock file opened for reading and writing, never through a symbolic link.
+
+    Workspaces are often shared: a link planted at the lock's path would make
+    this process overwrite whatever file it points to.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise MlkitError(f"the lock file {path} for {what} is a symbolic link; mlkit does not write through links. "
+                         "Remove the link and rerun") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MlkitError(f"the lock file {path} for {what} is not a regular file; remove it and rerun")
+    return os.fdopen(fd, "a+")
+
+
 def _same_file(handle, path):
     try:
-        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        return os.path.samestat(os.fstat(handle.fileno()), os.lstat(path))
     except FileNotFoundError:
         return False
 

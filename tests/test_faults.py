@@ -446,4 +446,414 @@ def test_the_cli_filters_tensorflows_cuda_noise_but_not_other_output(workspace):
                       workspace["manifest_a"])
     assert done.returncode == 0, done.stderr
     assert "cuda drivers" not in done.stderr and "cuInit" not in done.stderr and "absl::InitializeLog" not in done.stderr
+    assert "oneDNN" not in done.stderr  # issue 24, item 17: on every TensorFlow command, whatever TF_CPP_MIN_LOG_LEVEL
     assert "mlkit test warning" in done.stderr
+
+
+def test_the_cli_keeps_faiss_and_savedmodel_info_lines_out_of_a_run(tmp_path):
+    # 17. Twelve faiss "Could not load library" lines on every audit; "Assets written to: ...partial..." in exports.
+    done = run_python("import logging, sys; from mlkit.cli import main; main(['data', 'stats', sys.argv[1]]); "
+                      "import faiss, tensorflow as tf; logging.getLogger('tensorflow').info('Assets written to: x'); "
+                      "logging.getLogger('mlkit.x').info('mlkit progress line')",
+                      synthesize(tmp_path / "d", task="multilabel", n=4, size=SIZE, seed=0))
+    assert done.returncode == 0, done.stderr
+    assert "Could not load library" not in done.stderr and "Loading faiss" not in done.stderr
+    assert "Assets written to" not in done.stderr and "mlkit progress line" in done.stderr
+
+
+# -- issue 24: data safety and security -----------------------------------------------------------
+
+def test_a_killed_tune_tops_temporary_record_is_not_ranked(workspace, tmp_path):
+    # 1. A SIGKILL between writing a record and renaming it leaves a whole, valid-looking `.partial-*` record.
+    work = tmp_path / "ws"
+    shutil.copytree(workspace["work"] / "tuning", work / "tuning")
+    record = json.loads((work / "tuning" / f"{workspace['run']}.json").read_text())
+    record["result"]["metrics"]["val_loss"] = -1.0  # it would rank first
+    (work / "tuning" / f".partial-999999-{workspace['run']}.json").write_text(json.dumps(record))
+    tune_top(workspace["a"], work, **TOP)
+    summary = pd.read_csv(work / "tuning" / "summary.csv")
+    assert list(summary.run) == [workspace["run"]]
+    assert select_top(work, open_cache(workspace["a"]), "best") == workspace["run"]
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(workspace, tmp_path):
+    # 2. On a shared workspace a planted link would make the lock overwrite another user's file.
+    work = tmp_path / "ws"
+    (work / "tuning").mkdir(parents=True)
+    target = tmp_path / "somefile"
+    target.write_text("precious\n")
+    (work / "tuning" / LOCK).symlink_to(target)
+    with pytest.raises(MlkitError, match=r"\.tune-top\.lock .*is a symbolic link"):
+        tune_top(workspace["a"], work, **TOP)
+    assert target.read_text() == "precious\n"
+    assert (work / "tuning" / LOCK).is_symlink()
+
+
+def copied_cache(workspace, tmp_path):
+    work = tmp_path / "ws"
+    (work / "bottlenecks").mkdir(parents=True)
+    path = work / "bottlenecks" / workspace["a"].name
+    shutil.copy(workspace["a"], path)
+    return work, path
+
+
+def test_non_finite_features_are_refused_naming_the_rows(workspace, tmp_path):
+    # 3. NaN features trained a top of NaN weights while tune-top exited 0.
+    import h5py
+
+    work, path = copied_cache(workspace, tmp_path)
+    with h5py.File(path, "r+") as h5:
+        h5["features"][5:10] = np.nan
+        image = h5["image"][5].decode()
+    with pytest.raises(MlkitError, match=rf"features of row 5 \({image}\).* are not finite"):
+        tune_top(path, work, **TOP)
+    with pytest.raises(MlkitError, match="not finite"):
+        open_cache(path).load("train")
+
+
+def test_a_label_edited_inside_the_cache_is_rewritten_from_the_manifest(workspace, tmp_path):
+    # 3. An edited label kept the manifest hash the cache records, and the rerun called the cache up to date.
+    import h5py
+
+    work, path = copied_cache(workspace, tmp_path)
+    with h5py.File(path, "r") as h5:
+        labels = h5["labels"][...]
+    with h5py.File(path, "r+") as h5:
+        h5["labels"][0] = 1 - labels[0]
+    cache_features(workspace["manifest_a"], work, **CACHE)
+    with h5py.File(path, "r") as h5:
+        np.testing.assert_array_equal(h5["labels"][...], labels)
+
+
+def test_an_image_swapped_for_another_with_its_old_mtime_is_recomputed(workspace, tmp_path):
+    # 4. `cp B A; touch -r A.orig A` kept size and mtime, and the rerun called the cache up to date.
+    import h5py
+
+    root = tmp_path / "data"
+    shutil.copytree(workspace["root"] / "a", root)
+    manifest = root / Path(workspace["manifest_a"]).name
+    path = cache_features(manifest, tmp_path / "ws", **CACHE).path
+    images = sorted((root / "images").glob("*.png"))
+    a = images[0]
+    row, b = next((i, p) for i, p in enumerate(images) if p.stat().st_size < a.stat().st_size)
+    original = a.stat()
+    # B padded to A's size (PNG readers ignore bytes after the end), given A's mtime: only the content differs.
+    a.write_bytes(b.read_bytes().ljust(original.st_size, b"\0"))
+    os.utime(a, ns=(original.st_atime_ns, original.st_mtime_ns))
+    assert (a.stat().st_size, a.stat().st_mtime_ns) == (original.st_size, original.st_mtime_ns)
+    with h5py.File(path, "r") as h5:
+        before, b_features = h5["features"][0].copy(), h5["features"][row].copy()
+    cache_features(manifest, tmp_path / "ws", **CACHE)
+    with h5py.File(path, "r") as h5:
+        np.testing.assert_allclose(h5["features"][0], b_features, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(h5["features"][0], before)
+
+
+@pytest.fixture
+def alarm():
+    """Fails a test that would hang instead of hanging the suite."""
+    def timeout(*_):
+        raise TimeoutError("hung reading the manifest's files")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_fifos_devices_and_folders_in_a_manifest_are_unreadable_rows_not_hangs(tmp_path, alarm):
+    # 5. A FIFO hung `data stats` and cache-features; /dev/zero was read without bound.
+    from mlkit.data.stats import manifest_stats
+    from mlkit.images import MAX_IMAGE_BYTES, read_bytes
+
+    manifest = synthesize(tmp_path / "d", task="multilabel", n=8, size=SIZE, seed=0)
+    os.mkfifo(tmp_path / "d" / "fifo.png")
+    (tmp_path / "d" / "folder.png").mkdir()
+    with open(manifest, "a") as handle:
+        handle.write("fifo.png,red,\n/dev/zero,red,\nfolder.png,red,\n../../../../../../../etc/hostname,red,\n")
+    stats = manifest_stats(manifest)
+    assert stats["rows"] == 12
+    result = cache_features(manifest, tmp_path / "ws", **CACHE)
+    skipped = pd.read_csv(result.skipped_path).set_index("image")["reason"].to_dict()
+    assert skipped["fifo.png"] == "cannot read file: not a regular file (a FIFO)"
+    assert skipped["/dev/zero"] == "cannot read file: not a regular file (a device or socket)"
+    assert skipped["folder.png"] == "cannot read file: not a regular file (a folder)"
+    assert "../../../../../../../etc/hostname" in skipped  # read (a regular file), then not an image
+    assert (result.computed, result.skipped) == (8, 4)
+    big = tmp_path / "big.png"
+    with open(big, "wb") as handle:
+        handle.truncate(MAX_IMAGE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(Exception, match="file too large"):
+        read_bytes(big)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to inject a kill at a write")
+def test_a_kill_during_the_caches_final_flush_keeps_every_row(workspace, tmp_path):
+    # 6. `strace -e inject=pwrite64:signal=KILL:when=N`: a kill in the last writes left the partial cache unreadable.
+    def command(work, *strace):
+        return ["strace", "-f", "-qq", "-o", os.devnull, *strace, *mlkit_command(
+            "cache-features", workspace["manifest_a"], "--backbone", "vgg16", "--weights", "none", "--image-size", SIZE,
+            "--batch-size", 4, "--workdir", work, "--no-progress")]
+
+    trace = tmp_path / "trace.txt"
+    counted = command(tmp_path / "count", "-e", "trace=pwrite64")
+    counted[counted.index(os.devnull)] = str(trace)
+    subprocess.run(counted, capture_output=True, check=True, timeout=600)
+    total = sum(1 for line in trace.read_text().splitlines() if "pwrite64(" in line)
+    # HDF5 is the only writer using pwrite64: the last ones are the cache's final attributes and close.
+    for back in (0, 1, 3):
+        work = tmp_path / f"ws{back}"
+        killed = subprocess.run(command(work, "-e", f"inject=pwrite64:signal=KILL:when={total - back}"),
+                                capture_output=True, timeout=600)
+        assert killed.returncode != 0
+        result = cache_features(workspace["manifest_a"], work, **dict(CACHE, batch_size=4))
+        # At most the last batch of 4 rows, when the kill came before its rows were marked done.
+        assert result.computed <= 4 and result.computed + result.reused == 24, back
+
+
+def dead_pid():
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_tune_top_sweeps_the_temporaries_killed_runs_left(workspace, tmp_path):
+    # 7. `.partial-*` JSON, CSV and weights of killed runs stayed for ever; a live process's are kept.
+    work = tmp_path / "ws"
+    shutil.copytree(workspace["work"] / "tuning", work / "tuning")
+    pid, run = dead_pid(), workspace["run"]
+    left = [work / "tuning" / f".partial-{pid}-{name}" for name in (f"{run}.csv", f"{run}.weights.h5", "summary.csv")]
+    (work / "tuning" / f".partial-{pid}-x.savedmodel").mkdir()
+    for path in left:
+        path.write_text("x")
+    live = work / "tuning" / f".partial-{os.getpid()}-{run}.json"
+    live.write_text("{}")
+    tune_top(workspace["a"], work, **TOP)
+    assert hidden_leftovers(work) == [live.name]
+
+
+def test_export_and_finetune_sweep_only_their_own_dead_temporaries(tmp_path):
+    # 7. Each stage sweeps its own: an export's names in models/, and its scratch folder in the system temp dir.
+    import tempfile
+
+    from mlkit.files import scratch_folder, sweep_temporaries
+
+    pid = dead_pid()
+    mine, other = tmp_path / f".partial-{pid}-m.savedmodel", tmp_path / f".partial-{pid}-n.savedmodel"
+    mine.mkdir()
+    other.mkdir()
+    assert sweep_temporaries(tmp_path, {"m.savedmodel", "m.tflite"}) == 1
+    assert not mine.exists() and other.exists()
+    stale = Path(tempfile.gettempdir()) / f"mlkit-export-{pid}-abc"
+    stale.mkdir()
+    with scratch_folder("export") as folder:
+        assert Path(folder).name.startswith(f"mlkit-export-{os.getpid()}-")
+        assert not stale.exists()
+    assert not Path(folder).exists()
+
+
+# -- issue 24: errors a user meets ------------------------------------------------------------------
+
+def noise_cache(folder, n=4, labels=None, size=32):
+    """A cache of `n` random-noise images (nothing alike) with orthogonal features."""
+    from PIL import Image
+
+    from mlkit.bottlenecks.cache import write_cache
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True)
+    names = []
+    for i in range(n):
+        names.append(f"images/{i}.png")
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / names[-1])
+    labels = np.eye(n, 2, dtype="uint8") if labels is None else labels
+    cache = folder / "bottlenecks" / "clean_all_x_inet_avg.h5"
+    cache.parent.mkdir()
+    write_cache(cache, features=np.eye(n, 8), labels=labels, split=[""] * n, image=names,
+                attrs={"task": "multilabel", "label_names": ["a", "b"][: labels.shape[1]], "manifest_root": str(folder)})
+    return cache
+
+
+def test_the_audit_of_a_clean_cache_reports_no_findings(tmp_path, capsys):
+    # 9. `ValueError: No objects to concatenate` on a clean, tiny or one-label cache.
+    import mlkit
+
+    result = mlkit.audit(noise_cache(tmp_path), workdir=tmp_path, folds=0, outlier_z=50)
+    assert result.issues.empty and list(result.issues.columns) == list(findings_columns())
+    assert main(["audit", str(noise_cache(tmp_path / "one", labels=np.ones((4, 1), "uint8"))), "--workdir", str(tmp_path),
+                 "--folds", "0", "--outlier-z", "50"]) == 0
+    assert "no findings" in capsys.readouterr().out
+
+
+def findings_columns():
+    from mlkit.auditing.findings import COLUMNS
+
+    return COLUMNS
+
+
+def test_audit_contact_sheets_refuse_decompression_bombs(tmp_path):
+    # 10. A 20000 x 20000 PNG in a duplicate pair gave a traceback in the contact sheet.
+    from PIL import Image
+
+    from mlkit.auditing.report import THUMB, thumbnail
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)  # 1 bit a pixel: 50 MB to make, a few kB on disk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picture = thumbnail(bomb)
+    assert picture.shape == (THUMB, THUMB, 3) and (picture == 170).all()  # the grey square of an unreadable image
+    Image.new("RGBA", (40, 20), (255, 0, 0, 255)).save(tmp_path / "red.png")
+    assert (thumbnail(tmp_path / "red.png")[THUMB // 2, THUMB // 2] == (255, 0, 0)).all()
+
+
+def test_a_manifest_or_cache_whose_rows_all_share_one_label_is_refused(tmp_path):
+    # 11. Every row with the same single label was accepted, and tune-top reported val_loss 0.
+    from mlkit.bottlenecks.cache import write_cache
+
+    manifest = synthesize(tmp_path / "d", task="multilabel", n=6, size=SIZE, seed=0)
+    table = pd.read_csv(manifest)
+    table.assign(labels="red").to_csv(manifest, index=False)
+    with pytest.raises(ManifestError, match="every one of its 6 rows has the label red"):
+        cache_features(manifest, tmp_path / "ws", **CACHE)
+    cache = tmp_path / "bottlenecks" / "same_all_x_inet_avg.h5"
+    cache.parent.mkdir()
+    write_cache(cache, features=np.random.default_rng(0).normal(size=(8, 4)), labels=np.zeros(8, "int32"),
+                split=["train"] * 6 + ["val"] * 2, attrs={"task": "multiclass", "label_names": ["cat", "dog"]})
+    with pytest.raises(MlkitError, match="every training row has the label cat"):
+        tune_top(cache, tmp_path, **TOP)
+
+
+@pytest.mark.parametrize("row, what", [
+    ({"image": "a.png", "labels": "x", "caption": "a\ud800b"}, r"the caption .* holds a lone surrogate \(U\+D800\)"),
+    ({"image": "a\0.png", "labels": "x"}, "the image .* holds a NUL character at position 1"),
+    ({"image": "a.png", "labels": "x\0y"}, "the labels .* holds a NUL character"),
+])
+def test_nul_characters_and_lone_surrogates_are_refused_naming_the_row(tmp_path, row, what):
+    # 12. They reached h5py or the UTF-8 encoder and gave tracebacks.
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"image": "b.png", "labels": "z"}) + "\n")
+    with pytest.raises(ManifestError, match=rf"m\.jsonl row 1 \(line 1\): {what}"):
+        read_manifest(path)
+
+
+def test_a_caption_over_the_csv_field_limit_is_read_and_row_errors_still_name_the_row(tmp_path):
+    # 13. `_csv.Error: field larger than field limit (131072)` in from-csv and in row error messages.
+    from mlkit.data.adapters import from_csv
+
+    long = "word " * 40000  # 200,000 characters
+    source = tmp_path / "train.csv"
+    source.write_text(f'ImageID,Labels,Caption\n1.jpg,cat,"{long}"\n2.jpg,dog,short\n')
+    manifest = from_csv(source, tmp_path / "manifest.csv", "ImageID", "Labels", caption_col="Caption")
+    assert len(read_manifest(manifest).rows) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f'image,labels,caption\na.png,cat,"{long}"\nb.png,,x\n')
+    with pytest.raises(ManifestError, match=r"bad\.csv row 2 \(line 3\): empty label set"):
+        read_manifest(bad, task="multiclass")
+
+
+def test_every_option_is_checked_before_any_work(workspace, tmp_path, capsys, monkeypatch):
+    # 16. Each was refused late (after TensorFlow loaded, after training or labelling) or with a misleading line.
+    import mlkit.bottlenecks.extract as extract
+    import mlkit.models.finetune as finetune_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(extract, "read_manifest", no_work)
+    monkeypatch.setattr(finetune_module, "open_cache", no_work)
+    assert "--background: background 'bogus' is not a colour" in one_line_error(
+        capsys, ["cache-features", workspace["manifest_a"], "--background", "bogus", "--workdir", tmp_path])
+    assert "--decision bogus" in one_line_error(capsys, ["finetune", workspace["a"], "--decision", "bogus"])
+    assert "--freeze 150%: a percentage of the backbone's layers is between 0% and 100%" in one_line_error(
+        capsys, ["finetune", workspace["a"], "--freeze", "150%"])
+    text = tmp_path / "scores.npz"
+    text.write_text("not scores\n")
+    assert "is not a .npz file (not a zip archive)" in one_line_error(capsys, ["evaluate", text])
+    assert f"the folder {tmp_path / 'missing'} does not exist" in one_line_error(
+        capsys, ["predict", "no-such-model", workspace["manifest_a"], "--csv", tmp_path / "missing" / "out.csv"])
+
+
+@pytest.fixture
+def read_only_copy(workspace, tmp_path):
+    """A read-only bind mount of a copy of the workspace and dataset `a` (root only)."""
+    source, mount = tmp_path / "src", tmp_path / "ro"
+    shutil.copytree(workspace["root"] / "a", source / "a")
+    cache_features(source / "a" / "manifest.csv", source / "ws", **CACHE)
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True).returncode:
+        pytest.skip("a read-only bind mount needs root")
+    subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_read_only_workspace_gives_one_line_and_a_finished_cache_still_reads(read_only_copy, capsys):
+    # 14. PermissionError tracebacks; a finished cache in a read-only folder could not be read for its lock.
+    manifest, work = read_only_copy / "a" / "manifest.csv", read_only_copy / "ws"
+    assert main(["cache-features", str(manifest), "--backbone", "vgg16", "--weights", "none", "--image-size",
+                 str(SIZE), "--batch-size", "32", "--workdir", str(work), "--no-progress"]) == 0
+    capsys.readouterr()
+    cache = work / "bottlenecks" / "a_all_vgg16_inet_avg.h5"
+    assert "read-only" in one_line_error(capsys, ["tune-top", cache, "--workdir", work, "--units", "8", "--epochs", "1"])
+    assert "read-only" in one_line_error(capsys, ["data", "split", manifest, "--resplit"])
+    assert "read-only" in one_line_error(capsys, ["audit", cache, "--workdir", work, "--folds", "0"])
+
+
+def test_a_folder_with_accents_names_a_cache_every_stage_takes(tmp_path):
+    # 15. "dätä-sét" passed stage 1 and failed stage 2 ("use letters, digits") without saying how to fix it.
+    manifest = make_data(tmp_path / "dätä-sét", 0, n=12)
+    path = cache_features(manifest, tmp_path / "ws", **CACHE).path
+    assert path.name == "data-set_all_vgg16_inet_avg.h5"
+    assert len(tune_top(path, tmp_path / "ws", **TOP)) == 1
+
+
+# -- issue 24: the first hour -----------------------------------------------------------------------
+
+def test_predict_top_keeps_at_most_top_rows_and_the_legend_says_only_what_can_appear(tmp_path):
+    # 20. --top 3 printed 7 rows for an image with 7 decided labels (the CSV too); `+` explained where none can be.
+    from mlkit.models.predict import Prediction, _run, format_predictions, write_csv
+
+    names = [f"l{i}" for i in range(9)]
+    scores = np.linspace(0.9, 0.1, 9, dtype="float32")[None]
+
+    def model(images, training=False):
+        return {"scores": scores, "labels": (scores > 0.2).astype("int32")}  # 7 decided
+
+    results = [Prediction("a.png")]
+    _run(model, [(0, np.zeros((4, 4, 3)))], results, names, "multilabel", 3)
+    assert [name for name, _ in results[0].ranked] == ["l0", "l1", "l2"] and len(results[0].decided) == 7
+    table = format_predictions(results)
+    assert sum(line.lstrip()[:1].isdigit() for line in table.splitlines()) == 3
+    assert "decided, ranked lower: l3, l4, l5, l6" in table and "+ true label" not in table
+    write_csv(results, tmp_path / "p.csv")
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    assert row.to_string().count("l0:") == 1 and "l3:" not in row.to_string()
+    results[0].truth = ["l0"]
+    assert "+ true label" in format_predictions(results)
+
+
+def test_predict_split_labels_only_that_splits_rows(workspace):
+    # 20. Predicting on a manifest scored every split; there was no --split.
+    from mlkit.models.predict import expand_inputs
+
+    table = read_manifest(workspace["manifest_a"])
+    test_rows = [str(p) for p, s in zip(table.image_paths(), table.splits()) if s == "test"]
+    assert [image for image, _, _ in expand_inputs([workspace["manifest_a"]], "test")] == test_rows
+    assert len(expand_inputs([workspace["manifest_a"]])) == len(table.rows)
+
+
+def test_mlkit_help_numbers_the_stages_one_way(capsys):
+    # 20. `mlkit --help` said "1." in one list and "stage 1:" in another.
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert not re.search(r"^\s+\S.*\s[123]\. ", text, re.M), text
+    for stage, command in (("1", "cache-features"), ("2", "tune-top"), ("3", "finetune")):
+        assert len(re.findall(rf"{command}\s+stage {stage}:", text)) == 2, command  # the summary and the list
+    quickstart = (Path(__file__).resolve().parents[1] / "examples" / "quickstart.sh").read_text()
+    assert "so far" not in quickstart and "Stages 1 and 2" in quickstart

@@ -300,8 +300,52 @@ def test_quick_demo_runs_every_stage_and_prints_its_metrics(tmp_path, capsys):
 
     assert main(["demo", "--quick", "--workdir", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
-    for stage in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6"):
+    for stage in ("data:", "stage 1 of 3", "stage 2 of 3", "stage 3 of 3", "export", "label three", "summary"):
         assert f"== {stage}" in printed
-    assert "Test micro F1: cached top" in printed and "fine-tuned" in printed
+    assert "random weights (--quick: nothing is downloaded)" in printed
+    assert "with the cached top alone" in printed and "fine-tuned" in printed and "(* decided" in printed
+    assert "+ true label" not in printed  # images given by path have no known labels
     assert list((tmp_path / "demo" / "models").glob("*.savedmodel/saved_model.pb"))
     assert len(list((tmp_path / "demo" / "models").glob("*.keras"))) == 1
+
+
+def test_a_resumed_finetune_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    # Issue 24, item 8: the shuffle order restarted on resume, so a resumed run repeated epoch 1's order.
+    import shutil
+
+    import mlkit.models.finetune as finetune_module
+
+    work, cache, _ = tuned_workspace(tmp_path / "t", n=48)
+    settings = {"freeze": "all", "epochs": 3, "batch": 8, "augment": "none", "patience": 10, "progress": False,
+                "seed": 3}
+    other = tmp_path / "ws2"
+    shutil.copytree(work, other)
+    whole = finetune(cache, "best", work, **settings)
+    real = finetune_module.epoch_order
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_epoch_2(rows, offset=0):
+        order = real(rows, offset)
+        begin = order.on_epoch_begin
+
+        def on_epoch_begin(epoch, logs=None):
+            if epoch == 2:
+                raise Killed
+            begin(epoch, logs)
+
+        order.on_epoch_begin = on_epoch_begin
+        return order
+
+    monkeypatch.setattr(finetune_module, "epoch_order", killed_at_epoch_2)
+    with pytest.raises(Killed):
+        finetune(cache, "best", other, **settings)
+    monkeypatch.setattr(finetune_module, "epoch_order", real)
+    resumed = finetune(cache, "best", other, **settings)
+    logs = [read_log(run / "models" / f"{result.run}.csv") for run, result in ((work, whole), (other, resumed))]
+    assert [row["epoch"] for row in logs[1]] == ["0", "1", "2"]
+    for first, second in zip(*logs):
+        assert float(first["loss"]) == pytest.approx(float(second["loss"]), rel=1e-5)
+    numbers = [{k: v for k, v in result.report.items() if isinstance(v, float)} for result in (whole, resumed)]
+    assert numbers[0] and numbers[1] == pytest.approx(numbers[0], rel=1e-5)

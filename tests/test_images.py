@@ -469,3 +469,23 @@ def test_resize_array_keeps_channels_and_handles_float_input():
     np.testing.assert_array_equal(resize_array(image, 16), np.asarray(resize_images(image, 16)))
     gray = np.random.default_rng(6).integers(0, 256, (40, 30, 1), dtype=np.uint8)
     assert resize_array(gray, 8).shape == (8, 8, 1)
+
+
+def test_resize_array_converts_a_block_at_a_time_and_stays_bit_for_bit(monkeypatch):
+    """Issue 24, item 18: the whole photo became float32 before resizing (2 GB for 9000 x 9000)."""
+    import tracemalloc
+
+    import mlkit.images
+
+    image = np.random.default_rng(7).integers(0, 256, (1500, 1400, 3), dtype=np.uint8)
+    whole = resize_array(image, 96)
+    monkeypatch.setattr(mlkit.images, "RESIZE_BLOCK_VALUES", 1 << 18)  # blocks of 1 MB, as 16 MB are to a big photo
+    tracemalloc.start()
+    resize_array(image, 96)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < image.size * 4 / 4, f"peak {peak >> 20} MB: the image was converted whole"
+    monkeypatch.setattr(mlkit.images, "RESIZE_BLOCK_VALUES", 5000)  # many uneven blocks
+    np.testing.assert_array_equal(resize_array(image, 96), whole)
+    np.testing.assert_array_equal(resize_array(image[:301, :407], 224),
+                                  np.asarray(resize_images(image[:301, :407].astype(np.float32), 224)))

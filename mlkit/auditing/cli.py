@@ -50,5 +50,8 @@ def run(args):
 
     result = audit(args.cache, workdir=args.workdir, **{field.name: getattr(args, field.name) for field in fields(AuditConfig)})
     counts = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in result.summary["findings"].items())
-    print(f"audit: {len(result.issues)} findings ({counts}) in {result.folder}")
+    if result.issues.empty:
+        print(f"audit: no findings; the report is in {result.folder}")
+    else:
+        print(f"audit: {len(result.issues)} findings ({counts}) in {result.folder}")
     return 0

@@ -116,7 +116,8 @@ def collect(cache, table, groups, near, outlier, labels, config):
     ]
     if labels is not None:
         frames.append(label_frame(labels, cache.task))
-    issues = pd.concat([frame for frame in frames if len(frame)], ignore_index=True)
+    found = [frame for frame in frames if len(frame)]
+    issues = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=COLUMNS)
     return finish(issues, table, group, text), group
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from mlkit.auditing.config import ISSUES_CSV, KINDS, PAIR_KINDS, SCORES_NPZ, SUMMARY_JSON
 from mlkit.data.split import GROUPS_CSV
 from mlkit.files import atomic_path, write_json
+from mlkit.images import ImageReadError, load_image
 
 THUMB = 112
 SHEET_COLUMNS = 4
@@ -28,12 +29,13 @@ def thumbnail(path):
     """An RGB THUMB x THUMB thumbnail on white, or a grey square when the image cannot be read."""
     canvas = Image.new("RGB", (THUMB, THUMB), "white")
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGBA")
-            image.thumbnail((THUMB, THUMB))
-            canvas.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2), image)
-    except (OSError, ValueError):
+        # Read as every stage reads images: regular files only, decompression bombs refused.
+        image = Image.fromarray(load_image(path))
+    except ImageReadError:
         canvas.paste((170, 170, 170), (0, 0, THUMB, THUMB))
+        return np.asarray(canvas)
+    image.thumbnail((THUMB, THUMB))
+    canvas.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))
     return np.asarray(canvas)
 
 

@@ -12,8 +12,11 @@ Layout (N manifest rows, D feature dims, K augmented views, L labels):
     tokens      int32 (N, T) with --captions: caption token ids (mlkit.text), 0 = padding;
                            a row without a caption is all 0
     key         bytes (N,) sha256 of the image bytes and everything that changes the features
-    image_sha256, file_size, file_mtime_ns   what the key was computed from (a rerun
-                           trusts the hash of a file whose size and mtime are unchanged)
+    image_sha256, file_size, file_mtime_ns, file_ctime_ns   what the key was computed from (a
+                           rerun trusts the hash of a file whose size, mtime and ctime are unchanged:
+                           the kernel sets ctime on every change, and no user can set it back, so a
+                           file swapped for another and given the old mtime is hashed again; caches
+                           made before ctime was kept hash every file once)
     done        uint8 (N,) 1 when the row's features (and views) are written
     taps/<layer>             with cache-features --taps: the layer's output, pooled as `features`
     augmented_taps/<layer>   and its augmented views, as `augmented` (mlkit.taps)
@@ -61,6 +64,14 @@ IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size
 JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary",
               "taps")
 # A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (docs/design.md, run names).
+# What a row's hash was computed from (mlkit.bottlenecks.plan.file_stats): size, mtime and ctime.
+STAT_DATASETS = ("file_size", "file_mtime_ns", "file_ctime_ns")
+# Stands for a stat the cache does not hold (made before it was kept): it matches no file.
+UNKNOWN_STAT = -2
+# The datasets that hold features; what reads them refuses non-finite values (check_finite).
+FEATURE_DATASETS = ("/features", "/augmented")
+# The groups of the taps' features and views (mlkit.taps), checked as FEATURE_DATASETS are.
+FEATURE_GROUPS = ("/taps/", "/augmented_taps/")
 NAME_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
 
 
@@ -136,8 +147,42 @@ def read_rows(dataset, rows, out=None):
         end = np.searchsorted(rows, rows[start] + block, side="left")
         first, last = rows[start], rows[end - 1]
         out[start:end] = dataset[first:last + 1][rows[start:end] - first]
+        check_finite(dataset, out[start:end], rows[start:end])
         start = end
     return out
+
+
+def stored_stats(h5, rows=None):
+    """(N, 3) size, mtime_ns and ctime_ns recorded per row; `UNKNOWN_STAT` where the cache holds none."""
+    count = len(h5["done"]) if rows is None else len(rows)
+    stats = np.full((count, len(STAT_DATASETS)), UNKNOWN_STAT, dtype="int64")
+    for column, name in enumerate(STAT_DATASETS):
+        if name in h5:
+            stats[:, column] = h5[name][...] if rows is None else h5[name][...][rows]
+    return stats
+
+
+def check_finite(dataset, values, rows):
+    """Refuses NaN or infinite features: a top trained on them is NaN while its loss looks fine.
+
+    Only features are checked (`features`, `augmented` and the taps'): labels of a regression cache
+    are the manifest's to judge. Raises CacheError naming the rows and images.
+    """
+    features = dataset.name in FEATURE_DATASETS or dataset.name.startswith(FEATURE_GROUPS)
+    if not features or values.dtype.kind != "f":
+        return
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if finite.all():
+        return
+    bad = np.asarray(rows)[~finite]
+    try:
+        images = decode_strings(read_rows(dataset.file["image"], bad[:3]))
+    except (KeyError, OSError):
+        images = []
+    named = ", ".join(f"row {r}" + (f" ({images[i]})" if i < len(images) else "") for i, r in enumerate(bad[:3]))
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise CacheError(f"{dataset.file.filename}: {dataset.name[1:]} of {named}{more} are not finite (NaN or inf); the "
+                     "cache is corrupt: delete it and rerun cache-features")
 
 
 @dataclass(frozen=True)
@@ -320,7 +365,11 @@ class FeatureCache:
             if dataset not in h5:
                 raise CacheError(f"{self.path} has no {dataset!r} dataset")
             data = h5[dataset]
-            values = data[...] if indices is None else read_rows(data, indices)
+            if indices is None:
+                values = data[...]
+                check_finite(data, values, np.arange(len(values)))
+            else:
+                values = read_rows(data, indices)
         if values.dtype.kind in "OS":
             values = decode_strings(values)
         return values
@@ -449,7 +498,7 @@ def create_datasets(h5, *, num_rows, feature_shape, task, num_labels, augment_co
         h5.create_dataset(name, (num_rows,), STR)
     for name in ("key", "image_sha256"):
         h5.create_dataset(name, **_early((num_rows,), "S64"))
-    for name in ("file_size", "file_mtime_ns"):
+    for name in STAT_DATASETS:
         h5.create_dataset(name, **_early((num_rows,), "int64"))
     h5.create_dataset("done", **_early((num_rows,), "uint8"))
     if thumbnails:

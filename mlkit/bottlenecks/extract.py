@@ -129,9 +129,11 @@ def cache_features(
     CacheOptions(backbone=backbone, weights=weights, image_size=image_size, preprocess=preprocess, pooling=pooling,
                  augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
                  task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len, taps=taps,
-                 tap=tap)  # checks them
+                 tap=tap, background=background)  # checks them
     layers = cache_taps(backbone, taps, pooling)
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
+    if not allow_unlabelled:
+        table.refuse_constant_labels()
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None
     fields = name_fields(manifest, backbone, preprocess, pooling, dataset, subset)
     name = "_".join(fields)

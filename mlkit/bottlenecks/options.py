@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from mlkit.backbones import POOLING, PREPROCESSING
 from mlkit.bottlenecks.cache import FEATURE_DTYPES
 from mlkit.errors import MlkitError, check_choice
+from mlkit.images import parse_background
 from mlkit.options import option
 from mlkit.taps import cache_taps
 from mlkit.vocabulary import TASKS
@@ -87,5 +88,9 @@ class CacheOptions:
         for name in ("zmuv_samples", "num_words"):
             if int(getattr(self, name)) < 1:
                 raise MlkitError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        try:
+            parse_background(self.background)
+        except ValueError as error:
+            raise MlkitError(f"--background: {error}") from None
         if self.image_size is not None and int(self.image_size) < 1:
             raise MlkitError(f"--image-size {self.image_size} must be >= 1")

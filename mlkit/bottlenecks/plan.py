@@ -12,7 +12,9 @@ carry the plan out.
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +23,22 @@ import h5py
 import numpy as np
 
 from mlkit.backbones import get_backbone
-from mlkit.bottlenecks.cache import DEFAULT_DTYPE, feature_datasets, partial_path, read_attrs
+from mlkit.bottlenecks.cache import (
+    DEFAULT_DTYPE,
+    STAT_DATASETS,
+    decode_strings,
+    feature_datasets,
+    partial_path,
+    read_attrs,
+    stored_stats,
+)
 from mlkit.bottlenecks.pipeline import progress_bar
 from mlkit.bottlenecks.shards import read_zmuv_stats, shard_rows, stats_path
 from mlkit.errors import CacheError
 from mlkit.images import ImageReadError, decode_image, parse_background, read_bytes, resize_array, sha256_bytes
 from mlkit.thumbnails import THUMBNAIL_DATASET
+
+log = logging.getLogger(__name__)
 
 # Bump when the way features are computed from the same inputs changes.
 FEATURE_VERSION = 1
@@ -94,8 +106,13 @@ def same_vocabulary(stored, wanted):
 
 
 def clean_name(text):
-    """A name usable as one run-name field: lower case, no '_' or spaces."""
-    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in str(text).lower()).strip("-")
+    """A name usable as one run-name field (mlkit.runs): ASCII letters, digits and '-', lower case.
+
+    Accents are dropped ("dätä-sét" is "data-set") and any other character
+    becomes '-': run names must read back the same on every file system.
+    """
+    ascii_text = unicodedata.normalize("NFKD", str(text).lower()).encode("ascii", "ignore").decode()
+    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in ascii_text).strip("-")
     return cleaned or "data"
 
 
@@ -269,11 +286,27 @@ class CachePlan:
                     return False
                 if not same_vocabulary(attrs.get("vocabulary"), self.text.vocabulary if self.text else None):
                     return False
-                stats = np.stack([h5["file_size"][...], h5["file_mtime_ns"][...]], axis=1)
+                stats = stored_stats(h5)
                 done = h5["done"][...]
+                if not self.rows_match_manifest(h5):
+                    return False
         except (OSError, KeyError):
             return False
         return len(done) == len(self.paths) and bool((done == 1).all()) and np.array_equal(stats, file_stats(self.paths))
+
+    def rows_match_manifest(self, h5):
+        """True when the cache's labels and splits are the manifest's; an edit inside the cache is undone by a rebuild.
+
+        The manifest hash the cache records says what the rows should be, not
+        what the file now holds: a label changed with h5py kept that hash.
+        """
+        labels = self.table.label_array()
+        same = (h5["labels"].shape == labels.shape and np.array_equal(h5["labels"][...], labels)
+                and np.array_equal(decode_strings(h5["split"][...]).astype(str), np.asarray(self.splits, dtype=str)))
+        if not same:
+            log.warning("%s holds labels or splits that differ from %s (edited after it was written); rewriting them",
+                        self.final, self.table.path)
+        return same
 
     def is_resumable(self, attrs, rows):
         """True when a partial cache with these attributes and row count was started by this same plan."""
@@ -286,12 +319,12 @@ class CachePlan:
 
 
 def file_stats(paths):
-    """(size, mtime_ns) per file, (-1, -1) when it cannot be stat'ed."""
-    stats = np.full((len(paths), 2), -1, dtype="int64")
+    """(size, mtime_ns, ctime_ns) per file (as `STAT_DATASETS`), all -1 when it cannot be stat'ed."""
+    stats = np.full((len(paths), len(STAT_DATASETS)), -1, dtype="int64")
     for i, path in enumerate(paths):
         try:
             st = os.stat(path)
-            stats[i] = st.st_size, st.st_mtime_ns
+            stats[i] = st.st_size, st.st_mtime_ns, st.st_ctime_ns
         except OSError:
             pass
     return stats
@@ -336,11 +369,12 @@ def copy_reusable(h5, sources, plan):
         root = Path(attrs.get("manifest_root", "."))
         done = np.flatnonzero(source["done"][...] == 1)
         keys, shas = source["key"][...], source["image_sha256"][...]
-        sizes, mtimes, images = source["file_size"][...], source["file_mtime_ns"][...], source["image"][...]
+        stats, images = stored_stats(source), source["image"][...]
         for old in done:
             reusable.setdefault(keys[old].decode(), (source, int(old)))
             image = images[old].decode() if isinstance(images[old], bytes) else images[old]
-            by_stat[(real_path(root / image), int(sizes[old]), int(mtimes[old]))] = shas[old].decode()
+            key = (real_path(root / image), *map(int, stats[old]))
+            by_stat[key] = shas[old].decode()
     if not reusable:
         return 0
     shas = _image_hashes(plan, by_stat)
@@ -367,8 +401,7 @@ def _image_hashes(plan, by_stat):
     """sha256 per row: trusted from an earlier cache when size and mtime match, else read and hashed."""
     def one(row):
         path = plan.paths[row]
-        size, mtime = plan.stats[row]
-        known = by_stat.get((real_path(path), int(size), int(mtime)))
+        known = by_stat.get((real_path(path), *map(int, plan.stats[row])))
         if known:
             return known
         try:
@@ -396,6 +429,6 @@ def _copy_rows(h5, source, pairs, plan, chunk=512):
             h5[name][new_rows] = values
         h5["image_sha256"][new_rows] = [p[2].encode() for p in part]
         h5["key"][new_rows] = [plan.key(p[2], p[0]).encode() for p in part]
-        h5["file_size"][new_rows] = plan.stats[new_rows, 0]
-        h5["file_mtime_ns"][new_rows] = plan.stats[new_rows, 1]
+        for column, name in enumerate(STAT_DATASETS):
+            h5[name][new_rows] = plan.stats[new_rows, column]
         h5["done"][new_rows] = 1

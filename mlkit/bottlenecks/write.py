@@ -24,9 +24,11 @@ import numpy as np
 from mlkit import __version__
 from mlkit.bottlenecks.cache import (
     FORMAT_VERSION,
+    STAT_DATASETS,
     as_stored,
     create_datasets,
     read_attrs,
+    stored_stats,
     tap_dataset,
     write_attrs,
     write_tokens,
@@ -34,7 +36,7 @@ from mlkit.bottlenecks.cache import (
 from mlkit.bottlenecks.pipeline import image_batches, progress_bar
 from mlkit.bottlenecks.plan import FEATURE_VERSION, copy_reusable, open_sources
 from mlkit.errors import CacheError
-from mlkit.files import DiskFullError, atomic_path, publish, remove_stale_temporaries, write_text
+from mlkit.files import DiskFullError, atomic_path, publish, read_only_error, remove_stale_temporaries, write_text
 from mlkit.thumbnails import THUMBNAIL_DATASET
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class CacheWriter:
             h5.close()
             return None
         done = h5["done"][...] == 1
-        unchanged = (h5["file_size"][...] == plan.stats[:, 0]) & (h5["file_mtime_ns"][...] == plan.stats[:, 1])
+        unchanged = (stored_stats(h5) == plan.stats).all(axis=1)
         h5["done"][...] = (done & unchanged).astype("uint8")
         h5.flush()
         self.reused = int((done & unchanged).sum())
@@ -158,6 +160,7 @@ class CacheWriter:
         if plan.shard is not None:
             h5.create_dataset("manifest_row", data=plan.manifest_row)
         write_attrs(h5, self._attrs())
+        h5.attrs["complete"], h5.attrs["rows_done"] = False, np.int64(0)  # set in place by `finish`
         h5.flush()
 
     def _attrs(self):
@@ -236,8 +239,8 @@ class CacheWriter:
             stats = self.plan.stats
             write_rows(h5["image_sha256"], finished, [sha.encode() for sha in finished_shas])
             write_rows(h5["key"], finished, [self.plan.key(sha, row).encode() for row, sha in zip(finished.tolist(), finished_shas)])
-            write_rows(h5["file_size"], finished, stats[finished, 0])
-            write_rows(h5["file_mtime_ns"], finished, stats[finished, 1])
+            for column, name in enumerate(STAT_DATASETS):
+                write_rows(h5[name], finished, stats[finished, column])
         h5.flush()  # features reach the file before the done mask says so
         if len(finished):
             write_rows(h5["done"], finished, np.ones(len(finished), h5["done"].dtype))
@@ -256,8 +259,10 @@ class CacheWriter:
             log.warning("%d image(s) could not be read; they are listed with the reason in %s", len(skipped), skipped_path)
         if skipped and strict:
             raise CacheError(f"--strict: {len(skipped)} image(s) could not be read (see {skipped_path}); fix them and rerun to finish {plan.partial}")
-        h5.attrs["complete"] = True
-        h5.attrs["rows_done"] = len(plan.paths) - len(skipped)
+        # Both attributes exist since the file was made (`_create`): overwriting a value in place moves no
+        # HDF5 metadata, so a kill here leaves a readable partial cache that the rerun finishes.
+        h5.attrs.modify("complete", True)
+        h5.attrs.modify("rows_done", np.int64(len(plan.paths) - len(skipped)))
         h5.flush()
         h5.close()
         publish(plan.partial, plan.final)
@@ -295,7 +300,12 @@ def write_summary(plan, result, name):
     if plan.text:
         summary["captions"] = plan.text.report
     summary_path = plan.final.with_suffix(".json")
-    write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    try:
+        write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    except OSError as error:
+        if read_only_error(error) is None or result["computed"]:
+            raise
+        log.info("%s is read-only; its summary %s is left as it was", plan.final.parent, summary_path)
     return CacheResult(path=plan.final, summary_path=summary_path, skipped_path=result["skipped_path"],
                        rows=result["rows"], computed=result["computed"], reused=result["reused"],
                        skipped=result["skipped"], seconds=result["seconds"],

@@ -13,7 +13,6 @@ back to validate it, logs what it did, and returns the manifest's path:
                    an optional caption column (the COMP5329 layout)
 """
 
-import csv
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlkit.data.manifest import LABEL_SEP, read_manifest, write_manifest
+from mlkit.data.manifest import LABEL_SEP, csv_reader, read_manifest, write_manifest
 from mlkit.errors import MlkitError
 from mlkit.vocabulary import IMAGE_EXTENSIONS
 
@@ -320,7 +319,7 @@ def _csv_records(path):
                     consumed.append(text)
                     yield text
 
-            reader = csv.reader(lines())
+            reader = csv_reader(lines())
             line = 1
             for fields in reader:
                 raw = "".join(consumed)

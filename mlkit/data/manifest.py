@@ -90,6 +90,13 @@ class Manifest:
         multi_hot[row_index, column_index] = 1
         return multi_hot
 
+    def refuse_constant_labels(self):
+        """Raises ManifestError when every row has the same labels (or target): there is nothing to learn."""
+        message = constant_labels_message(self.label_array(), self.task, self.label_names)
+        if message:
+            raise ManifestError(f"{self.path}: every one of its {len(self.rows)} rows {message}; a model "
+                                "cannot learn anything from that. Add rows of other labels")
+
     def splits(self):
         """The split of each row as an object array of str ("" where none)."""
         return np.array(list(self.rows["split"]), dtype=object)
@@ -119,6 +126,19 @@ class Manifest:
         return digest.hexdigest()
 
 
+def constant_labels_message(labels, task, names=()):
+    """What all `labels` rows share when they are all the same ("has the labels cat"), else None."""
+    labels = np.asarray(labels)
+    if len(labels) == 0 or not (labels == labels[:1]).all():
+        return None
+    first = labels[0]
+    if task == "regression":
+        return f"has the target {', '.join(f'{v:g}' for v in np.ravel(first))}"
+    chosen = [int(first)] if task == "multiclass" else np.flatnonzero(first).tolist()
+    shown = [str(names[i]) if i < len(names) else str(i) for i in chosen]
+    return f"has the label{'s' if len(shown) != 1 else ''} {' | '.join(shown) or '(none)'}"
+
+
 class _RowLocator:
     """Names a data row for error messages: "FILE row 3 (line 4)".
 
@@ -137,11 +157,22 @@ class _RowLocator:
         return f"{self.path} row {index + 1} (line {line})"
 
 
+# Python's csv refuses fields over 131,072 characters; a long caption is a fine field. Its limit is
+# process-wide, so it is raised where mlkit makes a reader.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def csv_reader(lines):
+    """`csv.reader(lines)` with no practical limit on a field's length."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    return csv.reader(lines)
+
+
 def _csv_record_lines(path):
     """The file line on which each data record starts (the header is line 1)."""
     starts = []
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+        reader = csv_reader(handle)
         next(reader, None)
         start = reader.line_num + 1
         for record in reader:
@@ -177,7 +208,7 @@ def _read_csv(path):
 def _row_at_line(path, line):
     """"FILE row R (line L)" for the record that holds file line `line` (the header is line 1)."""
     text = Path(path).read_bytes().decode("latin-1")  # never fails: only row boundaries matter here
-    reader = csv.reader(text.splitlines(keepends=True))
+    reader = csv_reader(text.splitlines(keepends=True))
     next(reader, None)
     row = 0
     for record in reader:
@@ -205,7 +236,7 @@ def _encoding_message(path):
 def _extra_field_message(path):
     """Names the first record with more fields than the header."""
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.reader(handle)
+        reader = csv_reader(handle)
         header = next(reader, [])
         start = reader.line_num + 1
         for record in reader:
@@ -384,6 +415,23 @@ def _parse_targets(table, where):
     return targets
 
 
+# NUL ends a C string (h5py, file systems); a lone surrogate cannot be encoded as UTF-8 at all.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_characters(table, where):
+    """Refuses a cell that no file or HDF5 string can hold, naming the row, column and character."""
+    for column in ("image", "labels", "target", "caption", "split"):
+        if column not in table:
+            continue
+        for index, cell in enumerate(table[column]):
+            found = UNSTORABLE.search(cell) if isinstance(cell, str) else None
+            if found:
+                what = "a NUL character" if found.group() == "\x00" else f"a lone surrogate (U+{ord(found.group()):04X})"
+                raise ManifestError(f"{where(index)}: the {column} {cell[:80]!r} holds {what} at position "
+                                    f"{found.start()}, which cannot be stored; remove it")
+
+
 def _check_images(table, where):
     images = [cell.strip() for cell in table["image"]]
     seen = {}
@@ -458,6 +506,7 @@ def read_manifest(path: StrPath, task: str | None = None, allow_unlabelled: bool
             f"manifest {path} has no '{answer_column}' column, which task {task!r} needs "
             f"(columns found: {', '.join(map(str, table.columns))})"
         )
+    _check_characters(table, where)
     rows = table.copy()
     rows["image"] = _check_images(table, where)
     if task == "regression":

@@ -14,6 +14,7 @@ from PIL import Image
 
 from mlkit.data.manifest import read_manifest
 from mlkit.files import StrPath
+from mlkit.images import ImageReadError, open_image_file
 from mlkit.vocabulary import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,10 @@ UNREADABLE_EXAMPLES = 5
 def _image_size(path):
     """(width, height) from the image header, or the reason it cannot be read."""
     try:
-        with Image.open(path) as image:
+        with open_image_file(path) as handle, Image.open(handle) as image:
             return image.size
+    except ImageReadError as error:
+        return error.reason
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         return f"{type(error).__name__}: {error}"
 

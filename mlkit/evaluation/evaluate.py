@@ -397,6 +397,12 @@ def load_scores_file(path):
     if not path.is_file():
         raise MlkitError(f"scores file {path} not found; write one with numpy.savez(path, scores=..., labels=..., "
                          "label_names=...)")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":  # every .npz is a zip archive; np.load calls anything else "pickled data"
+        kind = "empty" if not head else "a .npy array, not an archive" if head.startswith(b"\x93NUM") else "not a zip archive"
+        raise MlkitError(f"{path} is not a .npz file ({kind}); save scores with numpy.savez(path, scores=..., "
+                         "labels=..., label_names=...)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             data = {key: archive[key] for key in archive.files}

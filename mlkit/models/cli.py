@@ -7,6 +7,7 @@ from mlkit.models.augment import describe_codes
 from mlkit.models.ensemble import EnsembleConfig
 from mlkit.models.finetune import FinetuneConfig
 from mlkit.options import add_options, given
+from mlkit.vocabulary import SPLITS
 
 # FinetuneConfig's settings the command takes; their defaults and help live on its fields (mlkit.options).
 SETTINGS = ("top", "freeze", "warmup_epochs", "lr", "batch", "epochs", "patience", "augment", "optimizer", "momentum",
@@ -47,7 +48,7 @@ def register(subparsers):
 
 def add_finetune(subparsers):
     parser = subparsers.add_parser(
-        "finetune", help="3. fine-tune the best top on its backbone end to end, then export",
+        "finetune", help="stage 3: fine-tune the best top on its backbone end to end, then export",
         description="Put a tuned top back on the cache's backbone, train end to end on the images with "
                     "tf.data augmentation, fit the label decision on validation, report on test, and "
                     "export one model that takes raw images.",
@@ -163,7 +164,10 @@ def add_predict(subparsers):
                         help="caption models: the caption of every image given (default: each manifest row's "
                              "caption column; images without one are an error; --caption '' for none). "
                              "Image-only models ignore it, with a warning")
-    parser.add_argument("--top", type=int, default=5, help="ranked labels shown per image (default 5)")
+    parser.add_argument("--top", type=int, default=5, help="the most ranked labels shown per image, in the table and "
+                        "the CSV (default 5); decided labels ranked lower are named on one line")
+    parser.add_argument("--split", default=None, choices=SPLITS,
+                        help="with a manifest: label only its rows of this split (default: every row)")
     parser.add_argument("--csv", default=None, help="also write one row per image to this CSV")
     parser.add_argument("--quiet", action="store_true", help="do not print the table (with --csv)")
     parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
@@ -174,7 +178,7 @@ def run_predict(args):
     from mlkit.models.predict import format_predictions, predict
 
     results = predict(args.model, args.inputs, caption=args.caption, workdir=args.workdir, top=args.top,
-                      csv_path=args.csv)
+                      csv_path=args.csv, split=args.split)
     if not args.quiet:
         print(format_predictions(results))
     failed = sum(1 for r in results if r.error)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlkit.errors import MlkitError
-from mlkit.files import StrPath, atomic_folder, atomic_path, write_bytes
+from mlkit.files import StrPath, atomic_folder, atomic_path, scratch_folder, sweep_temporaries, write_bytes
 from mlkit.workspace import run_paths
 
 if TYPE_CHECKING:
@@ -117,6 +117,8 @@ def export_model(
     folder = Path(out_dir or path.parent)
     folder.mkdir(parents=True, exist_ok=True)
     stem = path.stem
+    # No lock guards an export: `sweep_temporaries` keeps those of processes still alive.
+    sweep_temporaries(folder, {f"{stem}.{fmt}" for fmt in FORMATS})  # each format's suffix is its name
     written = {}
     if "savedmodel" in formats:
         written["savedmodel"] = write_savedmodel(keras_model, folder / f"{stem}.savedmodel")
@@ -208,8 +210,6 @@ def fixed_size_function(model, record):
 
 def write_tflite(model, record, path):
     """A TFLite model of `fixed_size_function` (builtin ops, Flex where needed)."""
-    import tempfile
-
     import keras
     import tensorflow as tf
 
@@ -218,7 +218,7 @@ def write_tflite(model, record, path):
     archive.track(model)
     archive.add_endpoint("serve", serve.python_function, input_signature=serve.input_signature)
     # Through a SavedModel, so the TFLite file keeps a named "serve" signature (images -> scores, labels).
-    with tempfile.TemporaryDirectory() as folder:
+    with scratch_folder("export") as folder:
         archive.write_out(folder, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]

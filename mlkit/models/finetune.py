@@ -39,12 +39,13 @@ from mlkit.bottlenecks.cache import FeatureCache, open_cache
 from mlkit.branches import branch_of
 from mlkit.compat import average_logs_over_workers, build_from_local_batch
 from mlkit.errors import MlkitError
-from mlkit.files import StrPath, check_workdir, write_json
+from mlkit.evaluation.decisions import parse_rule
+from mlkit.files import StrPath, check_workdir, sweep_temporaries, write_json
 from mlkit.locks import hold_lock
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.checkpoints import backup_and_restore, best_weights_checkpoint, save_weights_atomic
 from mlkit.models.distribute import STRATEGIES, lost_worker, make_strategy, precision_policy, worker_role
-from mlkit.models.image_rows import DEFAULT_MEMORY_CACHE, ImageRows
+from mlkit.models.image_rows import DEFAULT_MEMORY_CACHE, ImageRows, epoch_order
 from mlkit.models.record import FinetuneResult, RecordStep, read_log
 from mlkit.optimizers import make_optimizer
 from mlkit.options import defaults_of, option
@@ -54,6 +55,9 @@ from mlkit.workspace import run_paths
 
 log = logging.getLogger(__name__)
 
+# Added to a phase's epoch to pick its shuffle order (mlkit.models.image_rows.epoch_order): the main
+# phase's first epoch does not repeat the warm-up's first order.
+SHUFFLE_OFFSET = {"warmup": 0, "main": 1 << 20}
 # Gradients are clipped to this global norm, a guard for SGD steps: the top standardises its
 # features with frozen statistics, so a feature that was near constant in the cache (random
 # weights) turns a large step into a diverging run. With batch norm kept in inference mode a
@@ -118,6 +122,15 @@ class FinetuneConfig:
             raise MlkitError(f"--optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
         if self.strategy not in STRATEGIES:
             raise MlkitError(f"--strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        check_freeze(self.freeze)
+        if self.decision:  # refused now, not after training (mlkit.models.record fits it)
+            try:
+                rule = parse_rule(self.decision, min_labels=self.min_labels, max_labels=self.max_labels)
+            except MlkitError as error:
+                raise MlkitError(f"--decision {self.decision}: {error}") from None
+            if not rule.deployable:
+                raise MlkitError(f"--decision {self.decision} needs the true labels; an exported model needs a "
+                                 "deployable rule")
         return self
 
     def run_options(self):
@@ -128,6 +141,19 @@ class FinetuneConfig:
         if self.optimizer != "adam":
             options["ftopt"] = self.optimizer
         return options
+
+
+def check_freeze(freeze):
+    """Refuses a percentage --freeze outside 0-100% (what no backbone has), before any work."""
+    text = str(freeze).strip().lower()
+    if not text.endswith("%"):
+        return
+    try:
+        share = float(text[:-1])
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 100:
+        raise MlkitError(f"--freeze {freeze}: a percentage of the backbone's layers is between 0% and 100%")
 
 
 # The Python API's defaults are FinetuneConfig's (mlkit.options): written once, there.
@@ -201,6 +227,10 @@ def finetune(
                 return done
             if overwrite:
                 shutil.rmtree(job.work, ignore_errors=True)
+            # This run's temporaries only: models/ holds other runs, each under its own lock.
+            sweep_temporaries(job.paths["keras"].parent, {path.name for path in job.paths.values()})
+            if job.work.is_dir():
+                sweep_temporaries(job.work)
             job.train(progress)
             result = job.evaluate_and_export(progress)
     result.seconds = time.perf_counter() - started
@@ -449,6 +479,7 @@ class _Job(RecordStep):
         previous = [float(row["val_loss"]) for row in read_log(log_path) if row.get("val_loss")]
         callbacks = [
             backup_and_restore(self.work / f"backup_{phase}", restore_from=self.chief_work / f"backup_{phase}"),
+            epoch_order(self.rows, SHUFFLE_OFFSET[phase]),
             keras.callbacks.CSVLogger(str(log_path), append=True),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience),
             keras.callbacks.TerminateOnNaN(),

@@ -49,6 +49,8 @@ class ImageRows:
         self.background = parse_background(cache.attrs.get("background", "255,255,255"))
         self.image_size = int(cache.attrs["image_size"])
         self.failures = {}
+        # The epoch whose order shuffled datasets give next; `epoch_order` sets it as each epoch begins.
+        self.epoch = 0
         missing = [p for p in self.paths[:1000] if not Path(p).exists()]
         if len(missing) == min(len(self.paths), 1000) and missing:
             raise MlkitError(
@@ -80,7 +82,10 @@ class ImageRows:
             captions: per-row caption strings, or None. With them the inputs
                 are {"pixels", "caption"}; without, the pixels alone.
             batch_size: images per batch.
-            shuffle: reshuffle every epoch. Defaults to False.
+            shuffle: a new order every epoch, a function of `seed` and the
+                epoch that `EpochOrder` sets (not of how many epochs this process
+                ran), so a resumed run sees the orders an uninterrupted one would.
+                Defaults to False.
             augment: Keras preprocessing layers applied per batch. Defaults to none.
             seed: shuffling seed. Defaults to 0.
             memory_cache: keep decoded images in memory when they fit in this many bytes.
@@ -88,9 +93,19 @@ class ImageRows:
         import tensorflow as tf
 
         size = self.image_size
-        index = np.arange(len(paths), dtype="int64")
-        data = tf.data.Dataset.from_tensor_slices(index)
-        decode = self._decoder(list(paths), size)
+        fits = len(paths) * size * size * 3 * 4 <= memory_cache
+        # A shuffled pipeline keeps decoded images itself: tf.data's cache would replay the first epoch's order.
+        decode = self._decoder(list(paths), size, memo={} if shuffle and fits else None)
+        if shuffle:
+            def order():
+                return np.random.default_rng([seed, self.epoch]).permutation(len(paths)).astype("int64")
+
+            # Evaluated when an epoch's iteration starts, after `EpochOrder` has set the epoch.
+            data = tf.data.Dataset.from_tensors(0).flat_map(lambda _: tf.data.Dataset.from_tensor_slices(
+                tf.ensure_shape(tf.numpy_function(order, [], tf.int64, stateful=True), [len(paths)])))
+            data = data.apply(tf.data.experimental.assert_cardinality(len(paths)))
+        else:
+            data = tf.data.Dataset.from_tensor_slices(np.arange(len(paths), dtype="int64"))
 
         def load(i):
             pixels, ok = tf.numpy_function(decode, [i], [tf.float32, tf.bool], stateful=False)
@@ -99,10 +114,8 @@ class ImageRows:
             return i, ok, pixels
 
         data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if len(paths) * size * size * 3 * 4 <= memory_cache:
+        if fits and not shuffle:
             data = data.cache()
-        if shuffle:
-            data = data.shuffle(min(len(paths), 10000), seed=seed, reshuffle_each_iteration=True)
         data = data.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
         caption_table = None if captions is None else tf.constant([str(c) for c in captions], tf.string)
         target_table = None if targets is None else tf.constant(np.asarray(targets))
@@ -120,19 +133,64 @@ class ImageRows:
         data = data.map(element, num_parallel_calls=tf.data.AUTOTUNE)
         return data.prefetch(tf.data.AUTOTUNE)
 
-    def _decoder(self, paths, size):
+    def _decoder(self, paths, size, memo=None):
         def decode(i):
+            if memo is not None and int(i) in memo:
+                return memo[int(i)]
             path = paths[int(i)]
             try:
-                return resize_array(decode_image(read_bytes(path), path, self.background), size), np.bool_(True)
+                decoded = resize_array(decode_image(read_bytes(path), path, self.background), size), np.bool_(True)
             except ImageReadError as error:
                 if path not in self.failures:
                     log.warning("skipping %s: %s", path, error.reason)
                 self.failures[path] = error.reason
-                return np.zeros((size, size, 3), np.float32), np.bool_(False)
+                decoded = np.zeros((size, size, 3), np.float32), np.bool_(False)
+            if memo is not None:
+                memo[int(i)] = decoded
+            return decoded
 
         return decode
 
     def readable(self, paths):
         """Which of `paths` decode, as a bool mask (scoring needs rows aligned with labels)."""
         return np.array([path not in self.failures for path in paths])
+
+
+def epoch_order(rows, offset=0):
+    """A Keras callback that makes each epoch's randomness a function of the epoch alone.
+
+    As epoch k begins it sets `rows.epoch` (the shuffle order) to `offset` + k
+    and re-seeds every random layer of the model (dropout, augmentation) from
+    its own seed and that number. Keras numbers a resumed fit's epochs from
+    where it stopped, and a backup holds weights, not random states, so
+    without this a resumed run would repeat its first epoch's order and masks.
+    `offset` keeps the phases of one run (warm-up, main) apart.
+    """
+    import keras
+
+    class EpochOrder(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seeds = {id(generator): (generator, int(np.asarray(generator.state)[0]))
+                          for generator in seed_generators(self.model)}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            rows.epoch = offset + epoch
+            for generator, seed in self.seeds.values():
+                mixed = (seed * 1_000_003 + offset + epoch) % (1 << 32)
+                generator.state.assign(np.array([mixed, 0], dtype=np.asarray(generator.state).dtype))
+
+    return EpochOrder()
+
+
+def seed_generators(model):
+    """Every `keras.random.SeedGenerator` held by the model's layers, nested models included."""
+    import keras
+
+    found, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        for value in vars(layer).values():
+            if isinstance(value, keras.random.SeedGenerator):
+                found.append(value)
+        stack.extend(getattr(layer, "layers", []))
+    return found

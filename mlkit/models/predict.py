@@ -26,7 +26,7 @@ import numpy as np
 from mlkit.errors import MlkitError
 from mlkit.files import StrPath, atomic_path
 from mlkit.images import ImageReadError, load_image, parse_background
-from mlkit.vocabulary import IMAGE_EXTENSIONS
+from mlkit.vocabulary import IMAGE_EXTENSIONS, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,13 @@ class Prediction:
     caption: str | None = None
 
 
-def expand_inputs(inputs):
+def expand_inputs(inputs, split=None):
     """(image path, true labels, caption) from files, folders and manifests.
 
     True labels are None when unknown; the caption is a manifest row's
     (blank -> "") and None for images from files, folders or a manifest
-    without a caption column.
+    without a caption column. With `split`, a manifest gives only its rows
+    of that split (files and folders are taken whole).
     """
     items = []
     for entry in inputs:
@@ -63,7 +64,7 @@ def expand_inputs(inputs):
                 log.warning("%s holds no images (%s)", path, ", ".join(sorted(IMAGE_EXTENSIONS)))
             items += [(str(p), None, None) for p in found]
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
-            items += _manifest_items(path)
+            items += _manifest_items(path, split)
         else:
             items.append((str(path), None, None))
     if not items:
@@ -71,7 +72,7 @@ def expand_inputs(inputs):
     return items
 
 
-def _manifest_items(path):
+def _manifest_items(path, split=None):
     from mlkit.data.manifest import read_manifest
 
     table = read_manifest(path, allow_unlabelled=True)
@@ -80,7 +81,14 @@ def _manifest_items(path):
     captions = [None] * len(images) if captions is None else ["" if text is None else str(text) for text in captions]
     truth = ([None] * len(images) if table.task == "regression"
              else [list(labels) for labels in table.rows["labels"]])
-    return list(zip(images, truth, captions))
+    items = list(zip(images, truth, captions))
+    if split is None:
+        return items
+    chosen = [item for item, row_split in zip(items, table.splits()) if row_split == split]
+    if not chosen:
+        raise MlkitError(f"{path} has no rows in split {split!r} (splits: {sorted(set(table.splits()))}); run "
+                         "`mlkit data split` first, or leave out --split")
+    return chosen
 
 
 def attach_captions(items, caption, captioned, model):
@@ -103,6 +111,7 @@ def attach_captions(items, caption, captioned, model):
 def predict(
     model: StrPath, inputs: StrPath | Sequence[StrPath], *, caption: str | Sequence[str] | None = None,
     workdir: StrPath = ".", top: int = DEFAULT_TOP, csv_path: StrPath | None = None, batch_size: int = 32,
+    split: str | None = None,
 ) -> list[Prediction]:
     """Labels images with an exported model.
 
@@ -114,7 +123,9 @@ def predict(
             caption are an error. Ignored, with a warning, by image-only
             models. Defaults to None.
         workdir: the workspace. Defaults to ".".
-        top: ranked labels kept per image (all decided ones are always kept). Defaults to 5.
+        top: the most ranked labels kept per image; a decided label ranked lower is still in
+            `decided` (the table names it on one line). Defaults to 5.
+        split: with a manifest, only its rows of this split (train, val or test). Defaults to None (all).
         csv_path: also write one row per image here. Defaults to None.
         batch_size: images of the same size run through the model together. Defaults to 32.
 
@@ -129,12 +140,19 @@ def predict(
     from mlkit.models.export import load_model
     from mlkit.models.network import takes_captions
 
+    if split is not None and split not in SPLITS:
+        raise MlkitError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+    if int(top) < 1:
+        raise MlkitError(f"--top {top} must be >= 1")
+    if csv_path and not Path(csv_path).absolute().parent.is_dir():  # before labelling anything, not after
+        raise MlkitError(f"--csv {csv_path}: the folder {Path(csv_path).absolute().parent} does not exist; create it "
+                         "or write the CSV elsewhere")
     keras_model, record = load_model(model, workdir)
     captioned = takes_captions(keras_model)
     names = record.get("label_names") or record.get("target_names") or []
     task = record.get("task", "multilabel")
     background = parse_background((record.get("input") or {}).get("background") or "white")
-    items = attach_captions(expand_inputs(inputs), caption, captioned, model)
+    items = attach_captions(expand_inputs(inputs, split), caption, captioned, model)
     results = [Prediction(image, truth=truth, task=task, caption=text if captioned else None)
                for image, truth, text in items]
     pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
@@ -172,8 +190,7 @@ def _run(model, group, results, names, task, top):
             continue
         order = np.argsort(-scores[row], kind="stable")
         decided = {int(i) for i in np.flatnonzero(labels[row])}
-        kept = [int(i) for i in order[:top]] + sorted(decided - {int(i) for i in order[:top]}, key=lambda i: -scores[row, i])
-        result.ranked = [(label_names[i], float(scores[row, i])) for i in kept]
+        result.ranked = [(label_names[i], float(scores[row, i])) for i in order[:top]]
         result.decided = [label_names[i] for i in order if int(i) in decided]
 
 
@@ -193,10 +210,18 @@ def format_predictions(results):
         for rank, (name, score) in enumerate(result.ranked, 1):
             marks = ("*" if name in result.decided else " ") + ("+" if name in truth else " ")
             lines.append(f"  {rank:>3} {marks} {score:6.3f}  {name}")
-        missed = sorted(truth - {name for name, _ in result.ranked})
+        shown = {name for name, _ in result.ranked}
+        lower = [name for name in result.decided if name not in shown]
+        if lower:
+            lines.append(f"        decided, ranked lower: {', '.join(lower)}")
+        missed = sorted(truth - shown)
         if missed:
             lines.append(f"        true, ranked lower: {', '.join(missed)}")
-    legend = "  (* decided by the model's rule, + true label)" if task != "regression" else ""
+    legend = ""
+    if task != "regression":
+        # `+` only appears where true labels are known (a manifest's rows); the legend says what can be seen.
+        known = any(result.truth is not None for result in results)
+        legend = "  (* decided by the model's rule" + (", + true label)" if known else ")")
     return "\n".join(lines + ([legend] if legend else []))
 
 

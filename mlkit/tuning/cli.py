@@ -70,7 +70,7 @@ def add_data_options(parser):
 
 def add_tune_top(subparsers):
     parser = subparsers.add_parser(
-        "tune-top", help="2. grid-search top models on a bottleneck cache",
+        "tune-top", help="stage 2: grid-search top models on a bottleneck cache",
         description="Grid-search small top models on cached features (KerasTuner GridSearch).",
         epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cache", help="bottleneck cache (.h5) from cache-features")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.branches import branch_of
-from mlkit.files import atomic_path, write_json
+from mlkit.files import atomic_path, is_temporary, write_json
 from mlkit.tuning.config import OBJECTIVES
 from mlkit.workspace import run_files
 
@@ -66,8 +66,9 @@ class Progress:
 
     def finished_runs(self):
         """Names of every finished run in the folder, whichever grid or cache it came from."""
+        # A killed writer's `.partial-<pid>-<run>.json` holds a whole record that was never published.
         return sorted(path.name[: -len(".json")] for path in self.folder.glob("*.json")
-                      if self.finished(path.name[: -len(".json")]) is not None)
+                      if not is_temporary(path) and self.finished(path.name[: -len(".json")]) is not None)
 
     def finish(self, run, config, result):
         """Writes the run's record: the resolved config and its result. Call last."""

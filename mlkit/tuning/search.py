@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from mlkit.bottlenecks.cache import identity_differences, open_cache
 from mlkit.errors import MlkitError
-from mlkit.files import StrPath, stage_folder
+from mlkit.files import StrPath, stage_folder, sweep_temporaries
 from mlkit.locks import hold_lock
 from mlkit.options import defaults_of
 from mlkit.taps import ALL as ALL_TAPS
@@ -374,6 +374,8 @@ def tune_top(
         # Workers share the chief's folder by design; anyone else tuning here would clobber this search.
         lock = contextlib.nullcontext() if role == "worker" else hold_lock(folder / LOCK, f"tuning folder {folder}")
         with lock:
+            if role != "worker":  # before any worker has a trial: the chief starts the search
+                sweep_temporaries(folder)
             progress = Progress(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
             warn_changed_settings(progress, grid.configs())
             pending = [run for run in grid.runs if progress.finished(run, cache.identity) is None]

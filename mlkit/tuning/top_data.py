@@ -32,6 +32,7 @@ import numpy as np
 
 from mlkit.bottlenecks.cache import BLOCK_BYTES, read_rows, tap_dataset
 from mlkit.branches import BRANCH_INPUTS
+from mlkit.data.manifest import constant_labels_message
 from mlkit.errors import MlkitError, check_choice
 from mlkit.tuning.config import TAP_WEIGHTS
 from mlkit.tuning.memory import aligned_empty, host_tensor, parse_memory
@@ -98,6 +99,10 @@ class TopData:
         train_rows = cache.indices("train")
         self.val_rows = cache.indices("val")
         train_labels = cache.read("labels", train_rows)
+        same = constant_labels_message(train_labels, self.task, cache.label_names)
+        if same:
+            raise MlkitError(f"{cache.path}: every training row {same}; a top cannot learn anything from that. "
+                             "Add rows of other labels to the manifest and rerun cache-features")
         self.val_labels = cache.read("labels", self.val_rows)
         self.cardinality = train_cardinality(train_labels) if self.task == "multilabel" else 0.0
         self.scale = cache.target_scale
