@@ -85,8 +85,8 @@ costs nothing at inference beyond their heads, since the backbone runs once.
 No training happens here: the tops' scores on the cached validation features
 are averaged, the decision is fitted on them, and test is reported beside
 each member alone. Measured on the icon themes (test: a theme never trained
-on) and the Tux Paint stamps, with the pretrained MobileNetV2: see README,
-"Ensembles".
+on) and the Tux Paint stamps, with the pretrained MobileNetV2: see
+docs/finetune.md, "Ensembles".
 
 Writes, under WORKDIR/models/ (RUN = the best member's run name + _ens-K):
   RUN.keras   uint8 images of any size -> {"scores", "labels"}: resize,
