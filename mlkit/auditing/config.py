@@ -41,6 +41,15 @@ class AuditConfig:
             the label check. Defaults to 5.
         top: a tuned run name whose settings train the fold models, or "" for
             the small default top below. Defaults to "".
+        taps: the cached taps (`mlkit.taps`) the fold tops read: "all" for
+            every tap the cache holds (only the backbone's output in a cache
+            without taps), "last" for the output alone, or names joined by "+".
+            Defaults to "all".
+        repeats: fold ensembles: the k folds are drawn this many times (each
+            with its own seed) and every row's out-of-fold scores averaged.
+            Defaults to 1.
+        vote_weight: weight of the nearest neighbours' labels against the
+            fold scores in each row's label probabilities (`evidence`). Defaults to 0.5.
         units: hidden units of the default top. Defaults to 256.
         epochs: most epochs per fold model (10% of its training rows stop it early). Defaults to 20.
         batch: batch size of the fold tops, lowered so that an epoch has at least
@@ -61,6 +70,10 @@ class AuditConfig:
     outlier_z: float = option(4.0, "robust z-score of that distance above which a row is an outlier")
     folds: int = option(5, "k of the k-fold top models for the label check; 0 skips it")
     top: str = option("", "a tuned run (in WORKDIR/tuning) whose settings train the fold tops", shown="a small top")
+    taps: str = option("all", "cached taps the fold tops read: all (every one the cache holds), last, or names "
+                              "joined by +")
+    repeats: int = option(1, "draws of the k folds, each seeded apart, whose out-of-fold scores are averaged")
+    vote_weight: float = option(0.5, "weight of the nearest neighbours' labels against the fold scores (0 to 1)")
     units: int = option(256, "hidden units of the default fold top")
     epochs: int = option(20, "most epochs per fold top (10% of its rows stop it early)")
     batch: int = option(512, "batch size of the fold tops (lowered to give an epoch at least 10 steps)")
@@ -75,7 +88,9 @@ class AuditConfig:
                 raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} is not a cosine similarity in [-1, 1]")
         if self.folds == 1 or self.folds < 0:
             raise MlkitError(f"folds {self.folds}: use 2 or more (5 is usual), or 0 to skip the label check")
-        for name in ("neighbours", "outlier_k", "units", "epochs", "batch"):
+        if not 0.0 <= float(self.vote_weight) <= 1.0:
+            raise MlkitError(f"vote-weight {self.vote_weight} is not a weight in [0, 1]")
+        for name in ("neighbours", "outlier_k", "units", "epochs", "batch", "repeats"):
             if int(getattr(self, name)) < 1:
                 raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
         if self.outlier_k > self.neighbours:
