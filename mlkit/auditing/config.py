@@ -12,6 +12,8 @@ from mlkit.options import option
 
 AUDIT_DIR = "audit"
 ISSUES_CSV = "issues.csv"
+REVIEW_CSV = "review.csv"
+REVIEW_COLUMN = "review"
 SUMMARY_JSON = "summary.json"
 SCORES_NPZ = "scores.npz"
 # Finding kinds, in the order issues.csv lists them: leaks first.
@@ -30,6 +32,11 @@ class AuditConfig:
     Args:
         near_threshold: correlation of two rows' 8 x 8 pixel thumbnails at
             or above which they are near duplicates. Defaults to 0.95.
+        near_agreement: cosine similarity of mean-centred features that a
+            thumbnail pair must also reach to be a near duplicate: pictures
+            of one layout that the backbone sees as different are not. -1
+            turns the test off, the default: with MobileNetV2 at 96 px it
+            costs planted copies more than it saves (BENCHMARKS.md). Defaults to -1.0.
         near_feature_threshold: cosine similarity of mean-centred features at
             or above which two rows are near duplicates, where either has no
             usable thumbnail. Defaults to 0.92.
@@ -56,12 +63,17 @@ class AuditConfig:
             10 steps. Defaults to 512.
         lr: Adam learning rate of the default top. Defaults to 0.001.
         residual_z: regression: standardised residual above which a row is flagged. Defaults to 3.0.
+        review: findings on the shortlist (review.csv, the contact sheets):
+            ranked across kinds, each kind's best in turn (`findings.shortlist`);
+            0 lists every finding. Defaults to 200.
         sheet_size: findings per contact sheet. Defaults to 24.
         seed: seeds the folds and the fold models. Defaults to 0.
     """
 
     near_threshold: float = option(0.95, "correlation of 8 x 8 pixel thumbnails at or above which two rows are "
                                          "near duplicates")
+    near_agreement: float = option(-1.0, "cosine similarity (mean-centred features) that a thumbnail pair must "
+                                         "also reach to be a near duplicate; -1 turns the test off")
     near_feature_threshold: float = option(0.92, "cosine similarity (mean-centred features) for near duplicates "
                                                  "where a row has no usable thumbnail (image missing, changed or one "
                                                  "flat colour)")
@@ -79,17 +91,21 @@ class AuditConfig:
     batch: int = option(512, "batch size of the fold tops (lowered to give an epoch at least 10 steps)")
     lr: float = option(0.001, "Adam learning rate of the default fold top")
     residual_z: float = option(3.0, "regression: standardised residual above which a row is flagged")
+    review: int = option(200, "findings on the shortlist (review.csv and the contact sheets), ranked across kinds; "
+                              "0 for all")
     sheet_size: int = option(24, "findings per contact sheet")
     seed: int = option(0, "seeds the folds and the fold tops")
 
     def __post_init__(self):
-        for name in ("near_threshold", "near_feature_threshold"):
+        for name in ("near_threshold", "near_agreement", "near_feature_threshold"):
             if not -1.0 <= float(getattr(self, name)) <= 1.0:
                 raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} is not a cosine similarity in [-1, 1]")
         if self.folds == 1 or self.folds < 0:
             raise MlkitError(f"folds {self.folds}: use 2 or more (5 is usual), or 0 to skip the label check")
         if not 0.0 <= float(self.vote_weight) <= 1.0:
             raise MlkitError(f"vote-weight {self.vote_weight} is not a weight in [0, 1]")
+        if int(self.review) < 0:
+            raise MlkitError(f"review {self.review} must be >= 0 (0 lists every finding)")
         for name in ("neighbours", "outlier_k", "units", "epochs", "batch", "repeats"):
             if int(getattr(self, name)) < 1:
                 raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} must be >= 1")

@@ -1,4 +1,5 @@
-"""Writes an audit's files: issues.csv, summary.json, groups.csv, scores.npz and contact sheets.
+"""Writes an audit's files: issues.csv, review.csv (the shortlist), summary.json, groups.csv, scores.npz and
+contact sheets.
 
 Every file is written under a temporary name in its folder and renamed into
 place, so a reader never sees half a file. Contact sheets are drawn on
@@ -15,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mlkit.auditing.config import ISSUES_CSV, KINDS, PAIR_KINDS, SCORES_NPZ, SUMMARY_JSON
+from mlkit.auditing.config import ISSUES_CSV, KINDS, PAIR_KINDS, REVIEW_COLUMN, REVIEW_CSV, SCORES_NPZ, SUMMARY_JSON
 from mlkit.data.split import GROUPS_CSV
 from mlkit.files import atomic_path, write_json
 
@@ -80,12 +81,19 @@ def contact_sheet(path, findings, root, title):
     return Path(path)
 
 
+def shortlisted(issues):
+    """The shortlist in review order."""
+    chosen = issues[issues[REVIEW_COLUMN] > 0]
+    return chosen.sort_values(REVIEW_COLUMN, kind="stable")
+
+
 def contact_sheets(folder, issues, root, size):
-    """One contact sheet `<kind>.png` per kind found, top `size` findings each; removes stale ones."""
+    """One contact sheet `<kind>.png` per kind on the shortlist, its first `size` findings; removes stale ones."""
     written = {}
+    review = shortlisted(issues)
     for kind in KINDS:
         path = folder / f"{kind}.png"
-        chosen = issues[issues["kind"] == kind].head(size)
+        chosen = review[review["kind"] == kind].head(size)
         if chosen.empty:
             path.unlink(missing_ok=True)
             continue
@@ -118,6 +126,14 @@ def write_scores(path, table, outlier, labels):
         np.savez_compressed(handle, **arrays)
 
 
+def review_counts(issues, size):
+    """summary.json's "review": the shortlist's size, and per kind how many are on it and beyond it."""
+    on = issues[REVIEW_COLUMN] > 0
+    return {"size": size, "shortlisted": int(on.sum()),
+            "on_shortlist": {kind: int((on & (issues["kind"] == kind)).sum()) for kind in KINDS},
+            "beyond": {kind: int((~on & (issues["kind"] == kind)).sum()) for kind in KINDS}}
+
+
 def summarise(cache, table, issues, duplicate_group, exact_group, near, near_record, labels, config, timer, sheets):
     """The contents of summary.json."""
     counts = issues.groupby(["kind", "match"]).size()
@@ -125,6 +141,7 @@ def summarise(cache, table, issues, duplicate_group, exact_group, near, near_rec
         "cache": str(cache.path.resolve()), "task": cache.task, "rows": int(len(table["rows"])),
         "manifest": cache.attrs.get("manifest_path", ""), "manifest_root": cache.attrs.get("manifest_root", ""),
         "findings": {kind: int((issues["kind"] == kind).sum()) for kind in KINDS},
+        "review": review_counts(issues, config.review),
         "pairs": {f"{kind}_{match}": int(count) for (kind, match), count in counts.items() if match},
         "exact_groups": int(exact_group.max() + 1) if len(exact_group) else 0,
         "near_pairs": int(len(near[0])), "near_duplicates": near_record, "duplicate_groups": int(duplicate_group.max() + 1) if len(duplicate_group) else 0,
@@ -143,6 +160,8 @@ def write_all(folder, cache, table, issues, duplicate_group, exact_group, near, 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / ISSUES_CSV) as tmp:
         issues.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(folder / REVIEW_CSV) as tmp:
+        shortlisted(issues).to_csv(tmp, index=False, float_format="%.4f")
     write_groups(folder / GROUPS_CSV, table, duplicate_group, exact_group)
     write_scores(folder / SCORES_NPZ, table, outlier, labels)
     root = Path(cache.attrs.get("manifest_root", "."))

@@ -132,26 +132,29 @@ def check_labels(cache, table, folds, positions, pairs, config):
 
 def audit(
     cache: StrPath, workdir: StrPath = ".", *, near_threshold: float = AUDIT["near_threshold"],
+    near_agreement: float = AUDIT["near_agreement"],
     near_feature_threshold: float = AUDIT["near_feature_threshold"], neighbours: int = AUDIT["neighbours"],
     outlier_k: int = AUDIT["outlier_k"], outlier_z: float = AUDIT["outlier_z"], folds: int = AUDIT["folds"],
     top: str = AUDIT["top"], units: int = AUDIT["units"], epochs: int = AUDIT["epochs"], batch: int = AUDIT["batch"],
     lr: float = AUDIT["lr"], taps: str = AUDIT["taps"], repeats: int = AUDIT["repeats"],
-    vote_weight: float = AUDIT["vote_weight"], residual_z: float = AUDIT["residual_z"], sheet_size: int = AUDIT["sheet_size"],
+    vote_weight: float = AUDIT["vote_weight"], residual_z: float = AUDIT["residual_z"],
+    review: int = AUDIT["review"], sheet_size: int = AUDIT["sheet_size"],
     seed: int = AUDIT["seed"],
 ) -> AuditResult:
     """Finds duplicates, split leaks, likely label errors and outliers in a bottleneck cache.
 
     Writes `WORKDIR/audit/<cache>/`: `issues.csv` (one row per finding, leaks
-    first), `summary.json`, `groups.csv` (duplicate groups, for `mlkit data
+    first), `review.csv` (the shortlist of `review` findings ranked across
+    kinds, with the same columns), `summary.json`, `groups.csv` (duplicate groups, for `mlkit data
     split --group-duplicates`), `scores.npz` (out-of-fold scores and per-row
     scores) and a contact sheet `<kind>.png` per kind found.
 
     Args:
         cache: the `.h5` cache from `mlkit cache-features`.
         workdir: the workspace; also where `tuning/` is looked up for `top`. Defaults to ".".
-        near_threshold, near_feature_threshold, neighbours, outlier_k, outlier_z,
+        near_threshold, near_agreement, near_feature_threshold, neighbours, outlier_k, outlier_z,
             folds, top, units, epochs, batch, lr, taps, repeats, vote_weight, residual_z,
-            sheet_size, seed:
+            review, sheet_size, seed:
             the `AuditConfig` settings; each field there says what it does and
             `mlkit audit --help` prints them with their defaults.
 
@@ -163,9 +166,10 @@ def audit(
         print(result.issues.head())
     """
     config = AuditConfig(
-        near_threshold=near_threshold, near_feature_threshold=near_feature_threshold, neighbours=neighbours,
-        outlier_k=outlier_k, outlier_z=outlier_z, folds=folds, top=top, units=units, epochs=epochs, batch=batch, lr=lr,
-        taps=taps, repeats=repeats, vote_weight=vote_weight, residual_z=residual_z, sheet_size=sheet_size, seed=seed,
+        near_threshold=near_threshold, near_agreement=near_agreement, near_feature_threshold=near_feature_threshold,
+        neighbours=neighbours, outlier_k=outlier_k, outlier_z=outlier_z, folds=folds, top=top, units=units,
+        epochs=epochs, batch=batch, lr=lr, taps=taps, repeats=repeats, vote_weight=vote_weight, residual_z=residual_z,
+        review=review, sheet_size=sheet_size, seed=seed,
     )
     timer = _Timer()
     features = open_cache(cache)
