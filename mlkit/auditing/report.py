@@ -25,16 +25,16 @@ SHEET_COLUMNS = 4
 CAPTION_WIDTH = 34
 
 
-def thumbnail(path):
-    """An RGB THUMB x THUMB thumbnail on white, or a grey square when the image cannot be read."""
-    canvas = Image.new("RGB", (THUMB, THUMB), "white")
+def thumbnail(path, size=THUMB):
+    """An RGB `size` x `size` thumbnail on white, or a grey square when the image cannot be read."""
+    canvas = Image.new("RGB", (size, size), "white")
     try:
         with Image.open(path) as image:
             image = image.convert("RGBA")
-            image.thumbnail((THUMB, THUMB))
-            canvas.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2), image)
+            image.thumbnail((size, size))
+            canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2), image)
     except (OSError, ValueError):
-        canvas.paste((170, 170, 170), (0, 0, THUMB, THUMB))
+        canvas.paste((170, 170, 170), (0, 0, size, size))
     return np.asarray(canvas)
 
 

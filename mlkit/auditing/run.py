@@ -16,6 +16,7 @@ from mlkit.auditing import neighbours as knn
 from mlkit.auditing.config import AUDIT_DIR, AuditConfig
 from mlkit.auditing.labels import label_quality
 from mlkit.auditing.near import near_duplicates
+from mlkit.auditing.page import write_review_page
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 from mlkit.files import StrPath
@@ -145,7 +146,8 @@ def audit(
 
     Writes `WORKDIR/audit/<cache>/`: `issues.csv` (one row per finding, leaks
     first), `review.csv` (the shortlist of `review` findings ranked across
-    kinds, with the same columns), `summary.json`, `groups.csv` (duplicate groups, for `mlkit data
+    kinds, with the same columns), `review.html` (a page to review that
+    shortlist with the keyboard and save the decisions), `summary.json`, `groups.csv` (duplicate groups, for `mlkit data
     split --group-duplicates`), `scores.npz` (out-of-fold scores and per-row
     scores) and a contact sheet `<kind>.png` per kind found.
 
@@ -194,4 +196,5 @@ def audit(
     folder = Path(workdir) / AUDIT_DIR / features.name
     summary = report.write_all(folder, features, table, issues, duplicate_group, groups, near, near_record, outlier,
                                labels, config, timer)
+    write_review_page(folder, issues, Path(features.attrs.get("manifest_root", ".")), features.name)
     return AuditResult(folder, issues, summary, timer.parts)
