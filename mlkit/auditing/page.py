@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from mlkit.auditing.config import REVIEW_CSV
@@ -126,12 +127,18 @@ def data_uri(path):
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def cell_text(value):
+    """A cell as review.csv writes it: empty for missing, floats to 4 decimals."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def page_rows(review, root):
     """The shortlist as JSON-ready records: every review.csv column as text, and the images."""
     records = []
     for _, finding in review.iterrows():
-        record = {column: "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
-                  for column, value in finding.items()}
+        record = {column: cell_text(value) for column, value in finding.items()}
         record["_image"] = data_uri(Path(root) / finding["image"])
         record["_partner"] = data_uri(Path(root) / finding["partner_image"]) if finding["partner_image"] else ""
         records.append(record)
