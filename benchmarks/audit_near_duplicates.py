@@ -12,6 +12,14 @@ two originals above the threshold are counted apart.
 
     python benchmarks/audit_near_duplicates.py                 # both sets, with MobileNetV2 features
     python benchmarks/audit_near_duplicates.py --no-features   # descriptors from pixels only (no TensorFlow)
+    python benchmarks/audit_near_duplicates.py --agreement --icons /work/data/icons/manifest.csv
+
+--agreement measures the audit's second test instead: of the pairs whose thumbnails match (>= the
+audit's near threshold), how many keep a feature cosine (mean-centred MobileNetV2 features) at or
+above each candidate threshold. Planted copies (synth, stamps) should keep it; distinct pictures of a
+similar layout should not: the same freedesktop icon name drawn by two themes
+(benchmarks/icon_themes.py), leaving out the pairs between themes that share artwork (gnome, mate,
+Adwaita: mate forked GNOME 2's icons).
 """
 
 import argparse
@@ -128,8 +136,8 @@ def cached_features(manifest, workdir):
     from mlkit.bottlenecks.cache import open_cache
     from mlkit.bottlenecks.extract import cache_features
 
-    result = cache_features(manifest, manifest.parent, backbone="mobilenetv2", weights=str(PRETRAINED), image_size=96,
-                            progress=False)
+    result = cache_features(manifest, workdir, backbone="mobilenetv2", weights=str(PRETRAINED), image_size=96,
+                            progress=False, dataset=manifest.parent.name)
     cache = open_cache(result.path)
     rows = cache.indices()
     if len(rows) != len(pd.read_csv(manifest)):
@@ -137,13 +145,80 @@ def cached_features(manifest, workdir):
     return cache.read("features", rows).astype(np.float64)
 
 
+SHARED_ARTWORK = {"gnome", "mate", "Adwaita"}
+AGREEMENT_THRESHOLDS = (-1.0, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def thumbnail_similarity(images):
+    vectors = thumbnail_vectors(np.stack([thumbnail(image) for image in images]))
+    return vectors @ vectors.T
+
+
+def feature_cosine(features):
+    centred = features - features.mean(axis=0)
+    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
+
+
+def planted_agreement(name, workdir):
+    """Feature cosines of the planted pairs whose thumbnails match, and how many planted pairs there are."""
+    manifest, groups, _ = collection(name, workdir)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    matched = thumbnail_similarity([load_image(manifest.parent / image) for image in table["image"]])
+    cosine = feature_cosine(cached_features(manifest, workdir))
+    pairs = [(a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1:]]
+    threshold = AuditConfig().near_threshold
+    return np.array([cosine[a, b] for a, b in pairs if matched[a, b] >= threshold]), len(pairs)
+
+
+def icon_pairs(manifest):
+    """Pairs of rows drawing one icon name in two themes that do not share artwork."""
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    parts = table["image"].str.split("/")
+    theme, name = parts.str[1], parts.str[-1]
+    pairs = []
+    for _, rows in table.groupby(name).groups.items():
+        rows = list(rows)
+        pairs += [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
+                  if theme[a] != theme[b] and not {theme[a], theme[b]} <= SHARED_ARTWORK]
+    return table, pairs
+
+
+def distinct_agreement(manifest, workdir):
+    """Feature cosines of the same-name icon pairs whose thumbnails match, and how many such pairs there are."""
+    table, pairs = icon_pairs(manifest)
+    matched = thumbnail_similarity([load_image(manifest.parent / image) for image in table["image"]])
+    cosine = feature_cosine(cached_features(manifest, workdir))
+    threshold = AuditConfig().near_threshold
+    return np.array([cosine[a, b] for a, b in pairs if matched[a, b] >= threshold]), len(pairs)
+
+
+def agreement(args, workdir):
+    """Per feature threshold: planted recall (synth, stamps) and the share of distinct icon pairs still called duplicates."""
+    planted = {name: planted_agreement(name, workdir) for name in ("synth", "stamps")}
+    distinct, icon_total = distinct_agreement(Path(args.icons), workdir)
+    print(f"same-name icon pairs of themes that do not share artwork: {icon_total}, "
+          f"{len(distinct)} with matching thumbnails")
+    print("feature cosine >=   synth recall   stamps recall   icon pairs called duplicates (share of matched)")
+    for threshold in AGREEMENT_THRESHOLDS:
+        recalls = [(cosines >= threshold).sum() / total for cosines, total in planted.values()]
+        called = int((distinct >= threshold).sum())
+        print(f"{threshold:17.2f}   {recalls[0]:12.3f}   {recalls[1]:13.3f}   {called:5d} "
+              f"({called / max(len(distinct), 1):.3f})", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="synth,stamps", help="comma-separated: synth, stamps (default both)")
     parser.add_argument("--no-features", action="store_true", help="leave out the backbone features")
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    parser.add_argument("--agreement", action="store_true", help="measure the feature-agreement threshold instead")
+    parser.add_argument("--icons", default="/work/data/icons/manifest.csv", help="with --agreement: the icon manifest")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="audit_near_"))
+    if args.agreement:
+        agreement(args, workdir)
+        return
     for name in args.sets.split(","):
         manifest, groups, originals = collection(name, workdir)
         table = pd.read_csv(manifest, dtype=str, keep_default_na=False)

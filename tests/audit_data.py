@@ -66,22 +66,36 @@ def plant_near_duplicates(manifest_path, sources, seed=0):
     return groups
 
 
-def inject_label_errors(labels, task, share=0.05, seed=0):
-    """Corrupts `share` of the rows: multilabel drops one true label or adds one false one; multiclass flips the class.
+NOISE_KINDS = ("swap", "add", "drop")
 
-    Returns:
-        (noisy labels, corrupted row indices).
+
+def inject_label_errors(labels, task, share=0.05, seed=0, kind="mixed"):
+    """Corrupts `share` of the rows, and returns (noisy labels, corrupted row indices).
+
+    Kinds: "swap" gives a row the labels of another row whose labels differ (for multiclass: a
+    class flip, the same thing); "add" adds one false label; "drop" removes one true label (only
+    from rows with two or more); "mixed" (multilabel) drops or adds, at random. Multiclass labels
+    are always flipped to another class.
     """
     rng = np.random.default_rng(seed)
     labels = np.array(labels, copy=True)
-    rows = np.sort(rng.choice(len(labels), int(round(share * len(labels))), replace=False))
+    eligible = np.arange(len(labels))
+    if task == "multilabel" and kind == "drop":
+        eligible = np.flatnonzero(labels.sum(axis=1) >= 2)
+    rows = np.sort(rng.choice(eligible, int(round(share * len(labels))), replace=False))
+    original = labels.copy()
     for row in rows:
         if task == "multiclass":
             num_classes = int(labels.max()) + 1
             labels[row] = (labels[row] + rng.integers(1, num_classes)) % num_classes
             continue
+        if kind == "swap":
+            differ = np.flatnonzero((original != original[row]).any(axis=1))
+            labels[row] = original[rng.choice(differ)]
+            continue
         present, absent = np.flatnonzero(labels[row]), np.flatnonzero(labels[row] == 0)
-        drop = len(present) > 1 and (len(absent) == 0 or rng.random() < 0.5)
+        mixed_drop = kind == "mixed" and len(present) > 1 and (len(absent) == 0 or rng.random() < 0.5)
+        drop = kind == "drop" or mixed_drop
         labels[row, rng.choice(present if drop else absent)] = 0 if drop else 1
     return labels, rows
 

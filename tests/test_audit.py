@@ -251,26 +251,36 @@ def test_split_by_groups_keeps_existing_splits():
 
 
 def test_near_duplicates_by_thumbnails_and_by_features_where_an_image_is_missing(tmp_path):
-    """Planted copies are found by their pixels though their features are unrelated; a row whose
-    image has gone is compared by features."""
+    """Planted copies are found by their pixels alone by default, and only where their features agree with
+    --near-agreement; a row whose image has gone is compared by features."""
     import mlkit
 
     manifest = synthesize(tmp_path / "data", task="multiclass", n=30, size=64, seed=0)
     groups = plant_near_duplicates(manifest, [0, 10])
     table = read_manifest(manifest)
     n = len(table.rows)
-    features = np.random.default_rng(0).normal(size=(n, 16))
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(n, 16))
     features[5] = features[6] + 0.001
+    # The copies of row 0 look alike to the backbone too; those of row 10 do not.
+    features[groups[0]] = features[0] + 0.3 * rng.normal(size=(len(groups[0]), 16))
+    features[groups[1]] = 6 * np.eye(16)[: len(groups[1])] + 0.1 * rng.normal(size=(len(groups[1]), 16))
     (manifest.parent / table.rows["image"][5]).unlink()
     cache = tmp_path / "bottlenecks" / "copies_all_x_inet_avg.h5"
     cache.parent.mkdir()
     write_cache(cache, features=features, labels=table.label_array(), split=[""] * n, image=table.rows["image"],
                 attrs={"task": "multiclass", "label_names": table.label_names, "manifest_root": str(manifest.parent)})
+    def pixel_pairs(result):
+        near = result.issues[result.issues["match"] == "near"]
+        return {tuple(sorted(pair)) for pair, detail in zip(near[["row", "partner_row"]].values.tolist(),
+                                                            near["detail"]) if detail.startswith("by thumbnails")}
+
+    agreeing = mlkit.audit(cache, workdir=tmp_path / "agree", folds=0, near_agreement=0.3)
+    assert pixel_pairs(agreeing) == {(a, b) for a in groups[0] for b in groups[0] if a < b}
+    assert agreeing.summary["near_duplicates"]["thumbnail_pairs_unlike_in_features"] == 10
     result = mlkit.audit(cache, workdir=tmp_path, folds=0)
     near = result.issues[result.issues["match"] == "near"]
-    by_pixels = {tuple(sorted(pair)) for pair, detail in zip(near[["row", "partner_row"]].values.tolist(), near["detail"])
-                 if detail.startswith("by thumbnails")}
-    assert by_pixels == {(a, b) for group in groups for a in group for b in group if a < b}
+    assert pixel_pairs(result) == {(a, b) for group in groups for a in group for b in group if a < b}
     by_features = near[near["detail"].str.startswith("by features")]
     assert sorted(by_features[["row", "partner_row"]].values.tolist()[0]) == [5, 6] and len(by_features) == 1
     record = result.summary["near_duplicates"]
@@ -303,3 +313,57 @@ def test_cache_features_stores_thumbnails_and_the_audit_reads_images_only_where_
     near = audit.issues[audit.issues["match"] == "near"]
     found = {tuple(sorted(pair)) for pair in near[["row", "partner_row"]].values.tolist()}
     assert {(a, b) for group in groups for a in group for b in group if a < b} <= found
+
+
+def test_feature_agreement_is_the_cosine_of_mean_centred_features(tmp_path):
+    from mlkit.auditing.near import feature_agreement
+
+    rng = np.random.default_rng(5)
+    features = rng.random((40, 12)).astype(np.float32)
+    path = tmp_path / "toy.h5"
+    write_cache(path, features=features, labels=rng.integers(0, 2, 40), split=[""] * 40,
+                attrs={"task": "multiclass", "label_names": ["a", "b"]})
+    rows = np.arange(3, 40)
+    pairs = np.array([[0, 5], [7, 2], [36, 0]])
+    centred = features[rows] - features[rows].mean(axis=0)
+    expected = [centred[a] @ centred[b] / np.linalg.norm(centred[a]) / np.linalg.norm(centred[b]) for a, b in pairs]
+    np.testing.assert_allclose(feature_agreement(path, rows, pairs), expected, rtol=1e-5)
+
+
+def test_shortlist_takes_each_kinds_best_in_turn():
+    from mlkit.auditing.findings import shortlist
+
+    kinds = ["leak"] + ["conflict"] * 3 + ["label_error"] * 5 + ["outlier"] * 2
+    issues = pd.DataFrame({"kind": kinds, "row": range(len(kinds))})
+    ranked = shortlist(issues, 7)
+    expected, turn = [], 0
+    while len(expected) < 7:
+        for kind in ("leak", "conflict", "duplicate", "label_error", "outlier"):
+            of_kind = [i for i, k in enumerate(kinds) if k == kind]
+            if turn < len(of_kind) and len(expected) < 7:
+                expected.append(of_kind[turn])
+        turn += 1
+    assert ranked.sort_values("review").query("review > 0")["row"].tolist() == expected
+    assert (ranked["review"] == 0).sum() == len(kinds) - 7
+    assert (shortlist(issues, 0)["review"] > 0).all()
+
+
+def test_review_budget_cuts_the_shortlist_and_counts_what_lies_beyond(workspace):
+    code = main(["audit", str(workspace["cache"]), "--workdir", str(workspace["root"]), "--folds", "0",
+                 "--review", "2"])
+    assert code == 0
+    folder = workspace["root"] / "audit" / "toy_all_x_inet_avg"
+    summary = json.loads((folder / "summary.json").read_text())
+    review = pd.read_csv(folder / "review.csv", keep_default_na=False)
+    issues = pd.read_csv(folder / "issues.csv", keep_default_na=False)
+    assert review["review"].tolist() == [1, 2] and review["kind"].tolist() == ["leak", "conflict"]
+    assert summary["review"]["shortlisted"] == 2
+    for kind, count in summary["findings"].items():
+        assert summary["review"]["beyond"][kind] + summary["review"]["on_shortlist"][kind] == count
+    assert len(issues) == sum(summary["findings"].values()) and (issues["review"] > 0).sum() == 2
+    assert not (folder / "outlier.png").exists() and (folder / "leak.png").exists()
+    review.loc[0, "decision"] = "accept"
+    review.to_csv(folder / "review.csv", index=False)
+    assert main(["audit", "--apply", str(folder / "review.csv")]) == 0
+    audited = read_manifest(workspace["manifest"].with_name("manifest.audited.csv"))
+    assert workspace["images"][100] not in set(audited.rows["image"])

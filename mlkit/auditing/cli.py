@@ -11,12 +11,15 @@ examples:
   mlkit audit bottlenecks/stamps_all_mobilenetv2_inet_avg.h5
   mlkit audit CACHE --folds 0 --near-threshold 0.97       # duplicates and outliers only
   mlkit audit CACHE --top stamps_all_mobilenetv2_inet_avg_1x1024d5_lr11_b64   # fold tops with a tuned run's settings
-  mlkit audit --apply audit/<cache>/issues.csv            # after filling its decision column
+  mlkit audit CACHE --review 50                           # a shorter shortlist
+  mlkit audit --apply audit/<cache>/review.csv            # after filling its decision column
 
 Writes WORKDIR/audit/<cache>/: issues.csv (one row per finding: leaks first, then
-conflicts, duplicates, label errors, outliers), summary.json, groups.csv (for
-`mlkit data split --group-duplicates`), scores.npz and a contact sheet <kind>.png
-per kind found. Fill issues.csv's decision column with accept or reject and run
+conflicts, duplicates, label errors, outliers), review.csv (the --review shortlist:
+each kind's best in turn), summary.json (how many of each kind lie beyond the
+shortlist), groups.csv (for `mlkit data split --group-duplicates`), scores.npz and
+a contact sheet <kind>.png per kind on the shortlist. Fill review.csv's (or
+issues.csv's) decision column with accept or reject and run
 --apply: accepted findings drop their row or take the suggested labels (edit the
 suggested column first to choose other labels). The corrected manifest is written
 beside the original as <name>.audited.csv; the original is never overwritten.

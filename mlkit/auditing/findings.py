@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from mlkit.auditing import duplicates
-from mlkit.auditing.config import ACTIONS, DECISION_COLUMN, KINDS
+from mlkit.auditing.config import ACTIONS, DECISION_COLUMN, KINDS, REVIEW_COLUMN
 from mlkit.data.manifest import LABEL_SEP, SPLITS
 
 COLUMNS = ("kind", "match", "row", "image", "split", "score", "given", "suggested", "detail", "partner_row",
-           "partner_image", "partner_split", "partner_given", "group", "action", DECISION_COLUMN)
+           "partner_image", "partner_split", "partner_given", "group", "action", REVIEW_COLUMN, DECISION_COLUMN)
 MAD_TO_STD = 1.4826
 
 
@@ -118,7 +118,7 @@ def collect(cache, table, groups, near, outlier, labels, config):
         frames.append(label_frame(labels, cache.task))
     found = [frame for frame in frames if len(frame)]
     issues = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=COLUMNS)
-    return finish(issues, table, group, text), group
+    return shortlist(finish(issues, table, group, text), config.review), group
 
 
 def finish(issues, table, group, text):
@@ -128,7 +128,7 @@ def finish(issues, table, group, text):
     then by score, highest first.
     """
     if issues.empty:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=COLUMNS).astype({REVIEW_COLUMN: np.int64})
     at = issues["row"].to_numpy(dtype=np.int64)
     partner = issues["partner_row"] if "partner_row" in issues else pd.Series(np.nan, index=issues.index)
     has_partner = partner.notna().to_numpy()
@@ -146,8 +146,31 @@ def finish(issues, table, group, text):
     order = np.lexsort((-issues["score"].to_numpy(dtype=float), (issues["match"] != "exact").to_numpy(),
                         issues["kind"].map(KINDS.index).to_numpy()))
     issues = issues.iloc[order].reset_index(drop=True)
-    issues = issues.reindex(columns=COLUMNS)
+    issues = issues.reindex(columns=COLUMNS).assign(**{REVIEW_COLUMN: 0})
     # A column no frame had (partner_given without pairs) comes back as float NaN: make it text first.
     text_columns = ["match", "suggested", "detail", "partner_given"]
     issues[text_columns] = issues[text_columns].astype(object).fillna("")
     return issues
+
+
+def shortlist(issues, size):
+    """Ranks the findings across kinds for review: each kind's next best in turn, `size` of them.
+
+    Scores of different kinds do not compare (a correlation, a z-score, a
+    label score), so no kind's scale decides: the first finding of every
+    kind comes first (in KINDS order, leaks first), then every kind's second,
+    and so on; a kind with fewer findings leaves its turns to the others.
+
+    Args:
+        issues: the findings in issues.csv's order (`finish`).
+        size: findings to shortlist; 0 for all.
+
+    Returns:
+        The findings with their `review` rank (1 = first; 0 beyond the shortlist).
+    """
+    within = issues.groupby("kind", sort=False).cumcount().to_numpy()
+    order = np.lexsort((issues["kind"].map(KINDS.index).to_numpy(), within))
+    rank = np.zeros(len(issues), dtype=np.int64)
+    chosen = order if not size else order[:size]
+    rank[chosen] = np.arange(1, len(chosen) + 1)
+    return issues.assign(**{REVIEW_COLUMN: rank})

@@ -17,14 +17,16 @@ Given each row's out-of-fold scores (from models that never saw the row):
   confident class.
 - multilabel: the same, one binary problem (label present or not) per label,
   so a label given but unlikely is "extra" and one not given but likely is
-  "missing". A row is flagged when any of its labels is, and ranked by its
-  labels' self-confidences (the score of each given label, one minus the
-  score of each label not given) sorted from high to low and averaged
-  exponentially with weight 0.8 on each newer one, so mostly by its weakest
-  label (cleanlab's multilabel score). Every label is judged, rare ones too:
-  leaving out the labels the fold models separate poorly halved the flags on
-  the Tux Paint stamps but also halved the injected errors among the top
-  flags (BENCHMARKS.md).
+  "missing"; a row is flagged when any of its labels is. Rows are ranked by
+  their worst label (`label_errors`), judged against what is usual for that
+  label: a given label by how far its score falls below the mean score of
+  the rows that carry it (1 - p / mean), a label not given by how far its
+  score rises above the mean of the rows without it, in units of the gap
+  between the two means (at least `MIN_SEPARATION`). A rare label the models
+  barely learn is then not suspect on every row that has it, as it is when
+  ranked by raw self-confidence (cleanlab's multilabel score, which ranked
+  the injected errors of the Tux Paint stamps near chance: BENCHMARKS.md).
+  Every label is judged, rare ones too.
 - regression: the residual in robust standard units (median and MAD of all
   residuals), per target; the suggestion is the out-of-fold prediction.
 
@@ -41,8 +43,9 @@ import numpy as np
 MAD_TO_STD = 1.4826
 # A mean of equal scores can round above them; a score this close to its threshold counts as reaching it.
 TOLERANCE = 1e-6
-# Weight of each weaker label's self-confidence in a multilabel row's score.
-WEAKEST_WEIGHT = 0.8
+# The least gap between a label's mean score on rows with and without it that a missing label's
+# score is measured in: a label the models barely separate would otherwise make every row suspect.
+MIN_SEPARATION = 0.7
 
 
 @dataclass
@@ -168,13 +171,24 @@ def multiclass_quality(labels, scores, names):
     return LabelQuality(1.0 - self_confidence, flagged, suggested, detail)
 
 
-def weakest_first_average(self_confidence, weight=WEAKEST_WEIGHT):
-    """Per row: self-confidences sorted high to low, averaged exponentially (`weight` on each newer one)."""
-    ordered = -np.sort(-self_confidence, axis=1)
-    average = ordered[:, 0]
-    for column in ordered.T[1:]:
-        average = weight * column + (1 - weight) * average
-    return average
+def label_errors(given, scores):
+    """Per row and label, how suspect the given value is against what is usual for that label.
+
+    Args:
+        given: bool (N, L), the labels given.
+        scores: (N, L) probabilities of each label.
+
+    Returns:
+        float64 (N, L): 1 - score / (mean score of the label's given rows)
+        where the label is given; (score - mean score of its other rows) /
+        max(gap between the two means, `MIN_SEPARATION`) where it is not.
+        Higher is more suspect; the usual cell is near 0 or below.
+    """
+    counts = given.sum(axis=0)
+    with_label = np.where(counts > 0, (scores * given).sum(axis=0) / np.maximum(counts, 1), 1.0)
+    without = np.where(counts < len(given), (scores * ~given).sum(axis=0) / np.maximum(len(given) - counts, 1), 0.0)
+    gap = np.maximum(with_label - without, MIN_SEPARATION)
+    return np.where(given, 1 - scores / np.maximum(with_label, 1e-12), (scores - without) / gap)
 
 
 def multilabel_quality(labels, scores, names):
@@ -195,13 +209,13 @@ def multilabel_quality(labels, scores, names):
     for label in range(given.shape[1]):
         binary = np.stack([1 - scores[:, label], scores[:, label]], axis=1)
         flip[:, label] = prune_by_noise_rate(given[:, label].astype(np.int64), binary)[0]
-    self_confidence = np.where(given, scores, 1 - scores)
+    errors = label_errors(given, scores)
     flagged = flip.any(axis=1)
     unflagged = np.flatnonzero(~flagged)
     suggestion = flip.copy()
-    suggestion[unflagged, np.argmin(self_confidence[unflagged], axis=1)] = True
+    suggestion[unflagged, np.argmax(errors[unflagged], axis=1)] = True
     detail = [_multilabel_detail(scores[i], flip[i] & ~given[i], flip[i] & given[i], names) for i in range(len(given))]
-    return LabelQuality(1 - weakest_first_average(self_confidence), flagged, (given ^ suggestion).astype(np.uint8), detail)
+    return LabelQuality(errors.max(axis=1), flagged, (given ^ suggestion).astype(np.uint8), detail)
 
 
 def _multilabel_detail(scores, missing, extra, names):

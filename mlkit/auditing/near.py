@@ -4,6 +4,13 @@ A re-encoded, resized or slightly cropped copy keeps its pixels' pattern, not
 its backbone features (see `mlkit.thumbnails`), so rows are compared by the
 correlation of their 8 x 8 thumbnails: from the cache's `thumbnail` dataset
 where cache-features stored one, else read from the manifest's images now.
+Flat pictures of the same layout correlate too (two tricolour flags, one icon
+drawn by two themes), and there the backbone tells them apart: a thumbnail
+pair is kept only where the cosine of the two rows' mean-centred features
+also reaches `near_agreement`. The test is off by default: measured with the
+pretrained MobileNetV2 at 96 px, the backbone finds distinct icons of one
+layout as alike as the thumbnails do, while it already misses planted copies
+(it is not invariant to a crop or JPEG blocking; BENCHMARKS.md).
 Rows without a usable thumbnail (the image is missing or changed since it was
 cached, or it is one flat colour) are compared by the cosine of their
 mean-centred features instead, at a threshold of its own. Both searches are
@@ -17,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mlkit.auditing import duplicates
-from mlkit.auditing.neighbours import nearest_in_memory
+from mlkit.auditing.neighbours import centred_unit, nearest_in_memory, read_vectors, scan
 from mlkit.images import DEFAULT_BACKGROUND, parse_background
 from mlkit.thumbnails import THUMBNAIL_DATASET, THUMBNAIL_SHAPE, read_thumbnails, thumbnail_vectors
 
@@ -69,6 +76,17 @@ def audit_thumbnails(cache, table):
     return thumbnails, record
 
 
+def feature_agreement(path, rows, pairs):
+    """Cosine of mean-centred features for each (P, 2) pair of positions into `rows`, reading only the rows in pairs."""
+    if not len(pairs):
+        return np.zeros(0, np.float32)
+    mean, _ = scan(path, rows)
+    involved, where = np.unique(pairs, return_inverse=True)
+    unit = centred_unit(read_vectors(path, rows[involved]), mean)
+    where = where.reshape(pairs.shape)
+    return np.einsum("ij,ij->i", unit[where[:, 0]], unit[where[:, 1]])
+
+
 def near_duplicates(cache, table, feature_neighbours, exact_groups, config):
     """Near-duplicate pairs, by thumbnails between rows that have them and by features otherwise.
 
@@ -77,7 +95,7 @@ def near_duplicates(cache, table, feature_neighbours, exact_groups, config):
         table: the audited rows (`run.load_rows`).
         feature_neighbours: (similarities, positions) of the feature search.
         exact_groups: exact-duplicate group per row; pairs inside one are left out.
-        config: the `AuditConfig` (near_threshold, near_feature_threshold, neighbours).
+        config: the `AuditConfig` (near_threshold, near_agreement, near_feature_threshold, neighbours).
 
     Returns:
         ((rows, partners, similarities, by), record): the pairs, each once
@@ -93,7 +111,13 @@ def near_duplicates(cache, table, feature_neighbours, exact_groups, config):
         similarities, positions = nearest_in_memory(vectors, config.neighbours, config.seed)
         rows, partners, sims = duplicates.near_pairs(similarities, positions, config.near_threshold, exact_groups)
         keep = usable[rows] & usable[partners]
-        found.append((rows[keep], partners[keep], sims[keep], BY_THUMBNAILS))
+        rows, partners, sims = rows[keep], partners[keep], sims[keep]
+        agree = np.ones(len(rows), dtype=bool)
+        if config.near_agreement > -1:
+            pairs = np.stack([rows, partners], axis=1)
+            agree = feature_agreement(cache.path, table["rows"], pairs) >= config.near_agreement
+        record["thumbnail_pairs_unlike_in_features"] = int((~agree).sum())
+        found.append((rows[agree], partners[agree], sims[agree], BY_THUMBNAILS))
     del vectors
     if not usable.all():
         rows, partners, sims = duplicates.near_pairs(*feature_neighbours, config.near_feature_threshold, exact_groups)

@@ -1,4 +1,5 @@
-"""Writes an audit's files: issues.csv, summary.json, groups.csv, scores.npz and contact sheets.
+"""Writes an audit's files: issues.csv, review.csv (the shortlist), summary.json, groups.csv, scores.npz and
+contact sheets.
 
 Every file is written under a temporary name in its folder and renamed into
 place, so a reader never sees half a file. Contact sheets are drawn on
@@ -15,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mlkit.auditing.config import ISSUES_CSV, KINDS, PAIR_KINDS, SCORES_NPZ, SUMMARY_JSON
+from mlkit.auditing.config import ISSUES_CSV, KINDS, PAIR_KINDS, REVIEW_COLUMN, REVIEW_CSV, SCORES_NPZ, SUMMARY_JSON
 from mlkit.data.split import GROUPS_CSV
 from mlkit.files import atomic_path, write_json
 from mlkit.images import ImageReadError, load_image
@@ -25,17 +26,17 @@ SHEET_COLUMNS = 4
 CAPTION_WIDTH = 34
 
 
-def thumbnail(path):
-    """An RGB THUMB x THUMB thumbnail on white, or a grey square when the image cannot be read."""
-    canvas = Image.new("RGB", (THUMB, THUMB), "white")
+def thumbnail(path, size=THUMB):
+    """An RGB `size` x `size` thumbnail on white, or a grey square when the image cannot be read."""
+    canvas = Image.new("RGB", (size, size), "white")
     try:
         # Read as every stage reads images: regular files only, decompression bombs refused.
         image = Image.fromarray(load_image(path))
     except ImageReadError:
-        canvas.paste((170, 170, 170), (0, 0, THUMB, THUMB))
+        canvas.paste((170, 170, 170), (0, 0, size, size))
         return np.asarray(canvas)
-    image.thumbnail((THUMB, THUMB))
-    canvas.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))
+    image.thumbnail((size, size))
+    canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
     return np.asarray(canvas)
 
 
@@ -82,12 +83,19 @@ def contact_sheet(path, findings, root, title):
     return Path(path)
 
 
+def shortlisted(issues):
+    """The shortlist in review order."""
+    chosen = issues[issues[REVIEW_COLUMN] > 0]
+    return chosen.sort_values(REVIEW_COLUMN, kind="stable")
+
+
 def contact_sheets(folder, issues, root, size):
-    """One contact sheet `<kind>.png` per kind found, top `size` findings each; removes stale ones."""
+    """One contact sheet `<kind>.png` per kind on the shortlist, its first `size` findings; removes stale ones."""
     written = {}
+    review = shortlisted(issues)
     for kind in KINDS:
         path = folder / f"{kind}.png"
-        chosen = issues[issues["kind"] == kind].head(size)
+        chosen = review[review["kind"] == kind].head(size)
         if chosen.empty:
             path.unlink(missing_ok=True)
             continue
@@ -109,13 +117,23 @@ def write_groups(path, table, duplicate_group, exact_group):
 
 
 def write_scores(path, table, outlier, labels):
-    """scores.npz: per audited row, its manifest row, outlier score and (with the label check) out-of-fold scores."""
+    """scores.npz: per audited row, its manifest row, outlier score and (with the label check) out-of-fold
+    scores, the label probabilities combined from every witness, and the label score."""
     arrays = {"row": table["rows"], "outlier_score": outlier}
     if labels is not None:
-        arrays.update(oof_scores=labels["scores"], fold=labels["folds"], label_score=labels["quality"].score,
+        arrays.update(oof_scores=labels["scores"], fold=labels["folds"], label_probabilities=labels["probabilities"],
+                      label_score=labels["quality"].score,
                       label_flagged=labels["quality"].flagged, labels=table["labels"])
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
+
+
+def review_counts(issues, size):
+    """summary.json's "review": the shortlist's size, and per kind how many are on it and beyond it."""
+    on = issues[REVIEW_COLUMN] > 0
+    return {"size": size, "shortlisted": int(on.sum()),
+            "on_shortlist": {kind: int((on & (issues["kind"] == kind)).sum()) for kind in KINDS},
+            "beyond": {kind: int((~on & (issues["kind"] == kind)).sum()) for kind in KINDS}}
 
 
 def summarise(cache, table, issues, duplicate_group, exact_group, near, near_record, labels, config, timer, sheets):
@@ -125,11 +143,13 @@ def summarise(cache, table, issues, duplicate_group, exact_group, near, near_rec
         "cache": str(cache.path.resolve()), "task": cache.task, "rows": int(len(table["rows"])),
         "manifest": cache.attrs.get("manifest_path", ""), "manifest_root": cache.attrs.get("manifest_root", ""),
         "findings": {kind: int((issues["kind"] == kind).sum()) for kind in KINDS},
+        "review": review_counts(issues, config.review),
         "pairs": {f"{kind}_{match}": int(count) for (kind, match), count in counts.items() if match},
         "exact_groups": int(exact_group.max() + 1) if len(exact_group) else 0,
         "near_pairs": int(len(near[0])), "near_duplicates": near_record, "duplicate_groups": int(duplicate_group.max() + 1) if len(duplicate_group) else 0,
         "rows_in_duplicate_groups": int((duplicate_group >= 0).sum()),
-        "label_check": None if labels is None else {"flagged": int(labels["quality"].flagged.sum()), "folds": config.folds},
+        "label_check": None if labels is None else {"flagged": int(labels["quality"].flagged.sum()), "folds": config.folds,
+                                                    "repeats": config.repeats, "taps": labels["taps"]},
         "contact_sheets": {kind: path.name for kind, path in sheets.items()},
         "config": config.to_dict(), "timings": timer.parts,
     }
@@ -142,6 +162,8 @@ def write_all(folder, cache, table, issues, duplicate_group, exact_group, near, 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / ISSUES_CSV) as tmp:
         issues.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(folder / REVIEW_CSV) as tmp:
+        shortlisted(issues).to_csv(tmp, index=False, float_format="%.4f")
     write_groups(folder / GROUPS_CSV, table, duplicate_group, exact_group)
     write_scores(folder / SCORES_NPZ, table, outlier, labels)
     root = Path(cache.attrs.get("manifest_root", "."))

@@ -5,21 +5,24 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlkit.auditing import duplicates, findings, report
+from mlkit.auditing import duplicates, evidence, findings, report
 from mlkit.auditing import neighbours as knn
 from mlkit.auditing.config import AUDIT_DIR, AuditConfig
 from mlkit.auditing.labels import label_quality
 from mlkit.auditing.near import near_duplicates
+from mlkit.auditing.page import write_review_page
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 from mlkit.files import StrPath
 from mlkit.options import defaults_of
+from mlkit.taps import LAST, split_names
+from mlkit.taps import resolve as resolve_taps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 # The keyword defaults are AuditConfig's (mlkit.options): written once, there.
 AUDIT = defaults_of(AuditConfig)
+# Seeds of successive fold draws lie this far apart, so no draw reuses another's fold models' seeds.
+REPEAT_SEED_STEP = 1000
 
 
 @dataclass
@@ -73,8 +78,16 @@ def load_rows(cache):
     }
 
 
-def check_labels(cache, table, config, workdir):
-    """Out-of-fold scores and label quality, or None when folds is 0 or there are too few rows."""
+def fold_features(cache, rows, config):
+    """The features the fold tops read: the configured taps side by side, in memory."""
+    taps = resolve_taps(split_names(config.taps), cache.name_fields[2], cache.taps)
+    if taps == (LAST,):
+        return knn.read_vectors(cache.path, rows), taps
+    return cache.read_taps(taps, rows), taps
+
+
+def fold_scores(cache, table, config, workdir):
+    """Out-of-fold scores (averaged over `config.repeats` draws of the folds), or None without a label check."""
     if not config.folds:
         return None
     if len(table["rows"]) < 2 * config.folds:
@@ -82,36 +95,68 @@ def check_labels(cache, table, config, workdir):
         return None
     from mlkit.auditing.folds import out_of_fold_scores
 
-    features = knn.read_vectors(cache.path, table["rows"])
-    names = cache.label_names or list(cache.attrs.get("target_names") or [])
-    scores, folds = out_of_fold_scores(
-        features, table["labels"], cache.task, cache.num_outputs, config, workdir,
-        progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total))
+    features, taps = fold_features(cache, table["rows"], config)
+    draws = []
+    for repeat in range(config.repeats):
+        draw = replace(config, seed=config.seed + REPEAT_SEED_STEP * repeat)
+        draws.append(out_of_fold_scores(
+            features, table["labels"], cache.task, cache.num_outputs, draw, workdir,
+            progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total)))
     del features
-    quality = label_quality(cache.task, table["labels"], scores, names, config.residual_z)
-    return {"scores": scores, "folds": folds, "quality": quality, "names": names}
+    return {"scores": np.mean([scores for scores, _ in draws], axis=0).astype(np.float32), "folds": draws[0][1],
+            "taps": list(taps)}
+
+
+def check_labels(cache, table, folds, positions, pairs, config):
+    """Label quality judged on the fold scores, the neighbours' labels and the duplicate partners' labels.
+
+    Args:
+        cache: the opened cache.
+        table: the audited rows (`load_rows`).
+        folds: `fold_scores`, or None (then so is the result).
+        positions: (N, K) nearest neighbours by features.
+        pairs: (P, 2) exact and near duplicate pairs.
+        config: the `AuditConfig`.
+    """
+    if folds is None:
+        return None
+    names = cache.label_names or list(cache.attrs.get("target_names") or [])
+    probabilities = folds["scores"]
+    if cache.task != "regression":
+        labels = evidence.one_hot(table["labels"], cache.task, cache.num_outputs)
+        partners, has_partner = evidence.partner_votes(labels, pairs[:, 0], pairs[:, 1])
+        probabilities = evidence.combine(folds["scores"], evidence.neighbour_votes(labels, positions, config.neighbours),
+                                         partners, has_partner, config.vote_weight)
+    quality = label_quality(cache.task, table["labels"], probabilities, names, config.residual_z)
+    return {**folds, "probabilities": probabilities, "quality": quality, "names": names}
 
 
 def audit(
     cache: StrPath, workdir: StrPath = ".", *, near_threshold: float = AUDIT["near_threshold"],
+    near_agreement: float = AUDIT["near_agreement"],
     near_feature_threshold: float = AUDIT["near_feature_threshold"], neighbours: int = AUDIT["neighbours"],
     outlier_k: int = AUDIT["outlier_k"], outlier_z: float = AUDIT["outlier_z"], folds: int = AUDIT["folds"],
     top: str = AUDIT["top"], units: int = AUDIT["units"], epochs: int = AUDIT["epochs"], batch: int = AUDIT["batch"],
-    lr: float = AUDIT["lr"], residual_z: float = AUDIT["residual_z"], sheet_size: int = AUDIT["sheet_size"],
+    lr: float = AUDIT["lr"], taps: str = AUDIT["taps"], repeats: int = AUDIT["repeats"],
+    vote_weight: float = AUDIT["vote_weight"], residual_z: float = AUDIT["residual_z"],
+    review: int = AUDIT["review"], sheet_size: int = AUDIT["sheet_size"],
     seed: int = AUDIT["seed"],
 ) -> AuditResult:
     """Finds duplicates, split leaks, likely label errors and outliers in a bottleneck cache.
 
     Writes `WORKDIR/audit/<cache>/`: `issues.csv` (one row per finding, leaks
-    first), `summary.json`, `groups.csv` (duplicate groups, for `mlkit data
+    first), `review.csv` (the shortlist of `review` findings ranked across
+    kinds, with the same columns), `review.html` (a page to review that
+    shortlist with the keyboard and save the decisions), `summary.json`, `groups.csv` (duplicate groups, for `mlkit data
     split --group-duplicates`), `scores.npz` (out-of-fold scores and per-row
     scores) and a contact sheet `<kind>.png` per kind found.
 
     Args:
         cache: the `.h5` cache from `mlkit cache-features`.
         workdir: the workspace; also where `tuning/` is looked up for `top`. Defaults to ".".
-        near_threshold, near_feature_threshold, neighbours, outlier_k, outlier_z,
-            folds, top, units, epochs, batch, lr, residual_z, sheet_size, seed:
+        near_threshold, near_agreement, near_feature_threshold, neighbours, outlier_k, outlier_z,
+            folds, top, units, epochs, batch, lr, taps, repeats, vote_weight, residual_z,
+            review, sheet_size, seed:
             the `AuditConfig` settings; each field there says what it does and
             `mlkit audit --help` prints them with their defaults.
 
@@ -123,27 +168,33 @@ def audit(
         print(result.issues.head())
     """
     config = AuditConfig(
-        near_threshold=near_threshold, near_feature_threshold=near_feature_threshold, neighbours=neighbours,
-        outlier_k=outlier_k, outlier_z=outlier_z, folds=folds, top=top, units=units, epochs=epochs, batch=batch, lr=lr,
-        residual_z=residual_z, sheet_size=sheet_size, seed=seed,
+        near_threshold=near_threshold, near_agreement=near_agreement, near_feature_threshold=near_feature_threshold,
+        neighbours=neighbours, outlier_k=outlier_k, outlier_z=outlier_z, folds=folds, top=top, units=units,
+        epochs=epochs, batch=batch, lr=lr, taps=taps, repeats=repeats, vote_weight=vote_weight, residual_z=residual_z,
+        review=review, sheet_size=sheet_size, seed=seed,
     )
     timer = _Timer()
     features = open_cache(cache)
     table = load_rows(features)
     groups = duplicates.exact_groups(table["sha256"])
     timer.done("exact duplicates")
-    # The label check holds the whole feature matrix beside TensorFlow: it runs first, on a heap
-    # that the neighbour searches have not yet fragmented, and frees the matrix before they start.
-    labels = check_labels(features, table, config, workdir)
-    timer.done("label check")
+    # The fold tops hold the whole feature matrix beside TensorFlow: they train first, on a heap
+    # that the neighbour searches have not yet fragmented, and free the matrix before they start.
+    folds = fold_scores(features, table, config, workdir)
+    timer.done("fold scores")
     similarities, positions = knn.nearest_neighbours(features.path, table["rows"], config.neighbours)
     outlier = findings.outlier_scores(similarities, config.outlier_k)
     timer.done("nearest neighbours")
     near, near_record = near_duplicates(features, table, (similarities, positions), groups, config)
-    del similarities, positions
+    del similarities
     timer.done("near duplicates")
+    pairs = np.concatenate([duplicates.exact_pairs(groups), np.stack(near[:2], axis=1).astype(np.int64)])
+    labels = check_labels(features, table, folds, positions, pairs, config)
+    del positions
+    timer.done("label check")
     issues, duplicate_group = findings.collect(features, table, groups, near, outlier, labels, config)
     folder = Path(workdir) / AUDIT_DIR / features.name
     summary = report.write_all(folder, features, table, issues, duplicate_group, groups, near, near_record, outlier,
                                labels, config, timer)
+    write_review_page(folder, issues, Path(features.attrs.get("manifest_root", ".")), features.name)
     return AuditResult(folder, issues, summary, timer.parts)
