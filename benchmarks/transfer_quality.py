@@ -16,7 +16,8 @@ decision rule:
                 measures whether adapting batch-norm statistics to the new images helps.
   (t) taps      (a) with `cache-features --taps all` and `tune-top --taps last,all`, then finetune
                 the best top (features from several depths; issue 19).
-  (e) taps + ensemble   `mlkit ensemble --top best:K` on (t)'s cache and grid: no fine-tuning.
+  (e) taps + ensemble   `mlkit ensemble --top best:K` on (t)'s cache, with a wider grid (units
+                256,512,1024 x reg d2,d5 x taps last,all): no fine-tuning.
   (s) chosen size + taps + ensemble   (t)'s cache and grid at every --sizes, the size whose best
                 top has the lowest validation loss, then (e) at that size.
   (f) chosen size + taps, fine-tuned   (s)'s size, then finetune its best top.
@@ -90,6 +91,8 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=96, help="image size")
     parser.add_argument("--sizes", default="96,160", help="(s, f) the image sizes validation chooses from")
     parser.add_argument("--ensemble", type=int, default=3, help="(e, s) tops averaged: mlkit ensemble --top best:K")
+    parser.add_argument("--ensemble-units", default="256,512,1024", help="(e, s, f) the ensemble grid: units")
+    parser.add_argument("--ensemble-reg", default="d2,d5", help="(e, s, f) the ensemble grid: reg")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (the split stays seed 0)")
     parser.add_argument("--sides", default="a,b,c", help=f"sides to run, joined by ',': {', '.join(SIDES)}")
     parser.add_argument("--keras-seeds", help="seeds for sides b, c and d (default: --seeds)")
@@ -163,19 +166,29 @@ class Stages:
                                image_size=size, subset=subset, taps=taps, progress=False)
         return cache.path, self.remember(f"cache {subset}", started, cache.computed > 0)
 
-    def tune(self, size, taps, work):
+    def tune(self, size, taps, work, wide=False):
         """(cache path, seconds for cache and grid, summary of the grid) on the cache of `size` and `taps`.
 
-        The grid is (a)'s, and with taps also `--taps last,all`.
+        The grid is (a)'s, and with taps also `--taps last,all`. `wide` adds the ensemble grid
+        (--ensemble-units x --ensemble-reg x the same taps): an ensemble's members share the best
+        top's taps, so (a)'s two units give too few of them; its time adds the new trials only.
         """
+        path, seconds = self.cache(size, taps)
+        grids = [("tune", {"units": self.args.units, "reg": "d2"})]
+        if wide:
+            grids.append(("tune-wide", {"units": self.args.ensemble_units, "reg": self.args.ensemble_reg}))
+        for kind, grid in grids:
+            key = f"{kind} {work.name} {path.stem}"
+            started = time.perf_counter()
+            summary = self.tune_grid(path, work, taps, **grid)
+            seconds += self.remember(key, started, key not in self.timings)
+        return path, seconds, summary
+
+    def tune_grid(self, path, work, taps, units, reg):
         from mlkit.tuning.search import tune_top
 
-        path, seconds = self.cache(size, taps)
-        key = f"tune {work.name} {path.stem}"
-        started = time.perf_counter()
-        summary = tune_top(path, work, units=self.args.units, reg="d2", optimizer="adam", lr=0.001, epochs=60,
-                           patience=8, seed=seed_of(work), verbose=False, taps="last" if taps == "last" else "last,all")
-        return path, seconds + self.remember(key, started, key not in self.timings), summary
+        return tune_top(path, work, units=units, reg=reg, optimizer="adam", lr=0.001, epochs=60, patience=8,
+                        seed=seed_of(work), verbose=False, taps="last" if taps == "last" else "last,all")
 
     def finetune(self, path, work, train_bn=False):
         """(FinetuneResult, seconds): the best top of `path`'s grid in `work`, fine-tuned.
@@ -199,7 +212,7 @@ class Stages:
 
     def chosen_size(self, work):
         """(size, cache path, seconds, detail): the size in --sizes whose best tapped top has the lowest val_loss."""
-        tuned = {size: self.tune(size, "all", work) for size in sorted({int(s) for s in self.args.sizes.split(",")})}
+        tuned = {size: self.tune(size, "all", work, wide=True) for size in sorted({int(s) for s in self.args.sizes.split(",")})}
         losses = {size: float(summary["val_loss"].iloc[0]) for size, (_, _, summary) in tuned.items()}
         size = min(losses, key=losses.get)
         detail = "val_loss " + ", ".join(f"{s} px {loss:.4f}" for s, loss in losses.items())
@@ -236,7 +249,7 @@ def side_ensemble(stages, seed, chosen=False):
     if chosen:
         size, path, seconds, detail = stages.chosen_size(work)
     else:
-        (path, seconds, _), size, detail = stages.tune(stages.args.size, "all", work), stages.args.size, ""
+        (path, seconds, _), size, detail = stages.tune(stages.args.size, "all", work, wide=True), stages.args.size, ""
     started = time.perf_counter()
     result = ensemble(path, f"best:{stages.args.ensemble}", work)
     seconds += time.perf_counter() - started
