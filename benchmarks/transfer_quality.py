@@ -148,13 +148,18 @@ class Stages:
     def __init__(self, manifest, folder, args):
         self.manifest, self.folder, self.args = manifest, folder, args
         self.timings_path = folder / "timings.json"
-        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+
+    def recorded(self, key):
+        """A stage's recorded seconds, or None; read afresh, as runs on other seeds may share the file."""
+        timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        return timings.get(key), timings
 
     def remember(self, key, started, computed):
-        if computed or key not in self.timings:
-            self.timings[key] = time.perf_counter() - started
-            write_json(self.timings_path, self.timings)
-        return self.timings[key]
+        seconds, timings = self.recorded(key)
+        if computed or seconds is None:
+            timings[key] = seconds = time.perf_counter() - started
+            write_json(self.timings_path, timings)
+        return seconds
 
     def cache(self, size, taps):
         """(cache path, seconds): `cache-features --image-size size --taps taps`."""
@@ -181,7 +186,7 @@ class Stages:
             key = f"{kind} {work.name} {path.stem}"
             started = time.perf_counter()
             summary = self.tune_grid(path, work, taps, **grid)
-            seconds += self.remember(key, started, key not in self.timings)
+            seconds += self.remember(key, started, self.recorded(key)[0] is None)
         return path, seconds, summary
 
     def tune_grid(self, path, work, taps, units, reg):
@@ -208,7 +213,7 @@ class Stages:
             result = finetune(path, "best", work, seed=seed_of(work), progress=False, **settings)
         finally:
             mlkit.models.network.keep_statistics = keep_statistics
-        return result, self.remember(key, started, key not in self.timings)
+        return result, self.remember(key, started, self.recorded(key)[0] is None)
 
     def chosen_size(self, work):
         """(size, cache path, seconds, detail): the size in --sizes whose best tapped top has the lowest val_loss."""
