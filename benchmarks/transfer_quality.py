@@ -102,6 +102,8 @@ def parse_args(argv=None):
     parser.add_argument("--keras-batch", type=int, default=64, help="(b, c) batch size (the guide's)")
     parser.add_argument("--workdir", help="keep every file here, and reuse finished sides (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the sides and seeds asked for that --workdir already holds")
     for name, kind in FINETUNE_OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"(a, d, t, f) finetune {name}")
     args = parser.parse_args(argv)
@@ -427,13 +429,13 @@ def run_collection(stages, args):
         for code in SIDES:
             if code not in sides or seed not in (keras_seeds if code in KERAS_SEEDED else seeds):
                 continue
-            if (code, seed) not in done:
+            if (code, seed) not in done and not args.report_only:
                 done[code, seed] = RUNNERS[code](stages, seed)
                 with results.open("a") as log:
                     log.write(json.dumps({"code": code, "seed": seed, "rows": done[code, seed]}, default=float) + "\n")
                 for r in done[code, seed]:
                     print(json.dumps(r, default=float), flush=True)
-            rows.extend(done[code, seed])
+            rows.extend(done.get((code, seed), []))
     return rows
 
 
