@@ -65,8 +65,11 @@ def test_two_workers_finish_and_only_the_chief_writes(tmp_path):
     assert worker_rc == 0, worker_err[-3000:]
     assert "test micro F1:" in chief_out
     assert "worker: finished training in step with the chief" in worker_out
-    written = sorted(path.name for path in (work / "models").iterdir())
+    written = sorted(path.name for path in (work / "models").iterdir() if path.is_file())
     assert [name.rsplit(".", 1)[1] for name in written] == ["csv", "json", "keras"], written
+    # Beside them, the chief's TensorBoard folder models/<run>/ and nothing else (no worker's files).
+    folders = [path.name for path in (work / "models").iterdir() if path.is_dir()]
+    assert folders == [written[0][: -len(".csv")]], folders
     assert len((work / "models" / written[0]).read_text().splitlines()) == 3  # header and two epochs
 
 

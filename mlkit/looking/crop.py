@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mlkit.errors import MlkitError
 from mlkit.files import write_bytes, write_json
 from mlkit.images import ImageReadError, load_image, parse_background, resize_array
 from mlkit.looking.boxes import fit_box
@@ -89,7 +88,14 @@ class Cropper:
         return found
 
 
-def crop(manifest, out, *, workdir=".", progress=True, **settings):
+# The Python API's defaults are CropConfig's (mlkit.options): written once, there.
+CROP = defaults_of(CropConfig)
+
+
+def crop(manifest, out, *, workdir=".", progress=True, backbone=CROP["backbone"], weights=CROP["weights"],
+         model=CROP["model"], layers=CROP["layers"], image_size=CROP["image_size"], min_std=CROP["min_std"],
+         threshold=CROP["threshold"], window=CROP["window"], margin=CROP["margin"], min_size=CROP["min_size"],
+         aspect=CROP["aspect"], background=CROP["background"], batch_size=CROP["batch_size"]):
     """Crops every image of a manifest to where a backbone's first layers respond.
 
     Args:
@@ -97,9 +103,10 @@ def crop(manifest, out, *, workdir=".", progress=True, **settings):
         out: the output folder (see this module's docstring for what it holds).
         workdir: where a `model=` run name is looked up (`<workdir>/models/`). Defaults to ".".
         progress: log a line per batch. Defaults to True.
-        **settings: `CropConfig` fields: backbone, weights, model, layers,
-            image_size, min_std, threshold, window, margin, min_size, aspect,
-            background, batch_size.
+        backbone, weights, model, layers, image_size, min_std, threshold,
+            window, margin, min_size, aspect, background, batch_size: the
+            `CropConfig` settings (each field says what it does; `mlkit crop
+            --help` prints them).
 
     Returns:
         A `CropResult`.
@@ -110,11 +117,9 @@ def crop(manifest, out, *, workdir=".", progress=True, **settings):
     """
     from mlkit.data.manifest import read_manifest
 
-    unknown = sorted(set(settings) - set(defaults_of(CropConfig)))
-    if unknown:
-        raise MlkitError(f"crop: unknown setting(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(sorted(defaults_of(CropConfig)))}")
-    config = CropConfig(**settings)
+    config = CropConfig(backbone=backbone, weights=weights, model=model, layers=layers, image_size=image_size,
+                        min_std=min_std, threshold=threshold, window=window, margin=margin, min_size=min_size,
+                        aspect=aspect, background=background, batch_size=batch_size)
     table = read_manifest(manifest, allow_unlabelled=True)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

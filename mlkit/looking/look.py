@@ -32,6 +32,7 @@ from mlkit.looking.config import CropConfig
 from mlkit.looking.networks import ModelParts, model_parts
 from mlkit.looking.saliency import activation_map, activation_model, peak_box
 from mlkit.looking.sheets import BOX_COLOUR, fitted, font
+from mlkit.options import defaults_of
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,15 @@ def before_parts(compare, record, workdir):
     return ModelParts(preprocessing, backbone, top, int(attrs["image_size"]), f"before fine-tuning ({spec.name})")
 
 
-def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, **settings):
+# The Python API's defaults are CropConfig's (mlkit.options): written once, there.
+CROP = defaults_of(CropConfig)
+
+
+def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, backbone=CROP["backbone"],
+         weights=CROP["weights"], layers=CROP["layers"], image_size=CROP["image_size"],
+         min_std=CROP["min_std"], threshold=CROP["threshold"], window=CROP["window"], margin=CROP["margin"],
+         min_size=CROP["min_size"], aspect=CROP["aspect"], background=CROP["background"],
+         batch_size=CROP["batch_size"]):
     """Draws, for each image, where a fine-tuned model looks (and, with `compare`, where it looked before).
 
     Args:
@@ -156,7 +165,9 @@ def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, 
         top: Grad-CAM maps for this many labels. Defaults to 3.
         caption: for a caption model, the caption of every image (else each
             manifest row's). Defaults to None.
-        **settings: `CropConfig` fields for the early-layer map and its box.
+        backbone, weights, layers, image_size, min_std, threshold, window,
+            margin, min_size, aspect, background, batch_size: the `CropConfig`
+            settings for the early-layer map and its box (`mlkit look --help`).
 
     Returns:
         The list of PNG paths written, in input order.
@@ -166,7 +177,9 @@ def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, 
     """
     from mlkit.models.predict import attach_captions, expand_inputs
 
-    config = CropConfig(**settings)
+    config = CropConfig(backbone=backbone, weights=weights, layers=layers, image_size=image_size,
+                        min_std=min_std, threshold=threshold, window=window, margin=margin, min_size=min_size,
+                        aspect=aspect, background=background, batch_size=batch_size)
     parts, record = model_parts(model, workdir)
     exported = parts.exported
     tokens = caption_tokens(exported)
