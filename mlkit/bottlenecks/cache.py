@@ -63,7 +63,6 @@ IDENTITY_ATTRS = ("dataset", "subset", "backbone", "weights_sha256", "image_size
                   "background", "fingerprint", "manifest_sha256")
 JSON_ATTRS = ("label_names", "target_names", "target_min", "target_max", "zmuv_mean", "zmuv_std", "versions", "vocabulary",
               "taps")
-# A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (docs/design.md, run names).
 # What a row's hash was computed from (mlkit.bottlenecks.plan.file_stats): size, mtime and ctime.
 STAT_DATASETS = ("file_size", "file_mtime_ns", "file_ctime_ns")
 # Stands for a stat the cache does not hold (made before it was kept): it matches no file.
@@ -72,6 +71,7 @@ UNKNOWN_STAT = -2
 FEATURE_DATASETS = ("/features", "/augmented")
 # The groups of the taps' features and views (mlkit.taps), checked as FEATURE_DATASETS are.
 FEATURE_GROUPS = ("/taps/", "/augmented_taps/")
+# A cache's file name: <dataset>_<subset>_<backbone>_<preprocess>_<pooling>.h5 (docs/design.md, run names).
 NAME_FIELDS = ("dataset", "subset", "backbone", "preprocess", "pooling")
 
 

@@ -64,8 +64,9 @@ class TopConfig:
 
     `taps` names the cached taps the top reads, side by side, as "last" and
     layer names joined by "+" in cache order (mlkit.taps); "last" (or "",
-    the default of a config made without a cache) is the backbone's output alone. `tap_weights` scales a multi-tap top's
-    standardised taps ("equal": each tap the same total variance; "none");
+    the default of a config made without a cache) is the backbone's output
+    alone. `tap_weights` scales a multi-tap top's standardised taps
+    ("equal": each tap the same total variance; "none");
     a single tap is never scaled. Records written before the setting existed
     read as "none", as they were trained.
 
