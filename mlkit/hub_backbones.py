@@ -25,11 +25,21 @@ features, and its facts.
   token and mean of patch tokens); `cls` is one option away. Neither was
   measured against the other here: no preset can be downloaded on this
   machine.
+- Taps (`cache-features --taps`, mlkit.taps) are named for the family's
+  blocks: `block_N` is the output tokens of the N-th transformer block
+  (1-based; DINOv2's pyramid output `stageN`, SigLIP's and CLIP's
+  `encoder_block_{N-1}`), before the final norm, pooled as the features are
+  (mean of patch tokens, max, or class token); `stage_N` is a CNN's N-th
+  pyramid output (ResNet's P2-P5: the end of stacks 0-3), pooled globally.
+  A layer name of the image model works too. ViT runs its blocks inside one
+  layer (`ViTEncoder`), so their outputs are not nodes of its graph: ViT
+  refuses taps rather than reach into KerasHub's internals.
 - The features model (`HubFeatures`, registered as `mlkit>HubFeatures`)
   is saved as the image model's KerasHub config and weights, so a
   fine-tuned model's `.keras` loads back (with `import mlkit.layers`).
 """
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -136,16 +146,27 @@ class HubFeatures(keras.Model):
         image_model: a KerasHub backbone taking images (a ViT, DINOv2, CLIP or
             SigLIP vision encoder, or any CNN).
         pooling: "avg", "max", "none" or "cls" (see the module's docstring).
+        taps: with taps, the outputs are a list, one pooled tensor per tap in
+            this order: "last" (the features) and tap names (`block_N`,
+            `stage_N` or a layer name; see the module's docstring).
+            Defaults to () (one output, the features).
     """
 
-    def __init__(self, image_model, pooling="avg", **kwargs):
-        super().__init__(image_model.inputs, _pooled(image_model, pooling), **kwargs)
+    def __init__(self, image_model, pooling="avg", taps=(), **kwargs):
+        final = _pooled(image_model, pooling)
+        outputs = [final if tap == "last" else _pooled_tap(image_model, tap, pooling) for tap in taps] or final
+        super().__init__(image_model.inputs, outputs, **kwargs)
         self.image_model = image_model
         self.pooling = pooling
+        self.taps = tuple(taps)
+
+    def tapped(self, taps):
+        """The same image model (its layers shared) with one output per tap (`mlkit.backbones.tapped_backbone`)."""
+        return HubFeatures(self.image_model, self.pooling, tuple(taps), name=f"{self.name}_taps")
 
     def get_config(self):
         return {"image_model": keras.saving.serialize_keras_object(self.image_model), "pooling": self.pooling,
-                "name": self.name, "trainable": self.trainable}
+                "taps": list(self.taps), "name": self.name, "trainable": self.trainable}
 
     @classmethod
     def from_config(cls, config):
@@ -156,31 +177,74 @@ class HubFeatures(keras.Model):
 
 def _pooled(image_model, pooling):
     """The features tensor on the image model's graph: a CNN's map or a transformer's tokens, pooled."""
-    name = type(image_model).__name__
     output = image_model.output
+    family = TOKEN_FAMILIES.get(type(image_model).__name__)
+    if len(output.shape) != 4 and family and family.tokens_layer and pooling != "cls":
+        output = _layer_ending(image_model, family.tokens_layer).output
+    return _pool(image_model, output, pooling, "hub")
+
+
+def _pooled_tap(image_model, tap, pooling):
+    """A tap's tensor on the image model's graph, pooled as the features are (layers named `tap_..._<tap>`)."""
+    points = tap_points(image_model)
+    if tap in points:
+        return _pool(image_model, points[tap], pooling, f"tap_{tap}")
+    try:
+        layer = image_model.get_layer(tap)
+    except ValueError:
+        offered = f"{', '.join(points)} or a layer name of its model.summary()" if points else "no taps"
+        raise MlkitError(f"tap {tap!r}: KerasHub {type(image_model).__name__} has no such block, stage or layer; "
+                         f"it offers {offered}. {TAP_FAMILIES}") from None
+    return _pool(image_model, layer.output, pooling, f"tap_{tap}")
+
+
+TAP_FAMILIES = ("Taps are offered by DINOv2, SigLIP and CLIP (block_N) and CNN families with pyramid outputs such "
+                "as ResNet (stage_N); ViT runs its blocks inside one layer, so its blocks cannot be tapped.")
+
+
+def tap_points(image_model):
+    """{tap name: tensor on the image model's graph}: `block_N` for a transformer, `stage_N` for a CNN, from 1.
+
+    A transformer's blocks are its pyramid outputs (DINOv2's `stage1`...,
+    KerasHub's public `pyramid_outputs`; its `stem` is the embedding, not a
+    block) or its top-level `encoder_block_i` layers (SigLIP, CLIP). ViT has
+    neither, and so no taps.
+    """
+    pyramid = dict(getattr(image_model, "pyramid_outputs", None) or {})
+    if type(image_model).__name__ not in TOKEN_FAMILIES:
+        return {f"stage_{n}": tensor for n, tensor in enumerate(pyramid.values(), 1)}
+    blocks = [tensor for key, tensor in pyramid.items() if key != "stem"]
+    if not blocks:
+        layers = [layer for layer in image_model.layers if re.search(r"encoder_block_\d+$", layer.name)]
+        blocks = [layer.output for layer in sorted(layers, key=lambda layer: int(layer.name.rsplit("_", 1)[1]))]
+    return {f"block_{n}": tensor for n, tensor in enumerate(blocks, 1)}
+
+
+def _pool(image_model, output, pooling, prefix):
+    """A CNN's map pooled globally, or a transformer's tokens pooled as `pooling` says; layers named `prefix_...`."""
+    name = type(image_model).__name__
     if len(output.shape) == 4:
         if pooling == "cls":
             raise MlkitError(f"--pooling cls takes a transformer's class token; {name} is a CNN: use avg, max or none")
         pools = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
-        return pools[pooling](name=f"hub_{pooling}_pool")(output) if pooling in pools else output
+        return pools[pooling](name=f"{prefix}_{pooling}_pool")(output) if pooling in pools else output
     family = TOKEN_FAMILIES.get(name)
     if family is None:
         raise MlkitError(f"KerasHub {name} gives {len(output.shape) - 1}-d outputs that mlkit does not know how to "
                          f"pool; supported transformer families: {', '.join(sorted(TOKEN_FAMILIES))}, and any CNN")
     config = image_model.get_config()
     if pooling == "cls":
-        return _class_token(output, family, config)
-    tokens = _layer_ending(image_model, family.tokens_layer).output if family.tokens_layer else output
-    patches = keras.layers.Cropping1D((_prefix(family, config), 0), name="hub_patch_tokens")(tokens)
+        return _class_token(output, family, config, prefix)
+    patches = keras.layers.Cropping1D((_prefix(family, config), 0), name=f"{prefix}_patch_tokens")(output)
     if pooling == "avg":
-        return keras.layers.GlobalAveragePooling1D(name="hub_avg_pool")(patches)
+        return keras.layers.GlobalAveragePooling1D(name=f"{prefix}_avg_pool")(patches)
     if pooling == "max":
-        return keras.layers.GlobalMaxPooling1D(name="hub_max_pool")(patches)
+        return keras.layers.GlobalMaxPooling1D(name=f"{prefix}_max_pool")(patches)
     side = int(round(patches.shape[1] ** 0.5))
     if side * side != patches.shape[1]:
         raise MlkitError(f"--pooling none: {name} gives {patches.shape[1]} patch tokens at "
                          f"{image_model.inputs[0].shape[1]} px, not a square grid")
-    return keras.layers.Reshape((side, side, patches.shape[-1]), name="hub_patch_map")(patches)
+    return keras.layers.Reshape((side, side, patches.shape[-1]), name=f"{prefix}_patch_map")(patches)
 
 
 def _layer_ending(model, suffix):
@@ -201,13 +265,14 @@ def _prefix(family, config):
     return int(_has_class_token(family, config)) + sum(int(config.get(key) or 0) for key in family.prefix)
 
 
-def _class_token(output, family, config):
+def _class_token(output, family, config, prefix):
     if len(output.shape) == 2:
         return output  # already the model's own pooled embedding (SigLIP's attention pooling)
     if not _has_class_token(family, config):
-        raise MlkitError("--pooling cls: this model was built without a class token; use --pooling avg")
-    token = keras.layers.Cropping1D((0, output.shape[1] - 1), name="hub_class_token")(output)
-    return keras.layers.Flatten(name="hub_cls")(token)
+        raise MlkitError("--pooling cls: this model has no class token (nor one in its blocks' outputs, for a tap); "
+                         "use --pooling avg")
+    token = keras.layers.Cropping1D((0, output.shape[1] - 1), name=f"{prefix}_class_token")(output)
+    return keras.layers.Flatten(name=f"{prefix}_cls")(token)
 
 
 def _image_converter(keras_hub, preset):

@@ -16,6 +16,10 @@ layer name's sha256 for a layer that is not a named depth:
     last+high+pre   ->  taps-lhp
     last+block_5_add   ->  taps-lx3f2a9c
 
+A KerasHub backbone declares no named depths; its taps are named for its
+blocks (`block_6`, a transformer's sixth block) or stages (`stage_3`, a
+CNN's), or by layer name (mlkit.hub_backbones), and coded as layer names.
+
 A top on several taps also scales each tap's standardised block so every
 tap carries the same total variance (TopConfig.tap_weights "equal", the
 default; mlkit.tuning.top_data.tap_column_weights); `--tap-weights none`
@@ -78,11 +82,18 @@ def cache_taps(backbone, taps=LAST, pooling="avg"):
         if name == ALL or name in TAP_NAMES:
             if not named:
                 raise MlkitError(f"--taps {name}: {backbone} declares no named depths ({', '.join(TAP_NAMES)}); "
-                                 "give its layer names instead")
+                                 f"give its layer names instead{_hub_hint(backbone)}")
             layers += list(named.values()) if name == ALL else [named.get(name) or _missing(backbone, name, named)]
         else:
             layers.append(name)
     return tuple(dict.fromkeys(layers))
+
+
+def _hub_hint(backbone):
+    if get_backbone(backbone).kind != "hub":
+        return ""
+    return (" (a KerasHub transformer's blocks are block_1, block_2, ...; a CNN's stages stage_1, stage_2, ...; "
+            "see mlkit.hub_backbones)")
 
 
 def _missing(backbone, name, named):

@@ -13,9 +13,10 @@ import pytest
 
 keras_hub = pytest.importorskip("keras_hub")  # the [hub] extra; CI installs it with [test]
 
-from mlkit.backbones import build_backbone, feature_extractor, freeze_units, get_backbone  # noqa: E402
+from mlkit.backbones import build_backbone, feature_extractor, freeze_units, get_backbone, tapped_backbone  # noqa: E402
 from mlkit.errors import MlkitError  # noqa: E402
 from mlkit.models.network import apply_freeze, build_network, resolve_freeze, walk_layers  # noqa: E402
+from mlkit.taps import cache_taps  # noqa: E402
 from mlkit.tuning.config import TopConfig  # noqa: E402
 from mlkit.tuning.top import build_top_model, set_input_statistics  # noqa: E402
 
@@ -143,6 +144,37 @@ def test_training_mode_equals_inference_mode_with_half_the_backbone_unfrozen(pre
     apply_freeze(network, model, resolve_freeze(model, "50%"))
     assert model.trainable_weights and len(model.trainable_weights) < len(model.weights)
     np.testing.assert_allclose(network(pixels, training=True), network(pixels, training=False), rtol=1e-4, atol=1e-5)
+
+
+def plain_forward(image_model, inputs, blocks):
+    """The first `blocks` blocks' output tokens, computed eagerly layer by layer (a CNN: its first stage's map)."""
+    family = type(image_model).__name__
+    if family == "ResNetBackbone":
+        return keras.Model(image_model.inputs, image_model.get_layer("stack0_block0_out").output)(inputs)
+    if family == "DINOV2Backbone":
+        x = image_model.embeddings(inputs)
+        return keras.Sequential(image_model.encoder.layers[:blocks])(x)
+    layers = [layer for layer in image_model.layers[1:] if "encoder_block_" in layer.name][:blocks]
+    x = image_model.layers[1](inputs)  # the embedding
+    x = image_model.layers[2](x) if family == "CLIPVisionEncoder" else x  # CLIP's pre_layer_norm
+    return keras.Sequential(layers)(x)
+
+
+def test_tapped_features_are_the_pooled_outputs_of_the_named_blocks_and_stages(presets):
+    inputs = np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)).astype("float32")
+    for family, tap in (("dinov2", "block_2"), ("siglip", "block_2"), ("clip", "block_2"), ("resnet", "stage_1")):
+        folder, _, _, prefix = presets[family]
+        model, _ = build_backbone(f"hub:{folder}", "imagenet", None, "avg")
+        features, tapped = tapped_backbone(model, ("last", tap))(inputs)
+        np.testing.assert_allclose(features, model(inputs), rtol=1e-5, atol=1e-6)
+        plain = np.asarray(plain_forward(model.image_model, inputs, blocks=2))
+        expected = plain.mean(axis=(1, 2)) if prefix is None else plain[:, prefix:].mean(axis=1)
+        np.testing.assert_allclose(tapped, expected, rtol=1e-4, atol=1e-5, err_msg=family)
+    model, _ = build_backbone(f"hub:{presets['vit'][0]}", "imagenet", None, "avg")
+    with pytest.raises(MlkitError, match="ViT runs its blocks inside one layer"):
+        tapped_backbone(model, ("last", "block_2"))
+    with pytest.raises(MlkitError, match="block_1, block_2"):
+        cache_taps(f"hub:{presets['dinov2'][0]}", "all")
 
 
 def test_get_backbone_parses_hub_and_file_names_without_reading_anything(tmp_path):

@@ -9,6 +9,7 @@ import csv
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -23,6 +24,7 @@ from mlkit.bottlenecks.extract import cache_features  # noqa: E402
 from mlkit.data.split import split_manifest  # noqa: E402
 from mlkit.data.synth import synthesize  # noqa: E402
 from mlkit.errors import MlkitError  # noqa: E402
+from mlkit.images import load_image  # noqa: E402
 from mlkit.models.export import export_model, load_model  # noqa: E402
 from mlkit.models.finetune import finetune  # noqa: E402
 from mlkit.models.network import apply_freeze, build_network, rebuild_backbone, resolve_freeze, walk_layers  # noqa: E402
@@ -66,14 +68,19 @@ def served_without_mlkit(tmp_path, savedmodel, images):
 
 
 def finetuned_network(work, cache, run, freeze):
-    """The network `finetune` trains, built and frozen as it builds and freezes it."""
+    """The network `finetune` trains, built and frozen as it builds and freezes it, and its top."""
     backbone, spec = rebuild_backbone(cache.attrs)
-    network = build_network(backbone, spec, cache.attrs, load_top(work, run)[0])
+    top, config = load_top(work, run)
+    network = build_network(backbone, spec, cache.attrs, top, taps=config.tap_list)
     apply_freeze(network, backbone, resolve_freeze(backbone, freeze))
     for layer in walk_layers(network):
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
-    return network, backbone
+    return network, backbone, top, config
+
+
+# One transformer and one CNN family are cached with taps named for their blocks / stages (mlkit.hub_backbones).
+TAPS = {"dinov2": "last,block_2", "resnet": "last,stage_1"}
 
 
 @pytest.mark.slow
@@ -84,13 +91,19 @@ def test_a_kerashub_family_caches_tunes_finetunes_and_serves_without_mlkit(tmp_p
     preset = tmp_path / "preset"
     backbone.save_to_preset(str(preset))
     converter.save_to_preset(str(preset))
-    cache, summary, result = run_pipeline(dataset(tmp_path), tmp_path / "ws", f"hub:{preset}")
+    taps = {"taps": TAPS[family]} if family in TAPS else {}
+    cache, summary, result = run_pipeline(dataset(tmp_path), tmp_path / "ws", f"hub:{preset}", **taps)
     cache = open_cache(cache.path)
     assert cache.attrs["backbone_source"] == f"hub:{preset}"
-    network, hub = finetuned_network(tmp_path / "ws", cache, summary.run.iloc[0], "50%")
+    network, hub, top, config = finetuned_network(tmp_path / "ws", cache, summary.run.iloc[0], "50%")
     assert hub.trainable_weights and len(hub.trainable_weights) < len(hub.weights)
-    pixels = np.random.default_rng(1).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
-    np.testing.assert_allclose(network(pixels, training=True), network(pixels, training=False), rtol=1e-4, atol=1e-5)
+    assert config.tap_list == tuple(TAPS.get(family, "last").split(",")) and cache.taps == config.tap_list[1:]
+    # Fine-tuning starts from the tuned top's scores on the cached features (the taps' too), in either mode.
+    rows = cache.indices("train")[:4]
+    pixels = np.stack([load_image(Path(cache.attrs["manifest_root"]) / path) for path in cache.read("image", rows)])
+    cached = top.predict(cache.read_taps(config.tap_list, rows), verbose=0)
+    np.testing.assert_allclose(network(pixels.astype("float32"), training=False), cached, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(network(pixels.astype("float32"), training=True), cached, rtol=1e-4, atol=1e-5)
     # The fine-tuned .keras loads back (in mlkit, which registers its layers) and serves as the SavedModel does.
     paths = export_model(result.model_path, formats=("savedmodel",))
     model, _ = load_model(result.model_path)
