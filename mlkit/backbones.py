@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,10 +384,7 @@ def freeze_units(model):
     CLIP's `encoder_block_i`). A nested model (an mlkit model used as a
     backbone) counts by its own layers.
     """
-    entries = list(_leaf_entries(model))
-    custom = [type(layer) for layer, block in entries if block is None and not _is_keras_class(layer)]
-    repeated = {cls for cls in custom if custom.count(cls) >= 2}
-    flags = [bool(block) or (block is None and type(layer) in repeated) for layer, block in entries]
+    entries, flags = _blocks_flagged(model)
     if not any(flags):
         return [(layer.name, [layer]) for layer, _ in entries]
     first = flags.index(True)
@@ -396,6 +394,61 @@ def freeze_units(model):
     units = [(_unit_name(before, "embeddings"), before)] if before else []
     units += [(layer.name, [layer]) for layer, _ in entries[first:last + 1]]
     return units + ([(_unit_name(after, "head"), after)] if after else [])
+
+
+def _blocks_flagged(model):
+    """Every layer (`_leaf_entries`), and whether each is a transformer block (see `freeze_units`)."""
+    entries = list(_leaf_entries(model))
+    custom = [type(layer) for layer, block in entries if block is None and not _is_keras_class(layer)]
+    repeated = {cls for cls in custom if custom.count(cls) >= 2}
+    return entries, [bool(block) or (block is None and type(layer) in repeated) for layer, block in entries]
+
+
+def transformer_blocks(model):
+    """A transformer's blocks in order (the units `freeze_units` counts as blocks); [] for a CNN."""
+    entries, flags = _blocks_flagged(model)
+    return [layer for (layer, _), flag in zip(entries, flags) if flag]
+
+
+# A CNN layer's block: the name up to its block number (block_13_expand -> block_13, conv4_block3_1_conv ->
+# conv4_block3, block3b_add -> block3b, convnext_tiny_stage_2_block_4_depthwise_conv -> ..._stage_2_block_4).
+CNN_BLOCK = re.compile(r"^(.*?block_?\d+[a-z]?)(?=_|$)")
+
+
+def depth_blocks(model):
+    """The backbone's layers in blocks, shallow to deep: what `finetune --lr-decay` counts depth in.
+
+    A transformer: everything before its first block (the embeddings), then
+    each block, the layers after the last block (final norm, pooling) joining
+    it. A CNN: its layers grouped by the block their names carry (VGG's
+    `block5`, MobileNetV2's `block_13`, ResNet's `conv4_block3`,
+    EfficientNet's `block3b`, ConvNeXt's `..._stage_2_block_4`); the layers
+    before the first block (the stem) are one group and a layer without a
+    block name joins the block before it (MobileNetV2's `Conv_1`).
+
+    Raises:
+        MlkitError: for a CNN whose layer names carry no blocks (Inception, DenseNet's are found).
+    """
+    entries, flags = _blocks_flagged(model)
+    layers = [layer for layer, _ in entries]
+    if any(flags):
+        first, last = flags.index(True), len(flags) - 1 - flags[::-1].index(True)
+        blocks = [layers[:first]] if first else []
+        blocks += [[layer] for layer in layers[first:last]]
+        return blocks + [layers[last:]]
+    blocks, current = [[]], None
+    for layer in layers:
+        match = CNN_BLOCK.match(layer.name)
+        if match and match.group(1) != current:
+            current = match.group(1)
+            blocks.append([])
+        blocks[-1].append(layer)
+    blocks = [block for block in blocks if block]
+    if len(blocks) < 3:
+        raise MlkitError(f"--lr-decay: the layer names of {model.name} carry no block numbers (such as block_13 or "
+                         "conv4_block3), so its depth cannot be counted; it works for transformers (KerasHub), "
+                         "VGG, ResNet, MobileNetV2, EfficientNet, ConvNeXt, DenseNet and Xception")
+    return blocks
 
 
 def _leaf_entries(model):
@@ -465,11 +518,17 @@ def tapped_backbone(backbone, taps):
         backbone: a model from `build_backbone`.
         taps: "last" and layer names, in the order the outputs are wanted.
 
+    A KerasHub backbone pools its own taps (`HubFeatures.tapped`: a
+    transformer's block tokens are pooled as its features are, and its taps
+    are named for its blocks, mlkit.hub_backbones).
+
     Returns:
         A `keras.Model` with one output per tap (a list, even for one tap).
     """
     import keras
 
+    if hasattr(backbone, "tapped"):
+        return backbone.tapped(taps)
     pooling = backbone_pooling(backbone)
     outputs = []
     for tap in taps:

@@ -14,6 +14,7 @@ ranges below.
 | `build_from_local_batch` | `Model._symbolic_build`, `._maybe_symbolic_build` | Keras 3.15 (keras-team/keras#20329) |
 | `average_logs_over_workers` | `keras.src.backend.tensorflow.trainer.reduce_per_replica` | Keras 3.15 |
 | `hub_preset_location`, `explaining_hub_downloads` | `keras_hub.src.utils.preset_utils.BUILTIN_PRESETS` | KerasHub 0.32 |
+| `optimizer_variable_key` | `Optimizer._var_key` | Keras 3.15 |
 """
 
 import contextlib
@@ -162,3 +163,15 @@ def _looks_like_download_failure(error):
     names = {cls.__name__ for cls in type(error).__mro__}
     return bool(names & {"ConnectionError", "OSError", "HTTPError", "FileNotFoundError", "KaggleApiHTTPError",
                          "LocalEntryNotFoundError", "TimeoutError"}) or "resolve" in str(error).lower()
+
+
+def optimizer_variable_key(optimizer, variable):
+    """The key a Keras optimiser files `variable` under, the same for a Keras variable and the backend's.
+
+    `update_step` is handed the backend's variable (a tf.Variable, or one
+    replica's under tf.distribute), not the Keras variable the optimiser was
+    built with; Keras's own optimisers find a variable's slots through this
+    private key (`Optimizer._var_key`, Keras 3.15), and mlkit.optimizers finds
+    its learning-rate factor the same way. Keras offers no public mapping.
+    """
+    return optimizer._var_key(variable)

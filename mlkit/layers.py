@@ -9,7 +9,8 @@ target unscaling, written in `keras.ops` only so they trace into a
 TensorFlow SavedModel that serves without mlkit. Registered from their own
 modules and re-exported: the caption vectoriser (mlkit.text) and a KerasHub
 backbone's pooled features (mlkit.hub_backbones, which imports KerasHub only
-when a model holding one is rebuilt).
+when a model holding one is rebuilt), and the optimisers of `finetune
+--lr-decay` (mlkit.layerwise), which a saved network's compile config names.
 """
 
 import keras
@@ -18,9 +19,11 @@ from keras import ops
 
 from mlkit.evaluation.decisions import DEPLOYABLE_KINDS, DecisionRuleError
 from mlkit.hub_backbones import HubFeatures
+from mlkit.layerwise import LayerwiseAdam, LayerwiseSGD
 from mlkit.text import CaptionVectorizer
 
-__all__ = ["CaptionVectorizer", "HubFeatures", "LabelDecision", "Unscale", "top_labels"]
+__all__ = ["CaptionVectorizer", "HubFeatures", "LabelDecision", "LayerwiseAdam", "LayerwiseSGD", "Unscale",
+           "top_labels"]
 
 
 def top_labels(scores, k):

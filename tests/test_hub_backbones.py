@@ -117,12 +117,14 @@ def test_cls_pooling_is_the_models_own_image_embedding(presets, family):
 
 @pytest.mark.parametrize("family, blocks", [("vit", ["transformer_block_1", "transformer_block_2", "transformer_block_3"]),
                                             ("dinov2", ["layers_0", "layers_1", "layers_2"]),
-                                            ("siglip", [f"sig_lip_vision_encoder_encoder_block_{i}" for i in range(3)])])
+                                            ("siglip", [f"sig_lip_vision_encoder_encoder_block_{i}" for i in range(3)]),
+                                            ("clip", [f"clip_vision_encoder_encoder_block_{i}" for i in range(3)])])
 def test_freeze_counts_a_transformers_embedding_blocks_and_head(presets, family, blocks):
     model, _ = build_backbone(f"hub:{presets[family][0]}", "imagenet", None, "avg")
     names = [name for name, _ in freeze_units(model)]
     assert names[1:4] == blocks and len(names) == 5, names
     assert resolve_freeze(model, "75%") == 4 and resolve_freeze(model, blocks[1]) == 2
+    assert resolve_freeze(model, "block_2") == 2 and resolve_freeze(model, "block_3") == 3  # as the taps are named
     apply_freeze(model, model, resolve_freeze(model, blocks[1]))
     trainable = {id(v) for v in model.trainable_weights}
     units = dict(freeze_units(model))

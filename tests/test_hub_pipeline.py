@@ -40,10 +40,11 @@ def dataset(root):
     return data / "manifest.csv"
 
 
-def run_pipeline(manifest, work, backbone, **cache_options):
+def run_pipeline(manifest, work, backbone, lr_decay=1.0, **cache_options):
     cache = cache_features(manifest, work, backbone=backbone, batch_size=16, progress=False, **cache_options)
     summary = tune_top(cache.path, work, layers=1, units=8, lr=0.01, batch=8, epochs=2, verbose=False)
-    result = finetune(cache.path, summary.run.iloc[0], work, freeze="50%", epochs=1, batch=8, progress=False)
+    result = finetune(cache.path, summary.run.iloc[0], work, freeze="50%", lr_decay=lr_decay, epochs=1, batch=8,
+                      progress=False)
     return cache, summary, result
 
 
@@ -92,7 +93,10 @@ def test_a_kerashub_family_caches_tunes_finetunes_and_serves_without_mlkit(tmp_p
     backbone.save_to_preset(str(preset))
     converter.save_to_preset(str(preset))
     taps = {"taps": TAPS[family]} if family in TAPS else {}
-    cache, summary, result = run_pipeline(dataset(tmp_path), tmp_path / "ws", f"hub:{preset}", **taps)
+    # One family fine-tunes with layer-wise learning-rate decay (tests/test_lr_decay.py checks the rates).
+    decay = 0.8 if family == "siglip" else 1.0
+    cache, summary, result = run_pipeline(dataset(tmp_path), tmp_path / "ws", f"hub:{preset}", decay, **taps)
+    assert ("_lrd-81" in result.run) == (decay != 1.0)
     cache = open_cache(cache.path)
     assert cache.attrs["backbone_source"] == f"hub:{preset}"
     network, hub, top, config = finetuned_network(tmp_path / "ws", cache, summary.run.iloc[0], "50%")

@@ -20,6 +20,7 @@ def test_keras_private_hooks_exist():
     assert callable(getattr(trainer, "_collective_all_reduce_multi_worker", None)), "compat.average_logs_over_workers"
     for name in ("_symbolic_build", "_maybe_symbolic_build"):
         assert callable(getattr(keras.Model, name, None)), f"compat.build_from_local_batch uses Model.{name}"
+    assert callable(getattr(keras.optimizers.Adam(), "_var_key", None)), "compat.optimizer_variable_key"
     source = inspect.getsource(keras.callbacks.BackupAndRestore)
     assert "_initial_epoch" in source, "compat.set_initial_epoch sets model._initial_epoch as Keras's own callback does"
     assert "_current_epoch" in source and "def _save_model" in source, \
@@ -40,7 +41,7 @@ def test_every_private_name_is_used_from_compat_alone():
     root = Path(mlkit.__file__).parent
     offenders = [str(path.relative_to(root)) for path in root.rglob("*.py") if path.name != "compat.py" and
                  any(marker in path.read_text() for marker in ("keras.src", "._populate_next", "._initial_epoch",
-                                                               "._current_epoch", "._symbolic_build",
+                                                               "._current_epoch", "._symbolic_build", "._var_key",
                                                                "reduce_per_replica"))]
     assert not offenders, offenders
 

@@ -80,6 +80,10 @@ class FinetuneConfig:
                                 "block_13 for MobileNetV2), or 'all' (train the head alone on augmented images). "
                                 "Batch norm keeps its statistics whatever is unfrozen")
     lr: float = option(1e-4, "learning rate")
+    lr_decay: float = option(1.0, "layer-wise learning-rate decay F: the backbone's last block trains at --lr, "
+                                  "each block below at F times the one above, the embeddings (a CNN's stem) "
+                                  "lowest; the top at --lr. 1 is off (unmeasured here, see docs/finetune.md); "
+                                  "0.65-0.75 are the BEiT/DINOv2 recipes' values for ViTs")
     batch: int = option(32, "batch size")
     epochs: int = option(12, "most epochs")
     warmup_epochs: int = option(0, "epochs training the head alone before unfreezing (fastai's fine_tune; the "
@@ -118,6 +122,9 @@ class FinetuneConfig:
         if not float(self.lr) > 0:
             raise MlkitError(f"--lr {self.lr}: learning rates must be positive")
         encode_lr(self.lr)
+        if not 0 < float(self.lr_decay) <= 1:
+            raise MlkitError(f"--lr-decay {self.lr_decay}: a factor per block in (0, 1]; 1 is off")
+        encode_lr(self.lr_decay)
         if self.optimizer not in OPTIMIZERS:
             raise MlkitError(f"--optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
         if self.strategy not in STRATEGIES:
@@ -140,6 +147,8 @@ class FinetuneConfig:
             options["wu"] = str(self.warmup_epochs)
         if self.optimizer != "adam":
             options["ftopt"] = self.optimizer
+        if float(self.lr_decay) != 1:
+            options["lrd"] = encode_lr(self.lr_decay)  # lrd-81 is 0.8, as lr81 is (mlkit.runs)
         return options
 
 
@@ -162,7 +171,8 @@ FINETUNE = defaults_of(FinetuneConfig)
 
 def finetune(
     cache: StrPath | FeatureCache, top: str = FINETUNE["top"], workdir: StrPath = ".", *,
-    freeze: str = FINETUNE["freeze"], lr: float = FINETUNE["lr"], batch: int = FINETUNE["batch"], epochs: int = FINETUNE["epochs"],
+    freeze: str = FINETUNE["freeze"], lr: float = FINETUNE["lr"], lr_decay: float = FINETUNE["lr_decay"],
+    batch: int = FINETUNE["batch"], epochs: int = FINETUNE["epochs"],
     warmup_epochs: int = FINETUNE["warmup_epochs"], augment: str = FINETUNE["augment"],
     optimizer: str = FINETUNE["optimizer"], momentum: float = FINETUNE["momentum"],
     patience: int = FINETUNE["patience"], decision: str = FINETUNE["decision"],
@@ -184,7 +194,7 @@ def finetune(
         workdir: the workspace holding `tuning/`; `models/` is written there. Defaults to ".".
         image_root: folder the cache's relative image paths resolve against.
             Defaults to the folder of the manifest the cache was made from.
-        freeze, lr, batch, epochs, warmup_epochs, augment, optimizer, momentum,
+        freeze, lr, lr_decay, batch, epochs, warmup_epochs, augment, optimizer, momentum,
             patience, decision, min_labels, max_labels, weights, mixed_precision,
             jit, strategy, seed, no_tensorboard: the `FinetuneConfig` settings (each field says
             what it does; `mlkit finetune --help` prints them). Their defaults
@@ -206,7 +216,7 @@ def finetune(
     """
     started = time.perf_counter()
     config = FinetuneConfig(
-        top=str(top), freeze=freeze, lr=lr, batch=batch, epochs=epochs, warmup_epochs=warmup_epochs, augment=augment,
+        top=str(top), freeze=freeze, lr=lr, lr_decay=lr_decay, batch=batch, epochs=epochs, warmup_epochs=warmup_epochs, augment=augment,
         optimizer=optimizer, momentum=momentum, patience=patience, decision=decision or "", min_labels=min_labels,
         max_labels=max_labels, weights=weights or "", mixed_precision=mixed_precision, jit=jit, strategy=strategy,
         seed=seed, memory_cache=memory_cache, no_tensorboard=no_tensorboard,
@@ -421,11 +431,13 @@ class _Job(RecordStep):
 
     # -- training ---------------------------------------------------------------------------
     def compile(self):
+        from mlkit.models.network import layerwise_lr_scales
         from mlkit.tuning.top import make_loss
 
         config = self.config
         with self.strategy.scope():
-            optimizer = make_optimizer(config.optimizer, config.lr, config.momentum, clipnorm=CLIPNORM)
+            optimizer = make_optimizer(config.optimizer, config.lr, config.momentum, clipnorm=CLIPNORM,
+                                       lr_scales=layerwise_lr_scales(self.backbone, config.lr_decay))
             pos_weight = np.asarray(self.top_config.pos_weight, "float32") if self.top_config.pos_weight else None
             self.network.compile(optimizer=optimizer, loss=make_loss(self.top_config, self.network.output_shape[-1], pos_weight),
                                  jit_compile=bool(config.jit))

@@ -30,11 +30,19 @@ backbone is called inside the network is not kept once `fit` calls the
 network with `training=True` (keras-team/keras#20285).
 """
 
+import re
 from pathlib import Path
 
 import keras
 
-from mlkit.backbones import build_backbone, freeze_units, preprocessing_layers, tapped_backbone
+from mlkit.backbones import (
+    build_backbone,
+    depth_blocks,
+    freeze_units,
+    preprocessing_layers,
+    tapped_backbone,
+    transformer_blocks,
+)
 from mlkit.bottlenecks.cache import identity_differences
 from mlkit.errors import MlkitError
 from mlkit.layers import LabelDecision, Unscale
@@ -187,7 +195,10 @@ def resolve_freeze(backbone, freeze):
     MobileNetV2's 154 layers is 116, the start of block_13; of ViT-B's 14
     units, 10: the embedding and blocks 1-9), which works for every backbone;
     a name freezes every unit before the first unit whose name starts with it
-    (`block5` for VGG16 is also 15; `transformer_block_10` for ViT-B).
+    (`block5` for VGG16 is also 15; `transformer_block_10` for ViT-B), and a
+    transformer's `block_N` every unit before its N-th block, whatever its
+    family calls it (`block_10` is ViT-B's `transformer_block_10`, DINOv2's
+    `layers_9`, SigLIP's `..._encoder_block_9`), as its taps are named.
 
     Returns:
         The run-name field: "all" or the number of frozen units.
@@ -204,12 +215,36 @@ def resolve_freeze(backbone, freeze):
             what = "layers" if len(layers) == len(backbone.layers) else "units (embedding, blocks, head)"
             raise MlkitError(f"--freeze {freeze}: {backbone.name} has only {len(layers)} {what}")
         return "all" if count == len(layers) else count
+    blocks = transformer_blocks(backbone)
+    numbered = re.fullmatch(r"block_(\d+)", text)
+    if blocks and numbered and 1 <= int(numbered.group(1)) <= len(blocks):
+        text = blocks[int(numbered.group(1)) - 1].name.lower()  # a transformer's block_N, as its taps are named
     for position, name in enumerate(layers):
         if name.lower().startswith(text):
             return position
     prefixes = sorted({name.split("_")[0] for name in layers})
     raise MlkitError(f"--freeze {freeze!r}: no layer of {backbone.name} is named like that; use all, a number of "
                      f"layers (0-{len(layers)}), a percentage (75%) or a block prefix such as: {', '.join(prefixes[:20])}")
+
+
+def layerwise_lr_scales(backbone, decay):
+    """{id(variable): learning-rate factor} for `finetune --lr-decay` (mlkit.optimizers).
+
+    The backbone's blocks (`mlkit.backbones.depth_blocks`: a transformer's
+    embeddings and blocks, a CNN's stem and named blocks) count depth from
+    the last: its variables train at lr, the block below at lr * decay, and so
+    on down to the embeddings (or stem) at lr * decay ** (blocks - 1). The
+    top, and anything else not in the backbone, trains at lr.
+
+    Args:
+        backbone: the backbone inside the network.
+        decay: the factor per block, in (0, 1]; 1 gives {} (one rate for all).
+    """
+    if float(decay) == 1.0:
+        return {}
+    blocks = depth_blocks(backbone)
+    return {id(variable): float(decay) ** (len(blocks) - 1 - depth)
+            for depth, layers in enumerate(blocks) for layer in layers for variable in layer.weights}
 
 
 def apply_freeze(network, backbone, frozen):
