@@ -40,7 +40,8 @@ class CacheOptions:
                                "the same pass: last (the output alone), all (every named depth of the family), "
                                "auto (all where the family declares named depths and features are pooled, else "
                                "last), or names joined by commas: named depths (early, mid, high, pre) and layer "
-                               "names. --taps all lifted test micro-F1 by 0.15 on both measured collections (docs/cache-features.md, Taps)",
+                               "names; a KerasHub backbone's blocks as block_N (transformers) or stages as stage_N "
+                               "(CNNs). --taps all lifted test micro-F1 by 0.15 on both measured collections (docs/cache-features.md, Taps)",
                        metavar="NAMES")
     augment_copies: int = option(0, "also cache K augmented views (flip, rotation, zoom, shifts) of each training "
                                     "image", metavar="K")
