@@ -15,6 +15,7 @@ ranges below.
 | `average_logs_over_workers` | `keras.src.backend.tensorflow.trainer.reduce_per_replica` | Keras 3.15 |
 | `hub_preset_location`, `explaining_hub_downloads` | `keras_hub.src.utils.preset_utils.BUILTIN_PRESETS` | KerasHub 0.32 |
 | `optimizer_variable_key` | `Optimizer._var_key` | Keras 3.15 |
+| `unrolled_vit` | `ViTEncoder.call`'s body: its `dropout`, `encoder_layers`, `layer_norm` | KerasHub 0.32 |
 """
 
 import contextlib
@@ -175,3 +176,22 @@ def optimizer_variable_key(optimizer, variable):
     its learning-rate factor the same way. Keras offers no public mapping.
     """
     return optimizer._var_key(variable)
+
+
+def unrolled_vit(image_model):
+    """A KerasHub ViTBackbone's encoder as graph nodes: ([each block's output tokens], the final tokens).
+
+    `ViTEncoder` runs its blocks inside its own `call` (dropout, the blocks in
+    `encoder_layers`, then `layer_norm`; KerasHub 0.32), so no block's output
+    is a node of the backbone's graph and none can be tapped. This replays
+    that `call` on the same layers (same weights) from the backbone's input;
+    tests/test_private_hooks.py checks the body still reads so.
+    """
+    embedding = image_model.get_layer("vit_patching_and_embedding")
+    encoder = image_model.get_layer("vit_encoder")
+    x = encoder.dropout(embedding(image_model.inputs[0]))
+    blocks = []
+    for block in encoder.encoder_layers:
+        x = block(x)
+        blocks.append(x)
+    return blocks, encoder.layer_norm(x)

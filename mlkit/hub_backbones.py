@@ -32,8 +32,9 @@ features, and its facts.
   (mean of patch tokens, max, or class token); `stage_N` is a CNN's N-th
   pyramid output (ResNet's P2-P5: the end of stacks 0-3), pooled globally.
   A layer name of the image model works too. ViT runs its blocks inside one
-  layer (`ViTEncoder`), so their outputs are not nodes of its graph: ViT
-  refuses taps rather than reach into KerasHub's internals.
+  layer (`ViTEncoder`), so their outputs are not nodes of its graph: a
+  tapped ViT rebuilds the encoder's forward pass from its block layers
+  (`mlkit.compat.unrolled_vit`, checked on KerasHub 0.32).
 - The features model (`HubFeatures`, registered as `mlkit>HubFeatures`)
   is saved as the image model's KerasHub config and weights, so a
   fine-tuned model's `.keras` loads back (with `import mlkit.layers`).
@@ -153,8 +154,9 @@ class HubFeatures(keras.Model):
     """
 
     def __init__(self, image_model, pooling="avg", taps=(), **kwargs):
-        final = _pooled(image_model, pooling)
-        outputs = [final if tap == "last" else _pooled_tap(image_model, tap, pooling) for tap in taps] or final
+        output, points = _tapped_graph(image_model) if taps else (image_model.output, {})
+        final = _pooled(image_model, pooling, output)
+        outputs = [final if tap == "last" else _pooled_tap(image_model, points, tap, pooling) for tap in taps] or final
         super().__init__(image_model.inputs, outputs, **kwargs)
         self.image_model = image_model
         self.pooling = pooling
@@ -175,18 +177,31 @@ class HubFeatures(keras.Model):
         return cls(**config)
 
 
-def _pooled(image_model, pooling):
-    """The features tensor on the image model's graph: a CNN's map or a transformer's tokens, pooled."""
-    output = image_model.output
+def _pooled(image_model, pooling, output):
+    """The features tensor from the image model's `output`: a CNN's map or a transformer's tokens, pooled."""
     family = TOKEN_FAMILIES.get(type(image_model).__name__)
     if len(output.shape) != 4 and family and family.tokens_layer and pooling != "cls":
         output = _layer_ending(image_model, family.tokens_layer).output
     return _pool(image_model, output, pooling, "hub")
 
 
-def _pooled_tap(image_model, tap, pooling):
-    """A tap's tensor on the image model's graph, pooled as the features are (layers named `tap_..._<tap>`)."""
-    points = tap_points(image_model)
+def _tapped_graph(image_model):
+    """(the image model's output, {tap name: tensor}) on one graph that holds every tap.
+
+    ViT runs its blocks inside one layer, so for taps its encoder's forward
+    pass is rebuilt from its block layers (`mlkit.compat.unrolled_vit`, the
+    same layers and weights); every other family's graph already holds them.
+    """
+    if type(image_model).__name__ == "ViTBackbone":
+        from mlkit.compat import unrolled_vit
+
+        blocks, output = unrolled_vit(image_model)
+        return output, {f"block_{n}": tensor for n, tensor in enumerate(blocks, 1)}
+    return image_model.output, tap_points(image_model)
+
+
+def _pooled_tap(image_model, points, tap, pooling):
+    """A tap's tensor (`points`, or a layer's output), pooled as the features are (layers named `tap_..._<tap>`)."""
     if tap in points:
         return _pool(image_model, points[tap], pooling, f"tap_{tap}")
     try:
@@ -198,8 +213,8 @@ def _pooled_tap(image_model, tap, pooling):
     return _pool(image_model, layer.output, pooling, f"tap_{tap}")
 
 
-TAP_FAMILIES = ("Taps are offered by DINOv2, SigLIP and CLIP (block_N) and CNN families with pyramid outputs such "
-                "as ResNet (stage_N); ViT runs its blocks inside one layer, so its blocks cannot be tapped.")
+TAP_FAMILIES = ("Blocks are offered by ViT, DINOv2, SigLIP and CLIP (block_N), stages by CNN families with pyramid "
+                "outputs such as ResNet (stage_N).")
 
 
 def tap_points(image_model):
@@ -208,7 +223,7 @@ def tap_points(image_model):
     A transformer's blocks are its pyramid outputs (DINOv2's `stage1`...,
     KerasHub's public `pyramid_outputs`; its `stem` is the embedding, not a
     block) or its top-level `encoder_block_i` layers (SigLIP, CLIP). ViT has
-    neither, and so no taps.
+    neither (`_tapped_graph` rebuilds its blocks).
     """
     pyramid = dict(getattr(image_model, "pyramid_outputs", None) or {})
     if type(image_model).__name__ not in TOKEN_FAMILIES:

@@ -80,8 +80,9 @@ def finetuned_network(work, cache, run, freeze):
     return network, backbone, top, config
 
 
-# One transformer and one CNN family are cached with taps named for their blocks / stages (mlkit.hub_backbones).
-TAPS = {"dinov2": "last,block_2", "resnet": "last,stage_1"}
+# Two transformers (ViT rebuilds its encoder for them) and a CNN are cached with taps named for their blocks /
+# stages (mlkit.hub_backbones).
+TAPS = {"vit": "last,block_2", "dinov2": "last,block_2", "resnet": "last,stage_1"}
 
 
 @pytest.mark.slow

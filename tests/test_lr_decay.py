@@ -99,3 +99,6 @@ def test_the_decay_is_a_run_name_option_that_round_trips_and_is_omitted_when_off
     for bad in (0, 1.5, -0.5):
         with pytest.raises(MlkitError, match="--lr-decay"):
             FinetuneConfig(lr_decay=bad)
+    from mlkit.cli import build_parser
+
+    assert build_parser().parse_args(["finetune", "cache.h5", "--lr-decay", "0.8"]).lr_decay == 0.8

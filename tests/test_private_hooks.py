@@ -53,3 +53,8 @@ def test_keras_hub_private_hooks_exist():
     from keras_hub.src.utils import preset_utils
 
     assert "kaggle_handle" in preset_utils.BUILTIN_PRESETS["dinov2_small"], "compat.hub_preset_location reads it"
+    from keras_hub.src.models.vit.vit_layers import ViTEncoder
+
+    body = inspect.getsource(ViTEncoder.call)
+    assert all(name in body for name in ("self.dropout(", "self.encoder_layers[", "self.layer_norm(")), \
+        "compat.unrolled_vit replays ViTEncoder.call"

@@ -10,8 +10,8 @@ from mlkit.options import add_options, given
 from mlkit.vocabulary import SPLITS
 
 # FinetuneConfig's settings the command takes; their defaults and help live on its fields (mlkit.options).
-SETTINGS = ("top", "freeze", "warmup_epochs", "lr", "batch", "epochs", "patience", "augment", "optimizer", "momentum",
-            "decision", "min_labels", "max_labels", "weights", "mixed_precision", "jit", "strategy", "seed",
+SETTINGS = ("top", "freeze", "warmup_epochs", "lr", "lr_decay", "batch", "epochs", "patience", "augment", "optimizer",
+            "momentum", "decision", "min_labels", "max_labels", "weights", "mixed_precision", "jit", "strategy", "seed",
             "no_tensorboard")
 
 FINETUNE_EPILOG = """\
