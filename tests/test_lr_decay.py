@@ -18,7 +18,7 @@ LR = 0.01
 def tiny_network(seed=0):
     """(backbone: stem, block_1, block_2; network: backbone + a dense top), seeded."""
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 3))
+    inputs = keras.Input((8, 8, 3), name="images")
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stem_conv")(inputs)
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="block_1_conv")(x)
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="block_1_project")(x)
@@ -37,7 +37,7 @@ def batch():
 def test_blocks_count_depth_from_the_last_and_the_top_keeps_the_learning_rate():
     backbone, network = tiny_network()
     assert [[layer.name for layer in block] for block in depth_blocks(backbone)] == [
-        ["input_layer", "stem_conv"], ["block_1_conv", "block_1_project"], ["block_2_conv", "pool"]]
+        ["images", "stem_conv"], ["block_1_conv", "block_1_project"], ["block_2_conv", "pool"]]
     scales = layerwise_lr_scales(backbone, 0.5)
     by_layer = {layer.name: {scales[id(v)] for v in layer.weights} for layer in backbone.layers if layer.weights}
     assert by_layer == {"stem_conv": {0.25}, "block_1_conv": {0.5}, "block_1_project": {0.5}, "block_2_conv": {1.0}}
@@ -65,20 +65,25 @@ def test_with_decay_below_one_a_lower_block_moves_less_after_one_adam_step_in_fi
     for decay in (1.0, 0.5):
         backbone, network = tiny_network()
         before = {layer: np.asarray(backbone.get_layer(layer).kernel) for layer in ("stem_conv", "block_2_conv")}
-        network.compile(optimizer=make_optimizer("adam", LR, lr_scales=layerwise_lr_scales(backbone, decay)),
-                        loss="mse")
-        network.train_on_batch(*batch())
+        optimizer = make_optimizer("adam", LR, lr_scales=layerwise_lr_scales(backbone, decay))
+        if decay == 1.0:  # the reference step, eagerly; the decayed one through fit's compiled train step
+            with tf.GradientTape() as tape:
+                loss = keras.losses.MeanSquaredError()(batch()[1], network(batch()[0]))
+            optimizer.apply(tape.gradient(loss, network.trainable_variables), network.trainable_variables)
+        else:
+            network.compile(optimizer=optimizer, loss="mse")
+            network.train_on_batch(*batch())
         moved[decay] = {layer: np.abs(np.asarray(backbone.get_layer(layer).kernel) - old).mean()
                         for layer, old in before.items()}
     # Adam's first step is about lr per weight whatever the gradient's scale: the stem's is F^2 = 1/4 of it.
     assert moved[0.5]["stem_conv"] == pytest.approx(moved[1.0]["stem_conv"] * 0.25, rel=1e-3)
-    assert moved[0.5]["block_2_conv"] == pytest.approx(moved[1.0]["block_2_conv"], rel=1e-6)
+    assert moved[0.5]["block_2_conv"] == pytest.approx(moved[1.0]["block_2_conv"], rel=1e-4)
 
 
 def test_transformer_and_cnn_blocks_and_a_cnn_without_block_names_is_refused():
     backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
     blocks = depth_blocks(backbone)
-    assert len(blocks) == 17 and blocks[1][0].name == "block_1_expand" and blocks[-1][-1].name == "global_average_pooling2d"
+    assert len(blocks) == 17 and blocks[1][0].name == "block_1_expand" and blocks[-1][-1].name.startswith("global_average")
     assert [layer.name for layer in blocks[0]][-1].startswith("expanded_conv")  # block 0 sits with the stem
     keras_hub = pytest.importorskip("keras_hub")
     vit = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=8, num_layers=3, num_heads=2, hidden_dim=8,
