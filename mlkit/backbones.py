@@ -427,7 +427,7 @@ def depth_blocks(model):
     block name joins the block before it (MobileNetV2's `Conv_1`).
 
     Raises:
-        MlkitError: for a CNN whose layer names carry no blocks (Inception, DenseNet's are found).
+        MlkitError: for a CNN whose layer names carry no blocks (Inception, MobileNet, MobileNetV3, NASNet).
     """
     entries, flags = _blocks_flagged(model)
     layers = [layer for layer, _ in entries]
