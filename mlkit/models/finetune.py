@@ -82,8 +82,8 @@ class FinetuneConfig:
     lr: float = option(1e-4, "learning rate")
     lr_decay: float = option(1.0, "layer-wise learning-rate decay F: the backbone's last block trains at --lr, "
                                   "each block below at F times the one above, the embeddings (a CNN's stem) "
-                                  "lowest; the top at --lr. 1 is off (unmeasured here, see docs/finetune.md); "
-                                  "0.65-0.75 are the BEiT/DINOv2 recipes' values for ViTs")
+                                  "lowest; the top at --lr. 1 is off: 0.8 did not help MobileNetV2 (docs/finetune.md); "
+                                  "0.65-0.75 are the BEiT/DINOv2 recipes' values for ViTs, unmeasured here")
     batch: int = option(32, "batch size")
     epochs: int = option(12, "most epochs")
     warmup_epochs: int = option(0, "epochs training the head alone before unfreezing (fastai's fine_tune; the "
