@@ -56,7 +56,9 @@ class AuditConfig:
             with its own seed) and every row's out-of-fold scores averaged.
             Defaults to 1.
         vote_weight: weight of the nearest neighbours' labels against the
-            fold scores in each row's label probabilities (`evidence`). Defaults to 0.5.
+            fold scores in each row's label probabilities (`evidence`); where
+            the fold tops read several taps, the neighbours are searched in
+            them, z-scored and weighted. Defaults to 0.5.
         units: hidden units of the default top. Defaults to 256.
         epochs: most epochs per fold model (10% of its training rows stop it early). Defaults to 20.
         batch: batch size of the fold tops, lowered so that an epoch has at least
