@@ -168,6 +168,7 @@ def main():
     for collection in args.collections.split(","):
         cache = cached(manifests[collection](), workdir, collection, args.taps)
         table = run.load_rows(cache)
+        print(f"{cache.path}: {len(table['rows'])} rows, taps {', '.join(('last',) + cache.taps)}", flush=True)
         evidence = label_free_evidence(cache, table, config)
         for seed in map(int, args.seeds.split(",")):
             for kind in args.kinds.split(","):
