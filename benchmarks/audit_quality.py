@@ -8,25 +8,29 @@ Two multilabel collections, each cached once with the pretrained MobileNetV2 (..
 - icons: the icon-theme collection of benchmarks/icon_themes.py (--icons, its manifest.csv).
 
 For each noise kind (swap: a row gets another row's labels; add: one false label added; drop: one
-true label removed) and share of rows (5%, 10%), the labels of a copy of the cache are corrupted and
-`mlkit.audit` runs with its defaults. mlkit's ranking is its label-error findings in issues.csv's
-order; cleanlab's is `find_label_issues` (its defaults: prune by noise rate, ranked by
-self-confidence) on the audit's own out-of-fold scores. Each is cut at n (the rows planted) and 2n.
+true label removed), share of rows (5%, 10%) and planting seed, the labels are corrupted and the
+audit's label check runs as `mlkit.audit` runs it, through the same functions: the fold tops'
+out-of-fold scores (`run.fold_scores`, on the taps `--fold-taps` names, `--repeats` draws), then the
+combined check (`run.check_labels`: neighbours' and duplicate partners' votes) on the nearest
+neighbours and duplicate pairs, which do not depend on the labels and are found once per collection.
+mlkit's ranking is its flagged rows by score, the order issues.csv lists them in; cleanlab's is
+`find_label_issues` (its defaults: prune by noise rate, ranked by self-confidence) on the same
+out-of-fold scores. Each is cut at n (the rows planted) and 2n.
 
-    python benchmarks/audit_quality.py --icons /work/data/icons/manifest.csv --json audit_quality.json
+Each draw's out-of-fold scores are saved under WORKDIR/scores/ and reused, so a rerun (another
+ranking, more repeats, a further seed) trains only what is new. `--check-audit` also runs
+`mlkit.audit` end to end on the first planting and checks that it ranks the same rows.
 
-With --taps all the collections are cached with every named tap and the fold tops read them
-(the audit's default when a cache has taps): stronger fold models, for both methods, at 2-3 times
-the CPU.
+    python benchmarks/audit_quality.py --workdir /tmp/aq3/ws --seeds 0,1 --json audit_quality.json
 """
 
 import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -37,6 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from audit_data import NOISE_KINDS, PRETRAINED, cleanlab_ranked_flags, inject_label_errors
 
 import mlkit
+from mlkit.auditing import duplicates, run
+from mlkit.auditing import neighbours as knn
+from mlkit.auditing.config import AuditConfig
+from mlkit.auditing.near import near_duplicates
 from mlkit.bottlenecks.cache import open_cache
 from mlkit.data.adapters import from_folders
 from mlkit.data.split import split_manifest
@@ -46,54 +54,95 @@ SHARES = (0.05, 0.10)
 
 
 def stamps_manifest(workdir):
-    """The stamps manifest as benchmarks/transfer_quality.py builds it."""
-    manifest = from_folders(STAMPS, workdir / "stamps" / "manifest.csv", labels="path")
-    split_manifest(manifest, val=0.15, test=0.15, seed=0)
-    return manifest
+    """The stamps manifest as benchmarks/transfer_quality.py builds it, once (a newer one would send
+    cache-features through every row again)."""
+    path = workdir / "stamps" / "manifest.csv"
+    if not path.exists():
+        split_manifest(from_folders(STAMPS, path, labels="path"), val=0.15, test=0.15, seed=0)
+    return path
 
 
 def cached(manifest, workdir, name, taps):
-    """The collection's cache, made once (cache-features reuses a finished one)."""
+    """The collection's cache, made once: a cache already in WORKDIR/bottlenecks is read as it is."""
+    made = workdir / "bottlenecks" / f"{name}_all_mobilenetv2_inet_avg.h5"
+    if made.exists():
+        return open_cache(made)
     result = mlkit.cache_features(manifest, workdir, backbone="mobilenetv2", weights=str(PRETRAINED), image_size=96,
                                   progress=False, dataset=name, taps=taps)
     return open_cache(result.path)
 
 
-def noisy_copy(cache, folder, labels):
-    """A copy of the cache (features, taps, thumbnails and all) whose labels are `labels`."""
-    path = folder / "bottlenecks" / f"{cache.name}.h5"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cache.path, path)
-    with h5py.File(path, "r+") as h5:
-        h5["labels"][cache.indices()] = labels
-    return path
+def label_free_evidence(cache, table, config):
+    """What the label check uses that does not depend on the labels: neighbours (by the cache's output,
+    and the voting ones by the fold features) and duplicate pairs."""
+    similarities, positions = knn.nearest_neighbours(cache.path, table["rows"], config.neighbours)
+    groups = duplicates.exact_groups(table["sha256"])
+    near, _ = near_duplicates(cache, table, (similarities, positions), groups, config)
+    pairs = np.concatenate([duplicates.exact_pairs(groups), np.stack(near[:2], axis=1).astype(np.int64)])
+    features, taps = run.fold_features(cache, table["rows"], config)
+    return positions, pairs, run.vote_neighbours(cache, features, taps, config, ".") if len(taps) > 1 else None
+
+
+def draw_scores(cache, table, config, path):
+    """One draw's out-of-fold scores (`run.fold_scores`), saved at `path` and reused."""
+    if path.exists():
+        return dict(np.load(path))
+    folds = run.fold_scores(cache, table, config, workdir=".")
+    np.savez(path, scores=folds["scores"], folds=folds["folds"])
+    return {"scores": folds["scores"], "folds": folds["folds"]}
+
+
+def mlkit_ranking(cache, table, folds, evidence, config):
+    """The flagged rows, highest score first, as issues.csv lists the label errors."""
+    positions, pairs, voters = evidence
+    voting = {} if voters is None else {"vote_positions": voters}
+    checked = run.check_labels(cache, table, {**folds, **voting}, positions, pairs, config)
+    quality = checked["quality"]
+    flagged = np.flatnonzero(quality.flagged)
+    return flagged[np.argsort(-quality.score[flagged], kind="stable")]
 
 
 def hits(ranked, planted, cut):
     return len(set(map(int, ranked[:cut])) & set(map(int, planted)))
 
 
-def run_one(cache, workdir, kind, share, seed):
-    """One planted noise: precision and recall at n and 2n of mlkit and cleanlab, and mlkit's flag count."""
-    rows = cache.indices()
-    labels, planted = inject_label_errors(cache.read("labels", rows), cache.task, share=share, seed=seed, kind=kind)
-    folder = workdir / f"{cache.name}_{kind}_{share}_{seed}"
-    result = mlkit.audit(noisy_copy(cache, folder, labels), workdir=folder)
-    scores = np.load(result.folder / "scores.npz")
-    position = {int(row): at for at, row in enumerate(scores["row"])}
-    findings = result.issues[result.issues["kind"] == "label_error"]
-    mine = np.array([position[int(row)] for row in findings["row"]], dtype=np.int64)
-    theirs = cleanlab_ranked_flags(cache.task, labels, scores["oof_scores"])
+def run_one(cache, table, evidence, config, planting, workdir):
+    """One planting: precision and recall at n and 2n of mlkit and cleanlab, and their flag counts."""
+    kind, share, seed = planting
+    labels, planted = inject_label_errors(table["labels"], cache.task, share=share, seed=seed, kind=kind)
+    noisy = {**table, "labels": labels}
+    collection = cache.name.split("_")[0]
+    draws = [draw_scores(cache, noisy, replace(config, seed=config.seed + run.REPEAT_SEED_STEP * repeat, repeats=1),
+                         workdir / "scores" / f"{collection}_{config.taps}_{kind}_{share}_{seed}_d{repeat}.npz")
+             for repeat in range(config.repeats)]
+    folds = {"scores": np.mean([d["scores"] for d in draws], axis=0).astype(np.float32), "folds": draws[0]["folds"]}
+    mine = mlkit_ranking(cache, noisy, folds, evidence, config)
+    theirs = cleanlab_ranked_flags(cache.task, labels, folds["scores"])
     n = len(planted)
-    record = {"collection": cache.name.split("_")[0], "kind": kind, "share": share, "seed": seed, "n": n,
+    record = {"collection": collection, "kind": kind, "share": share, "seed": seed, "n": n,
               "mlkit_flags": len(mine), "cleanlab_flags": len(theirs)}
     for method, ranked in (("mlkit", mine), ("cleanlab", theirs)):
         for cut, label in ((n, "n"), (2 * n, "2n")):
             found = hits(ranked, planted, cut)
             record[f"{method}_p@{label}"] = found / cut
             record[f"{method}_r@{label}"] = found / n
+    return record, mine, labels
+
+
+def check_audit(cache, labels, ranked, config, workdir):
+    """`mlkit.audit` end to end on a copy of the cache with these labels: the same rows in the same order?"""
+    folder = workdir / "check_audit"
+    path = folder / "bottlenecks" / f"{cache.name}.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cache.path, path)
+    with h5py.File(path, "r+") as h5:
+        h5["labels"][cache.indices()] = labels
+    result = mlkit.audit(path, workdir=folder, taps=config.taps, repeats=config.repeats)
+    position = {int(row): at for at, row in enumerate(cache.indices())}
+    found = result.issues[result.issues["kind"] == "label_error"]["row"]
+    same = [position[int(row)] for row in found] == [int(at) for at in ranked]
+    print(f"mlkit.audit ranks the same {len(ranked)} rows in the same order: {same}", flush=True)
     shutil.rmtree(folder)
-    return record
 
 
 def main():
@@ -101,26 +150,40 @@ def main():
     warnings.filterwarnings("ignore", message="May not flag all label issues")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--icons", default="/work/data/icons/manifest.csv", help="the icon-theme manifest")
-    parser.add_argument("--seeds", type=int, default=1, help="plantings per kind and share (default 1)")
-    parser.add_argument("--taps", default="last", help="taps to cache (default last: the backbone's output alone)")
-    parser.add_argument("--workdir", default=None, help="default: a temporary folder; caches are reused from it")
+    parser.add_argument("--collections", default="stamps,icons", help="which collections (default stamps,icons)")
+    parser.add_argument("--seeds", default="0", help="planting seeds, joined by commas (default 0)")
+    parser.add_argument("--kinds", default=",".join(NOISE_KINDS), help="noise kinds (default swap,add,drop)")
+    parser.add_argument("--taps", default="all", help="taps to cache (default all: every named depth)")
+    parser.add_argument("--fold-taps", default="all", help="taps the fold tops read (the audit's --taps; default all)")
+    parser.add_argument("--repeats", type=int, default=1, help="draws of the folds (the audit's --repeats; default 1)")
+    parser.add_argument("--workdir", default="audit_quality", help="caches and saved fold scores (default ./audit_quality)")
+    parser.add_argument("--check-audit", action="store_true", help="also run mlkit.audit on the first planting")
     parser.add_argument("--json", default=None, help="also write every run's numbers here")
     args = parser.parse_args()
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="audit_quality_"))
-    caches = [cached(stamps_manifest(workdir), workdir, "stamps", args.taps),
-              cached(Path(args.icons), workdir, "icons", args.taps)]
+    workdir = Path(args.workdir)
+    (workdir / "scores").mkdir(parents=True, exist_ok=True)
+    config = AuditConfig(taps=args.fold_taps, repeats=args.repeats)
+    manifests = {"stamps": lambda: stamps_manifest(workdir), "icons": lambda: Path(args.icons)}
     records = []
-    for cache in caches:
-        for kind in NOISE_KINDS:
-            for share in SHARES:
-                for seed in range(args.seeds):
+    for collection in args.collections.split(","):
+        cache = cached(manifests[collection](), workdir, collection, args.taps)
+        table = run.load_rows(cache)
+        print(f"{cache.path}: {len(table['rows'])} rows, taps {', '.join(('last',) + cache.taps)}", flush=True)
+        evidence = label_free_evidence(cache, table, config)
+        for seed in map(int, args.seeds.split(",")):
+            for kind in args.kinds.split(","):
+                for share in SHARES:
                     start = time.perf_counter()
-                    records.append(run_one(cache, workdir, kind, share, seed))
-                    print({**records[-1], "seconds": round(time.perf_counter() - start)}, flush=True)
+                    record, ranked, labels = run_one(cache, table, evidence, config, (kind, share, seed), workdir)
+                    records.append(record)
+                    print({**record, "seconds": round(time.perf_counter() - start)}, flush=True)
+                    if args.check_audit and len(records) == 1:
+                        check_audit(cache, labels, ranked, config, workdir)
     table = pd.DataFrame(records)
     print(table.to_string(float_format="%.3f"))
-    means = table.groupby("collection")[[c for c in table.columns if "@" in c]].mean()
+    means = table.groupby(["collection", "seed"])[[c for c in table.columns if "@" in c]].mean()
     print(means.to_string(float_format="%.3f"))
+    print(table.groupby("collection")[[c for c in table.columns if "@" in c]].mean().to_string(float_format="%.3f"))
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
 

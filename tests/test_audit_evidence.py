@@ -124,3 +124,23 @@ def test_fold_tops_read_the_caches_taps_and_average_repeated_draws(tmp_path):
     assert json.loads((alone.folder / "summary.json").read_text())["config"]["taps"] == "last"
     with pytest.raises(MlkitError, match="no tap .pre."):
         mlkit.audit(path, workdir=tmp_path / "c", taps="last+pre", **small)
+
+
+def test_voting_neighbours_are_cosines_of_z_scored_weighted_taps():
+    from mlkit.auditing.folds import column_weights
+    from mlkit.auditing.neighbours import standardised_neighbours
+    from mlkit.tuning import TopConfig
+    from mlkit.tuning.top_data import tap_column_weights
+
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(size=(40, 6)) * 50, rng.normal(size=(40, 2))], axis=1).astype(np.float32)
+    weights = column_weights(TopConfig(task="multilabel"), [6, 2])
+    np.testing.assert_allclose(weights, tap_column_weights([6, 2]))
+    assert column_weights(TopConfig(task="multilabel"), None) is None
+    assert column_weights(TopConfig(task="multilabel", tap_weights="none"), [6, 2]) is None
+    z = (features - features.mean(0)) / (features.std(0) + 1e-6) * weights
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    cosines = z @ z.T
+    np.fill_diagonal(cosines, -np.inf)
+    _, positions = standardised_neighbours(features.copy(), 3, weights)
+    np.testing.assert_array_equal(positions, np.argsort(-cosines, axis=1)[:, :3])

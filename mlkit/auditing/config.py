@@ -51,12 +51,16 @@ class AuditConfig:
         taps: the cached taps (`mlkit.taps`) the fold tops read: "all" for
             every tap the cache holds (only the backbone's output in a cache
             without taps), "last" for the output alone, or names joined by "+".
+            Several taps are weighted to the same total variance (`folds`),
+            and the neighbours whose labels vote are searched in them.
             Defaults to "all".
         repeats: fold ensembles: the k folds are drawn this many times (each
             with its own seed) and every row's out-of-fold scores averaged.
             Defaults to 1.
         vote_weight: weight of the nearest neighbours' labels against the
-            fold scores in each row's label probabilities (`evidence`). Defaults to 0.5.
+            fold scores in each row's label probabilities (`evidence`); where
+            the fold tops read several taps, the neighbours are searched in
+            them, z-scored and weighted. Defaults to 0.5.
         units: hidden units of the default top. Defaults to 256.
         epochs: most epochs per fold model (10% of its training rows stop it early). Defaults to 20.
         batch: batch size of the fold tops, lowered so that an epoch has at least
@@ -83,7 +87,8 @@ class AuditConfig:
     folds: int = option(5, "k of the k-fold top models for the label check; 0 skips it")
     top: str = option("", "a tuned run (in WORKDIR/tuning) whose settings train the fold tops", shown="a small top")
     taps: str = option("all", "cached taps the fold tops read: all (every one the cache holds), last, or names "
-                              "joined by +")
+                              "joined by +; several are weighted as tune-top weights them, and the neighbours "
+                              "whose labels vote are searched in them")
     repeats: int = option(1, "draws of the k folds, each seeded apart, whose out-of-fold scores are averaged")
     vote_weight: float = option(0.5, "weight of the nearest neighbours' labels against the fold scores (0 to 1)")
     units: int = option(256, "hidden units of the default fold top")

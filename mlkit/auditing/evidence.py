@@ -5,7 +5,9 @@ already computes:
 
 - the labels of the row's nearest neighbours in feature space (deep k-NN,
   Bahri, Jiang and Gupta, 2020): the share of its k neighbours that carry
-  each label (for multiclass, each class), a row's own label left out;
+  each label (for multiclass, each class), a row's own label left out. Where
+  the fold tops read several taps, the space is theirs: the taps z-scored and
+  weighted (`neighbours.standardised_neighbours`);
 - the labels of its near-duplicate partners (`near`): the same picture
   filed elsewhere says what this one is.
 

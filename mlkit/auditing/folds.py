@@ -5,7 +5,10 @@ classification and random for regression. Each fold's top is mlkit's own
 (`build_top_model`, `compile_top`), with either a tuned run's settings or a
 small default (one hidden layer, dropout 0.5, Adam); 10% of its training
 rows stop it early. Batches are gathered from the one in-memory feature
-matrix, so no fold copies it.
+matrix, so no fold copies it. On several cached taps side by side, each
+column is z-scored and, as tune-top does (`TopConfig.tap_weights` "equal",
+`mlkit.tuning.top_data.tap_column_weights`), each tap's block scaled so that
+every tap carries the same total variance.
 """
 
 import json
@@ -15,9 +18,12 @@ import math
 import keras
 import numpy as np
 
+from mlkit.auditing.neighbours import row_statistics
 from mlkit.data.split import iterative_stratification
 from mlkit.errors import MlkitError
 from mlkit.tuning import TopConfig, trainable_top
+from mlkit.tuning.config import TAP_WEIGHTS
+from mlkit.tuning.top_data import tap_column_weights
 from mlkit.workspace import run_paths
 
 logger = logging.getLogger(__name__)
@@ -103,31 +109,33 @@ def training_targets(labels, task, rows):
     return ((labels - mean) / std).astype(np.float32), (mean, std)
 
 
-def row_statistics(features, rows, block=1024):
-    """Per-feature mean and variance over `rows`, summed in float64 from small float32 blocks.
+def column_weights(top, tap_widths):
+    """Each feature column's weight after z-scoring (`tap_column_weights`), or None to leave them at 1.
 
-    Small blocks: at 100,000 x 1,280 a float64 block of 8,192 rows and its
-    square were 170 MB more at the audit's peak.
+    Args:
+        top: the fold's `TopConfig`; its `tap_weights` decides, as in tune-top.
+        tap_widths: each tap's columns, in the order the features hold them; None for one tap.
     """
-    total = total_sq = 0.0
-    for start in range(0, len(rows), block):
-        chunk = features[rows[start:start + block]]
-        total = total + chunk.sum(axis=0, dtype=np.float64)
-        total_sq = total_sq + np.square(chunk).sum(axis=0, dtype=np.float64)
-    mean = total / len(rows)
-    return mean, np.maximum(total_sq / len(rows) - mean**2, 0.0)
+    if tap_widths is None or len(tap_widths) < 2 or top.tap_weights != TAP_WEIGHTS[0]:
+        return None
+    return tap_column_weights(tap_widths)
 
 
-def train_fold(features, labels, task, num_outputs, top, train_rows, seed):
-    """One fold's top, trained on `train_rows` (10% of them held out to stop it early)."""
+def train_fold(features, labels, task, num_outputs, top, train_rows, seed, weights=None):
+    """One fold's top, trained on `train_rows` (10% of them held out to stop it early).
+
+    `weights` (`column_weights`) scale the standardised columns: they divide the variances the top stores.
+    """
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(train_rows)
     stop = max(1, int(len(shuffled) * STOPPING_SHARE))
     fit_rows, stop_rows = np.sort(shuffled[stop:]), np.sort(shuffled[:stop])
     targets, scale = training_targets(labels, task, fit_rows)
     keras.utils.set_random_seed(seed)
-    model = trainable_top(top, features.shape[1:], num_outputs, task, labels[fit_rows],
-                          *row_statistics(features, fit_rows))
+    mean, variance = row_statistics(features, fit_rows)
+    if weights is not None:
+        variance = variance / weights**2
+    model = trainable_top(top, features.shape[1:], num_outputs, task, labels[fit_rows], mean, variance)
     # XLA compiles each fold's new model for seconds of CPU (7 s against 2 s without, on 2 cores):
     # more than a small top's whole training.
     model.jit_compile = False
@@ -152,7 +160,7 @@ def predict_rows(model, features, rows, scale):
     return scores if scale is None else scores * scale[1] + scale[0]
 
 
-def out_of_fold_scores(features, labels, task, num_outputs, config, workdir=".", progress=None):
+def out_of_fold_scores(features, labels, task, num_outputs, config, workdir=".", progress=None, tap_widths=None):
     """Every row's scores from the one fold model that did not train on it.
 
     Args:
@@ -163,16 +171,20 @@ def out_of_fold_scores(features, labels, task, num_outputs, config, workdir=".",
         config: the `AuditConfig` (folds, seed, top settings).
         workdir: the workspace holding `tuning/` when `config.top` names a run. Defaults to ".".
         progress: called with (fold, folds) after each fold. Defaults to None.
+        tap_widths: the columns of each tap `features` holds side by side, in
+            order; None for one tap. Defaults to None.
 
     Returns:
         (scores, folds): float32 scores shaped like the model's output, and each row's fold.
     """
     top = fold_top_config(config, task, workdir)
     folds = assign_folds(labels, task, config.folds, config.seed)
+    weights = column_weights(top, tap_widths)
     scores = None
     for fold in range(config.folds):
         held_out, train_rows = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
-        model, scale = train_fold(features, labels, task, num_outputs, top, train_rows, config.seed + fold)
+        model, scale = train_fold(features, labels, task, num_outputs, top, train_rows, config.seed + fold,
+                                   weights)
         fold_scores = predict_rows(model, features, held_out, scale)
         if scores is None:
             scores = np.zeros((len(labels), fold_scores.shape[1]), np.float32)

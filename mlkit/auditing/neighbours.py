@@ -12,6 +12,13 @@ some and took longer (`benchmarks/knn_choice.py`, BENCHMARKS.md), and the
 projection makes it five times cheaper and its index a fifth of the features'
 size. Features are read from the cache in blocks: only the index holds them
 whole.
+
+Where the fold tops read several cached taps, the neighbours whose labels
+vote in the label check (`evidence`) are searched apart, in those taps, each
+column z-scored and each tap weighted as the tops weight them
+(`standardised_neighbours`): on the stamps their votes found more planted
+label errors than those of the output's centred cosines, and as many on the
+icons (BENCHMARKS.md).
 """
 
 import h5py
@@ -79,6 +86,47 @@ def scan(path, rows, sample_size=0, seed=0):
         total = total + block.sum(axis=0, dtype=np.float64)
         sample.append(block[chosen[at]])
     return (total / max(len(rows), 1)).astype(np.float32), np.concatenate(sample)
+
+
+def row_statistics(features, rows, block=1024):
+    """Per-feature mean and variance over `rows`, summed in float64 from small float32 blocks.
+
+    Small blocks: at 100,000 x 1,280 a float64 block of 8,192 rows and its
+    square were 170 MB more at the audit's peak.
+    """
+    total = total_sq = 0.0
+    for start in range(0, len(rows), block):
+        chunk = features[rows[start:start + block]]
+        total = total + chunk.sum(axis=0, dtype=np.float64)
+        total_sq = total_sq + np.square(chunk).sum(axis=0, dtype=np.float64)
+    mean = total / len(rows)
+    return mean, np.maximum(total_sq / len(rows) - mean**2, 0.0)
+
+
+def standardised_neighbours(features, k, weights=None):
+    """Each row's k nearest other rows by cosine of its z-scored (and weighted) features.
+
+    Overwrites `features` with the unit vectors it searches, block by block,
+    so the matrix is not held twice: call it when the matrix is no longer needed.
+
+    Args:
+        features: float32 (N, D) in memory, e.g. the fold tops' taps side by side.
+        k: neighbours per row.
+        weights: (D,) column weights after z-scoring (`folds.column_weights`), or None. Defaults to None.
+
+    Returns:
+        (similarities, positions) as `nearest_neighbours` returns them.
+    """
+    mean, variance = row_statistics(features, np.arange(len(features)))
+    scale = 1.0 / (np.sqrt(variance) + 1e-6)
+    if weights is not None:
+        scale = scale * weights
+    mean, scale = mean.astype(np.float32), scale.astype(np.float32)
+    for start in range(0, len(features), BLOCK_ROWS):
+        block = (features[start:start + BLOCK_ROWS] - mean) * scale
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        features[start:start + BLOCK_ROWS] = block / np.maximum(norms, 1e-12)
+    return nearest_in_memory(features, k)
 
 
 def centred_unit(block, mean):

@@ -87,7 +87,13 @@ def fold_features(cache, rows, config):
 
 
 def fold_scores(cache, table, config, workdir):
-    """Out-of-fold scores (averaged over `config.repeats` draws of the folds), or None without a label check."""
+    """Out-of-fold scores (averaged over `config.repeats` draws of the folds), or None without a label check.
+
+    Once the fold tops are trained, a matrix of several taps gives the neighbours whose labels vote
+    (`vote_neighbours`, "vote_positions"; classification only). On the output alone the votes come
+    from the cosine search of the other checks, as before: z-scoring it gained nothing measurable
+    (BENCHMARKS.md).
+    """
     if not config.folds:
         return None
     if len(table["rows"]) < 2 * config.folds:
@@ -96,15 +102,31 @@ def fold_scores(cache, table, config, workdir):
     from mlkit.auditing.folds import out_of_fold_scores
 
     features, taps = fold_features(cache, table["rows"], config)
+    widths = [int(cache.taps_shape((tap,))[-1]) for tap in taps] if len(taps) > 1 else None
     draws = []
     for repeat in range(config.repeats):
         draw = replace(config, seed=config.seed + REPEAT_SEED_STEP * repeat)
         draws.append(out_of_fold_scores(
             features, table["labels"], cache.task, cache.num_outputs, draw, workdir,
-            progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total)))
+            progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total), tap_widths=widths))
+    folds = {"scores": np.mean([scores for scores, _ in draws], axis=0).astype(np.float32), "folds": draws[0][1],
+             "taps": list(taps)}
+    if cache.task != "regression" and len(taps) > 1:
+        folds["vote_positions"] = vote_neighbours(cache, features, taps, config, workdir)
     del features
-    return {"scores": np.mean([scores for scores, _ in draws], axis=0).astype(np.float32), "folds": draws[0][1],
-            "taps": list(taps)}
+    return folds
+
+
+def vote_neighbours(cache, features, taps, config, workdir):
+    """Neighbours whose labels vote: by the fold features, weighted as the fold tops weight them.
+
+    Overwrites `features` (`knn.standardised_neighbours`).
+    """
+    from mlkit.auditing.folds import column_weights, fold_top_config
+
+    widths = [int(cache.taps_shape((tap,))[-1]) for tap in taps] if len(taps) > 1 else None
+    weights = column_weights(fold_top_config(config, cache.task, workdir), widths)
+    return knn.standardised_neighbours(features, config.neighbours, weights)[1]
 
 
 def check_labels(cache, table, folds, positions, pairs, config):
@@ -114,7 +136,8 @@ def check_labels(cache, table, folds, positions, pairs, config):
         cache: the opened cache.
         table: the audited rows (`load_rows`).
         folds: `fold_scores`, or None (then so is the result).
-        positions: (N, K) nearest neighbours by features.
+        positions: (N, K) nearest neighbours by features; the fold features' neighbours
+            (`fold_scores`' "vote_positions") vote in their place where there are any.
         pairs: (P, 2) exact and near duplicate pairs.
         config: the `AuditConfig`.
     """
@@ -125,7 +148,8 @@ def check_labels(cache, table, folds, positions, pairs, config):
     if cache.task != "regression":
         labels = evidence.one_hot(table["labels"], cache.task, cache.num_outputs)
         partners, has_partner = evidence.partner_votes(labels, pairs[:, 0], pairs[:, 1])
-        probabilities = evidence.combine(folds["scores"], evidence.neighbour_votes(labels, positions, config.neighbours),
+        voters = folds.get("vote_positions", positions)
+        probabilities = evidence.combine(folds["scores"], evidence.neighbour_votes(labels, voters, config.neighbours),
                                          partners, has_partner, config.vote_weight)
     quality = label_quality(cache.task, table["labels"], probabilities, names, config.residual_z)
     return {**folds, "probabilities": probabilities, "quality": quality, "names": names}
