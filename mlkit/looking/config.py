@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field
 from mlkit.errors import MlkitError, check_choice
 from mlkit.images import parse_background
 from mlkit.looking.boxes import ASPECTS
+from mlkit.looking.finder import METHODS, THRESHOLDS
 from mlkit.options import option
 
 
@@ -12,16 +13,23 @@ from mlkit.options import option
 class CropConfig:
     """How `mlkit crop` finds and cuts the box; every field is also a `--flag`."""
 
+    method: str = option("sokolova", "how the box is found: sokolova (the peaks of the first layers' activations; "
+                         "best on plain backgrounds) or border (what differs from the image's border ring in a "
+                         "stride-4 feature map; better on photographed backgrounds)", choices=METHODS)
     backbone: str = option("mobilenetv2", "backbone whose first layers find the object (any registry name)")
     weights: str = option("imagenet", "its weights: imagenet, none, or a weights file")
     model: str = option(None, "a fine-tuned run (or .keras file) whose own first layers are used instead of "
                               "--backbone/--weights", metavar="RUN", shown="none")
-    layers: int = option(8, "how many of the backbone's first layers make the activation map (Sokolova 2019: 8)")
+    layers: int = option(8, "sokolova: how many of the backbone's first layers make the activation map (Sokolova 2019: 8)")
     image_size: int = option(224, "side the image is resized to before the layers")
-    min_std: float = option(0.05, "feature maps whose standard deviation, once scaled to 0-1, is below this are "
+    min_std: float = option(0.05, "sokolova: feature maps whose standard deviation, once scaled to 0-1, is below this are "
                                   "dropped")
-    threshold: float = option(0.5, "peak threshold: the lowest activation (0-1) a peak may have")
-    window: int = option(3, "a peak is the largest activation in a WINDOW x WINDOW square of map cells")
+    threshold: float | None = option(None, "sokolova: the lowest activation (0-1) a peak may have; border: "
+                                           "the share of the highest distance the box's region stays above",
+                                     shown=", ".join(f"{name} {value:g}" for name, value in THRESHOLDS.items()))
+    window: int = option(3, "sokolova: a peak is the largest activation in a WINDOW x WINDOW square of map cells")
+    stride: int = option(4, "border: the feature map used is the backbone's deepest at 1/STRIDE of the "
+                            "image side")
     margin: float = option(0.05, "added on each side of the peaks' box, as a fraction of its side")
     min_size: float = option(0.2, "smallest crop side, as a fraction of the image's side")
     aspect: str = option("free", "crop shape: free, square, or image (the image's own aspect ratio)", choices=ASPECTS)
@@ -30,13 +38,15 @@ class CropConfig:
 
     def __post_init__(self):
         check_choice(self.aspect, ASPECTS, "--aspect")
+        check_choice(self.method, METHODS, "--method")
         for name, low, high in (("threshold", 0, 1), ("min_std", 0, 1), ("min_size", 0, 1), ("margin", 0, 10)):
             value = getattr(self, name)
-            if not low <= value <= high:
+            if value is not None and not low <= value <= high:
                 raise MlkitError(f"--{name.replace('_', '-')} {value}: give a number from {low} to {high}")
-        if self.layers < 1 or self.image_size < 32 or self.window < 1 or self.batch_size < 1:
-            raise MlkitError(f"--layers {self.layers}, --image-size {self.image_size}, --window {self.window}: "
-                             "layers and window must be at least 1, the image size at least 32")
+        if self.layers < 1 or self.image_size < 32 or self.window < 1 or self.batch_size < 1 or self.stride < 1:
+            raise MlkitError(f"--layers {self.layers}, --image-size {self.image_size}, --window {self.window}, "
+                             f"--stride {self.stride}: layers, window and stride must be at least 1, the image "
+                             "size at least 32")
         parse_background(self.background)
 
     def fingerprint(self):

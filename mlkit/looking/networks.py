@@ -13,7 +13,6 @@ import keras
 
 from mlkit.backbones import build_backbone, get_backbone, preprocessing_layers
 from mlkit.errors import MlkitError
-from mlkit.looking.saliency import activation_model
 
 
 @dataclass
@@ -61,16 +60,12 @@ def model_parts(model, workdir="."):
     return ModelParts(preprocessing, backbone, top, size, str(record.get("run") or model), exported), record
 
 
-def early_layer_model(backbone, weights, model, layers, image_size, workdir="."):
-    """The early-layer activation model of a registry backbone, or of a fine-tuned model's backbone.
+def crop_parts(config, workdir="."):
+    """The network a `CropConfig` reads: its `model`'s own (fine-tuned) backbone, or a registry backbone.
 
-    With `model` set, its backbone's own first layers (fine-tuned weights) and
-    preprocessing are used at the model's own input size; `backbone`,
-    `weights` and `image_size` are then ignored.
-
-    Returns:
-        (keras.Model: pixels (N, S, S, 3) -> list of feature maps, S, a text naming the layers' source).
+    With `config.model` set, that model's backbone, preprocessing and input
+    size are used; `backbone`, `weights` and `image_size` are then ignored.
     """
-    parts = model_parts(model, workdir)[0] if model else backbone_parts(backbone, weights, image_size)
-    return (activation_model(parts.backbone, layers, parts.preprocessing, parts.image_size), parts.image_size,
-            parts.name)
+    if config.model:
+        return model_parts(config.model, workdir)[0]
+    return backbone_parts(config.backbone, config.weights, config.image_size)
