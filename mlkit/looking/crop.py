@@ -123,6 +123,24 @@ def crop(manifest, out, *, workdir=".", progress=True, method=CROP["method"], ba
     return _finish(table, out, config, done, sources)
 
 
+def manifest_crop(manifest_path):
+    """How `mlkit crop` made a manifest: {"settings", "crop_json"} from the crop.json beside it, or None.
+
+    None unless the manifest is the one a finished `mlkit crop` run wrote
+    there (`finetune` records the result, so `predict` crops alike).
+    """
+    if not manifest_path:
+        return None
+    manifest_path = Path(manifest_path)
+    settings_path = manifest_path.parent / SETTINGS
+    if not settings_path.is_file():
+        return None
+    summary = json.loads(settings_path.read_text())
+    if summary.get("status") != "complete" or Path(summary.get("manifest", "")).name != manifest_path.name:
+        return None
+    return {"settings": summary["settings"], "crop_json": str(settings_path.resolve())}
+
+
 def _resume(out, config):
     """{row: progress record} from an earlier run with the same settings; starts over otherwise."""
     settings_path, progress_path = out / SETTINGS, out / PROGRESS
