@@ -11,7 +11,7 @@ from PIL import Image
 
 from mlkit.bottlenecks.extract import cache_features
 from mlkit.cli import main
-from mlkit.data.manifest import write_manifest
+from mlkit.data.manifest import read_manifest, write_manifest
 from mlkit.data.split import split_manifest
 from mlkit.data.synth import synthesize
 from mlkit.looking.config import CropConfig
@@ -75,7 +75,7 @@ def test_look_writes_one_grid_per_image_and_crop_reads_the_runs_layers(finetuned
 def test_predict_crops_an_image_as_the_training_images_were_cropped(finetuned, pretrained_mobilenetv2, tmp_path,
                                                                    capsys):
     work, run, images = finetuned
-    one_row = write_manifest(pd.DataFrame({"image": [str(images[0])]}), tmp_path / "one.csv")
+    one_row = write_manifest(pd.DataFrame({"image": [str(images[0])], "labels": ["any"]}), tmp_path / "one.csv")
     cropped = crop(one_row, tmp_path / "cropped", weights=pretrained_mobilenetv2, image_size=SIZE, progress=False)
     # The record finetune writes for a cache of cropped.manifest (record.py), on a copy of the run.
     record = json.loads((work / "models" / f"{run}.json").read_text())
@@ -84,10 +84,11 @@ def test_predict_crops_an_image_as_the_training_images_were_cropped(finetuned, p
     shutil.copy(work / "models" / f"{run}.keras", tmp_path / "cropping.keras")
     (tmp_path / "cropping.json").write_text(json.dumps(record))
     model = str(tmp_path / "cropping.keras")
-    original = predict(model, [images[0]], workdir=work)[0]
+    assert main(["predict", model, str(images[0]), "--workdir", str(work), "--csv", str(tmp_path / "p.csv")]) == 0
+    assert "1 image(s) cropped first" in capsys.readouterr().out
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
     precropped = next((tmp_path / "cropped" / "images").glob(f"*_{images[0].stem}.png"))  # what crop cut
     given = predict(model, [precropped], workdir=work, crop=False)[0]
-    assert original.crop_box is not None and given.crop_box is None
-    assert dict(original.ranked) == pytest.approx(dict(given.ranked), abs=1e-5)
-    assert main(["predict", model, str(images[0]), "--workdir", str(work)]) == 0
-    assert "1 image(s) cropped first" in capsys.readouterr().out
+    assert given.crop_box is None and row["crop_box"] == read_manifest(cropped.manifest).rows["crop_box"][0]
+    scores = dict(pair.rsplit(":", 1) for pair in row["ranked"].split("|"))
+    assert {name: float(score) for name, score in scores.items()} == pytest.approx(dict(given.ranked), rel=1e-5)

@@ -16,9 +16,9 @@ class CropConfig:
     method: str = option("sokolova", "how the box is found: sokolova (the peaks of the first layers' activations; "
                          "best on plain backgrounds) or border (what differs from the image's border ring in a "
                          "stride-4 feature map; better on photographed backgrounds)", choices=METHODS)
-    backbone: str = option("mobilenetv2", "backbone whose first layers find the object (any registry name)")
+    backbone: str = option("mobilenetv2", "backbone whose feature maps find the object (any registry name)")
     weights: str = option("imagenet", "its weights: imagenet, none, or a weights file")
-    model: str = option(None, "a fine-tuned run (or .keras file) whose own first layers are used instead of "
+    model: str = option(None, "a fine-tuned run (or .keras file) whose own backbone is used instead of "
                               "--backbone/--weights", metavar="RUN", shown="none")
     layers: int = option(8, "sokolova: how many of the backbone's first layers make the activation map (Sokolova 2019: 8)")
     image_size: int = option(224, "side the image is resized to before the layers")
@@ -28,9 +28,9 @@ class CropConfig:
                                            "the share of the highest distance the box's region stays above",
                                      shown=", ".join(f"{name} {value:g}" for name, value in THRESHOLDS.items()))
     window: int = option(3, "sokolova: a peak is the largest activation in a WINDOW x WINDOW square of map cells")
-    stride: int = option(4, "border: the feature map used is the backbone's deepest at 1/STRIDE of the "
-                            "image side")
-    margin: float = option(0.05, "added on each side of the peaks' box, as a fraction of its side")
+    stride: int = option(4, "border: the feature map used is the backbone's deepest block output at "
+                            "1/STRIDE of the image side")
+    margin: float = option(0.05, "added on each side of the box found, as a fraction of its side")
     min_size: float = option(0.2, "smallest crop side, as a fraction of the image's side")
     aspect: str = option("free", "crop shape: free, square, or image (the image's own aspect ratio)", choices=ASPECTS)
     background: str = option("white", "colour transparent pixels are composited on: white, black, #rrggbb or R,G,B")
