@@ -154,7 +154,7 @@ def border_box(pixels, tolerance):
 
 
 def box_quality(args, croppers):
-    from mlkit.looking.boxes import iou
+    from mlkit.cropping.boxes import iou
 
     results = {}
     for kind in ("plain", "textured"):
@@ -274,7 +274,7 @@ def crop_settings(args, method):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mlkit.looking.config import CropConfig
+    from mlkit.cropping.config import CropConfig
     from mlkit.looking.crop import Cropper
 
     results = {"settings": vars(args)}

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mlkit.cli import main
+from mlkit.cropping.boxes import fit_box, iou
+from mlkit.cropping.config import CropConfig
+from mlkit.cropping.saliency import activation_map, activation_map_tf, peak_box, peak_box_tf
 from mlkit.data.manifest import read_manifest, write_manifest
 from mlkit.looking import crop as crop_module
-from mlkit.looking.boxes import fit_box, iou
-from mlkit.looking.config import CropConfig
 from mlkit.looking.crop import Cropper, crop
-from mlkit.looking.saliency import activation_map, activation_map_tf, peak_box, peak_box_tf
 
 
 def shape_image(height, width, box, kind="ellipse", background=(255, 255, 255), colour=(40, 90, 160), base=None):

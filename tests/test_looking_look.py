@@ -11,11 +11,11 @@ from PIL import Image
 
 from mlkit.bottlenecks.extract import cache_features
 from mlkit.cli import main
+from mlkit.cropping.config import CropConfig, manifest_crop
 from mlkit.data.manifest import read_manifest, write_manifest
 from mlkit.data.split import split_manifest
 from mlkit.data.synth import synthesize
-from mlkit.looking.config import CropConfig
-from mlkit.looking.crop import Cropper, crop, manifest_crop
+from mlkit.looking.crop import Cropper, crop
 from mlkit.looking.look import Eyes, before_parts, look
 from mlkit.looking.networks import backbone_parts, model_parts
 from mlkit.models.finetune import finetune

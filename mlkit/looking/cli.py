@@ -3,7 +3,7 @@
 import argparse
 from dataclasses import fields
 
-from mlkit.looking.config import CropConfig
+from mlkit.cropping.config import CropConfig
 from mlkit.options import add_options, option_fields
 
 CROP_EPILOG = """\

@@ -1,6 +1,6 @@
 """`mlkit crop`: content-aware crops of every image of a manifest, from a backbone's feature maps.
 
-For each image, the method's map gives a box (`mlkit.looking.finder`: the
+For each image, the method's map gives a box (`mlkit.cropping.finder`: the
 peaks of the first layers' activations, or what differs from the border);
 the box is widened by a margin, to a
 minimum size and to an aspect ratio, and the image is cut along it. The
@@ -28,17 +28,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mlkit.cropping.config import SETTINGS, CropConfig
+from mlkit.cropping.finder import BoxFinder
 from mlkit.files import write_bytes, write_json
 from mlkit.images import ImageReadError, load_image, parse_background
-from mlkit.looking.config import CropConfig
-from mlkit.looking.finder import BoxFinder
 from mlkit.looking.sheets import box_sheet
 from mlkit.options import defaults_of
 
 log = logging.getLogger(__name__)
 
 PROGRESS = "progress.jsonl"
-SETTINGS = "crop.json"
 SHEET_IMAGES = 48
 
 
@@ -121,24 +120,6 @@ def crop(manifest, out, *, workdir=".", progress=True, method=CROP["method"], ba
         cropper = Cropper(config, workdir)
         _crop_rows(cropper, sources, todo, out, done, progress)
     return _finish(table, out, config, done, sources)
-
-
-def manifest_crop(manifest_path):
-    """How `mlkit crop` made a manifest: {"settings", "crop_json"} from the crop.json beside it, or None.
-
-    None unless the manifest is the one a finished `mlkit crop` run wrote
-    there (`finetune` records the result, so `predict` crops alike).
-    """
-    if not manifest_path:
-        return None
-    manifest_path = Path(manifest_path)
-    settings_path = manifest_path.parent / SETTINGS
-    if not settings_path.is_file():
-        return None
-    summary = json.loads(settings_path.read_text())
-    if summary.get("status") != "complete" or Path(summary.get("manifest", "")).name != manifest_path.name:
-        return None
-    return {"settings": summary["settings"], "crop_json": str(settings_path.resolve())}
 
 
 def _resume(out, config):

@@ -4,7 +4,7 @@ For each image one PNG grid, one row per network:
 
     image (+ caption) | early-layer map with its crop box | Grad-CAM: label 1 | label 2 | ...
 
-The early-layer map is the one `mlkit crop` cuts along (`mlkit.looking.saliency`).
+The early-layer map is the one `mlkit crop` cuts along (`mlkit.cropping.saliency`).
 Grad-CAM (Selvaraju et al., "Grad-CAM: visual explanations from deep networks", 2017) weights each channel of
 the backbone's last convolutional block by the mean gradient of a label's
 score with respect to it, sums them and keeps the positive part: the regions
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mlkit.cropping.config import CropConfig
+from mlkit.cropping.finder import BoxFinder
 from mlkit.errors import MlkitError
 from mlkit.files import atomic_path
 from mlkit.images import load_image, resize_array
-from mlkit.looking.config import CropConfig
-from mlkit.looking.finder import BoxFinder
 from mlkit.looking.networks import ModelParts, model_parts
 from mlkit.looking.sheets import BOX_COLOUR, fitted, font
 from mlkit.options import defaults_of

@@ -162,7 +162,7 @@ def predict(
     task = record.get("task", "multilabel")
     background = parse_background((record.get("input") or {}).get("background") or "white")
     items = attach_captions(expand_inputs(inputs, split), caption, captioned, model)
-    cropper = training_cropper(record, crop, model, workdir)
+    cropper = training_cropper(record, crop, model)
     results = [Prediction(image, truth=truth, task=task, caption=text if captioned else None)
                for image, truth, text in items]
     pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
@@ -187,8 +187,8 @@ def predict(
     return results
 
 
-def training_cropper(record, crop, model, workdir):
-    """The `Cropper` that cut the model's training images, when `crop` (None: when there was one)."""
+def training_cropper(record, crop, model):
+    """The `BoxFinder` that cut the model's training images, when `crop` (None: when there was one)."""
     settings = (record.get("crop") or {}).get("settings")
     if crop is None:
         crop = settings is not None
@@ -197,11 +197,17 @@ def training_cropper(record, crop, model, workdir):
     if settings is None:
         raise MlkitError(f"--crop: {model} was not trained on `mlkit crop`'s crops (its record has no crop "
                          "settings); crop the images with `mlkit crop` yourself, or leave out --crop")
-    from mlkit.looking.config import CropConfig
-    from mlkit.looking.crop import Cropper
+    from mlkit.cropping.config import CropConfig
+    from mlkit.cropping.finder import BoxFinder
+    from mlkit.cropping.parts import backbone_parts
 
+    config = CropConfig(**settings)
+    if config.model:
+        raise MlkitError(f"{model}'s training images were cropped with the layers of the run {config.model} "
+                         "(mlkit crop --model), which predict cannot rebuild: crop the images with the same "
+                         "mlkit crop command and pass --no-crop")
     log.info("predict: cropping each image as the model's training images were (%s)", record["crop"]["crop_json"])
-    return Cropper(CropConfig(**settings), workdir)
+    return BoxFinder(backbone_parts(config.backbone, config.weights, config.image_size), config)
 
 
 def _run(model, group, results, names, task, top):

@@ -191,7 +191,7 @@ class RecordStep:
         import keras
         import tensorflow as tf
 
-        from mlkit.looking.crop import manifest_crop
+        from mlkit.cropping.config import manifest_crop
 
         attrs = self.attrs
         name, get = HEADLINE[self.task]

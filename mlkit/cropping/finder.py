@@ -9,8 +9,8 @@ cells; `BoxFinder` brings the box to the image's pixels and fits it.
 
 import numpy as np
 
+from mlkit.cropping.boxes import fit_box
 from mlkit.images import resize_array
-from mlkit.looking.boxes import fit_box
 
 METHODS = ("sokolova", "border")
 # Each method's --threshold when none is given (tuned on benchmarks/crop_quality.py's seed-0 images).
@@ -26,8 +26,8 @@ class BoxFinder:
     """
 
     def __init__(self, parts, config):
-        from mlkit.looking.border import stride_layer
-        from mlkit.looking.saliency import activation_model, early_layers
+        from mlkit.cropping.border import stride_layer
+        from mlkit.cropping.saliency import activation_model, early_layers
 
         self.config, self.image_size = config, parts.image_size
         if config.method == "sokolova":
@@ -38,8 +38,8 @@ class BoxFinder:
 
     def heat_maps(self, images):
         """The method's maps (a list of (H, W) arrays in [0, 1]) of uint8 images of any size."""
-        from mlkit.looking.border import border_map
-        from mlkit.looking.saliency import activation_map
+        from mlkit.cropping.border import border_map
+        from mlkit.cropping.saliency import activation_map
 
         batch = np.stack([resize_array(image, self.image_size) for image in images])
         outputs = self.model(batch, training=False)
@@ -53,8 +53,8 @@ class BoxFinder:
 
     def cell_box(self, heat):
         """The method's box in map cells (top, left, bottom, right)."""
-        from mlkit.looking.border import region_box
-        from mlkit.looking.saliency import peak_box
+        from mlkit.cropping.border import region_box
+        from mlkit.cropping.saliency import peak_box
 
         threshold = threshold_of(self.config)
         if self.config.method == "border":

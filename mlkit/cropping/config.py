@@ -1,12 +1,17 @@
 """The settings of `mlkit crop` (and of the crop box `mlkit look` draws), declared once."""
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from mlkit.cropping.boxes import ASPECTS
+from mlkit.cropping.finder import METHODS, THRESHOLDS
 from mlkit.errors import MlkitError, check_choice
 from mlkit.images import parse_background
-from mlkit.looking.boxes import ASPECTS
-from mlkit.looking.finder import METHODS, THRESHOLDS
 from mlkit.options import option
+
+# What `mlkit crop` writes beside its manifest: the settings and the counts.
+SETTINGS = "crop.json"
 
 
 @dataclass
@@ -54,3 +59,21 @@ class CropConfig:
         settings = asdict(self)
         settings.pop("batch_size")
         return settings
+
+
+def manifest_crop(manifest_path):
+    """How `mlkit crop` made a manifest: {"settings", "crop_json"} from the crop.json beside it, or None.
+
+    None unless the manifest is the one a finished `mlkit crop` run wrote
+    there (`finetune` records the result, so `predict` crops alike).
+    """
+    if not manifest_path:
+        return None
+    manifest_path = Path(manifest_path)
+    settings_path = manifest_path.parent / SETTINGS
+    if not settings_path.is_file():
+        return None
+    summary = json.loads(settings_path.read_text())
+    if summary.get("status") != "complete" or Path(summary.get("manifest", "")).name != manifest_path.name:
+        return None
+    return {"settings": summary["settings"], "crop_json": str(settings_path.resolve())}
