@@ -10,8 +10,8 @@ side) on a 320 x 240 canvas:
             EveningGlow, FallenLeaf, Grey, Kite, OneStandsOut, Path, summer_1am; the two drawings,
             FlyingKonqui and PastelHills, are left out).
 
-Boxes: mean IoU with the true box of (a) mlkit's crop (`Cropper`, no margin, no minimum size),
-(b) a centre crop of the same area and shape as (a)'s, and (c) a "differs from the border colour"
+Boxes: mean IoU with the true box of (a) mlkit's crop by each --methods (`Cropper`, no margin, no
+minimum size), (b) a centre crop of the same area and shape as (a)'s, and (c) a "differs from the border colour"
 threshold crop: the box of the pixels farther than --border-tolerance from the median colour of the
 image's outer ring.
 
@@ -19,11 +19,16 @@ Model: a multilabel manifest of the pasted stamps (labels: the stamp's folders, 
 from-folders --labels path`), split 70/15/15; cache-features + a small tune-top grid, once on the
 canvases and once on `mlkit crop`'s crops; the best top's validation micro-F1 (cardinality rule) of each.
 
-Time: seconds per image of `Cropper.boxes` against the backbone's forward pass (pooled features) at the
-same size, each on batches of --batch images, on this machine's CPU. (`mlkit look` is not timed here.)
+Time: seconds per image of `Cropper.boxes` (each method) against the backbone's forward pass (pooled
+features) at the same size, each on batches of --batch images, on this machine's CPU; and of `mlkit look`'s
+per-image work (the crop method's map and box, Grad-CAM for 3 labels, the scores; a 10-label top of
+random weights, which costs what a trained one does; the PNG drawing left out), one image at a time as
+look runs.
+
+The method's settings were tuned on --seed 0 (60 textured, 40 plain images); BENCHMARKS.md reports --seed 1.
 
 Run:
-    python benchmarks/crop_quality.py                         # boxes and timing (about 5 minutes)
+    python benchmarks/crop_quality.py --seed 1                # boxes and timing (about 5 minutes)
     python benchmarks/crop_quality.py --model-images 600      # also the micro-F1 with and without crop
 """
 
@@ -54,15 +59,18 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200, help="pasted stamps per background kind")
     parser.add_argument("--model-images", type=int, default=0, help="pasted stamps for the micro-F1 comparison "
-                        "(0: skip it)")
+                        "(0: skip it); the crops are the first of --methods'")
     parser.add_argument("--model-background", default="textured", choices=("plain", "textured"),
                         help="the canvases of the micro-F1 comparison")
     parser.add_argument("--skip-boxes", action="store_true", help="only the micro-F1 comparison")
     parser.add_argument("--weights", default=str(PRETRAINED), help="MobileNetV2 weights file")
     parser.add_argument("--size", type=int, default=224, help="side the crop's backbone sees")
     parser.add_argument("--layers", type=int, default=8, help="--layers of mlkit crop")
-    parser.add_argument("--threshold", type=float, default=0.5, help="--threshold of mlkit crop")
-    parser.add_argument("--window", type=int, default=3, help="--window of mlkit crop")
+    parser.add_argument("--methods", default="sokolova,border", help="--method values of mlkit crop to compare")
+    parser.add_argument("--threshold", type=float, default=None, help="--threshold of mlkit crop (default: each "
+                        "method's own)")
+    parser.add_argument("--stride", type=int, default=4, help="--stride of mlkit crop (border)")
+    parser.add_argument("--window", type=int, default=3, help="--window of mlkit crop (sokolova)")
     parser.add_argument("--min-std", type=float, default=0.05, help="--min-std of mlkit crop")
     parser.add_argument("--border-tolerance", type=float, default=30.0, help="colour distance (0-441) from the "
                         "border's median colour that counts as object in the threshold baseline")
@@ -145,29 +153,41 @@ def border_box(pixels, tolerance):
     return (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
 
 
-def box_quality(args, cropper):
-    from mlkit.looking.boxes import iou
+def box_quality(args, croppers):
+    from mlkit.cropping.boxes import iou
 
     results = {}
     for kind in ("plain", "textured"):
         items = pasted_set(kind, args.images, args.seed)
-        found = []
-        for start in range(0, len(items), args.batch):
-            found += cropper.boxes([pixels for pixels, _, _ in items[start:start + args.batch]])
-        scores = {"mlkit": [], "centre": [], "border": []}
-        for (pixels, truth, _), box in zip(items, found):
-            scores["mlkit"].append(iou(box, truth))
-            scores["centre"].append(iou(centre_box(box, pixels.shape), truth))
-            scores["border"].append(iou(border_box(pixels, args.border_tolerance), truth))
+        images = [pixels for pixels, _, _ in items]
+        scores = {"border threshold": [iou(border_box(pixels, args.border_tolerance), truth)
+                                       for pixels, truth, _ in items]}
+        for method, cropper in croppers.items():
+            found = []
+            for start in range(0, len(items), args.batch):
+                found += cropper.boxes(images[start:start + args.batch])
+            scores[method] = [iou(box, truth) for (_, truth, _), box in zip(items, found)]
+            scores[f"centre ({method}'s area)"] = [iou(centre_box(box, pixels.shape), truth)
+                                                   for (pixels, truth, _), box in zip(items, found)]
         results[kind] = {name: float(np.mean(values)) for name, values in scores.items()}
         results[kind]["images"] = len(items)
-        print(f"{kind:<9} mean IoU: mlkit {results[kind]['mlkit']:.3f}  centre {results[kind]['centre']:.3f}  "
-              f"border threshold {results[kind]['border']:.3f}  ({len(items)} images)", flush=True)
+        print(f"{kind:<9} mean IoU ({len(items)} images): "
+              + ", ".join(f"{name} {value:.3f}" for name, value in results[kind].items() if name != "images"),
+              flush=True)
     return results
 
 
-def timing(args, cropper):
-    """Seconds per image: crop's boxes and the backbone's pooled forward pass."""
+def per_image(run, batches, count):
+    """Seconds per image of `run(batch)` over `batches` holding `count` images, after one warm-up call."""
+    run(batches[0])
+    started = time.perf_counter()
+    for batch in batches:
+        run(batch)
+    return (time.perf_counter() - started) / count
+
+
+def timing(args, croppers):
+    """Milliseconds per image: each method's boxes, look's per-image work, the backbone's pooled forward pass."""
     import keras
 
     from mlkit.backbones import build_backbone
@@ -176,21 +196,40 @@ def timing(args, cropper):
     images = [pixels for pixels, _, _ in items]
     backbone, _ = build_backbone("mobilenetv2", args.weights, args.size)
     resized = np.stack([np.asarray(Image.fromarray(p).resize((args.size, args.size))) for p in images])
+    resized = resized.astype("float32") / 127.5 - 1
+    forward = per_image(backbone.predict_on_batch, [resized[i:i + args.batch]
+                                                    for i in range(0, len(resized), args.batch)], len(images))
+    results = {"forward_ms": forward * 1000}
     batches = [images[i:i + args.batch] for i in range(0, len(images), args.batch)]
-    cropper.boxes(batches[0])
-    backbone.predict_on_batch(resized[: args.batch].astype("float32") / 127.5 - 1)
-    started = time.perf_counter()
-    for batch in batches:
-        cropper.boxes(batch)
-    crop_seconds = (time.perf_counter() - started) / len(images)
-    started = time.perf_counter()
-    for i in range(0, len(resized), args.batch):
-        backbone.predict_on_batch(resized[i:i + args.batch].astype("float32") / 127.5 - 1)
-    forward_seconds = (time.perf_counter() - started) / len(images)
+    for method, cropper in croppers.items():
+        results[f"crop_{method}_ms"] = per_image(cropper.boxes, batches, len(images)) * 1000
+        eyes = look_eyes(cropper.config, args)
+        results[f"look_{method}_ms"] = per_image(lambda batch, eyes=eyes: [look_one(eyes, p) for p in batch],
+                                                 batches[:1], len(batches[0])) * 1000
     keras.backend.clear_session()
-    print(f"time per image at {args.size} px: crop {crop_seconds * 1000:.1f} ms, backbone forward pass "
-          f"{forward_seconds * 1000:.1f} ms ({crop_seconds / forward_seconds:.2f}x)", flush=True)
-    return {"crop_ms": crop_seconds * 1000, "forward_ms": forward_seconds * 1000}
+    print(f"time per image at {args.size} px: backbone forward pass {forward * 1000:.1f} ms; "
+          + ", ".join(f"{name[:-3]} {value:.1f} ms ({value / results['forward_ms']:.1f}x)"
+                      for name, value in results.items() if name != "forward_ms"), flush=True)
+    return results
+
+
+def look_eyes(config, args):
+    """`mlkit look`'s per-network object on the crop's backbone with a 10-label top of random weights."""
+    import keras
+
+    from mlkit.looking.look import Eyes
+    from mlkit.looking.networks import backbone_parts
+
+    parts = backbone_parts("mobilenetv2", args.weights, args.size)
+    parts.top = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="sigmoid")])
+    return Eyes(parts, config)
+
+
+def look_one(eyes, pixels):
+    """What `mlkit look` computes for one image and one network, the drawing left out."""
+    eyes.early_map(pixels)
+    scores = eyes.scores(pixels)
+    eyes.grad_cam(pixels, list(np.argsort(-scores)[:3]))
 
 
 def model_quality(args):
@@ -212,9 +251,8 @@ def model_quality(args):
             rows.append({"image": name, "labels": labels, "split": rng.choice(["train", "val", "test"],
                                                                                 p=[0.7, 0.15, 0.15])})
         manifest = mlkit.write_manifest(pd.DataFrame(rows), work / "canvas.csv")
-        cropped = mlkit.crop(manifest, work / "cropped", weights=args.weights, layers=args.layers,
-                             threshold=args.threshold, window=args.window, min_std=args.min_std,
-                             progress=False).manifest
+        cropped = mlkit.crop(manifest, work / "cropped", progress=False,
+                             **crop_settings(args, args.methods.split(",")[0])).manifest
         for name, path in (("canvas", manifest), ("cropped", cropped)):
             space = work / f"ws_{name}"
             cache = mlkit.cache_features(path, space, backbone="mobilenetv2", weights=args.weights, image_size=96,
@@ -227,17 +265,22 @@ def model_quality(args):
     return results
 
 
+def crop_settings(args, method):
+    """The `mlkit.crop` settings of one method, as the command line gave them."""
+    return {"method": method, "weights": args.weights, "image_size": args.size, "layers": args.layers,
+            "threshold": args.threshold, "window": args.window, "stride": args.stride, "min_std": args.min_std,
+            "margin": 0.0, "min_size": 0.0}
+
+
 def main(argv=None):
     args = parse_args(argv)
-    from mlkit.looking.config import CropConfig
+    from mlkit.cropping.config import CropConfig
     from mlkit.looking.crop import Cropper
 
-    config = CropConfig(weights=args.weights, image_size=args.size, layers=args.layers, threshold=args.threshold,
-                        window=args.window, min_std=args.min_std, margin=0.0, min_size=0.0)
-    cropper = Cropper(config)
     results = {"settings": vars(args)}
     if not args.skip_boxes:
-        results.update(boxes=box_quality(args, cropper), time=timing(args, cropper))
+        croppers = {method: Cropper(CropConfig(**crop_settings(args, method))) for method in args.methods.split(",")}
+        results.update(boxes=box_quality(args, croppers), time=timing(args, croppers))
     if args.model_images:
         results["model"] = model_quality(args)
     if args.json:

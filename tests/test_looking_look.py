@@ -1,18 +1,25 @@
-"""mlkit look: one grid per image, maps that fine-tuning changes, captions shown, and crop --model."""
+"""mlkit look: one grid per image, maps that fine-tuning changes, captions shown, and crop --model;
+predict crops as the model's training images were cropped."""
+
+import json
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from mlkit.bottlenecks.extract import cache_features
 from mlkit.cli import main
+from mlkit.cropping.config import CropConfig, manifest_crop
+from mlkit.data.manifest import read_manifest, write_manifest
 from mlkit.data.split import split_manifest
 from mlkit.data.synth import synthesize
-from mlkit.looking.config import CropConfig
-from mlkit.looking.crop import Cropper
+from mlkit.looking.crop import Cropper, crop
 from mlkit.looking.look import Eyes, before_parts, look
 from mlkit.looking.networks import backbone_parts, model_parts
 from mlkit.models.finetune import finetune
+from mlkit.models.predict import predict
 from mlkit.tuning.search import tune_top
 
 SIZE = 48
@@ -63,3 +70,25 @@ def test_look_writes_one_grid_per_image_and_crop_reads_the_runs_layers(finetuned
     tuned = Cropper(CropConfig(model=run, layers=8), workdir=work)
     assert tuned.image_size == SIZE and tuned.source == run
     assert look(run, [str(images[0])], tmp_path / "again", workdir=work, top=1)[0].is_file()
+
+
+def test_predict_crops_an_image_as_the_training_images_were_cropped(finetuned, pretrained_mobilenetv2, tmp_path,
+                                                                   capsys):
+    work, run, images = finetuned
+    one_row = write_manifest(pd.DataFrame({"image": [str(images[0])], "labels": ["any"]}), tmp_path / "one.csv")
+    cropped = crop(one_row, tmp_path / "cropped", weights=pretrained_mobilenetv2, image_size=SIZE, progress=False)
+    # The record finetune writes for a cache of cropped.manifest (record.py), on a copy of the run.
+    record = json.loads((work / "models" / f"{run}.json").read_text())
+    record["crop"] = manifest_crop(cropped.manifest)
+    assert record["crop"]["settings"]["image_size"] == SIZE and manifest_crop(images[0].parents[1] / "manifest.csv") is None
+    shutil.copy(work / "models" / f"{run}.keras", tmp_path / "cropping.keras")
+    (tmp_path / "cropping.json").write_text(json.dumps(record))
+    model = str(tmp_path / "cropping.keras")
+    assert main(["predict", model, str(images[0]), "--workdir", str(work), "--csv", str(tmp_path / "p.csv")]) == 0
+    assert "1 image(s) cropped first" in capsys.readouterr().out
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    precropped = next((tmp_path / "cropped" / "images").glob(f"*_{images[0].stem}.png"))  # what crop cut
+    given = predict(model, [precropped], workdir=work, crop=False)[0]
+    assert given.crop_box is None and row["crop_box"] == read_manifest(cropped.manifest).rows["crop_box"][0]
+    scores = dict(pair.rsplit(":", 1) for pair in row["ranked"].split("|"))
+    assert {name: float(score) for name, score in scores.items()} == pytest.approx(dict(given.ranked), rel=1e-5)

@@ -16,9 +16,9 @@ _EXPORTS = {
     "CropResult": "mlkit.looking.crop",
     "Cropper": "mlkit.looking.crop",
     "look": "mlkit.looking.look",
-    "activation_map": "mlkit.looking.saliency",
-    "peak_box": "mlkit.looking.saliency",
-    "fit_box": "mlkit.looking.boxes",
+    "activation_map": "mlkit.cropping.saliency",
+    "peak_box": "mlkit.cropping.saliency",
+    "fit_box": "mlkit.cropping.boxes",
 }
 
 __all__ = sorted(_EXPORTS)

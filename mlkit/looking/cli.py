@@ -3,20 +3,23 @@
 import argparse
 from dataclasses import fields
 
-from mlkit.looking.config import CropConfig
+from mlkit.cropping.config import CropConfig
 from mlkit.options import add_options, option_fields
 
 CROP_EPILOG = """\
 examples:
   mlkit crop data/manifest.csv --out data/cropped
+  mlkit crop data/manifest.csv --out data/cropped --method border   # objects on photographed backgrounds
   mlkit crop data/manifest.csv --out data/square --aspect square --margin 0.1
   mlkit crop data/manifest.csv --out data/tuned --model RUN     # the fine-tuned model's first layers
 
 Writes DIR/images/ (the crops, PNG), DIR/manifest.csv (every column carried
 over; image points at the crop; crop_source and crop_box added), DIR/failed.csv
 (rows that could not be read, with the reason), DIR/contact_sheet.png
-(originals with their boxes) and DIR/crop.json. Rerunning with the same
-settings resumes; other settings crop again.
+(originals with their boxes) and DIR/crop.json (the settings). Rerunning with
+the same settings resumes; other settings crop again. A model fine-tuned on a
+cache of DIR/manifest.csv records the settings, and `mlkit predict` crops its
+images the same way.
 """
 
 LOOK_EPILOG = """\
@@ -25,7 +28,7 @@ examples:
   mlkit look models/RUN.keras data/manifest.csv --out look/ --compare imagenet
 
 Writes one PNG grid per image to DIR: the image (with its caption for a caption
-model), the early-layer activation map and the crop box, and a Grad-CAM map on
+model), the crop method's map (--method) and the crop box, and a Grad-CAM map on
 the last convolutional block for each of the top decided labels. --compare adds
 the same maps from the backbone before fine-tuning: 'imagenet', a weights file,
 a bottleneck cache (.h5) or another run.
@@ -38,9 +41,12 @@ LOOK_SETTINGS = [field.name for field in option_fields(CropConfig)
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "crop", help="crop every image of a manifest to where a backbone's first layers respond",
-        description="Content-aware crops (Sokolova 2019's auto-crop): the first layers' activation maps, each "
-        "centred on its median and scaled by itself, low-variance maps dropped, summed; the box spanning the peaks is cut.",
+        "crop", help="crop every image of a manifest to its object, as a backbone's feature maps find it",
+        description="Content-aware crops. --method sokolova (Sokolova 2019's auto-crop, the default): the first "
+        "layers' activation maps, each centred on its median and scaled by itself, low-variance maps dropped, "
+        "summed; the box spans the peaks. --method border (a boundary prior): each cell of a stride-4 feature "
+        "map scored by its Mahalanobis distance to the cells of the image's border ring; the box holds the "
+        "region around the highest. sokolova is better on plain backgrounds, border on photographed ones.",
         epilog=CROP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", help="manifest CSV or JSON Lines")
     parser.add_argument("--out", required=True, help="output folder (created; a rerun resumes there)")
@@ -51,7 +57,7 @@ def register(subparsers):
 
     look = subparsers.add_parser(
         "look", help="draw where a model looks: early-layer maps and Grad-CAM, before and after fine-tuning",
-        description="For each image, a PNG grid: the early-layer activation map with its crop box and a "
+        description="For each image, a PNG grid: the crop method's map with its crop box and a "
         "Grad-CAM map on the last convolutional block for each of the top decided labels.",
         epilog=LOOK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     look.add_argument("model", help="a run name under WORKDIR/models/ or a .keras file")

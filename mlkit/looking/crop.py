@@ -1,7 +1,8 @@
-"""`mlkit crop`: content-aware crops of every image of a manifest, from a backbone's first layers.
+"""`mlkit crop`: content-aware crops of every image of a manifest, from a backbone's feature maps.
 
-For each image, the first layers' activation map (`mlkit.looking.saliency`)
-gives the box spanning its peaks; the box is widened by a margin, to a
+For each image, the method's map gives a box (`mlkit.cropping.finder`: the
+peaks of the first layers' activations, or what differs from the border);
+the box is widened by a margin, to a
 minimum size and to an aspect ratio, and the image is cut along it. The
 output folder holds:
 
@@ -27,18 +28,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mlkit.cropping.config import SETTINGS, CropConfig
+from mlkit.cropping.finder import BoxFinder
 from mlkit.files import write_bytes, write_json
-from mlkit.images import ImageReadError, load_image, parse_background, resize_array
-from mlkit.looking.boxes import fit_box
-from mlkit.looking.config import CropConfig
-from mlkit.looking.saliency import activation_map, peak_box
+from mlkit.images import ImageReadError, load_image, parse_background
 from mlkit.looking.sheets import box_sheet
 from mlkit.options import defaults_of
 
 log = logging.getLogger(__name__)
 
 PROGRESS = "progress.jsonl"
-SETTINGS = "crop.json"
 SHEET_IMAGES = 48
 
 
@@ -54,7 +53,7 @@ class CropResult:
 
 
 class Cropper:
-    """Images in, boxes out: the early-layer model built once, applied in batches.
+    """Images in, boxes out: the config's network and method built once, applied in batches.
 
     Args:
         config: a `CropConfig`.
@@ -62,49 +61,39 @@ class Cropper:
     """
 
     def __init__(self, config, workdir="."):
-        from mlkit.looking.networks import early_layer_model
+        from mlkit.looking.networks import crop_parts
 
         self.config = config
-        self.model, self.image_size, self.source = early_layer_model(
-            config.backbone, config.weights, config.model, config.layers, config.image_size, workdir)
+        parts = crop_parts(config, workdir)
+        self.finder = BoxFinder(parts, config)
+        self.image_size, self.source = parts.image_size, parts.name
 
     def heat_maps(self, images):
-        """Activation maps (list of (H, W) arrays in [0, 1]) of uint8 images of any size."""
-        batch = np.stack([resize_array(image, self.image_size) for image in images])
-        outputs = self.model(batch, training=False)
-        outputs = [np.asarray(output) for output in outputs]
-        return [activation_map([output[i] for output in outputs], self.config.min_std) for i in range(len(images))]
+        """The method's maps (list of (H, W) arrays in [0, 1]) of uint8 images of any size."""
+        return self.finder.heat_maps(images)
 
     def boxes(self, images):
         """(top, left, bottom, right) in pixels of each image, after margin, minimum size and aspect."""
-        config = self.config
-        found = []
-        for image, heat in zip(images, self.heat_maps(images)):
-            cells = peak_box(heat, config.threshold, config.window)
-            height, width = image.shape[:2]
-            scale = (height / heat.shape[0], width / heat.shape[1])
-            box = (cells[0] * scale[0], cells[1] * scale[1], cells[2] * scale[0], cells[3] * scale[1])
-            found.append(fit_box(box, (height, width), config.margin, config.min_size, config.aspect))
-        return found
+        return self.finder.boxes(images)
 
 
 # The Python API's defaults are CropConfig's (mlkit.options): written once, there.
 CROP = defaults_of(CropConfig)
 
 
-def crop(manifest, out, *, workdir=".", progress=True, backbone=CROP["backbone"], weights=CROP["weights"],
-         model=CROP["model"], layers=CROP["layers"], image_size=CROP["image_size"], min_std=CROP["min_std"],
-         threshold=CROP["threshold"], window=CROP["window"], margin=CROP["margin"], min_size=CROP["min_size"],
-         aspect=CROP["aspect"], background=CROP["background"], batch_size=CROP["batch_size"]):
-    """Crops every image of a manifest to where a backbone's first layers respond.
+def crop(manifest, out, *, workdir=".", progress=True, method=CROP["method"], backbone=CROP["backbone"],
+         weights=CROP["weights"], model=CROP["model"], layers=CROP["layers"], image_size=CROP["image_size"],
+         min_std=CROP["min_std"], threshold=CROP["threshold"], window=CROP["window"], stride=CROP["stride"],
+         margin=CROP["margin"], min_size=CROP["min_size"], aspect=CROP["aspect"], background=CROP["background"], batch_size=CROP["batch_size"]):
+    """Crops every image of a manifest to its object, as a backbone's feature maps find it (`method`).
 
     Args:
         manifest: the manifest (CSV or JSON Lines).
         out: the output folder (see this module's docstring for what it holds).
         workdir: where a `model=` run name is looked up (`<workdir>/models/`). Defaults to ".".
         progress: log a line per batch. Defaults to True.
-        backbone, weights, model, layers, image_size, min_std, threshold,
-            window, margin, min_size, aspect, background, batch_size: the
+        method, backbone, weights, model, layers, image_size, min_std, threshold,
+            window, stride, margin, min_size, aspect, background, batch_size: the
             `CropConfig` settings (each field says what it does; `mlkit crop
             --help` prints them).
 
@@ -117,8 +106,9 @@ def crop(manifest, out, *, workdir=".", progress=True, backbone=CROP["backbone"]
     """
     from mlkit.data.manifest import read_manifest
 
-    config = CropConfig(backbone=backbone, weights=weights, model=model, layers=layers, image_size=image_size,
-                        min_std=min_std, threshold=threshold, window=window, margin=margin, min_size=min_size,
+    config = CropConfig(method=method, backbone=backbone, weights=weights, model=model, layers=layers,
+                        image_size=image_size, min_std=min_std, threshold=threshold, window=window, stride=stride,
+                        margin=margin, min_size=min_size,
                         aspect=aspect, background=background, batch_size=batch_size)
     table = read_manifest(manifest, allow_unlabelled=True)
     out = Path(out)

@@ -4,7 +4,7 @@ For each image one PNG grid, one row per network:
 
     image (+ caption) | early-layer map with its crop box | Grad-CAM: label 1 | label 2 | ...
 
-The early-layer map is the one `mlkit crop` cuts along (`mlkit.looking.saliency`).
+The early-layer map is the one `mlkit crop` cuts along (`mlkit.cropping.saliency`).
 Grad-CAM (Selvaraju et al., "Grad-CAM: visual explanations from deep networks", 2017) weights each channel of
 the backbone's last convolutional block by the mean gradient of a label's
 score with respect to it, sums them and keeps the positive part: the regions
@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mlkit.cropping.config import CropConfig
+from mlkit.cropping.finder import BoxFinder
 from mlkit.errors import MlkitError
 from mlkit.files import atomic_path
 from mlkit.images import load_image, resize_array
-from mlkit.looking.boxes import fit_box
-from mlkit.looking.config import CropConfig
 from mlkit.looking.networks import ModelParts, model_parts
-from mlkit.looking.saliency import activation_map, activation_model, peak_box
 from mlkit.looking.sheets import BOX_COLOUR, fitted, font
 from mlkit.options import defaults_of
 
@@ -66,19 +65,13 @@ class Eyes:
 
     def __init__(self, parts, config, tokens=None):
         self.parts, self.config, self.tokens = parts, config, tokens
-        self.early = activation_model(parts.backbone, config.layers, parts.preprocessing, parts.image_size)
+        self.finder = BoxFinder(parts, config)
         self.features = last_conv_model(parts)
 
     def early_map(self, pixels):
-        """(activation map (H, W) in [0, 1], crop box in the image's pixels)."""
-        config = self.config
-        outputs = [np.asarray(o[0]) for o in self.early(resize_array(pixels, self.parts.image_size)[None])]
-        heat = activation_map(outputs, config.min_std)
-        cells = peak_box(heat, config.threshold, config.window)
-        height, width = pixels.shape[:2]
-        box = (cells[0] * height / heat.shape[0], cells[1] * width / heat.shape[1],
-               cells[2] * height / heat.shape[0], cells[3] * width / heat.shape[1])
-        return heat, fit_box(box, (height, width), config.margin, config.min_size, config.aspect)
+        """(the method's map (H, W) in [0, 1], crop box in the image's pixels)."""
+        heat = self.finder.heat_maps([pixels])[0]
+        return heat, self.finder.boxes([pixels], [heat])[0]
 
     def grad_cam(self, pixels, labels, caption=None):
         """{label index: Grad-CAM map (h, w) >= 0, not rescaled} and the network's scores (L,)."""
@@ -148,9 +141,10 @@ def before_parts(compare, record, workdir):
 CROP = defaults_of(CropConfig)
 
 
-def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, backbone=CROP["backbone"],
-         weights=CROP["weights"], layers=CROP["layers"], image_size=CROP["image_size"],
-         min_std=CROP["min_std"], threshold=CROP["threshold"], window=CROP["window"], margin=CROP["margin"],
+def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, method=CROP["method"],
+         backbone=CROP["backbone"], weights=CROP["weights"], layers=CROP["layers"], image_size=CROP["image_size"],
+         min_std=CROP["min_std"], threshold=CROP["threshold"], window=CROP["window"], stride=CROP["stride"],
+         margin=CROP["margin"],
          min_size=CROP["min_size"], aspect=CROP["aspect"], background=CROP["background"],
          batch_size=CROP["batch_size"]):
     """Draws, for each image, where a fine-tuned model looks (and, with `compare`, where it looked before).
@@ -165,8 +159,8 @@ def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, 
         top: Grad-CAM maps for this many labels. Defaults to 3.
         caption: for a caption model, the caption of every image (else each
             manifest row's). Defaults to None.
-        backbone, weights, layers, image_size, min_std, threshold, window,
-            margin, min_size, aspect, background, batch_size: the `CropConfig`
+        method, backbone, weights, layers, image_size, min_std, threshold, window,
+            stride, margin, min_size, aspect, background, batch_size: the `CropConfig`
             settings for the early-layer map and its box (`mlkit look --help`).
 
     Returns:
@@ -177,8 +171,8 @@ def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, 
     """
     from mlkit.models.predict import attach_captions, expand_inputs
 
-    config = CropConfig(backbone=backbone, weights=weights, layers=layers, image_size=image_size,
-                        min_std=min_std, threshold=threshold, window=window, margin=margin, min_size=min_size,
+    config = CropConfig(method=method, backbone=backbone, weights=weights, layers=layers, image_size=image_size,
+                        min_std=min_std, threshold=threshold, window=window, stride=stride, margin=margin, min_size=min_size,
                         aspect=aspect, background=background, batch_size=batch_size)
     parts, record = model_parts(model, workdir)
     exported = parts.exported
@@ -231,7 +225,7 @@ def grid(path, pixels, caption, rows, labels, scores, decided, label_names):
         cams = eyes.grad_cam(pixels, labels, caption)
         ceiling = max(float(cam.max()) for cam in cams.values()) or 1.0
         row_scores = eyes.scores(pixels, caption) if row else scores
-        tiles = [("image", pixels, None), ("early layers + crop", overlay(pixels, heat), box)]
+        tiles = [("image", pixels, None), (f"{eyes.config.method} map + crop", overlay(pixels, heat), box)]
         for label in labels:
             name_text = label_names[label] if label < len(label_names) else f"label {label}"
             mark = "" if decided[label] else " (not decided)"

@@ -7,35 +7,10 @@ preprocessing and the same last convolutional block can be read from a
 backbone before and after fine-tuning.
 """
 
-from dataclasses import dataclass
-
 import keras
 
-from mlkit.backbones import build_backbone, get_backbone, preprocessing_layers
+from mlkit.cropping.parts import ModelParts, backbone_parts
 from mlkit.errors import MlkitError
-from mlkit.looking.saliency import activation_model
-
-
-@dataclass
-class ModelParts:
-    """A network's pieces: preprocessing layers, backbone, top (None for a bare backbone), input side.
-
-    `exported` is the whole exported model when the pieces came from one.
-    """
-
-    preprocessing: list
-    backbone: keras.Model
-    top: object
-    image_size: int
-    name: str
-    exported: object = None
-
-
-def backbone_parts(backbone="mobilenetv2", weights="imagenet", image_size=224):
-    """A registry backbone with its own ImageNet preprocessing, as `ModelParts` without a top."""
-    spec = get_backbone(backbone)
-    model, _ = build_backbone(spec.name, weights, image_size, pooling="none")
-    return ModelParts(preprocessing_layers(spec, "inet"), model, None, int(image_size), f"{spec.name} ({weights})")
 
 
 def model_parts(model, workdir="."):
@@ -61,16 +36,12 @@ def model_parts(model, workdir="."):
     return ModelParts(preprocessing, backbone, top, size, str(record.get("run") or model), exported), record
 
 
-def early_layer_model(backbone, weights, model, layers, image_size, workdir="."):
-    """The early-layer activation model of a registry backbone, or of a fine-tuned model's backbone.
+def crop_parts(config, workdir="."):
+    """The network a `CropConfig` reads: its `model`'s own (fine-tuned) backbone, or a registry backbone.
 
-    With `model` set, its backbone's own first layers (fine-tuned weights) and
-    preprocessing are used at the model's own input size; `backbone`,
-    `weights` and `image_size` are then ignored.
-
-    Returns:
-        (keras.Model: pixels (N, S, S, 3) -> list of feature maps, S, a text naming the layers' source).
+    With `config.model` set, that model's backbone, preprocessing and input
+    size are used; `backbone`, `weights` and `image_size` are then ignored.
     """
-    parts = model_parts(model, workdir)[0] if model else backbone_parts(backbone, weights, image_size)
-    return (activation_model(parts.backbone, layers, parts.preprocessing, parts.image_size), parts.image_size,
-            parts.name)
+    if config.model:
+        return model_parts(config.model, workdir)[0]
+    return backbone_parts(config.backbone, config.weights, config.image_size)

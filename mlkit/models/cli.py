@@ -169,6 +169,9 @@ def add_predict(subparsers):
     parser.add_argument("--split", default=None, choices=SPLITS,
                         help="with a manifest: label only its rows of this split (default: every row)")
     parser.add_argument("--csv", default=None, help="also write one row per image to this CSV")
+    parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                        help="crop each image as `mlkit crop` cropped the model's training images, with the "
+                             "settings its record holds (default: exactly when the record holds them)")
     parser.add_argument("--quiet", action="store_true", help="do not print the table (with --csv)")
     parser.add_argument("--workdir", default=".", help="workspace folder (default: current folder)")
     parser.set_defaults(func=run_predict)
@@ -178,9 +181,13 @@ def run_predict(args):
     from mlkit.models.predict import format_predictions, predict
 
     results = predict(args.model, args.inputs, caption=args.caption, workdir=args.workdir, top=args.top,
-                      csv_path=args.csv, split=args.split)
+                      csv_path=args.csv, split=args.split, crop=args.crop)
     if not args.quiet:
         print(format_predictions(results))
+    cropped = sum(1 for r in results if r.crop_box is not None)
+    if cropped:
+        print(f"{cropped} image(s) cropped first, as the model's training images were by mlkit crop "
+              "(--no-crop to skip)")
     failed = sum(1 for r in results if r.error)
     print(f"{len(results) - failed} images labelled, {failed} unreadable" + (f"; CSV: {args.csv}" if args.csv else ""))
     if failed == len(results):

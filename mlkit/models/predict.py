@@ -11,6 +11,11 @@ one, else a manifest's `caption` column gives each row its own (a blank cell
 is the empty caption, as in training). Images left without a caption are an
 error, not silently captioned "": pass `--caption ""` to mean no caption.
 Image-only models ignore `--caption`, with a warning.
+
+A model fine-tuned on `mlkit crop`'s crops has the crop's settings in its
+record (`crop`); its images are cropped the same way (same method, settings
+and backbone weights) before the model sees them, unless `crop=False`
+(`--no-crop`). Each `Prediction` holds the box it was cut along.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Prediction:
     error: str = ""
     task: str = "multilabel"
     caption: str | None = None
+    crop_box: tuple | None = None
 
 
 def expand_inputs(inputs, split=None):
@@ -111,7 +117,7 @@ def attach_captions(items, caption, captioned, model):
 def predict(
     model: StrPath, inputs: StrPath | Sequence[StrPath], *, caption: str | Sequence[str] | None = None,
     workdir: StrPath = ".", top: int = DEFAULT_TOP, csv_path: StrPath | None = None, batch_size: int = 32,
-    split: str | None = None,
+    split: str | None = None, crop: bool | None = None,
 ) -> list[Prediction]:
     """Labels images with an exported model.
 
@@ -128,6 +134,9 @@ def predict(
         split: with a manifest, only its rows of this split (train, val or test). Defaults to None (all).
         csv_path: also write one row per image here. Defaults to None.
         batch_size: images of the same size run through the model together. Defaults to 32.
+        crop: crop each image as `mlkit crop` cropped the model's training images
+            (the settings its record holds) before the model. Defaults to None:
+            crop exactly when the record holds crop settings.
 
     Returns:
         A list of `Prediction`, in input order.
@@ -153,6 +162,7 @@ def predict(
     task = record.get("task", "multilabel")
     background = parse_background((record.get("input") or {}).get("background") or "white")
     items = attach_captions(expand_inputs(inputs, split), caption, captioned, model)
+    cropper = training_cropper(record, crop, model)
     results = [Prediction(image, truth=truth, task=task, caption=text if captioned else None)
                for image, truth, text in items]
     pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
@@ -163,6 +173,9 @@ def predict(
             results[index].error = error.reason
             log.warning("cannot read %s: %s", image, error.reason)
             continue
+        if cropper is not None:
+            box = results[index].crop_box = cropper.boxes([pixels])[0]
+            pixels = pixels[box[0]:box[2], box[1]:box[3]]
         group = pending.setdefault(pixels.shape, [])
         group.append((index, pixels))
         if len(group) >= batch_size:
@@ -172,6 +185,29 @@ def predict(
     if csv_path:
         write_csv(results, csv_path)
     return results
+
+
+def training_cropper(record, crop, model):
+    """The `BoxFinder` that cut the model's training images, when `crop` (None: when there was one)."""
+    settings = (record.get("crop") or {}).get("settings")
+    if crop is None:
+        crop = settings is not None
+    if not crop:
+        return None
+    if settings is None:
+        raise MlkitError(f"--crop: {model} was not trained on `mlkit crop`'s crops (its record has no crop "
+                         "settings); crop the images with `mlkit crop` yourself, or leave out --crop")
+    from mlkit.cropping.config import CropConfig
+    from mlkit.cropping.finder import BoxFinder
+    from mlkit.cropping.parts import backbone_parts
+
+    config = CropConfig(**settings)
+    if config.model:
+        raise MlkitError(f"{model}'s training images were cropped with the layers of the run {config.model} "
+                         "(mlkit crop --model), which predict cannot rebuild: crop the images with the same "
+                         "mlkit crop command and pass --no-crop")
+    log.info("predict: cropping each image as the model's training images were (%s)", record["crop"]["crop_json"])
+    return BoxFinder(backbone_parts(config.backbone, config.weights, config.image_size), config)
 
 
 def _run(model, group, results, names, task, top):
@@ -227,15 +263,18 @@ def format_predictions(results):
 
 def write_csv(results, path):
     """One row per image: image, decided labels (|-joined), ranked label:score pairs, true labels, error,
-    and for a caption model the caption used last."""
+    for a caption model the caption used last, and for a cropping model the crop box (top,left,bottom,right)."""
     path = Path(path)
     captioned = any(result.caption is not None for result in results)
+    cropped = any(result.crop_box is not None for result in results)
     with atomic_path(path) as partial, open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "labels", "ranked", "true_labels", "error"] + (["caption"] if captioned else []))
+        writer.writerow(["image", "labels", "ranked", "true_labels", "error"] + (["caption"] if captioned else [])
+                        + (["crop_box"] if cropped else []))
         for result in results:
             ranked = "|".join(f"{name}:{score:.6g}" for name, score in result.ranked)
             truth = "" if result.truth is None else "|".join(result.truth)
             row = [result.image, "|".join(result.decided), ranked, truth, result.error]
-            writer.writerow(row + ([result.caption] if captioned else []))
+            box = ",".join(map(str, result.crop_box)) if result.crop_box is not None else ""
+            writer.writerow(row + ([result.caption] if captioned else []) + ([box] if cropped else []))
     return path

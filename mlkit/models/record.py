@@ -191,6 +191,8 @@ class RecordStep:
         import keras
         import tensorflow as tf
 
+        from mlkit.cropping.config import manifest_crop
+
         attrs = self.attrs
         name, get = HEADLINE[self.task]
         return {
@@ -209,6 +211,8 @@ class RecordStep:
             "cache": {key: attrs.get(key) for key in ("backbone", "weights", "weights_sha256", "image_size", "preprocess",
                                                       "pooling", "dataset", "subset", "manifest_sha256")},
             "cache_path": str(self.cache.path),
+            # Trained on `mlkit crop`'s crops: predict crops its images with these settings first.
+            "crop": manifest_crop(attrs.get("manifest_path")),
             "top_config": self.top_config.to_dict(), "finetune": asdict(self.config),
             "trainable": self.trainable_summary,
             "target_scale": self.cache.target_scale and self.cache.target_scale.to_dict(),

@@ -57,25 +57,25 @@ def early_layers(backbone, count):
     return chosen
 
 
-def activation_model(backbone, count, preprocessing=(), image_size=224):
-    """float pixels (N, S, S, 3) in [0, 255] -> preprocessing -> the first layers' feature maps (a list).
+def activation_model(backbone, layers, preprocessing=(), image_size=224):
+    """float pixels (N, S, S, 3) in [0, 255] -> preprocessing -> the given layers' feature maps (a list).
 
     Args:
-        backbone: the backbone whose first layers are used.
-        count: how many leading layers (see `early_layers`).
+        backbone: the backbone the layers belong to.
+        layers: its layers whose outputs are returned (e.g. `early_layers(backbone, 8)`).
         preprocessing: the Keras layers that turn pixels into the backbone's input.
         image_size: S. Defaults to 224.
     """
     import keras
 
-    early = keras.Model(backbone.input, [layer.output for layer in early_layers(backbone, count)])
+    inner = keras.Model(backbone.input, [layer.output for layer in layers])
     pixels = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
     x = pixels
     for layer in preprocessing:
         x = layer(x)
-    outputs = early(x)
+    outputs = inner(x)
     return keras.Model(pixels, list(outputs) if isinstance(outputs, (list, tuple)) else [outputs],
-                       name="early_layers")
+                       name="feature_maps")
 
 
 def activation_map(maps, min_std=0.05):

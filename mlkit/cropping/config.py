@@ -1,0 +1,79 @@
+"""The settings of `mlkit crop` (and of the crop box `mlkit look` draws), declared once."""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mlkit.cropping.boxes import ASPECTS
+from mlkit.cropping.finder import METHODS, THRESHOLDS
+from mlkit.errors import MlkitError, check_choice
+from mlkit.images import parse_background
+from mlkit.options import option
+
+# What `mlkit crop` writes beside its manifest: the settings and the counts.
+SETTINGS = "crop.json"
+
+
+@dataclass
+class CropConfig:
+    """How `mlkit crop` finds and cuts the box; every field is also a `--flag`."""
+
+    method: str = option("sokolova", "how the box is found: sokolova (the peaks of the first layers' activations; "
+                         "best on plain backgrounds) or border (what differs from the image's border ring in a "
+                         "stride-4 feature map; better on photographed backgrounds)", choices=METHODS)
+    backbone: str = option("mobilenetv2", "backbone whose feature maps find the object (any registry name)")
+    weights: str = option("imagenet", "its weights: imagenet, none, or a weights file")
+    model: str = option(None, "a fine-tuned run (or .keras file) whose own backbone is used instead of "
+                              "--backbone/--weights", metavar="RUN", shown="none")
+    layers: int = option(8, "sokolova: how many of the backbone's first layers make the activation map (Sokolova 2019: 8)")
+    image_size: int = option(224, "side the image is resized to before the layers")
+    min_std: float = option(0.05, "sokolova: feature maps whose standard deviation, once scaled to 0-1, is below this are "
+                                  "dropped")
+    threshold: float | None = option(None, "sokolova: the lowest activation (0-1) a peak may have; border: "
+                                           "the share of the highest distance the box's region stays above",
+                                     shown=", ".join(f"{name} {value:g}" for name, value in THRESHOLDS.items()))
+    window: int = option(3, "sokolova: a peak is the largest activation in a WINDOW x WINDOW square of map cells")
+    stride: int = option(4, "border: the feature map used is the backbone's deepest block output at "
+                            "1/STRIDE of the image side")
+    margin: float = option(0.05, "added on each side of the box found, as a fraction of its side")
+    min_size: float = option(0.2, "smallest crop side, as a fraction of the image's side")
+    aspect: str = option("free", "crop shape: free, square, or image (the image's own aspect ratio)", choices=ASPECTS)
+    background: str = option("white", "colour transparent pixels are composited on: white, black, #rrggbb or R,G,B")
+    batch_size: int = field(default=16)
+
+    def __post_init__(self):
+        check_choice(self.aspect, ASPECTS, "--aspect")
+        check_choice(self.method, METHODS, "--method")
+        for name, low, high in (("threshold", 0, 1), ("min_std", 0, 1), ("min_size", 0, 1), ("margin", 0, 10)):
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise MlkitError(f"--{name.replace('_', '-')} {value}: give a number from {low} to {high}")
+        if self.layers < 1 or self.image_size < 32 or self.window < 1 or self.batch_size < 1 or self.stride < 1:
+            raise MlkitError(f"--layers {self.layers}, --image-size {self.image_size}, --window {self.window}, "
+                             f"--stride {self.stride}: layers, window and stride must be at least 1, the image "
+                             "size at least 32")
+        parse_background(self.background)
+
+    def fingerprint(self):
+        """The settings a crop depends on (a rerun with other ones starts over)."""
+        settings = asdict(self)
+        settings.pop("batch_size")
+        return settings
+
+
+def manifest_crop(manifest_path):
+    """How `mlkit crop` made a manifest: {"settings", "crop_json"} from the crop.json beside it, or None.
+
+    None unless the manifest is the one a finished `mlkit crop` run wrote
+    there (`finetune` records the result, so `predict` crops alike).
+    """
+    if not manifest_path:
+        return None
+    manifest_path = Path(manifest_path)
+    settings_path = manifest_path.parent / SETTINGS
+    if not settings_path.is_file():
+        return None
+    summary = json.loads(settings_path.read_text())
+    if summary.get("status") != "complete" or Path(summary.get("manifest", "")).name != manifest_path.name:
+        return None
+    return {"settings": summary["settings"], "crop_json": str(settings_path.resolve())}
