@@ -73,7 +73,8 @@ STAMPS = Path("/usr/share/tuxpaint/stamps")
 ICONS = Path("/work/data/icons/manifest.csv")
 # Side codes, in the order a run takes them (cheap before dear), and what each is.
 SIDES = {"a": "mlkit, today's defaults", "t": "taps", "e": "taps + ensemble", "s": "chosen size + taps + ensemble",
-         "c": "Keras guide, BN fixed", "f": "chosen size + taps, fine-tuned", "b": "Keras guide as written",
+         "g": "given size + taps + ensemble", "c": "Keras guide, BN fixed", "f": "chosen size + taps, fine-tuned",
+         "b": "Keras guide as written",
          "d": "mlkit, BN trains"}
 KERAS_SEEDED = {"b", "c", "d"}
 # The sides whose rows are measured against today's defaults and the Keras recipe (issue 19's targets).
@@ -94,6 +95,8 @@ def parse_args(argv=None):
                              "which must already be in KerasHub's cache (nothing is downloaded)")
     parser.add_argument("--size", type=int, default=None, help="image size (default 96; a preset's own size)")
     parser.add_argument("--sizes", default="96,160", help="(s, f) the image sizes validation chooses from")
+    parser.add_argument("--given-size", type=int, default=160,
+                        help="(g) the size taken without a search: what s and f chose on both collections")
     parser.add_argument("--ensemble", type=int, default=3, help="(e, s) tops averaged: mlkit ensemble --top best:K")
     parser.add_argument("--ensemble-units", default="256,512,1024", help="(e, s, f) the ensemble grid: units")
     parser.add_argument("--ensemble-reg", default="d2,d5", help="(e, s, f) the ensemble grid: reg")
@@ -253,19 +256,22 @@ def side_mlkit(stages, seed, taps="last", train_bn=False):
             row(f"{name} cached top", seed, result.baseline, seconds)]
 
 
-def side_ensemble(stages, seed, chosen=False):
-    """(e) or (s): `mlkit ensemble --top best:K` on the tapped grid, at --size or at the size validation chose."""
+def side_ensemble(stages, seed, chosen=False, given=None):
+    """(e), (s) or (g): `mlkit ensemble --top best:K` on the tapped grid, at --size, at the size validation
+    chose (paying for every size tried), or at a size given (paying for that size alone)."""
     from mlkit.models.ensemble import ensemble
 
     work = stages.folder / f"seed{seed}"
     if chosen:
         size, path, seconds, detail = stages.chosen_size(work)
     else:
-        (path, seconds, _), size, detail = stages.tune(stages.args.size, "all", work, wide=True), stages.args.size, ""
+        size = given or stages.args.size
+        (path, seconds, _), detail = stages.tune(size, "all", work, wide=True), ""
     started = time.perf_counter()
     result = ensemble(path, f"best:{stages.args.ensemble}", work)
     seconds += time.perf_counter() - started
-    side = f"{size} px + taps + ensemble" if chosen else "taps + ensemble"
+    side = (f"{size} px + taps + ensemble" if chosen else f"{size} px given + taps + ensemble" if given
+            else "taps + ensemble")
     best = result.baseline["micro"]["f1"]
     return [row(side, seed, result.report, seconds, f"{result.run}; best member {best:.4f}; {detail}".rstrip("; "))]
 
@@ -411,6 +417,7 @@ RUNNERS = {
     "t": lambda stages, seed: side_mlkit(stages, seed, taps="all"),
     "e": lambda stages, seed: side_ensemble(stages, seed),
     "s": lambda stages, seed: side_ensemble(stages, seed, chosen=True),
+    "g": lambda stages, seed: side_ensemble(stages, seed, given=stages.args.given_size),
     "c": lambda stages, seed: side_keras(stages, seed, keep_bn_frozen=True),
     "f": side_chosen_finetune,
     "b": lambda stages, seed: side_keras(stages, seed, keep_bn_frozen=False),

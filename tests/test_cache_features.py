@@ -47,6 +47,23 @@ def test_cache_holds_every_row_with_features_equal_to_a_direct_forward_pass(mani
     assert result.summary_path.exists() and not partial_path(result.path).exists()
 
 
+def test_a_rerun_reuses_the_rows_of_identical_image_files(manifest, tmp_path):
+    """Two rows with the same picture (one icon shipped by two themes) reuse one earlier row: h5py reads
+    rows in increasing order, each once, so the rerun used to fail with "Indexing elements must be in
+    increasing order"."""
+    from PIL import Image
+
+    paths = read_manifest(manifest).image_paths()
+    paths[5].write_bytes(paths[3].read_bytes())
+    cache_features(manifest, tmp_path / "ws", **SETTINGS)
+    Image.new("RGB", (40, 40), (0, 200, 0)).save(paths[7])
+    again = cache_features(manifest, tmp_path / "ws", **SETTINGS)
+    assert (again.computed, again.reused) == (1, 23)
+    cache = open_cache(again.path)
+    for name in ("features", *(f"taps/{layer}" for layer in cache.taps)):
+        np.testing.assert_array_equal(cache.read(name)[5], cache.read(name)[3], err_msg=name)
+
+
 def test_rerun_recomputes_only_the_image_that_changed(manifest, tmp_path):
     first = cache_features(manifest, tmp_path / "ws", **SETTINGS)
     before = open_cache(first.path).read("features")

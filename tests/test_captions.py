@@ -149,8 +149,9 @@ def ablation(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ablation")
     manifest = synthesize(folder / "synth", **SYNTH)
     split_manifest(manifest, val=0.25, test=0.1, seed=0)
+    # The output alone (no taps): the ablation measures what captions add to weak random-weight image features.
     cache = cache_features(manifest, folder, backbone="vgg16", weights="none", image_size=SYNTH["size"],
-                           captions=True, progress=False).path
+                           captions=True, taps="last", progress=False).path
     rows = {
         "image": tune_top(cache, folder, **ABLATION),
         "both": tune_top(cache, folder, captions=True, **CAPTION_BRANCH, **ABLATION),

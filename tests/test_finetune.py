@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from stage3 import SIZE, tuned_workspace
@@ -16,6 +17,7 @@ from mlkit.bottlenecks.cache import open_cache
 from mlkit.errors import MlkitError
 from mlkit.images import load_image, resize_images
 from mlkit.models.finetune import finetune, read_log
+from mlkit.models.network import walk_layers
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +141,11 @@ def test_larger_images_are_resized_inside_the_model_as_the_cache_did(multilabel)
     small = np.asarray(resize_images(big.astype("float32"), SIZE))
     network = model.get_layer("network")
     np.testing.assert_allclose(model.predict_on_batch(big)["scores"], network.predict_on_batch(small), atol=1e-6)
+    # Called directly, as a Keras user would: the top's dropout stays off (Resizing's training=True default
+    # used to reach it, and the scores changed from call to call).
+    assert any(isinstance(layer, keras.layers.Dropout) and layer.rate > 0 for layer in walk_layers(network))
+    for _ in range(2):
+        np.testing.assert_allclose(np.asarray(model(big)["scores"]), network.predict_on_batch(small), atol=1e-6)
 
 
 def test_tflite_export_matches_the_keras_model_at_its_own_size(multilabel):

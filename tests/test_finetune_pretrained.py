@@ -27,13 +27,14 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, pretrained_mobilenetv2):
-    """A cache of pretrained MobileNetV2 features and one top without dropout (so training mode is deterministic)."""
+    """A cache of pretrained MobileNetV2 output features alone (taps have their own tests below) and one top
+    without dropout (so training mode is deterministic)."""
     root = tmp_path_factory.mktemp("pretrained")
     synthesize(root / "data", task="multilabel", n=80, size=64, seed=0)
     split_manifest(root / "data" / "manifest.csv", val=0.25, test=0.25, seed=0)
     work = root / "ws"
     cache = cache_features(root / "data" / "manifest.csv", work, backbone="mobilenetv2", weights=pretrained_mobilenetv2,
-                           image_size=SIZE, batch_size=32, progress=False)
+                           image_size=SIZE, batch_size=32, taps="last", progress=False)
     summary = tune_top(cache.path, work, units=32, reg="d0", optimizer="adam", lr=0.001, batch=16, epochs=8,
                        verbose=False)
     return work, open_cache(cache.path), summary.run.iloc[0]

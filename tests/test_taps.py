@@ -66,11 +66,15 @@ def test_tap_extraction_equals_a_plain_keras_models_pooled_intermediate_outputs(
     assert np.abs(cache.read("augmented_taps/block_6_expand_relu", train)).max() > 0
 
 
-def test_the_default_cache_has_no_taps_and_a_cache_with_other_taps_is_refused(manifest, tapped, tmp_path):
-    plain = open_cache(cache_features(manifest, tmp_path, **SETTINGS).path)
+def test_the_default_cache_taps_every_named_depth_and_a_cache_with_other_taps_is_refused(manifest, tapped, tmp_path):
+    default = open_cache(cache_features(manifest, tmp_path, **SETTINGS).path)
+    assert default.taps == MOBILENETV2_TAPS  # --taps auto: every named depth of a family that declares them
+    for layer in ("features", *(f"taps/{layer}" for layer in MOBILENETV2_TAPS)):
+        np.testing.assert_allclose(default.read(layer), open_cache(tapped.path).read(layer), rtol=1e-4, atol=1e-16)
+    plain = open_cache(cache_features(manifest, tmp_path / "last", taps="last", **SETTINGS).path)
     with h5py.File(plain.path, "r") as h5:
         assert "taps" not in h5 and "taps" not in h5.attrs
-    np.testing.assert_allclose(plain.read("features"), open_cache(tapped.path).read("features"), rtol=1e-4, atol=1e-16)
+    assert cache_taps("xception", "auto") == () and cache_taps("mobilenetv2", "auto", pooling="none") == ()
     with pytest.raises(CacheError, match="taps"):
         cache_features(manifest, tmp_path, taps="high", **SETTINGS)
     again = cache_features(manifest, tmp_path, taps="high", overwrite=True, **SETTINGS)

@@ -420,12 +420,11 @@ def _copy_rows(h5, source, pairs, plan, chunk=512):
     for start in range(0, len(pairs), chunk):
         part = pairs[start : start + chunk]
         new_rows = [p[0] for p in part]
-        old_rows = np.array([p[1] for p in part])
-        order = np.argsort(old_rows)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
+        # h5py reads rows in strictly increasing order, each once; two new rows may reuse one old row
+        # (identical image files, e.g. one icon shipped by two themes).
+        old_rows, inverse = np.unique([p[1] for p in part], return_inverse=True)
         for name in datasets:
-            values = source[name][old_rows[order].tolist()][inverse]
+            values = source[name][old_rows.tolist()][inverse]
             h5[name][new_rows] = values
         h5["image_sha256"][new_rows] = [p[2].encode() for p in part]
         h5["key"][new_rows] = [plan.key(p[2], p[0]).encode() for p in part]

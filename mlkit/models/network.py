@@ -305,13 +305,16 @@ def build_export_model(network, attrs, rule, task, scale=None):
     image = keras.Input((None, None, 3), dtype="uint8", name="image")
     pixels = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, dtype="float32",
                                    name="resize")(image)
+    # training=False is written into the graph: the exported model is never trained, and Keras 3's image
+    # preprocessing layers (Resizing included) default to training=True, which a direct call `model(images)`
+    # would otherwise pass on to the top's dropout (scores varied from call to call).
     if takes_captions(network):
         caption = keras.Input((), dtype="string", name=CAPTION)
         inputs = {"image": image, CAPTION: caption}
-        scores = network({"pixels": pixels, CAPTION: caption})
+        scores = network({"pixels": pixels, CAPTION: caption}, training=False)
     else:
         inputs = image
-        scores = network(pixels)
+        scores = network(pixels, training=False)
     if task == "regression":
         if scale is None:
             raise MlkitError("a regression model is exported with the TargetScale its head was trained with")

@@ -179,7 +179,9 @@ def make_grid(cache, *, layers, units, reg, lr, batch, loss, optimizer, schedule
 
 def tap_axis(cache, taps, text_only=False):
     """{taps as a top reads them ("last+<layer>..."): the shape it reads} for tune-top's `--taps` axis."""
-    combos = [resolve_taps(combo, cache.name_fields[2], cache.taps) for combo in tap_combinations(taps or ALL_TAPS)]
+    # A text-only top reads no image features: by default, the cache's taps are not an axis for it.
+    default = "last" if text_only else ALL_TAPS
+    combos = [resolve_taps(combo, cache.name_fields[2], cache.taps) for combo in tap_combinations(taps or default)]
     axis = {"+".join(combo): None for combo in combos}
     if text_only and list(axis) != ["last"]:
         raise MlkitError("--taps chooses image features; a --text-only top reads none")
