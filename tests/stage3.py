@@ -25,7 +25,7 @@ def tuned_workspace(root, task="multilabel", n=60, backbone=BACKBONE, captions="
     split_manifest(data / "manifest.csv", val=0.25, test=0.25, seed=0)
     work = root / "ws"
     result = cache_features(data / "manifest.csv", work, backbone=backbone, weights="none", image_size=SIZE,
-                            batch_size=32, progress=False, captions=bool(captions))
+                            batch_size=32, progress=False, captions=bool(captions), taps="last")
     text = dict(CAPTION_BRANCH, captions=True, text_only=captions == "only") if captions else {}
     summary = tune_top(result.path, work, layers=1, units=16, lr=0.01, batch=16, epochs=2, verbose=False, **text)
     return work, result.path, summary.run.iloc[0]

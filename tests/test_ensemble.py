@@ -32,7 +32,7 @@ def tuned(tmp_path_factory):
     split_manifest(root / "data" / "manifest.csv", val=0.25, test=0.25, seed=0)
     work = root / "ws"
     cache = cache_features(root / "data" / "manifest.csv", work, backbone="mobilenetv2", weights="none",
-                           image_size=SIZE, batch_size=32, progress=False).path
+                           image_size=SIZE, batch_size=32, progress=False, taps="last").path
     summary = tune_top(cache, work, layers=1, units=[8, 16, 32, 64], lr=0.01, batch=16, epochs=2, verbose=False)
     return work, cache, list(summary.run)
 
@@ -233,7 +233,8 @@ def test_with_pretrained_weights_the_exported_ensemble_scores_images_as_its_memb
     split_manifest(tmp_path / "data" / "manifest.csv", val=0.25, test=0.25, seed=0)
     work = tmp_path / "ws"
     cache_path = cache_features(tmp_path / "data" / "manifest.csv", work, backbone="mobilenetv2",
-                                weights=pretrained_mobilenetv2, image_size=64, batch_size=32, progress=False).path
+                                weights=pretrained_mobilenetv2, image_size=64, batch_size=32, progress=False,
+                                taps="last").path
     tune_top(cache_path, work, layers=1, units=[16, 32], optimizer="adam", lr=0.001, batch=16, epochs=3, verbose=False)
     result = ensemble(cache_path, "best:2", work)
     rows, _, images = some_test_images(cache_path)

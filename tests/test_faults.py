@@ -302,7 +302,7 @@ def test_cache_features_and_tune_top_on_a_real_full_disk(tmp_path, tmpfs):
     manifest = make_data(tmp_path / "big", 0, n=400)  # 400 x 512 float32 features: 800 KB
     work = tmpfs / "ws"
     cache = mlkit_command("cache-features", manifest, "--backbone", "vgg16", "--weights", "none", "--image-size", SIZE,
-                          "--workdir", work, "--no-progress")
+                          "--taps", "last", "--workdir", work, "--no-progress")
     full = subprocess.run(cache, capture_output=True, text=True, timeout=300)
     assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
     assert "no space left on" in full.stderr and "finished work is kept" in full.stderr

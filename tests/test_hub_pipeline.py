@@ -121,7 +121,9 @@ def test_a_kerashub_family_caches_tunes_finetunes_and_serves_without_mlkit(tmp_p
 @pytest.mark.slow
 def test_an_mlkit_model_is_the_backbone_of_a_new_cache(tmp_path):
     manifest = dataset(tmp_path)
-    _, _, first = run_pipeline(manifest, tmp_path / "ws", "mobilenetv2", weights="none", image_size=SIZE)
+    # The first model on its output alone: its default tap is then its backbone (on taps, the "taps"
+    # layer that joins their vectors, which the top reads).
+    _, _, first = run_pipeline(manifest, tmp_path / "ws", "mobilenetv2", weights="none", image_size=SIZE, taps="last")
     cache, _, result = run_pipeline(manifest, tmp_path / "ws2", str(first.model_path))
     attrs = open_cache(cache.path).attrs
     assert attrs["tap"].startswith("network/mobilenetv2") and attrs["backbone_source"] == str(first.model_path)

@@ -40,10 +40,11 @@ TITLE = 34
 
 
 def last_conv_model(parts):
-    """preprocessed input -> (last 4-D feature map of the backbone, the network's scores), one graph.
+    """preprocessed input -> (last 4-D feature map of the backbone, the features the top reads), one graph.
 
-    With a top, scores = top(backbone's own pooling of that map); without
-    one (a bare backbone) the scores output is None.
+    The features are the backbone's pooled output, or, for a network built on
+    taps (the backbone then outputs one pooled vector per tap), those vectors
+    side by side in the same order, as the network concatenates them.
     """
     import keras
 
@@ -51,7 +52,10 @@ def last_conv_model(parts):
     maps = [layer for layer in backbone.layers if len(layer.output.shape) == 4]
     if not maps:
         raise MlkitError(f"{backbone.name} has no convolutional feature maps for Grad-CAM")
-    return keras.Model(backbone.input, [maps[-1].output, backbone.output])
+    pooled = backbone.output
+    if isinstance(pooled, (list, tuple)):
+        pooled = keras.layers.Concatenate()(list(pooled)) if len(pooled) > 1 else pooled[0]
+    return keras.Model(backbone.input, [maps[-1].output, pooled])
 
 
 class Eyes:
@@ -119,7 +123,7 @@ def caption_tokens(exported):
 
 def before_parts(compare, record, workdir):
     """`ModelParts` of the network before fine-tuning, for --compare (see this module's docstring)."""
-    from mlkit.backbones import preprocessing_layers
+    from mlkit.backbones import preprocessing_layers, tapped_backbone
     from mlkit.bottlenecks.cache import open_cache
     from mlkit.models.network import rebuild_backbone
     from mlkit.tuning.top import load_top
@@ -132,7 +136,9 @@ def before_parts(compare, record, workdir):
         raise MlkitError(f"--compare {text}: no cache at {cache_path}; give the cache (.h5) the run was tuned on")
     attrs = dict(open_cache(cache_path).attrs)
     backbone, spec = rebuild_backbone(attrs)
-    top, _ = load_top(workdir, record["top_run"])
+    top, config = load_top(workdir, record["top_run"])
+    if tuple(config.tap_list) != ("last",):  # a top on taps reads the backbone's taps, as the network does
+        backbone = tapped_backbone(backbone, config.tap_list)
     preprocessing = preprocessing_layers(spec, attrs["preprocess"], attrs.get("zmuv_mean"), attrs.get("zmuv_std"))
     return ModelParts(preprocessing, backbone, top, int(attrs["image_size"]), f"before fine-tuning ({spec.name})")
 
