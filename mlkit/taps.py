@@ -35,7 +35,8 @@ from mlkit.errors import MlkitError
 
 LAST = "last"
 ALL = "all"
-# cache-features' default: every named depth where the family declares them and features are pooled, else last.
+# cache-features' default: every named depth where the family declares them, features are pooled and the task
+# is not regression; else last.
 AUTO = "auto"
 # The run-name code of `last`, and the prefix of a layer's code (then HASH_DIGITS hex digits).
 LAST_CODE = "l"
@@ -51,16 +52,21 @@ def split_names(text):
     return list(dict.fromkeys(str(name).strip() for name in text if str(name).strip()))
 
 
-def cache_taps(backbone, taps=LAST, pooling="avg"):
+def cache_taps(backbone, taps=LAST, pooling="avg", task=None):
     """The layers `cache-features --taps` stores beside the backbone's output, in order.
 
     Args:
         backbone: the registry name, e.g. "mobilenetv2".
         taps: "last" (nothing more), "all" (every named depth of the family),
-            "auto" ("all" where the family declares named depths and `pooling`
-            is not "none", else "last"), or names joined by "," or "+": named
-            depths and layer names. Defaults to "last".
+            "auto" ("all" where the family declares named depths, `pooling`
+            is not "none" and the task is not regression, else "last"), or
+            names joined by "," or "+": named depths and layer names.
+            Defaults to "last".
         pooling: the cache's pooling, which "auto" reads. Defaults to "avg".
+        task: the manifest's task, which "auto" reads: taps were measured on
+            multilabel collections; on a small regression set they made the
+            head far worse (a tapped top's test MAE about 2,000 against 7.6
+            for targets of 1 to 6). Defaults to None (not regression).
 
     Returns:
         A tuple of layer names, without "last" (its dataset is `features`).
@@ -71,7 +77,8 @@ def cache_taps(backbone, taps=LAST, pooling="avg"):
     """
     named = named_taps(get_backbone(backbone).name)
     if taps == AUTO:
-        return tuple(dict.fromkeys(named.values())) if named and pooling != "none" else ()
+        wanted = named and pooling != "none" and task != "regression"
+        return tuple(dict.fromkeys(named.values())) if wanted else ()
     names = split_names(taps)
     if not names:
         raise MlkitError(f"--taps {taps!r}: give last, all, or names such as last,mid,high")

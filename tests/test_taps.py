@@ -75,6 +75,8 @@ def test_the_default_cache_taps_every_named_depth_and_a_cache_with_other_taps_is
     with h5py.File(plain.path, "r") as h5:
         assert "taps" not in h5 and "taps" not in h5.attrs
     assert cache_taps("xception", "auto") == () and cache_taps("mobilenetv2", "auto", pooling="none") == ()
+    assert cache_taps("mobilenetv2", "auto", task="regression") == ()
+    assert cache_taps("mobilenetv2", "auto", task="multiclass") == MOBILENETV2_TAPS
     with pytest.raises(CacheError, match="taps"):
         cache_features(manifest, tmp_path, taps="high", **SETTINGS)
     again = cache_features(manifest, tmp_path, taps="high", overwrite=True, **SETTINGS)

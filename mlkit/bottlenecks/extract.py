@@ -115,10 +115,12 @@ def cache_features(
             1e-12) are refused. Defaults to "float32".
         taps: layers whose outputs are pooled (as `pooling`) and cached beside
             the backbone's output in the same forward pass, one dataset each
-            (`taps/<layer>`; mlkit.taps): "last" (none), "all" (the family's
-            named depths) or names joined by commas, named depths (early, mid,
-            high, pre) or layer names. A cache with other taps is refused
-            unless `overwrite`. Defaults to "last".
+            (`taps/<layer>`; mlkit.taps): "auto" (the family's named depths for
+            a multilabel or multiclass manifest and pooled features, else
+            none), "last" (none), "all" (the family's named depths) or names
+            joined by commas, named depths (early, mid, high, pre) or layer
+            names. A cache with other taps is refused unless `overwrite`.
+            Defaults to "auto".
         tap: a `.keras` backbone's layer to take features from ("outer/inner"
             inside a nested model). Defaults to the last layer before its head.
 
@@ -130,8 +132,8 @@ def cache_features(
                  augment_copies=augment_copies, dtype=dtype, batch_size=batch_size, dataset=dataset, subset=subset,
                  task=task, zmuv_samples=zmuv_samples, num_words=num_words, max_len=max_len, taps=taps,
                  tap=tap, background=background)  # checks them
-    layers = cache_taps(backbone, taps, pooling)
     table = read_manifest(manifest, task=task, allow_unlabelled=allow_unlabelled)
+    layers = cache_taps(backbone, taps, pooling, task=table.task)
     if not allow_unlabelled:
         table.refuse_constant_labels()
     text = caption_tokens(table, table.splits(), num_words, max_len) if captions else None

@@ -37,8 +37,8 @@ class CacheOptions:
                                  "a KerasHub transformer's own image embedding (class token, SigLIP's pooled head)",
                           choices=POOLING)
     taps: str = option("auto", "layers to pool and cache beside the backbone's output, each as its own dataset, in "
-                               "the same pass: auto (the default: every named depth where the family declares them "
-                               "and features are pooled, else last), last (the output alone), all (every named "
+                               "the same pass: auto (the default: every named depth where the family declares them, "
+                               "features are pooled and the task is not regression; else last), last (the output alone), all (every named "
                                "depth), or names joined by commas: named depths (early, mid, high, pre) and layer "
                                "names; a KerasHub backbone's blocks as block_N (transformers) or stages as stage_N "
                                "(CNNs). Taps lifted test micro-F1 of the tuned top by 0.15 and 0.17 on the two "
