@@ -55,29 +55,13 @@ def standardise_layer():
         center=False, scale=False, epsilon=STANDARDISE_EPSILON, trainable=False, dtype="float32", name=STANDARDISE)
 
 
-# A feature whose training variance is below this share of the mean variance was constant in training
-# (a unit no training image switched on): the top learns nothing from it, so it is standardised away.
-CONSTANT_SHARE = 1e-6
-# ...by a variance this many times the mean: its standardised value is ~0 whatever a new image gives it.
-IGNORED_SCALE = 1e12
-
-
 def set_input_statistics(model, mean, variance):
-    """Stores the training features' per-feature mean and variance in the top's first layer.
-
-    A feature constant over the training rows (variance below `CONSTANT_SHARE` of
-    the mean variance) gets `IGNORED_SCALE` times the mean variance instead, so
-    it standardises to ~0. Floored at the mean's share, as before, such a unit
-    that fires on a new image gave values of 100 to 1,000 standard deviations,
-    and a regression head, which nothing bounds, predicted hundreds for targets
-    of 1 to 6 (a pretrained MobileNetV2 on 41 training images).
-    """
+    """Stores the training features' per-feature mean and variance in the top's first layer."""
     variance = np.asarray(variance, dtype="float64")
-    typical = max(float(variance.mean()), STANDARDISE_EPSILON)
-    constant = variance < typical * CONSTANT_SHARE
+    floor = max(float(variance.mean()) * 1e-6, STANDARDISE_EPSILON)
     layer = model.get_layer(STANDARDISE)
     layer.moving_mean.assign(np.asarray(mean, dtype="float32"))
-    layer.moving_variance.assign(np.where(constant, typical * IGNORED_SCALE, variance).astype("float32"))
+    layer.moving_variance.assign(np.maximum(variance, floor).astype("float32"))
 
 
 def build_top_model(config, input_shape, num_outputs, task):
