@@ -65,8 +65,10 @@ def cache_taps(backbone, taps=LAST, pooling="avg", task=None):
         pooling: the cache's pooling, which "auto" reads. Defaults to "avg".
         task: the manifest's task, which "auto" reads: taps were measured on
             multilabel collections; on a small regression set they made the
-            head far worse (a tapped top's test MAE about 2,000 against 7.6
-            for targets of 1 to 6). Defaults to None (not regression).
+            cached top's test MAE 20 times worse (2,497 against 121, for
+            targets of 1 to 6, both far off: a regression head on 41 images
+            extrapolates wildly from units that training never switched on).
+            Defaults to None (not regression).
 
     Returns:
         A tuple of layer names, without "last" (its dataset is `features`).
