@@ -10,18 +10,21 @@ Two multilabel collections, each cached once with the pretrained MobileNetV2 (..
 For each noise kind (swap: a row gets another row's labels; add: one false label added; drop: one
 true label removed), share of rows (5%, 10%) and planting seed, the labels are corrupted and the
 audit's label check runs as `mlkit.audit` runs it, through the same functions: the fold tops'
-out-of-fold scores (`run.fold_scores`, on the taps `--fold-taps` names, `--repeats` draws), then the
+out-of-fold scores (`run.fold_scores`, on the taps `--fold-taps` names, `--repeats` draws) averaged with
+the linear witness's on the same folds (`run.linear_witness`, `--linear-weight`), then the
 combined check (`run.check_labels`: neighbours' and duplicate partners' votes) on the nearest
 neighbours and duplicate pairs, which do not depend on the labels and are found once per collection.
 mlkit's ranking is its flagged rows by score, the order issues.csv lists them in; cleanlab's is
 `find_label_issues` (its defaults: prune by noise rate, ranked by self-confidence) on the same
-out-of-fold scores. Each is cut at n (the rows planted) and 2n.
+out-of-fold scores (the tops' and the linear witness's averaged), and, as `cleanlab_tops`, on the
+fold tops' scores alone. Each is cut at n (the rows planted) and 2n.
 
-Each draw's out-of-fold scores are saved under WORKDIR/scores/ and reused, so a rerun (another
-ranking, more repeats, a further seed) trains only what is new. `--check-audit` also runs
+Each draw's fold-top scores are saved under WORKDIR/scores/ and reused, so a rerun (another
+ranking, more repeats, a further seed) trains only what is new; the linear witness takes seconds and
+is fitted each time. `--check-audit` also runs
 `mlkit.audit` end to end on the first planting and checks that it ranks the same rows.
 
-    python benchmarks/audit_quality.py --workdir /tmp/aq3/ws --seeds 0,1 --json audit_quality.json
+    PYTHONPATH=. python benchmarks/audit_quality.py --workdir /tmp/aq4 --seeds 0,1 --json audit_quality.json
 """
 
 import argparse
@@ -107,7 +110,10 @@ def hits(ranked, planted, cut):
 
 
 def run_one(cache, table, evidence, config, planting, workdir):
-    """One planting: precision and recall at n and 2n of mlkit and cleanlab, and their flag counts."""
+    """One planting: precision and recall at n and 2n of mlkit and cleanlab, and their flag counts.
+
+    `evidence` is `label_free_evidence` and the fold features with their tap weights.
+    """
     kind, share, seed = planting
     labels, planted = inject_label_errors(table["labels"], cache.task, share=share, seed=seed, kind=kind)
     noisy = {**table, "labels": labels}
@@ -115,13 +121,17 @@ def run_one(cache, table, evidence, config, planting, workdir):
     draws = [draw_scores(cache, noisy, replace(config, seed=config.seed + run.REPEAT_SEED_STEP * repeat, repeats=1),
                          workdir / "scores" / f"{collection}_{config.taps}_{kind}_{share}_{seed}_d{repeat}.npz")
              for repeat in range(config.repeats)]
-    folds = {"scores": np.mean([d["scores"] for d in draws], axis=0).astype(np.float32), "folds": draws[0]["folds"]}
-    mine = mlkit_ranking(cache, noisy, folds, evidence, config)
-    theirs = cleanlab_ranked_flags(cache.task, labels, folds["scores"])
+    *neighbours, (features, weights) = evidence
+    linear = run.linear_witness(features, labels, cache, draws[0]["folds"], weights, config)
+    folds = {"folds": draws[0]["folds"],
+             **run.mix_witnesses(np.mean([d["scores"] for d in draws], axis=0).astype(np.float32), linear, config)}
+    mine = mlkit_ranking(cache, noisy, folds, neighbours, config)
+    rankings = {"mlkit": mine, "cleanlab": cleanlab_ranked_flags(cache.task, labels, folds["scores"]),
+                "cleanlab_tops": cleanlab_ranked_flags(cache.task, labels, folds["top_scores"])}
     n = len(planted)
     record = {"collection": collection, "kind": kind, "share": share, "seed": seed, "n": n,
-              "mlkit_flags": len(mine), "cleanlab_flags": len(theirs)}
-    for method, ranked in (("mlkit", mine), ("cleanlab", theirs)):
+              "mlkit_flags": len(mine), "cleanlab_flags": len(rankings["cleanlab"])}
+    for method, ranked in rankings.items():
         for cut, label in ((n, "n"), (2 * n, "2n")):
             found = hits(ranked, planted, cut)
             record[f"{method}_p@{label}"] = found / cut
@@ -137,7 +147,8 @@ def check_audit(cache, labels, ranked, config, workdir):
     shutil.copyfile(cache.path, path)
     with h5py.File(path, "r+") as h5:
         h5["labels"][cache.indices()] = labels
-    result = mlkit.audit(path, workdir=folder, taps=config.taps, repeats=config.repeats)
+    result = mlkit.audit(path, workdir=folder, taps=config.taps, repeats=config.repeats,
+                         linear_weight=config.linear_weight)
     position = {int(row): at for at, row in enumerate(cache.indices())}
     found = result.issues[result.issues["kind"] == "label_error"]["row"]
     same = [position[int(row)] for row in found] == [int(at) for at in ranked]
@@ -156,20 +167,23 @@ def main():
     parser.add_argument("--taps", default="all", help="taps to cache (default all: every named depth)")
     parser.add_argument("--fold-taps", default="all", help="taps the fold tops read (the audit's --taps; default all)")
     parser.add_argument("--repeats", type=int, default=1, help="draws of the folds (the audit's --repeats; default 1)")
+    parser.add_argument("--linear-weight", type=float, default=AuditConfig.linear_weight,
+                        help=f"the audit's --linear-weight (default {AuditConfig.linear_weight}; 0: the fold tops alone)")
     parser.add_argument("--workdir", default="audit_quality", help="caches and saved fold scores (default ./audit_quality)")
     parser.add_argument("--check-audit", action="store_true", help="also run mlkit.audit on the first planting")
     parser.add_argument("--json", default=None, help="also write every run's numbers here")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     (workdir / "scores").mkdir(parents=True, exist_ok=True)
-    config = AuditConfig(taps=args.fold_taps, repeats=args.repeats)
+    config = AuditConfig(taps=args.fold_taps, repeats=args.repeats, linear_weight=args.linear_weight)
     manifests = {"stamps": lambda: stamps_manifest(workdir), "icons": lambda: Path(args.icons)}
     records = []
     for collection in args.collections.split(","):
         cache = cached(manifests[collection](), workdir, collection, args.taps)
         table = run.load_rows(cache)
         print(f"{cache.path}: {len(table['rows'])} rows, taps {', '.join(('last',) + cache.taps)}", flush=True)
-        evidence = label_free_evidence(cache, table, config)
+        features, taps = run.fold_features(cache, table["rows"], config)
+        evidence = (*label_free_evidence(cache, table, config), (features, run.tap_weights(cache, taps, config, ".")))
         for seed in map(int, args.seeds.split(",")):
             for kind in args.kinds.split(","):
                 for share in SHARES:

@@ -70,6 +70,8 @@ def main():
     parser.add_argument("--dims", type=int, default=1280)
     parser.add_argument("--planted", type=int, default=500, help="exact and near duplicate pairs each (default 500)")
     parser.add_argument("--workdir", default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--linear-weight", type=float, default=None,
+                        help="the audit's --linear-weight (default: the audit's; 0 times the audit without its linear witness)")
     parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="audit_speed_"))
@@ -86,10 +88,11 @@ def main():
     # Each child reports its own peak resident memory (VmHWM, which exec resets); getrusage's
     # ru_maxrss would also count the parent's peak carried over the fork.
     baseline = child_peak("import faiss, mlkit.auditing.folds, mlkit.auditing.run")
+    weight = "" if args.linear_weight is None else f", linear_weight={args.linear_weight}"
     started = time.perf_counter()
     # mlkit.audit itself, not the CLI, whose parser imports TensorFlow before any work is done.
     peak = child_peak("import logging, mlkit; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
-                      f"mlkit.audit({str(cache)!r}, workdir={str(workdir)!r})")
+                      f"mlkit.audit({str(cache)!r}, workdir={str(workdir)!r}{weight})")
     seconds = time.perf_counter() - started
     summary = json.loads((workdir / "audit" / cache.stem / "summary.json").read_text())
     for part, numbers in summary["timings"].items():

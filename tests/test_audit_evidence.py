@@ -117,8 +117,8 @@ def test_fold_tops_read_the_caches_taps_and_average_repeated_draws(tmp_path):
     assert tapped.summary["label_check"]["repeats"] == 2
     draws = [np.load(mlkit.audit(path, workdir=tmp_path / f"s{seed}", seed=seed, **small).folder / "scores.npz")
              for seed in (0, 1000)]
-    mean = (draws[0]["oof_scores"] + draws[1]["oof_scores"]) / 2
-    np.testing.assert_allclose(np.load(tapped.folder / "scores.npz")["oof_scores"], mean, atol=1e-5)
+    mean = (draws[0]["top_scores"] + draws[1]["top_scores"]) / 2
+    np.testing.assert_allclose(np.load(tapped.folder / "scores.npz")["top_scores"], mean, atol=1e-5)
     alone = mlkit.audit(path, workdir=tmp_path / "b", taps="last", **small)
     assert alone.summary["label_check"]["taps"] == ["last"]
     assert json.loads((alone.folder / "summary.json").read_text())["config"]["taps"] == "last"

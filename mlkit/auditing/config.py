@@ -57,6 +57,10 @@ class AuditConfig:
         repeats: fold ensembles: the k folds are drawn this many times (each
             with its own seed) and every row's out-of-fold scores averaged.
             Defaults to 1.
+        linear_weight: weight of the linear witness (ridge regression on the
+            fold tops' features, on their folds: `linear`) against the fold
+            tops in the out-of-fold scores of a classification cache; 0 leaves
+            the tops alone. Defaults to 0.5.
         vote_weight: weight of the nearest neighbours' labels against the
             fold scores in each row's label probabilities (`evidence`); where
             the fold tops read several taps, the neighbours are searched in
@@ -90,6 +94,8 @@ class AuditConfig:
                               "joined by +; several are weighted as tune-top weights them, and the neighbours "
                               "whose labels vote are searched in them")
     repeats: int = option(1, "draws of the k folds, each seeded apart, whose out-of-fold scores are averaged")
+    linear_weight: float = option(0.5, "weight of the linear witness (ridge regression on the fold tops' features "
+                                       "and folds) against the fold tops (0 to 1; 0 leaves the tops alone)")
     vote_weight: float = option(0.5, "weight of the nearest neighbours' labels against the fold scores (0 to 1)")
     units: int = option(256, "hidden units of the default fold top")
     epochs: int = option(20, "most epochs per fold top (10% of its rows stop it early)")
@@ -107,8 +113,9 @@ class AuditConfig:
                 raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} is not a cosine similarity in [-1, 1]")
         if self.folds == 1 or self.folds < 0:
             raise MlkitError(f"folds {self.folds}: use 2 or more (5 is usual), or 0 to skip the label check")
-        if not 0.0 <= float(self.vote_weight) <= 1.0:
-            raise MlkitError(f"vote-weight {self.vote_weight} is not a weight in [0, 1]")
+        for name in ("linear_weight", "vote_weight"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} is not a weight in [0, 1]")
         if int(self.review) < 0:
             raise MlkitError(f"review {self.review} must be >= 0 (0 lists every finding)")
         for name in ("neighbours", "outlier_k", "units", "epochs", "batch", "repeats"):

@@ -1,7 +1,8 @@
 """Witnesses of a row's labels beside its out-of-fold scores, and one combined score per row and label.
 
-The fold models are one witness. Two more come free from what the audit
-already computes:
+The out-of-fold scores (the fold tops' averaged with the linear witness's,
+`linear`) are one witness. Two more come free from what the audit already
+computes:
 
 - the labels of the row's nearest neighbours in feature space (deep k-NN,
   Bahri, Jiang and Gupta, 2020): the share of its k neighbours that carry

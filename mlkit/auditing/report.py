@@ -118,12 +118,15 @@ def write_groups(path, table, duplicate_group, exact_group):
 
 def write_scores(path, table, outlier, labels):
     """scores.npz: per audited row, its manifest row, outlier score and (with the label check) out-of-fold
-    scores, the label probabilities combined from every witness, and the label score."""
+    scores (the fold tops' and the linear witness's averaged, and each apart), the label probabilities
+    combined from every witness, and the label score."""
     arrays = {"row": table["rows"], "outlier_score": outlier}
     if labels is not None:
-        arrays.update(oof_scores=labels["scores"], fold=labels["folds"], label_probabilities=labels["probabilities"],
-                      label_score=labels["quality"].score,
+        arrays.update(oof_scores=labels["scores"], top_scores=labels["top_scores"], fold=labels["folds"],
+                      label_probabilities=labels["probabilities"], label_score=labels["quality"].score,
                       label_flagged=labels["quality"].flagged, labels=table["labels"])
+        if "linear_scores" in labels:
+            arrays["linear_scores"] = labels["linear_scores"]
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
 
@@ -149,7 +152,8 @@ def summarise(cache, table, issues, duplicate_group, exact_group, near, near_rec
         "near_pairs": int(len(near[0])), "near_duplicates": near_record, "duplicate_groups": int(duplicate_group.max() + 1) if len(duplicate_group) else 0,
         "rows_in_duplicate_groups": int((duplicate_group >= 0).sum()),
         "label_check": None if labels is None else {"flagged": int(labels["quality"].flagged.sum()), "folds": config.folds,
-                                                    "repeats": config.repeats, "taps": labels["taps"]},
+                                                    "repeats": config.repeats, "taps": labels["taps"],
+                                                    "score": labels["score_description"]},
         "contact_sheets": {kind: path.name for kind, path in sheets.items()},
         "config": config.to_dict(), "timings": timer.parts,
     }

@@ -15,6 +15,7 @@ from mlkit.auditing import duplicates, evidence, findings, report
 from mlkit.auditing import neighbours as knn
 from mlkit.auditing.config import AUDIT_DIR, AuditConfig
 from mlkit.auditing.labels import label_quality
+from mlkit.auditing.linear import linear_scores
 from mlkit.auditing.near import near_duplicates
 from mlkit.auditing.page import write_review_page
 from mlkit.bottlenecks.cache import open_cache
@@ -87,11 +88,13 @@ def fold_features(cache, rows, config):
 
 
 def fold_scores(cache, table, config, workdir):
-    """Out-of-fold scores (averaged over `config.repeats` draws of the folds), or None without a label check.
+    """Out-of-fold scores, or None without a label check.
 
-    Once the fold tops are trained, a matrix of several taps gives the neighbours whose labels vote
-    (`vote_neighbours`, "vote_positions"; classification only). On the output alone the votes come
-    from the cosine search of the other checks, as before: z-scoring it gained nothing measurable
+    The fold tops' scores ("top_scores", averaged over `config.repeats` draws of the folds) are averaged
+    with the linear witness's on the first draw's folds ("linear_scores"; classification only) into
+    "scores" (`mix_witnesses`). Then a matrix of several taps gives the neighbours whose labels vote
+    (`vote_neighbours`, "vote_positions"; classification only). On the output alone the votes come from
+    the cosine search of the other checks, as before: z-scoring it gained nothing measurable
     (BENCHMARKS.md).
     """
     if not config.folds:
@@ -99,22 +102,51 @@ def fold_scores(cache, table, config, workdir):
     if len(table["rows"]) < 2 * config.folds:
         logger.warning("audit: %d rows are too few for %d folds; label check skipped", len(table["rows"]), config.folds)
         return None
-    from mlkit.auditing.folds import out_of_fold_scores
+    from mlkit.auditing.folds import assign_folds, out_of_fold_scores
 
     features, taps = fold_features(cache, table["rows"], config)
     widths = [int(cache.taps_shape((tap,))[-1]) for tap in taps] if len(taps) > 1 else None
+    # The first draw's folds (`out_of_fold_scores` draws them so). The linear witness fits before the
+    # tops train, on a heap TensorFlow has not grown: after them it raised the audit's peak by 70 MiB.
+    folds = assign_folds(table["labels"], cache.task, config.folds, config.seed)
+    linear = linear_witness(features, table["labels"], cache, folds, tap_weights(cache, taps, config, workdir), config)
     draws = []
     for repeat in range(config.repeats):
         draw = replace(config, seed=config.seed + REPEAT_SEED_STEP * repeat)
         draws.append(out_of_fold_scores(
             features, table["labels"], cache.task, cache.num_outputs, draw, workdir,
-            progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total), tap_widths=widths))
-    folds = {"scores": np.mean([scores for scores, _ in draws], axis=0).astype(np.float32), "folds": draws[0][1],
-             "taps": list(taps)}
+            progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total), tap_widths=widths)[0])
+    scores = {"folds": folds, "taps": list(taps),
+              **mix_witnesses(np.mean(draws, axis=0).astype(np.float32), linear, config)}
     if cache.task != "regression" and len(taps) > 1:
-        folds["vote_positions"] = vote_neighbours(cache, features, taps, config, workdir)
+        scores["vote_positions"] = vote_neighbours(cache, features, taps, config, workdir)
     del features
-    return folds
+    return scores
+
+
+def tap_weights(cache, taps, config, workdir):
+    """The column weights the fold tops give several taps (`folds.column_weights`), or None."""
+    from mlkit.auditing.folds import column_weights, fold_top_config
+
+    widths = [int(cache.taps_shape((tap,))[-1]) for tap in taps] if len(taps) > 1 else None
+    return column_weights(fold_top_config(config, cache.task, workdir), widths)
+
+
+def linear_witness(features, labels, cache, folds, weights, config):
+    """The linear witness's out-of-fold scores (`linear.linear_scores`) on `folds`, or None for regression
+    or a `config.linear_weight` of 0."""
+    if cache.task == "regression" or not config.linear_weight:
+        return None
+    return linear_scores(features, evidence.one_hot(labels, cache.task, cache.num_outputs), cache.task, folds, weights)
+
+
+def mix_witnesses(top_scores, linear, config):
+    """"top_scores", "linear_scores" where there are some, and "scores": the two averaged at
+    `config.linear_weight`, or the tops' alone."""
+    if linear is None:
+        return {"top_scores": top_scores, "scores": top_scores}
+    scores = (1 - config.linear_weight) * top_scores + config.linear_weight * linear
+    return {"top_scores": top_scores, "linear_scores": linear, "scores": scores.astype(np.float32)}
 
 
 def vote_neighbours(cache, features, taps, config, workdir):
@@ -122,11 +154,7 @@ def vote_neighbours(cache, features, taps, config, workdir):
 
     Overwrites `features` (`knn.standardised_neighbours`).
     """
-    from mlkit.auditing.folds import column_weights, fold_top_config
-
-    widths = [int(cache.taps_shape((tap,))[-1]) for tap in taps] if len(taps) > 1 else None
-    weights = column_weights(fold_top_config(config, cache.task, workdir), widths)
-    return knn.standardised_neighbours(features, config.neighbours, weights)[1]
+    return knn.standardised_neighbours(features, config.neighbours, tap_weights(cache, taps, config, workdir))[1]
 
 
 def check_labels(cache, table, folds, positions, pairs, config):
@@ -152,7 +180,24 @@ def check_labels(cache, table, folds, positions, pairs, config):
         probabilities = evidence.combine(folds["scores"], evidence.neighbour_votes(labels, voters, config.neighbours),
                                          partners, has_partner, config.vote_weight)
     quality = label_quality(cache.task, table["labels"], probabilities, names, config.residual_z)
-    return {**folds, "probabilities": probabilities, "quality": quality, "names": names}
+    return {**folds, "probabilities": probabilities, "quality": quality, "names": names,
+            "score_description": score_description(cache.task, "linear_scores" in folds, config)}
+
+
+def score_description(task, linear, config):
+    """What a label error's score is, in words, for summary.json."""
+    if task == "regression":
+        return "the largest residual of the fold tops' predictions, in robust standard units"
+    top_weight = 1 - config.vote_weight
+    tops = (f"fold tops {top_weight * (1 - config.linear_weight):.3g}, linear witness "
+            f"{top_weight * config.linear_weight:.3g}" if linear else f"fold tops {top_weight:.3g}")
+    witnesses = (f"out-of-fold scores ({tops}) and the labels of {config.neighbours} nearest neighbours "
+                 f"({config.vote_weight:.3g}), and where a row has duplicate partners their labels "
+                 f"({evidence.PARTNER_WEIGHT:.3g} of the whole)")
+    if task == "multiclass":
+        return f"1 - the probability of the given class, from {witnesses}"
+    return (f"the row's worst label against what is usual for that label (labels.label_errors), on probabilities "
+            f"from {witnesses}")
 
 
 def audit(
@@ -162,7 +207,7 @@ def audit(
     outlier_k: int = AUDIT["outlier_k"], outlier_z: float = AUDIT["outlier_z"], folds: int = AUDIT["folds"],
     top: str = AUDIT["top"], units: int = AUDIT["units"], epochs: int = AUDIT["epochs"], batch: int = AUDIT["batch"],
     lr: float = AUDIT["lr"], taps: str = AUDIT["taps"], repeats: int = AUDIT["repeats"],
-    vote_weight: float = AUDIT["vote_weight"], residual_z: float = AUDIT["residual_z"],
+    linear_weight: float = AUDIT["linear_weight"], vote_weight: float = AUDIT["vote_weight"], residual_z: float = AUDIT["residual_z"],
     review: int = AUDIT["review"], sheet_size: int = AUDIT["sheet_size"],
     seed: int = AUDIT["seed"],
 ) -> AuditResult:
@@ -179,7 +224,7 @@ def audit(
         cache: the `.h5` cache from `mlkit cache-features`.
         workdir: the workspace; also where `tuning/` is looked up for `top`. Defaults to ".".
         near_threshold, near_agreement, near_feature_threshold, neighbours, outlier_k, outlier_z,
-            folds, top, units, epochs, batch, lr, taps, repeats, vote_weight, residual_z,
+            folds, top, units, epochs, batch, lr, taps, repeats, linear_weight, vote_weight, residual_z,
             review, sheet_size, seed:
             the `AuditConfig` settings; each field there says what it does and
             `mlkit audit --help` prints them with their defaults.
@@ -194,7 +239,8 @@ def audit(
     config = AuditConfig(
         near_threshold=near_threshold, near_agreement=near_agreement, near_feature_threshold=near_feature_threshold,
         neighbours=neighbours, outlier_k=outlier_k, outlier_z=outlier_z, folds=folds, top=top, units=units,
-        epochs=epochs, batch=batch, lr=lr, taps=taps, repeats=repeats, vote_weight=vote_weight, residual_z=residual_z,
+        epochs=epochs, batch=batch, lr=lr, taps=taps, repeats=repeats, linear_weight=linear_weight,
+        vote_weight=vote_weight, residual_z=residual_z,
         review=review, sheet_size=sheet_size, seed=seed,
     )
     timer = _Timer()
