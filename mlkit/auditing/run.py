@@ -106,8 +106,8 @@ def fold_scores(cache, table, config, workdir):
 
     features, taps = fold_features(cache, table["rows"], config)
     widths = [int(cache.taps_shape((tap,))[-1]) for tap in taps] if len(taps) > 1 else None
-    # The first draw's folds (`out_of_fold_scores` draws them so). The linear witness fits before the
-    # tops train, on a heap TensorFlow has not grown: after them it raised the audit's peak by 70 MiB.
+    # The first draw's folds, as `out_of_fold_scores` draws them. The linear witness fits on them before
+    # the tops train: fitted after them, it left the audit's peak higher still (BENCHMARKS.md).
     folds = assign_folds(table["labels"], cache.task, config.folds, config.seed)
     linear = linear_witness(features, table["labels"], cache, folds, tap_weights(cache, taps, config, workdir), config)
     draws = []
@@ -116,12 +116,12 @@ def fold_scores(cache, table, config, workdir):
         draws.append(out_of_fold_scores(
             features, table["labels"], cache.task, cache.num_outputs, draw, workdir,
             progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total), tap_widths=widths)[0])
-    scores = {"folds": folds, "taps": list(taps),
-              **mix_witnesses(np.mean(draws, axis=0).astype(np.float32), linear, config)}
+    out_of_fold = {"folds": folds, "taps": list(taps),
+                   **mix_witnesses(np.mean(draws, axis=0).astype(np.float32), linear, config)}
     if cache.task != "regression" and len(taps) > 1:
-        scores["vote_positions"] = vote_neighbours(cache, features, taps, config, workdir)
+        out_of_fold["vote_positions"] = vote_neighbours(cache, features, taps, config, workdir)
     del features
-    return scores
+    return out_of_fold
 
 
 def tap_weights(cache, taps, config, workdir):
