@@ -9,8 +9,8 @@ the folds the tops used, so it needs no draw of its own. The fit is exact
 and cheap: one pass over all rows sums their Gram matrix, and each fold
 subtracts its own rows' and solves one D x D system for every label at
 once. The penalty is `RIDGE` times the mean eigenvalue of the fold's
-centred Gram matrix (its trace over D), so it does not depend on the
-number of rows or features.
+centred Gram matrix (its trace over D), so it weighs the same against
+the data whatever the number of rows or features.
 
 Its predictions, clipped to [0, 1] (multiclass rows renormalised to sum to
 one), are averaged with the tops' scores (`run.fold_scores`): the tops are
