@@ -19,8 +19,8 @@ to 10% lines up again. Two numbers of the aligned pair decide:
   A copy's blocks keep their colours.
 
 This is the usual design of near-duplicate detection: a cheap descriptor
-proposes candidates and each candidate is verified on the images (Ke,
-Sukthankar and Huston 2004). The thresholds were chosen on planted copies
+proposes candidates and each candidate is verified on the images (Ke et
+al. 2004). The thresholds were chosen on planted copies
 and distinct pictures of one layout (`benchmarks/audit_near_duplicates.py
 --verify`, BENCHMARKS.md).
 """
