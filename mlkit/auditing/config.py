@@ -94,9 +94,9 @@ class AuditConfig:
     near_verify_threshold: float = option(0.92, "correlation of a candidate's two images at 32 x 32, best over crops "
                                                 "of up to 10% and 1-pixel shifts, at or above which they are near "
                                                 "duplicates; raise it to see fewer pairs")
-    near_colour_difference: float = option(32.0, "most RGB distance (0-441) allowed between the mean colours of "
-                                                 "any of the aligned images' 4 x 4 blocks; lower it to see fewer "
-                                                 "pairs (different flags of one layout differ by 70+)")
+    near_colour_difference: float = option(32.0, "largest RGB distance (0-441) allowed between the mean colours of "
+                                                 "the aligned images' matching blocks (a 4 x 4 grid); lower it to "
+                                                 "see fewer pairs (two flags of one layout differ by 70 or more)")
     near_unverified_threshold: float = option(0.95, "thumbnail correlation at or above which a candidate whose "
                                                     "images cannot be read again is a near duplicate all the same")
     near_agreement: float = option(-1.0, "cosine similarity (mean-centred features) that a thumbnail pair must "
