@@ -15,14 +15,14 @@ to 10% lines up again. Two numbers of the aligned pair decide:
 - the largest colour difference between them in a 4 x 4 grid of blocks (the
   RGB distance of each block's mean colour, 0 to 441 levels): correlation
   forgives a change of colour, so two flags whose stripes differ in colour
-  still correlate at 0.95 or more, while their blocks differ by 70 or more.
+  correlate at up to 0.96, while their blocks differ by 70 or more.
   A copy's blocks keep their colours.
 
 This is the usual design of near-duplicate detection: a cheap descriptor
 proposes candidates and each candidate is verified on the images (Ke et
-al. 2004). The thresholds were chosen on planted copies
-and distinct pictures of one layout (`benchmarks/audit_near_duplicates.py
---verify`, BENCHMARKS.md).
+al. 2004). The thresholds were chosen on planted copies and distinct
+pictures of one layout (`benchmarks/audit_near_duplicates.py --verify`,
+BENCHMARKS.md).
 """
 
 import os
