@@ -77,7 +77,8 @@ def test_auto_takes_the_plain_path_only_for_a_plain_border():
 
 def test_auto_pieces_refine_pool_and_choose_the_region_of_most_mass():
     noise = np.random.default_rng(0).integers(90, 160, (120, 160, 3)).astype(np.uint8)
-    image = shape_image(120, 160, (30, 40, 80, 100), kind="rectangle", background=None, base=noise, colour=(250, 20, 20))
+    image = shape_image(120, 160, (30, 40, 80, 100), kind="rectangle", background=None, base=noise,
+                        colour=(250, 20, 20))
     # Feature-map boxes a few pixels off on every side (within the 4 px margin, 1/30 of the shorter side).
     for box in ((33, 43, 77, 97), (27, 37, 83, 103), (33, 37, 83, 97)):
         assert refine_box(image, box) == (30, 40, 80, 100), box

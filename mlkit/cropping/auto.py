@@ -41,7 +41,8 @@ REFINE_DISTANCE = 4.0
 REFINE_SHRINK, REFINE_FLOOR = 0.05, 4.0
 # A refined box smaller than this share of the box found is taken for a miss, and the box found kept.
 REFINE_KEEP = 0.3
-# Refinement reads the image at most this many times the network's input side (a large photo is shrunk first).
+# Refinement reads the image with its shorter side at most this many times the network's input side (a large
+# photo is shrunk first).
 REFINE_SCALE = 2
 
 

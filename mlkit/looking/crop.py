@@ -84,7 +84,8 @@ CROP = defaults_of(CropConfig)
 def crop(manifest, out, *, workdir=".", progress=True, method=CROP["method"], backbone=CROP["backbone"],
          weights=CROP["weights"], model=CROP["model"], layers=CROP["layers"], image_size=CROP["image_size"],
          min_std=CROP["min_std"], threshold=CROP["threshold"], tolerance=CROP["tolerance"], window=CROP["window"],
-         stride=CROP["stride"], margin=CROP["margin"], min_size=CROP["min_size"], aspect=CROP["aspect"], background=CROP["background"], batch_size=CROP["batch_size"]):
+         stride=CROP["stride"], margin=CROP["margin"], min_size=CROP["min_size"], aspect=CROP["aspect"],
+         background=CROP["background"], batch_size=CROP["batch_size"]):
     """Crops every image of a manifest to its object, as a backbone's feature maps find it (`method`).
 
     Args:
