@@ -209,3 +209,19 @@ def test_auto_settings_round_trip_through_crop_json(tmp_path):
     # White shapes' own pixels: the plain path, exact boxes (shape i spans rows 10+i-50, cols 12-60+i).
     boxes = [tuple(map(int, cell.split(","))) for cell in read_manifest(result.manifest).rows["crop_box"]]
     assert boxes == [(10, 12, 50, 60), (11, 12, 50, 61)]
+
+
+def test_crop_defaults_to_auto_and_look_to_the_first_layers_map(tmp_path):
+    """crop's default is its most accurate method; look's is the map fine-tuning changes (sokolova)."""
+    import inspect
+
+    from mlkit.cli import build_parser
+    from mlkit.looking.look import look
+
+    manifest = collection(tmp_path / "data", n=2)
+    result = crop(manifest, tmp_path / "out", progress=False, **SETTINGS)
+    assert manifest_crop(result.manifest)["settings"]["method"] == "auto"
+    parser = build_parser()
+    assert parser.parse_args(["crop", "m.csv", "--out", "o"]).method == "auto"
+    assert parser.parse_args(["look", "run", "img.png", "--out", "o"]).method == "sokolova"
+    assert inspect.signature(look).parameters["method"].default == "sokolova"

@@ -12,17 +12,21 @@ from mlkit.options import option
 
 # What `mlkit crop` writes beside its manifest: the settings and the counts.
 SETTINGS = "crop.json"
+# The map `mlkit look` draws unless told: the first layers' response (Sokolova 2019's figure 9), which a
+# fine-tuned network changes. `auto`, the crop's default, draws a plain image's colour distance instead:
+# the same for every network, so a before/after comparison would show nothing.
+LOOK_METHOD = "sokolova"
 
 
 @dataclass
 class CropConfig:
     """How `mlkit crop` finds and cuts the box; every field is also a `--flag`."""
 
-    method: str = option("sokolova", "how the box is found: sokolova (the peaks of the first layers' activations, "
-                         "Sokolova 2019), border (what differs from the image's border ring in a stride-4 feature "
-                         "map) or auto (per image: on a plain border, the pixels that differ from its colour; "
-                         "otherwise border on two stacked feature maps, refined in colour). auto is the most "
-                         "accurate on both plain and photographed backgrounds (BENCHMARKS.md)", choices=METHODS)
+    method: str = option("auto", "how the box is found: auto (per image: on a plain border, the pixels that "
+                         "differ from its colour; otherwise border on two stacked feature maps, refined in colour; "
+                         "the most accurate on both plain and photographed backgrounds, BENCHMARKS.md), sokolova "
+                         "(the peaks of the first layers' activations, Sokolova 2019) or border (what differs from "
+                         "the image's border ring in a stride-4 feature map)", choices=METHODS)
     backbone: str = option("mobilenetv2", "backbone whose feature maps find the object (any registry name)")
     weights: str = option("imagenet", "its weights: imagenet, none, or a weights file")
     model: str = option(None, "a fine-tuned run (or .keras file) whose own backbone is used instead of "

@@ -1,9 +1,9 @@
 """From pixels to a crop box, by any method: the one place `crop` and `look` find boxes.
 
-`--method sokolova` (the default): the early layers' activation map and the
-box spanning its peaks (`saliency.py`). `--method border`: the distance of
+`--method sokolova` (what `mlkit look` draws by default): the early layers'
+activation map and the box spanning its peaks (`saliency.py`). `--method border`: the distance of
 a stride-4 feature map from the image's border ring and the region around its
-highest cell (`border.py`). `--method auto`: per image, the pixels that differ
+highest cell (`border.py`). `--method auto` (`mlkit crop`'s default): per image, the pixels that differ
 from a plain border's colour, or else the border distance of two stacked
 feature maps, refined in colour (`auto.py`). Each gives a map in [0, 1] and
 a box in map cells; `BoxFinder` brings the box to the image's pixels and fits it.

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mlkit.cropping.config import CropConfig
+from mlkit.cropping.config import LOOK_METHOD, CropConfig
 from mlkit.cropping.finder import BoxFinder
 from mlkit.errors import MlkitError
 from mlkit.files import atomic_path
@@ -147,7 +147,7 @@ def before_parts(compare, record, workdir):
 CROP = defaults_of(CropConfig)
 
 
-def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, method=CROP["method"],
+def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, method=LOOK_METHOD,
          backbone=CROP["backbone"], weights=CROP["weights"], layers=CROP["layers"], image_size=CROP["image_size"],
          min_std=CROP["min_std"], threshold=CROP["threshold"], tolerance=CROP["tolerance"], window=CROP["window"],
          stride=CROP["stride"], margin=CROP["margin"], min_size=CROP["min_size"], aspect=CROP["aspect"],
