@@ -211,6 +211,20 @@ def test_a_top_saved_before_bounds_existed_loads_and_predicts_as_it_was_saved(tm
     np.testing.assert_allclose(loaded.predict(features * 100, verbose=0), model.predict(features * 100, verbose=0))
 
 
+def test_a_rerun_keeps_a_run_finished_before_bounds_existed_and_says_so(tmp_path, caplog):
+    from mlkit.tuning import tune_top
+
+    cache = make_cache(tmp_path)
+    run = tune_top(cache, tmp_path, units=8, epochs=1, verbose=False).run.iloc[0]
+    record_path = tmp_path / "tuning" / f"{run}.json"
+    record = json.loads(record_path.read_text())
+    del record["config"]["bounds"]
+    record_path.write_text(json.dumps(record))
+    with caplog.at_level("WARNING"):
+        tune_top(cache, tmp_path, units=8, epochs=1, verbose=False)
+    assert "bounds False -> True" in caplog.text and "kept as it is" in caplog.text
+
+
 def test_top_models_follow_the_config(tmp_path):
     from mlkit.tuning.top import build_top_model
 
