@@ -18,7 +18,7 @@ import math
 import keras
 import numpy as np
 
-from mlkit.auditing.neighbours import row_statistics
+from mlkit.auditing.neighbours import row_range, row_statistics
 from mlkit.data.split import iterative_stratification
 from mlkit.errors import MlkitError
 from mlkit.tuning import TopConfig, trainable_top
@@ -135,7 +135,8 @@ def train_fold(features, labels, task, num_outputs, top, train_rows, seed, weigh
     mean, variance = row_statistics(features, fit_rows)
     if weights is not None:
         variance = variance / weights**2
-    model = trainable_top(top, features.shape[1:], num_outputs, task, labels[fit_rows], mean, variance)
+    model = trainable_top(top, features.shape[1:], num_outputs, task, labels[fit_rows], mean, variance,
+                          *row_range(features, fit_rows))
     # XLA compiles each fold's new model for seconds of CPU (7 s against 2 s without, on 2 cores):
     # more than a small top's whole training.
     model.jit_compile = False
