@@ -103,15 +103,6 @@ def row_statistics(features, rows, block=1024):
     return mean, np.maximum(total_sq / len(rows) - mean**2, 0.0)
 
 
-def row_range(features, rows, block=1024):
-    """Per-feature minimum and maximum over `rows`, in small blocks as `row_statistics` reads them."""
-    low, high = np.inf, -np.inf
-    for start in range(0, len(rows), block):
-        chunk = features[rows[start:start + block]]
-        low, high = np.minimum(low, chunk.min(axis=0)), np.maximum(high, chunk.max(axis=0))
-    return low, high
-
-
 def standardised_neighbours(features, k, weights=None):
     """Each row's k nearest other rows by cosine of its z-scored (and weighted) features.
 
