@@ -13,6 +13,7 @@ two originals above the threshold are counted apart.
     python benchmarks/audit_near_duplicates.py                 # both sets, with MobileNetV2 features
     python benchmarks/audit_near_duplicates.py --no-features   # descriptors from pixels only (no TensorFlow)
     python benchmarks/audit_near_duplicates.py --agreement --icons /work/data/icons/manifest.csv
+    python benchmarks/audit_near_duplicates.py --verify --icons /work/data/icons/manifest.csv
 
 --agreement measures the audit's second test instead: of the pairs whose thumbnails match (>= the
 audit's near threshold), how many keep a feature cosine (mean-centred MobileNetV2 features) at or
@@ -20,11 +21,21 @@ above each candidate threshold. Planted copies (synth, stamps) should keep it; d
 similar layout should not: the same freedesktop icon name drawn by two themes
 (benchmarks/icon_themes.py), leaving out the pairs between themes that share artwork (gnome, mate,
 Adwaita: mate forked GNOME 2's icons).
+
+--verify measures the audit's near-duplicate check as it runs by default: thumbnail candidates
+(>= near_threshold) verified on their images (mlkit/auditing/verify.py), against the thumbnails alone
+at 0.95 (the check before it). Besides synth and stamps: `flags`, 23 national tricolours of one layout
+(tests/audit_data.py) with copies of each planted, where every pair of two different flags is a false
+pair; and the same-name icon pairs above (false pairs too, though a theme that reuses another's artwork
+may hold real copies). Printed: every pair scored by both stages, so the thresholds can be chosen on
+them (a grid of the verification's two thresholds), then `mlkit.audit` itself (folds 0, on a cache of
+random features: near duplicates do not read features) at its defaults, with its time per candidate.
 """
 
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +44,10 @@ from PIL import Image
 from scipy.fft import dctn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from audit_data import PRETRAINED, plant_near_duplicates
+from audit_data import PRETRAINED, plant_near_duplicates, write_flags
 
 from mlkit.auditing.config import AuditConfig
+from mlkit.auditing.verify import verify_pairs
 from mlkit.images import load_image
 from mlkit.thumbnails import thumbnail, thumbnail_vectors
 
@@ -207,17 +219,114 @@ def agreement(args, workdir):
               f"({called / max(len(distinct), 1):.3f})", flush=True)
 
 
+VERIFY_GRID = ((0.90, 0.92, 0.94, 0.96), (24, 32, 48, 1000))
+
+
+def verify_collection(name, workdir, icons):
+    """(manifest, truth, false): planted pairs, and pairs that must not be called duplicates (None: undecided)."""
+    if name == "icons":
+        table, pairs = icon_pairs(icons)
+        return icons, set(), {(min(a, b), max(a, b)) for a, b in pairs}
+    if name == "flags":
+        manifest = write_flags(workdir / name)
+        originals = len(pd.read_csv(manifest))
+        groups = plant_near_duplicates(manifest, range(originals))
+    else:
+        manifest, groups, originals = collection(name, workdir)
+    truth = {(a, b) for group in groups for a in group for b in group if a < b}
+    owner = {row: group[0] for group in groups for row in group}
+    if name == "flags":
+        return manifest, truth, lambda a, b: owner[a] != owner[b]
+    # Two originals may be one picture (a letter filed twice): only pairs with a planted copy are judged.
+    return manifest, truth, lambda a, b: (a, b) not in truth and max(a, b) >= originals
+
+
+def is_false(false, a, b):
+    return (a, b) in false if isinstance(false, set) else false(a, b)
+
+
+def verify_scores(name, workdir, icons, near_threshold):
+    """Every candidate pair's thumbnail similarity and verification, whether planted or false."""
+    manifest, truth, false = verify_collection(name, workdir, icons)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    paths = [manifest.parent / image for image in table["image"]]
+    similarity = thumbnail_similarity([load_image(path) for path in paths])
+    a, b = np.nonzero(np.triu(similarity >= near_threshold, 1))
+    start = time.perf_counter()
+    correlations, differences, _ = verify_pairs(paths, np.stack([a, b], axis=1), workers=1)
+    seconds = (time.perf_counter() - start) / max(len(a), 1)
+    planted = np.array([(x, y) in truth for x, y in zip(a, b)], bool)
+    wrong = np.array([is_false(false, x, y) for x, y in zip(a, b)], bool)
+    return {"manifest": manifest, "truth": truth, "false": false, "thumb": similarity[a, b], "corr": correlations,
+            "diff": differences, "planted": planted, "wrong": wrong, "seconds": seconds, "candidates": len(a)}
+
+
+def audit_pairs(manifest, workdir, near_threshold):
+    """The near pairs `mlkit.audit` reports at its defaults, on a cache of random features, and its summary."""
+    import mlkit
+    from mlkit.bottlenecks.cache import write_cache
+
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    path = workdir / "bottlenecks" / f"{manifest.parent.name}_all_random_inet_avg.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_cache(path, features=np.random.default_rng(0).normal(size=(len(table), 64)), labels=np.zeros(len(table), int),
+                split=[""] * len(table), image=table["image"].tolist(),
+                attrs={"task": "multiclass", "label_names": ["any"], "manifest_root": str(manifest.parent)})
+    result = mlkit.audit(path, workdir=workdir, folds=0, review=0, near_threshold=near_threshold)
+    near = result.issues[result.issues["match"] == "near"]
+    pairs = {(min(a, b), max(a, b)) for a, b in zip(near["row"].astype(int), near["partner_row"].astype(int))}
+    return pairs, result.summary["near_duplicates"]
+
+
+def verify(args, workdir):
+    """Both stages on every candidate pair, a grid of the verification's thresholds, then `mlkit.audit` itself."""
+    config = AuditConfig(near_threshold=args.near_threshold or AuditConfig().near_threshold)
+    found = {name: verify_scores(name, workdir, Path(args.icons), config.near_threshold)
+             for name in ("synth", "stamps", "flags", "icons")}
+    print(f"candidates: thumbnails >= {config.near_threshold}; planted recall / false pairs")
+    print("rule                                   " + "".join(f"{name:>20s}" for name in found))
+    rules = [("thumbnails alone >= 0.95", lambda r: r["thumb"] >= 0.95)]
+    rules += [(f"images >= {c:.2f}, colour difference <= {d}", lambda r, c=c, d=d: (r["corr"] >= c) & (r["diff"] <= d))
+              for c in VERIFY_GRID[0] for d in VERIFY_GRID[1]]
+    for label, rule in rules:
+        cells = []
+        for r in found.values():
+            called = rule(r)
+            recall = (called & r["planted"]).sum() / len(r["truth"]) if r["truth"] else float("nan")
+            cells.append(f"{recall:8.3f} / {int((called & r['wrong']).sum()):5d}   ")
+        print(f"{label:38s} " + "".join(cells))
+    for name, r in found.items():
+        print(f"{name}: {r['candidates']} candidates, {r['seconds'] * 1000:.1f} ms per candidate pair (one thread)")
+    print(f"\nmlkit.audit at its defaults (near_threshold {config.near_threshold}, near_verify_threshold "
+          f"{config.near_verify_threshold}, near_colour_difference {config.near_colour_difference}):")
+    for name, r in found.items():
+        pairs, record = audit_pairs(Path(r["manifest"]), workdir / f"audit_{name}", config.near_threshold)
+        hits = len(pairs & r["truth"])
+        wrong = sum(is_false(r["false"], a, b) for a, b in pairs)
+        recall = hits / len(r["truth"]) if r["truth"] else float("nan")
+        print(f"{name:7s} recall {recall:.3f}  precision {hits / max(hits + wrong, 1):.3f}  false pairs {wrong}  "
+              f"pairs found {len(pairs)}  candidates {record['candidates']}  verified in {record['verify_seconds']} s "
+              f"({1000 * record['verify_seconds'] / max(record['candidates'], 1):.1f} ms per pair)", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="synth,stamps", help="comma-separated: synth, stamps (default both)")
     parser.add_argument("--no-features", action="store_true", help="leave out the backbone features")
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
     parser.add_argument("--agreement", action="store_true", help="measure the feature-agreement threshold instead")
-    parser.add_argument("--icons", default="/work/data/icons/manifest.csv", help="with --agreement: the icon manifest")
+    parser.add_argument("--verify", action="store_true", help="measure the audit's verified near-duplicate check")
+    parser.add_argument("--near-threshold", type=float, default=None,
+                        help="with --verify: the thumbnail threshold of the candidates (default: the audit's)")
+    parser.add_argument("--icons", default="/work/data/icons/manifest.csv",
+                        help="with --agreement or --verify: the icon manifest")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="audit_near_"))
     if args.agreement:
         agreement(args, workdir)
+        return
+    if args.verify:
+        verify(args, workdir)
         return
     for name in args.sets.split(","):
         manifest, groups, originals = collection(name, workdir)

@@ -73,7 +73,8 @@ def parse_args(argv=None):
     parser.add_argument("--window", type=int, default=3, help="--window of mlkit crop (sokolova)")
     parser.add_argument("--min-std", type=float, default=0.05, help="--min-std of mlkit crop")
     parser.add_argument("--border-tolerance", type=float, default=30.0, help="colour distance (0-441) from the "
-                        "border's median colour that counts as object in the threshold baseline")
+                        "border's median colour that counts as object in the threshold baseline, and --tolerance of "
+                        "mlkit crop (auto)")
     parser.add_argument("--batch", type=int, default=16, help="images per batch when timing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results here")
@@ -269,6 +270,7 @@ def crop_settings(args, method):
     """The `mlkit.crop` settings of one method, as the command line gave them."""
     return {"method": method, "weights": args.weights, "image_size": args.size, "layers": args.layers,
             "threshold": args.threshold, "window": args.window, "stride": args.stride, "min_std": args.min_std,
+            "tolerance": args.border_tolerance,
             "margin": 0.0, "min_size": 0.0}
 
 

@@ -4,8 +4,8 @@ The model is loaded with Keras's safe mode (a Lambda layer, whose Python code
 would run on loading, is refused, as `mlkit predict` refuses it) and cut at
 the tap: the layer whose output become the features. The default tap is the
 last layer before the model's head, found by walking back from its output
-over head layers (Dense, Dropout, Activation, batch norm, weightless layers
-such as mlkit's label decision) and into a nested model whose own last layer
+over head layers (Dense, Dropout, Activation, batch norm, mlkit's feature
+bounds, weightless layers such as mlkit's label decision) and into a nested model whose own last layer
 is a head layer. For an mlkit model from `models/` that is its backbone (the
 pooled features its top was trained on); for a keras.applications classifier
 its global pooling. A tap inside a nested model is written `outer/inner`.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from mlkit.errors import MlkitError
 
-HEAD_LAYERS = ("Dense", "Dropout", "Activation", "BatchNormalization", "Softmax", "ReLU", "Identity")
+# mlkit's FeatureBounds holds weights but belongs to a top, as the standardising batch norm before it does.
+HEAD_LAYERS = ("Dense", "Dropout", "Activation", "BatchNormalization", "Softmax", "ReLU", "Identity", "FeatureBounds")
 
 
 def build_file_backbone(spec, weights, image_size, pooling, tap):

@@ -95,7 +95,7 @@ def sha256_bytes(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data, path="<bytes>", background=DEFAULT_BACKGROUND):
+def decode_image(data, path="<bytes>", background=DEFAULT_BACKGROUND, draft=None):
     """Decodes image bytes to an upright RGB uint8 array (H, W, 3).
 
     Args:
@@ -103,6 +103,9 @@ def decode_image(data, path="<bytes>", background=DEFAULT_BACKGROUND):
         path: used in error messages only.
         background: RGB colour that transparent pixels are composited on.
             Defaults to white.
+        draft: (width, height): a JPEG may be decoded at a reduced scale (PIL's
+            `draft`, the DCT scaled by 1/2, 1/4 or 1/8) no smaller than this,
+            for a caller that only needs a small picture. Defaults to None (full size).
 
     Raises:
         ImageReadError: truncated, corrupt, unknown format, or too large.
@@ -112,6 +115,8 @@ def decode_image(data, path="<bytes>", background=DEFAULT_BACKGROUND):
             # Decompression bombs become unreadable rows, whatever the caller's warning filters.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                if draft is not None:
+                    image.draft(None, draft)
                 image.load()
                 # In place: a copy of a 50-megapixel photo is another 150 MB at the peak.
                 ImageOps.exif_transpose(image, in_place=True)

@@ -4,8 +4,8 @@ Loading a `.keras` file that holds them needs `import mlkit.layers` (mlkit's
 `load_model`, `predict` and `--backbone PATH.keras` do it): Keras rebuilds a
 registered layer by its registered name (`mlkit>LabelDecision`), whatever
 module it was saved from, so models saved when the decision layers lived in
-mlkit.models.layers load unchanged. Defined here: the label decision and
-target unscaling, written in `keras.ops` only so they trace into a
+mlkit.models.layers load unchanged. Defined here: the label decision,
+target unscaling and a top's feature bounds, written in `keras.ops` only so they trace into a
 TensorFlow SavedModel that serves without mlkit. Registered from their own
 modules and re-exported: the caption vectoriser (mlkit.text) and a KerasHub
 backbone's pooled features (mlkit.hub_backbones, which imports KerasHub only
@@ -22,7 +22,7 @@ from mlkit.hub_backbones import HubFeatures
 from mlkit.layerwise import LayerwiseAdam, LayerwiseSGD
 from mlkit.text import CaptionVectorizer
 
-__all__ = ["CaptionVectorizer", "HubFeatures", "LabelDecision", "LayerwiseAdam", "LayerwiseSGD", "Unscale",
+__all__ = ["CaptionVectorizer", "FeatureBounds", "HubFeatures", "LabelDecision", "LayerwiseAdam", "LayerwiseSGD", "Unscale",
            "top_labels"]
 
 
@@ -115,3 +115,35 @@ class Unscale(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "low": self.low, "high": self.high}
+
+
+@keras.saving.register_keras_serializable(package="mlkit")
+class FeatureBounds(keras.layers.Layer):
+    """Clips each feature (the last axis) to a stored range: a top's standardised inputs to the training rows'.
+
+    A unit that no training image switches on has almost no training
+    variance, so a new image that does switch it on lands tens or hundreds of
+    standard deviations out, and a linear (regression) head extrapolates from
+    it without bound. Clipped to what training saw, a feature can move the
+    head no further than the training rows moved it; the training rows
+    themselves pass unchanged. The range starts unbounded (-inf, inf) and is
+    set with the top's statistics (`mlkit.tuning.top.set_input_statistics`);
+    it is a pair of non-trainable weights, so it travels in the weights file.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        width = (int(input_shape[-1]),)
+        self.low = self.add_weight(shape=width, initializer=keras.initializers.Constant(-np.inf), trainable=False,
+                                   name="low")
+        self.high = self.add_weight(shape=width, initializer=keras.initializers.Constant(np.inf), trainable=False,
+                                    name="high")
+
+    def call(self, features):
+        return ops.minimum(ops.maximum(ops.cast(features, "float32"), self.low), self.high)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -67,6 +67,25 @@ def thumbnail_vectors(thumbnails):
     return np.ascontiguousarray(vectors)
 
 
+def read_unchanged(path, background=DEFAULT_BACKGROUND, sha256="", draft=None):
+    """An image file decoded as `mlkit.images.decode_image` does, if its bytes still match `sha256`.
+
+    Args:
+        path: the image file.
+        background: RGB colour transparent pixels are composited on. Defaults to white.
+        sha256: the hex digest the cache recorded, or "" to take the file as it is. Defaults to "".
+        draft: (width, height) a JPEG may be decoded down to (`decode_image`). Defaults to None.
+
+    Raises:
+        ImageReadError: unreadable, undecodable, or "changed since it was cached"
+            (it is not the image the rest of the cache describes).
+    """
+    data = read_bytes(path)
+    if sha256 and sha256_bytes(data) != sha256:
+        raise ImageReadError(path, "changed since it was cached")
+    return decode_image(data, path, background, draft)
+
+
 def read_thumbnails(paths, background=DEFAULT_BACKGROUND, sha256=None, workers=None):
     """Thumbnails of image files, read and decoded on a thread per core.
 
@@ -83,10 +102,7 @@ def read_thumbnails(paths, background=DEFAULT_BACKGROUND, sha256=None, workers=N
     """
     def one(index):
         try:
-            data = read_bytes(paths[index])
-            if sha256 is not None and sha256[index] and sha256_bytes(data) != sha256[index]:
-                return None, "changed since it was cached"
-            return thumbnail(decode_image(data, paths[index], background)), ""
+            return thumbnail(read_unchanged(paths[index], background, "" if sha256 is None else sha256[index])), ""
         except ImageReadError as error:
             return None, error.reason
 

@@ -66,6 +66,52 @@ def plant_near_duplicates(manifest_path, sources, seed=0):
     return groups
 
 
+# Distinct pictures of one layout: national tricolours (their usual colours), vertical and horizontal
+# stripes. Two of one orientation differ only in the colours of one, two or three stripes.
+VERTICAL_FLAGS = {
+    "france": ("#0055a4", "#ffffff", "#ef4135"), "italy": ("#009246", "#ffffff", "#ce2b37"),
+    "ireland": ("#169b62", "#ffffff", "#ff883e"), "belgium": ("#000000", "#fdda24", "#ef3340"),
+    "romania": ("#002b7f", "#fcd116", "#ce1126"), "mali": ("#14b53a", "#fcd116", "#ce1126"),
+    "guinea": ("#ce1126", "#fcd116", "#009460"), "peru": ("#d91023", "#ffffff", "#d91023"),
+    "nigeria": ("#008751", "#ffffff", "#008751"), "ivory_coast": ("#f77f00", "#ffffff", "#009e60"),
+}
+HORIZONTAL_FLAGS = {
+    "germany": ("#000000", "#dd0000", "#ffce00"), "netherlands": ("#ae1c28", "#ffffff", "#21468b"),
+    "russia": ("#ffffff", "#0039a6", "#d52b1e"), "hungary": ("#ce2939", "#ffffff", "#477050"),
+    "bulgaria": ("#ffffff", "#00966e", "#d62612"), "lithuania": ("#fdb913", "#006a44", "#c1272d"),
+    "estonia": ("#0072ce", "#000000", "#ffffff"), "austria": ("#ed2939", "#ffffff", "#ed2939"),
+    "yemen": ("#ce1126", "#ffffff", "#000000"), "sierra_leone": ("#1eb53a", "#ffffff", "#0072c6"),
+    "gabon": ("#009e60", "#fcd116", "#3a75c4"), "armenia": ("#d90012", "#0033a0", "#f2a800"),
+    "luxembourg": ("#ed2939", "#ffffff", "#00a1de"),
+}
+
+
+def tricolour(colours, vertical, width=300, height=200):
+    """A flag of three equal stripes: uint8 (height, width, 3)."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    for stripe, colour in enumerate(colours):
+        rgb = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+        if vertical:
+            pixels[:, stripe * width // 3:(stripe + 1) * width // 3] = rgb
+        else:
+            pixels[stripe * height // 3:(stripe + 1) * height // 3] = rgb
+    return pixels
+
+
+def write_flags(folder, names=None):
+    """PNGs of the flags (all, or `names`) and their manifest (labels: the orientation); returns the manifest path."""
+    folder = Path(folder)
+    (folder / "flags").mkdir(parents=True, exist_ok=True)
+    flags = {**VERTICAL_FLAGS, **HORIZONTAL_FLAGS}
+    rows = []
+    for name in names or flags:
+        vertical = name in VERTICAL_FLAGS
+        Image.fromarray(tricolour(flags[name], vertical)).save(folder / "flags" / f"{name}.png")
+        rows.append({"image": f"flags/{name}.png", "labels": "vertical" if vertical else "horizontal"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
 NOISE_KINDS = ("swap", "add", "drop")
 
 

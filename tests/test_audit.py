@@ -124,6 +124,10 @@ def test_robust_z_ignores_the_outliers_themselves():
 def test_config_rejects_bad_values():
     with pytest.raises(MlkitError, match="near-feature-threshold 1.5"):
         AuditConfig(near_feature_threshold=1.5)
+    with pytest.raises(MlkitError, match="near-verify-threshold 1.5"):
+        AuditConfig(near_verify_threshold=1.5)
+    with pytest.raises(MlkitError, match="near-colour-difference -1"):
+        AuditConfig(near_colour_difference=-1)
     with pytest.raises(MlkitError, match="folds 1"):
         AuditConfig(folds=1)
     with pytest.raises(MlkitError, match="outlier-k 20"):
@@ -251,8 +255,8 @@ def test_split_by_groups_keeps_existing_splits():
 
 
 def test_near_duplicates_by_thumbnails_and_by_features_where_an_image_is_missing(tmp_path):
-    """Planted copies are found by their pixels alone by default, and only where their features agree with
-    --near-agreement; a row whose image has gone is compared by features."""
+    """Planted copies are found by their pixels alone by default (thumbnails, verified on the images), and only
+    where their features agree with --near-agreement; a row whose image has gone is compared by features."""
     import mlkit
 
     manifest = synthesize(tmp_path / "data", task="multiclass", n=30, size=64, seed=0)
@@ -273,7 +277,7 @@ def test_near_duplicates_by_thumbnails_and_by_features_where_an_image_is_missing
     def pixel_pairs(result):
         near = result.issues[result.issues["match"] == "near"]
         return {tuple(sorted(pair)) for pair, detail in zip(near[["row", "partner_row"]].values.tolist(),
-                                                            near["detail"]) if detail.startswith("by thumbnails")}
+                                                            near["detail"]) if detail.startswith("by images")}
 
     agreeing = mlkit.audit(cache, workdir=tmp_path / "agree", folds=0, near_agreement=0.3)
     assert pixel_pairs(agreeing) == {(a, b) for a in groups[0] for b in groups[0] if a < b}
@@ -286,7 +290,8 @@ def test_near_duplicates_by_thumbnails_and_by_features_where_an_image_is_missing
     record = result.summary["near_duplicates"]
     assert record["thumbnails_from_cache"] == 0 and record["thumbnails_from_images"] == n - 1
     assert record["rows_by_features"] == 1
-    assert record["unusable_images"] == {"missing file": 1} and record["pairs"] == {"thumbnails": 20, "features": 1}
+    assert record["unusable_images"] == {"missing file": 1}
+    assert record["pairs"] == {"images": 20, "thumbnails": 0, "features": 1}
 
 
 def test_cache_features_stores_thumbnails_and_the_audit_reads_images_only_where_one_is_missing(tmp_path):

@@ -32,7 +32,7 @@ def test_training_mode_equals_inference_mode_with_half_the_backbone_unfrozen(nam
             layer.rate = 0.0
     pixels = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype("float32")
     features = np.asarray(feature_extractor(backbone, get_backbone(name), "inet", size)(pixels))
-    set_input_statistics(top, np.mean(features, axis=0), np.var(features, axis=0))
+    set_input_statistics(top, np.mean(features, axis=0), np.var(features, axis=0), features.min(0), features.max(0))
     apply_freeze(network, backbone, resolve_freeze(backbone, str(len(backbone.layers) // 2)))
     assert backbone.trainable_weights, "the later half trains"
     np.testing.assert_allclose(network(pixels, training=True), network(pixels, training=False), rtol=1e-4, atol=1e-6)

@@ -113,6 +113,10 @@ def test_exported_model_round_trips_in_a_new_process_and_as_a_savedmodel_with_te
     paths = [Path(cache.attrs["manifest_root"]) / p for p in cache.read("image", cache.indices("test")[:6])]
     images = np.stack([load_image(p) for p in paths])
     model, record = load_model(result.model_path)
+    from mlkit.layers import FeatureBounds
+
+    bounds = [layer for layer in walk_layers(model) if isinstance(layer, FeatureBounds)]
+    assert len(bounds) == 1 and np.isfinite(np.asarray(bounds[0].high)).all(), "the top's bounds are in the export"
     here = model.predict_on_batch(images)
     from mlkit.evaluation.decisions import rule_from_dict
 

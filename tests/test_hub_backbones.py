@@ -142,7 +142,7 @@ def test_training_mode_equals_inference_mode_with_half_the_backbone_unfrozen(pre
             layer.rate = 0.0
     pixels = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
     features = np.asarray(feature_extractor(model, info["spec"], "inet", SIZE)(pixels))
-    set_input_statistics(top, features.mean(0), features.var(0))
+    set_input_statistics(top, features.mean(0), features.var(0), features.min(0), features.max(0))
     apply_freeze(network, model, resolve_freeze(model, "50%"))
     assert model.trainable_weights and len(model.trainable_weights) < len(model.weights)
     np.testing.assert_allclose(network(pixels, training=True), network(pixels, training=False), rtol=1e-4, atol=1e-5)

@@ -206,6 +206,17 @@ def test_cmyk_jpeg_keeps_colour(tmp_path):
     assert mostly_red.mean() > 0.95
 
 
+def test_draft_decodes_a_large_jpeg_smaller_and_leaves_a_png_whole(tmp_path):
+    image = Image.new("RGB", (800, 600), RED)
+    image.paste(BLUE, (400, 0, 800, 600))
+    jpeg = save(image, tmp_path / "large.jpg", quality=90)
+    small = decode_image(jpeg.read_bytes(), jpeg, draft=(128, 128))
+    assert_rgb(small, 150, 200)
+    assert close(small[75, 50], RED, tol=40) and close(small[75, 150], BLUE, tol=40)
+    png = save(image, tmp_path / "large.png")
+    assert_rgb(decode_image(png.read_bytes(), png, draft=(128, 128)), 600, 800)
+
+
 def test_cmyk_jpeg_two_colours_not_inverted(tmp_path):
     image = Image.new("CMYK", (32, 16), (0, 0, 0, 0))  # white
     image.paste((255, 255, 0, 0), (16, 0, 32, 16))  # blue on the right half

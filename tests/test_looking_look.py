@@ -72,15 +72,19 @@ def test_look_writes_one_grid_per_image_and_crop_reads_the_runs_layers(finetuned
     assert look(run, [str(images[0])], tmp_path / "again", workdir=work, top=1)[0].is_file()
 
 
-def test_predict_crops_an_image_as_the_training_images_were_cropped(finetuned, pretrained_mobilenetv2, tmp_path,
+@pytest.mark.parametrize("method", ["sokolova", "auto"])
+def test_predict_crops_an_image_as_the_training_images_were_cropped(method, finetuned, pretrained_mobilenetv2, tmp_path,
                                                                    capsys):
     work, run, images = finetuned
     one_row = write_manifest(pd.DataFrame({"image": [str(images[0])], "labels": ["any"]}), tmp_path / "one.csv")
-    cropped = crop(one_row, tmp_path / "cropped", weights=pretrained_mobilenetv2, image_size=SIZE, progress=False)
+    cropped = crop(one_row, tmp_path / "cropped", method=method, weights=pretrained_mobilenetv2, image_size=SIZE,
+                   tolerance=25.0, progress=False)
     # The record finetune writes for a cache of cropped.manifest (record.py), on a copy of the run.
     record = json.loads((work / "models" / f"{run}.json").read_text())
     record["crop"] = manifest_crop(cropped.manifest)
-    assert record["crop"]["settings"]["image_size"] == SIZE and manifest_crop(images[0].parents[1] / "manifest.csv") is None
+    settings = record["crop"]["settings"]
+    assert (settings["image_size"], settings["method"], settings["tolerance"]) == (SIZE, method, 25.0)
+    assert manifest_crop(images[0].parents[1] / "manifest.csv") is None
     shutil.copy(work / "models" / f"{run}.keras", tmp_path / "cropping.keras")
     (tmp_path / "cropping.json").write_text(json.dumps(record))
     model = str(tmp_path / "cropping.keras")

@@ -6,7 +6,7 @@ import pytest
 
 from mlkit.errors import MlkitError
 from mlkit.evaluation.decisions import parse_rule
-from mlkit.layers import LabelDecision, Unscale
+from mlkit.layers import FeatureBounds, LabelDecision, Unscale
 from mlkit.models.augment import augmentation_layers, parse_augment
 from mlkit.models.finetune import FinetuneConfig, finetune_run_name
 from mlkit.models.network import apply_freeze, resolve_freeze
@@ -75,6 +75,24 @@ def test_decision_and_unscale_survive_a_keras_round_trip(tmp_path, scores):
     out = loaded.predict_on_batch(scores)
     np.testing.assert_array_equal(out["labels"], rule.apply(scores))
     np.testing.assert_allclose(out["years"], 1900 + 100 * scores, rtol=1e-6)
+
+
+def test_feature_bounds_clip_each_feature_to_its_stored_range_and_survive_a_keras_round_trip(tmp_path):
+    from mlkit.models.export import load_model
+
+    inputs = keras.Input((3,))
+    bounds = FeatureBounds(name="bounds")
+    model = keras.Model(inputs, bounds(inputs))
+    x = np.array([[-5.0, 0.5, 9.0], [0.0, -0.2, 1.0]], dtype="float32")
+    np.testing.assert_array_equal(model.predict_on_batch(x), x)  # unbounded until the range is set
+    bounds.low.assign([-1.0, 0.0, -np.inf])
+    bounds.high.assign([1.0, 0.25, 2.0])
+    expected = np.array([[-1.0, 0.25, 2.0], [0.0, 0.0, 1.0]], dtype="float32")
+    np.testing.assert_array_equal(model.predict_on_batch(x), expected)
+    model.save(tmp_path / "bounded.keras")
+    loaded, _ = load_model(tmp_path / "bounded.keras")
+    assert isinstance(loaded.get_layer("bounds"), FeatureBounds)
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), expected)
 
 
 @pytest.mark.parametrize("codes, canonical", [("fzh", "hzf"), ("", "none"), ("NONE", "none"), ("hwrszf", "hwrszf"),

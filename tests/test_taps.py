@@ -164,6 +164,9 @@ def test_top_data_reads_the_taps_side_by_side_in_memory_and_streamed(tmp_path):
         np.testing.assert_array_equal(val, expected[cache.indices("val")])
         mean, _ = data.input_statistics()
         np.testing.assert_allclose(mean, expected[cache.indices("train")].mean(0), rtol=1e-6, atol=1e-6)
+        low, high = data.input_range()
+        np.testing.assert_array_equal(low, expected[cache.indices("train")].min(0))
+        np.testing.assert_array_equal(high, expected[cache.indices("train")].max(0))
     np.testing.assert_array_equal(cache.load("val", taps=taps)[0], expected[cache.indices("val")])
 
 
@@ -185,7 +188,7 @@ def test_equal_tap_weights_give_every_tap_the_same_total_variance_after_the_tops
     assert data.tap_widths == [6, 4, 3]
     config = TopConfig(units=4, taps="+".join(taps), tap_weights=tap_weights)
     top = build_top_model(config, data.feature_shape, 3, "multilabel")
-    set_input_statistics(top, *data.input_statistics(config.tap_weights))
+    set_input_statistics(top, *data.input_statistics(config.tap_weights), *data.input_range())
     standardise = keras.Model(top.input, top.get_layer(STANDARDISE).output)
     features = cache.load("train", taps=taps)[0].astype("float64")
     weights = [np.sqrt(13 / (3 * width)) for width in (6, 4, 3)] if tap_weights == "equal" else [1.0, 1.0, 1.0]

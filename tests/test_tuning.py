@@ -124,7 +124,7 @@ def test_inputs_are_standardised_with_frozen_training_statistics_even_at_tiny_sc
     features = np.random.default_rng(0).normal(3.0, 2.0, size=(50, 6)) * 1e-12
     config = TopConfig(layers=1, units=4, reg="d5")
     model = build_top_model(config, (6,), 2, "multilabel")
-    set_input_statistics(model, features.mean(0), features.var(0))
+    set_input_statistics(model, features.mean(0), features.var(0), features.min(0), features.max(0))
     standardise = keras.Model(model.input, model.get_layer(STANDARDISE).output)
     expected = (features - features.mean(0)) / features.std(0)
     np.testing.assert_allclose(standardise.predict(features.astype("float32"), verbose=0), expected, rtol=1e-3, atol=1e-3)
@@ -135,17 +135,107 @@ def test_inputs_are_standardised_with_frozen_training_statistics_even_at_tiny_sc
     np.testing.assert_allclose(again.predict(features.astype("float32"), verbose=0), model.predict(features.astype("float32"), verbose=0))
 
 
+def bounded_top(features, shape=None, **settings):
+    """A top on `features` with its statistics and bounds set, and a model of its clipped, standardised features."""
+    import keras
+
+    from mlkit.tuning.top import BOUNDS, build_top_model, set_input_statistics
+
+    config = TopConfig(task="regression", layers=1, units=4, reg="d0", **settings)
+    model = build_top_model(config, shape or features.shape[1:], 1, "regression")
+    columns = features.reshape(-1, features.shape[-1])
+    set_input_statistics(model, columns.mean(0), columns.var(0), columns.min(0), columns.max(0))
+    return model, config, keras.Model(model.input, model.get_layer(BOUNDS).output)
+
+
+def test_bounds_keep_every_training_row_and_clip_a_new_one_to_the_training_range(tmp_path):
+    import keras
+
+    from mlkit.tuning.top import BOUNDS, STANDARDISE, build_top_model
+
+    rng = np.random.default_rng(1)
+    features = np.abs(rng.normal(size=(40, 5))).astype("float32")
+    features[:, 1] = 0.0  # a unit no training row switches on: its variance is floored
+    features[3, 2] = 7.0  # one row alone switches this one on
+    model, config, bounded = bounded_top(features)
+    standardise = keras.Model(model.input, model.get_layer(STANDARDISE).output)
+    np.testing.assert_array_equal(bounded.predict(features, verbose=0), standardise.predict(features, verbose=0))
+    new = features[:2] + np.array([[0.0, 1.0, 0.0, 50.0, -50.0]], dtype="float32")
+    z_new, z_clipped = standardise.predict(new, verbose=0), bounded.predict(new, verbose=0)
+    assert abs(z_new[:, 1]).min() > 1e3, "an unseen unit comes out thousands of standard deviations high"
+    z_train = standardise.predict(features, verbose=0)
+    np.testing.assert_array_equal(z_clipped, np.clip(z_new, z_train.min(0), z_train.max(0)))
+    # The range travels in the weights file, as the statistics do.
+    model.save_weights(tmp_path / "top.weights.h5")
+    again = build_top_model(config, (5,), 1, "regression")
+    again.load_weights(tmp_path / "top.weights.h5")
+    np.testing.assert_array_equal(keras.Model(again.input, again.get_layer(BOUNDS).output).predict(new, verbose=0),
+                                  z_clipped)
+
+
+def test_bounds_of_a_top_on_raw_maps_are_per_channel():
+    maps = np.random.default_rng(2).normal(size=(20, 3, 3, 4)).astype("float32")
+    model, _, bounded = bounded_top(maps, top_pool="avg")
+    layer = model.get_layer("top_bounds")
+    assert tuple(layer.low.shape) == (4,)
+    np.testing.assert_array_equal(bounded.predict(maps, verbose=0) <= np.asarray(layer.high), True)
+    assert (bounded.predict(maps * 10, verbose=0) == np.asarray(layer.high)).any()
+
+
+def test_a_bounded_top_without_the_training_range_is_refused():
+    from mlkit.tuning.top import build_top_model, set_input_statistics
+
+    model = build_top_model(TopConfig(layers=1, units=4), (6,), 2, "multilabel")
+    with pytest.raises(MlkitError, match="minimum and maximum"):
+        set_input_statistics(model, np.zeros(6), np.ones(6))
+
+
+def test_a_top_saved_before_bounds_existed_loads_and_predicts_as_it_was_saved(tmp_path):
+    from mlkit.tuning.top import build_top_model, load_top, set_input_statistics
+    from mlkit.workspace import run_paths
+
+    features = np.random.default_rng(3).normal(size=(30, 6)).astype("float32")
+    old = TopConfig(layers=1, units=4, reg="d0", input_shape=[6], num_outputs=2, run="synth_t_tiny_inet_avg_1x4d0_lr11_b64",
+                    bounds=False)
+    model = build_top_model(old, (6,), 2, "multilabel")
+    assert "top_bounds" not in [layer.name for layer in model.layers]
+    set_input_statistics(model, features.mean(0), features.var(0))
+    paths = run_paths(tmp_path, old.run)
+    paths["json"].parent.mkdir(parents=True)
+    model.save_weights(paths["weights"])
+    record = old.to_dict()
+    del record["bounds"]  # as written before the setting existed
+    paths["json"].write_text(json.dumps({"config": record}))
+    loaded, config = load_top(tmp_path, old.run)
+    assert config.bounds is False
+    np.testing.assert_allclose(loaded.predict(features * 100, verbose=0), model.predict(features * 100, verbose=0))
+
+
+def test_a_rerun_keeps_a_run_finished_before_bounds_existed_and_says_so(tmp_path, caplog):
+    from mlkit.tuning import tune_top
+
+    cache = make_cache(tmp_path)
+    run = tune_top(cache, tmp_path, units=8, epochs=1, verbose=False).run.iloc[0]
+    record_path = tmp_path / "tuning" / f"{run}.json"
+    record = json.loads(record_path.read_text())
+    del record["config"]["bounds"]
+    record_path.write_text(json.dumps(record))
+    with caplog.at_level("WARNING"):
+        tune_top(cache, tmp_path, units=8, epochs=1, verbose=False)
+    assert "bounds False -> True" in caplog.text and "kept as it is" in caplog.text
+
+
 def test_top_models_follow_the_config(tmp_path):
     from mlkit.tuning.top import build_top_model
 
     model = build_top_model(TopConfig(layers=2, units=8, reg="d3"), (12,), 5, "multilabel")
     kinds = [layer.__class__.__name__ for layer in model.layers]
-    assert kinds == ["InputLayer", "BatchNormalization", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert kinds == ["InputLayer", "BatchNormalization", "FeatureBounds", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
     assert model.get_layer("top_dropout1").rate == pytest.approx(0.3)
     assert model.get_layer("top_output").activation.__name__ == "sigmoid"
     for pool, size in (("flatten", 4 * 4 * 3), ("avg", 3), ("max", 3)):
         maps = build_top_model(TopConfig(layers=1, units=4, reg="bn", top_pool=pool), (4, 4, 3), 3, "multiclass")
-        assert maps.layers[2].output.shape[-1] == size and maps.output_shape == (None, 3)
+        assert maps.layers[3].output.shape[-1] == size and maps.output_shape == (None, 3)
     assert build_top_model(TopConfig(task="regression", layers=0), (12,), 2, "regression").output_shape == (None, 2)
 
 

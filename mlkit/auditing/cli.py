@@ -9,7 +9,8 @@ from mlkit.options import add_options
 EPILOG = """\
 examples:
   mlkit audit bottlenecks/stamps_all_mobilenetv2_inet_avg.h5
-  mlkit audit CACHE --folds 0 --near-threshold 0.97       # duplicates and outliers only
+  mlkit audit CACHE --folds 0                             # duplicates and outliers only
+  mlkit audit CACHE --near-verify-threshold 0.96          # fewer near duplicates: only closer copies
   mlkit audit CACHE --top stamps_all_mobilenetv2_inet_avg_1x1024d5_lr11_b64   # fold tops with a tuned run's settings
   mlkit audit CACHE --review 50                           # a shorter shortlist
   mlkit audit --apply audit/<cache>/review.csv            # after filling its decision column
@@ -29,7 +30,8 @@ beside the original as <name>.audited.csv; the original is never overwritten.
 def register(subparsers):
     parser = subparsers.add_parser(
         "audit", help="find duplicates, split leaks, likely label errors and outliers in a cache",
-        description="Audit a bottleneck cache: exact duplicates (image sha256), near duplicates (pixel thumbnails), "
+        description="Audit a bottleneck cache: exact duplicates (image sha256), near duplicates (pixel thumbnails, "
+        "verified on the images), "
         "leaks across splits, likely label errors (out-of-fold scores of k-fold top models) and outliers.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cache", nargs="?", help="bottleneck cache (.h5) from cache-features")

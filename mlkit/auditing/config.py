@@ -31,7 +31,21 @@ class AuditConfig:
 
     Args:
         near_threshold: correlation of two rows' 8 x 8 pixel thumbnails at
-            or above which they are near duplicates. Defaults to 0.95.
+            or above which they are near-duplicate candidates, each verified
+            on its two images (`verify`). Raise it to verify fewer pairs.
+            Defaults to 0.85.
+        near_verify_threshold: correlation of a candidate's two images at
+            32 x 32, at their best alignment (crops of up to 10%, shifts of a
+            pixel), at or above which they are near duplicates. Raise it to
+            see fewer pairs. Defaults to 0.92.
+        near_colour_difference: the most a candidate's aligned images may
+            differ in colour in any block of a 4 x 4 grid (RGB distance of the
+            blocks' mean colours, 0 to 441 levels). Lower it to see fewer
+            pairs; two flags of one layout differ by 70 or more. Defaults to 32.0.
+        near_unverified_threshold: thumbnail correlation at or above which a
+            candidate whose images cannot be read again (missing, changed
+            since they were cached, undecodable) is a near duplicate all the
+            same; summary.json counts them. Defaults to 0.95.
         near_agreement: cosine similarity of mean-centred features that a
             thumbnail pair must also reach to be a near duplicate: pictures
             of one layout that the backbone sees as different are not. -1
@@ -78,8 +92,17 @@ class AuditConfig:
         seed: seeds the folds and the fold models. Defaults to 0.
     """
 
-    near_threshold: float = option(0.95, "correlation of 8 x 8 pixel thumbnails at or above which two rows are "
-                                         "near duplicates")
+    near_threshold: float = option(0.85, "correlation of 8 x 8 pixel thumbnails at or above which two rows are "
+                                         "near-duplicate candidates, verified on their images; raise it to verify "
+                                         "fewer pairs")
+    near_verify_threshold: float = option(0.92, "correlation of a candidate's two images at 32 x 32, best over crops "
+                                                "of up to 10% and 1-pixel shifts, at or above which they are near "
+                                                "duplicates; raise it to see fewer pairs")
+    near_colour_difference: float = option(32.0, "largest RGB distance (0-441) allowed between the mean colours of "
+                                                 "the aligned images' matching blocks (a 4 x 4 grid); lower it to "
+                                                 "see fewer pairs (two flags of one layout differ by 70 or more)")
+    near_unverified_threshold: float = option(0.95, "thumbnail correlation at or above which a candidate whose "
+                                                    "images cannot be read again is a near duplicate all the same")
     near_agreement: float = option(-1.0, "cosine similarity (mean-centred features) that a thumbnail pair must "
                                          "also reach to be a near duplicate; -1 turns the test off")
     near_feature_threshold: float = option(0.92, "cosine similarity (mean-centred features) for near duplicates "
@@ -108,9 +131,13 @@ class AuditConfig:
     seed: int = option(0, "seeds the folds and the fold tops")
 
     def __post_init__(self):
-        for name in ("near_threshold", "near_agreement", "near_feature_threshold"):
+        for name in ("near_threshold", "near_verify_threshold", "near_unverified_threshold", "near_agreement",
+                     "near_feature_threshold"):
             if not -1.0 <= float(getattr(self, name)) <= 1.0:
                 raise MlkitError(f"{name.replace('_', '-')} {getattr(self, name)} is not a cosine similarity in [-1, 1]")
+        if not 0.0 <= float(self.near_colour_difference):
+            raise MlkitError(f"near-colour-difference {self.near_colour_difference} is not a distance (>= 0; "
+                             "441 is as far as two colours lie)")
         if self.folds == 1 or self.folds < 0:
             raise MlkitError(f"folds {self.folds}: use 2 or more (5 is usual), or 0 to skip the label check")
         for name in ("linear_weight", "vote_weight"):

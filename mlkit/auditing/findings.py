@@ -55,7 +55,8 @@ def split_rank(split):
 def pair_frame(table, pairs, scores, match, text, by=""):
     """Findings for duplicate pairs: leak, conflict or duplicate, oriented as the module says.
 
-    `by` names what found each pair ("thumbnails" or "features"), for the detail; "" for exact pairs.
+    `by` says what each pair rests on ("images 0.97 (colour difference 9), thumbnails 0.91", "features"),
+    for the detail; "" for exact pairs.
     """
     split = table["split"]
     a, b = pairs[:, 0], pairs[:, 1]

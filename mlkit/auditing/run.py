@@ -202,7 +202,9 @@ def score_description(task, linear, config):
 
 def audit(
     cache: StrPath, workdir: StrPath = ".", *, near_threshold: float = AUDIT["near_threshold"],
-    near_agreement: float = AUDIT["near_agreement"],
+    near_verify_threshold: float = AUDIT["near_verify_threshold"],
+    near_colour_difference: float = AUDIT["near_colour_difference"],
+    near_unverified_threshold: float = AUDIT["near_unverified_threshold"], near_agreement: float = AUDIT["near_agreement"],
     near_feature_threshold: float = AUDIT["near_feature_threshold"], neighbours: int = AUDIT["neighbours"],
     outlier_k: int = AUDIT["outlier_k"], outlier_z: float = AUDIT["outlier_z"], folds: int = AUDIT["folds"],
     top: str = AUDIT["top"], units: int = AUDIT["units"], epochs: int = AUDIT["epochs"], batch: int = AUDIT["batch"],
@@ -223,7 +225,8 @@ def audit(
     Args:
         cache: the `.h5` cache from `mlkit cache-features`.
         workdir: the workspace; also where `tuning/` is looked up for `top`. Defaults to ".".
-        near_threshold, near_agreement, near_feature_threshold, neighbours, outlier_k, outlier_z,
+        near_threshold, near_verify_threshold, near_colour_difference, near_unverified_threshold,
+            near_agreement, near_feature_threshold, neighbours, outlier_k, outlier_z,
             folds, top, units, epochs, batch, lr, taps, repeats, linear_weight, vote_weight, residual_z,
             review, sheet_size, seed:
             the `AuditConfig` settings; each field there says what it does and
@@ -237,7 +240,9 @@ def audit(
         print(result.issues.head())
     """
     config = AuditConfig(
-        near_threshold=near_threshold, near_agreement=near_agreement, near_feature_threshold=near_feature_threshold,
+        near_threshold=near_threshold, near_verify_threshold=near_verify_threshold,
+        near_colour_difference=near_colour_difference, near_unverified_threshold=near_unverified_threshold,
+        near_agreement=near_agreement, near_feature_threshold=near_feature_threshold,
         neighbours=neighbours, outlier_k=outlier_k, outlier_z=outlier_z, folds=folds, top=top, units=units,
         epochs=epochs, batch=batch, lr=lr, taps=taps, repeats=repeats, linear_weight=linear_weight,
         vote_weight=vote_weight, residual_z=residual_z,

@@ -87,12 +87,18 @@ def border_map(features):
     return distance / max(distance.max(), 1e-12)
 
 
-def region_box(heat, threshold=0.4):
-    """The box of the connected region above `threshold` that holds the map's highest cell.
+def region_box(heat, threshold=0.4, by="peak"):
+    """The box of one connected region above `threshold` of the map's maximum.
 
     Each cell stands for its centre, so the box runs from the first cell's
     centre to the last one's: a feature cell at an object's edge already
     responds to it, and counting it whole made every box a cell too large.
+
+    Args:
+        heat: a map (H, W).
+        threshold: the share of the map's maximum the region stays above. Defaults to 0.4.
+        by: which region: "peak", the one holding the highest cell, or "mass", the one of the largest sum.
+            Defaults to "peak".
 
     Returns:
         (top, left, bottom, right) in map cells, floats; the whole map when it is flat.
@@ -102,6 +108,10 @@ def region_box(heat, threshold=0.4):
     heat = np.asarray(heat, dtype="float64")
     if heat.max() <= 0:
         return (0.0, 0.0, float(heat.shape[0]), float(heat.shape[1]))
-    regions, _ = ndimage.label(heat >= threshold * heat.max())
-    rows, cols = np.nonzero(regions == regions[np.unravel_index(np.argmax(heat), heat.shape)])
+    regions, count = ndimage.label(heat >= threshold * heat.max())
+    if by == "mass":
+        chosen = 1 + int(np.argmax(ndimage.sum(heat, regions, np.arange(1, count + 1))))
+    else:
+        chosen = regions[np.unravel_index(np.argmax(heat), heat.shape)]
+    rows, cols = np.nonzero(regions == chosen)
     return (rows.min() + 0.5, cols.min() + 0.5, rows.max() + 0.5, cols.max() + 0.5)

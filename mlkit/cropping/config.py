@@ -12,15 +12,21 @@ from mlkit.options import option
 
 # What `mlkit crop` writes beside its manifest: the settings and the counts.
 SETTINGS = "crop.json"
+# The map `mlkit look` draws unless told: the first layers' response (Sokolova 2019's figure 9), which a
+# fine-tuned network changes. `auto`, the crop's default, draws a plain image's colour distance instead:
+# the same for every network, so a before/after comparison would show nothing.
+LOOK_METHOD = "sokolova"
 
 
 @dataclass
 class CropConfig:
     """How `mlkit crop` finds and cuts the box; every field is also a `--flag`."""
 
-    method: str = option("sokolova", "how the box is found: sokolova (the peaks of the first layers' activations; "
-                         "best on plain backgrounds) or border (what differs from the image's border ring in a "
-                         "stride-4 feature map; better on photographed backgrounds)", choices=METHODS)
+    method: str = option("auto", "how the box is found: auto (per image: on a plain border, the pixels that "
+                         "differ from its colour; otherwise border on two stacked feature maps, refined in colour; "
+                         "the most accurate on both plain and photographed backgrounds, BENCHMARKS.md), sokolova "
+                         "(the peaks of the first layers' activations, Sokolova 2019) or border (what differs from "
+                         "the image's border ring in a stride-4 feature map)", choices=METHODS)
     backbone: str = option("mobilenetv2", "backbone whose feature maps find the object (any registry name)")
     weights: str = option("imagenet", "its weights: imagenet, none, or a weights file")
     model: str = option(None, "a fine-tuned run (or .keras file) whose own backbone is used instead of "
@@ -29,12 +35,15 @@ class CropConfig:
     image_size: int = option(224, "side the image is resized to before the layers")
     min_std: float = option(0.05, "sokolova: feature maps whose standard deviation, once scaled to 0-1, is below this are "
                                   "dropped")
-    threshold: float | None = option(None, "sokolova: the lowest activation (0-1) a peak may have; border: "
-                                           "the share of the highest distance the box's region stays above",
+    threshold: float | None = option(None, "sokolova: the lowest activation (0-1) a peak may have; border, "
+                                           "auto: the share of the highest distance the box's region stays above",
                                      shown=", ".join(f"{name} {value:g}" for name, value in THRESHOLDS.items()))
+    tolerance: float = option(30.0, "auto: the colour distance (RGB, 0-441) from a plain border's colour that "
+                                    "counts as object; a border is plain when 90% of its pixels are within half "
+                                    "of it")
     window: int = option(3, "sokolova: a peak is the largest activation in a WINDOW x WINDOW square of map cells")
-    stride: int = option(4, "border: the feature map used is the backbone's deepest block output at "
-                            "1/STRIDE of the image side")
+    stride: int = option(4, "border, auto: the feature map used is the backbone's deepest block output at "
+                            "1/STRIDE of the image side (auto adds the one at 1/(STRIDE/2))")
     margin: float = option(0.05, "added on each side of the box found, as a fraction of its side")
     min_size: float = option(0.2, "smallest crop side, as a fraction of the image's side")
     aspect: str = option("free", "crop shape: free, square, or image (the image's own aspect ratio)", choices=ASPECTS)
@@ -44,7 +53,8 @@ class CropConfig:
     def __post_init__(self):
         check_choice(self.aspect, ASPECTS, "--aspect")
         check_choice(self.method, METHODS, "--method")
-        for name, low, high in (("threshold", 0, 1), ("min_std", 0, 1), ("min_size", 0, 1), ("margin", 0, 10)):
+        for name, low, high in (("threshold", 0, 1), ("min_std", 0, 1), ("min_size", 0, 1), ("margin", 0, 10),
+                                ("tolerance", 0, 441)):
             value = getattr(self, name)
             if value is not None and not low <= value <= high:
                 raise MlkitError(f"--{name.replace('_', '-')} {value}: give a number from {low} to {high}")

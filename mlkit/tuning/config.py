@@ -51,7 +51,8 @@ def metric_direction(metric):
 SCHEDULE_CODES = {"step": "step", "plateau": "plateau", "cosine": "cos"}
 # Settings that change training but are not in the run name: a finished run
 # whose record disagrees with the request is reported, not silently reused.
-UNNAMED_SETTINGS = ("epochs", "patience", "momentum", "step_every", "step_gamma", "objective", "seed", "vocabulary")
+UNNAMED_SETTINGS = ("epochs", "patience", "momentum", "step_every", "step_gamma", "objective", "seed", "vocabulary",
+                    "bounds")
 
 
 @dataclass
@@ -69,6 +70,11 @@ class TopConfig:
     ("equal": each tap the same total variance; "none");
     a single tap is never scaled. Records written before the setting existed
     read as "none", as they were trained.
+
+    `bounds` puts a `FeatureBounds` after the standardisation, holding the
+    range the training rows' standardised features had (mlkit.tuning.top);
+    records written before it existed read as False, so their weights files,
+    which have no bounds, load as they were saved.
 
     The caption branch is on when `text` names its recurrent layer ("lstm"
     or "bilstm"; "" for image-only tops): `embed_dim`-wide embeddings of the
@@ -110,6 +116,7 @@ class TopConfig:
     no_tensorboard: bool = option(False, "write no TensorBoard event files (tuning/<run>/: per-epoch scalars and the "
                                          "run-name fields as hparams, for `tensorboard --logdir tuning`)")
     views: int = 0
+    bounds: bool = True
     sample_weights: str = option("", "weight training rows by inverse class frequency", const="balanced")
     cap: int = option(0, "at most N training rows per class, 0 for no cap")
     oversample: int = option(0, "at least N training rows per class, with repeats; 0 for off")
@@ -232,9 +239,10 @@ class TopConfig:
     def from_dict(cls, values):
         """A config from a dict, ignoring keys this version does not know.
 
-        A record without `tap_weights` predates tap weighting: its top was trained with "none".
+        A record without `tap_weights` predates tap weighting: its top was trained with "none";
+        one without `bounds` predates feature bounds: its top has none.
         """
         known = {f.name for f in fields(cls)}
-        return cls(**{"tap_weights": "none", **{key: value for key, value in values.items() if key in known}})
+        return cls(**{"tap_weights": "none", "bounds": False, **{key: value for key, value in values.items() if key in known}})
 
 

@@ -150,7 +150,7 @@ def lr_find(
     keras.utils.set_random_seed(seed)
     model = compile_top(build_top_model(config, data.feature_shape, cache.num_outputs, cache.task), config,
                         data.pos_weight)
-    set_input_statistics(model, *data.input_statistics(config.tap_weights))
+    set_input_statistics(model, *data.input_statistics(config.tap_weights), *data.input_range())
     lrs = np.geomspace(start_lr, end_lr, int(steps))
     raw, smoothed, stopped = range_test(model, iter(data.train_dataset(config.batch).repeat()), lrs, smoothing, diverge)
     lrs = lrs[: len(smoothed)]

@@ -252,7 +252,6 @@ def current_role():
 
 def warn_changed_settings(progress, configs):
     """Says when a finished run was trained with settings its name does not show, or on a rebuilt cache."""
-    defaults = TopConfig()
     for config in configs:
         record = progress.finished(config.run)
         if record is None:
@@ -263,8 +262,10 @@ def warn_changed_settings(progress, configs):
                            Path(config.cache).name, "; ".join(rebuilt))
             continue
         changed = []
+        # Read as a config, so a setting the record predates takes the value its top was trained with.
+        recorded = TopConfig.from_dict(record["config"])
         for key in UNNAMED_SETTINGS:
-            old, new = record["config"].get(key, getattr(defaults, key)), getattr(config, key)
+            old, new = getattr(recorded, key), getattr(config, key)
             if old != new:
                 # A vocabulary is too long to print; saying it changed is enough.
                 changed.append(f"{key} changed" if isinstance(new, dict) else f"{key} {old} -> {new}")

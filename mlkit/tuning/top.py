@@ -2,7 +2,10 @@
 
 A top is a plain Keras Functional model whose input is one cached feature
 (a pooled vector, or a raw H x W x C map that the top flattens or pools), so
-stage 3 can put it on the backbone unchanged. Hidden layers are Dense + ReLU,
+stage 3 can put it on the backbone unchanged. Its first layers standardise
+each feature with the training rows' mean and variance and clip it to the
+range the training rows had (`FeatureBounds`), so a unit that training never
+switched on cannot throw the head far off. Hidden layers are Dense + ReLU,
 each followed by dropout (`dN`) or batch norm (`bn`) as in the COCO report; the head
 is sigmoid (multilabel), softmax (multiclass) or linear (regression, targets
 scaled to [0, 1]).
@@ -22,6 +25,7 @@ import keras
 import numpy as np
 
 from mlkit.errors import MlkitError
+from mlkit.layers import FeatureBounds
 from mlkit.optimizers import make_optimizer
 from mlkit.tuning.config import TopConfig
 from mlkit.tuning.resampling import positive_weights
@@ -42,6 +46,7 @@ def as_config(config):
 # backbones give features of 1e-12 that still separate images once standardised.
 STANDARDISE_EPSILON = 1e-30
 STANDARDISE = "top_standardise"
+BOUNDS = "top_bounds"
 
 
 def standardise_layer():
@@ -55,13 +60,32 @@ def standardise_layer():
         center=False, scale=False, epsilon=STANDARDISE_EPSILON, trainable=False, dtype="float32", name=STANDARDISE)
 
 
-def set_input_statistics(model, mean, variance):
-    """Stores the training features' per-feature mean and variance in the top's first layer."""
+def set_input_statistics(model, mean, variance, low=None, high=None):
+    """Stores the training features' statistics in the top's first layers.
+
+    Args:
+        model: a top from `build_top_model`.
+        mean, variance: per-feature (per-channel) mean and variance of the training rows.
+        low, high: per-feature minimum and maximum of the same rows, needed by
+            a top with bounds (`TopConfig.bounds`), which stores them
+            standardised. Defaults to None (a top without bounds).
+    """
     variance = np.asarray(variance, dtype="float64")
     floor = max(float(variance.mean()) * 1e-6, STANDARDISE_EPSILON)
     layer = model.get_layer(STANDARDISE)
     layer.moving_mean.assign(np.asarray(mean, dtype="float32"))
     layer.moving_variance.assign(np.maximum(variance, floor).astype("float32"))
+    if BOUNDS not in {each.name for each in model.layers}:
+        return
+    if low is None or high is None:
+        raise MlkitError("a top with feature bounds needs the training rows' per-feature minimum and maximum")
+    # Standardised by the layer itself, in float32: it is monotonic, so every training row stays inside.
+    extremes = np.stack([np.asarray(low, dtype="float32"), np.asarray(high, dtype="float32")])
+    as_input = extremes.reshape((2,) + (1,) * (len(layer.input.shape) - 2) + (-1,))  # a map's channels: (2, 1, 1, C)
+    z_low, z_high = keras.ops.convert_to_numpy(layer(as_input, training=False)).reshape(2, -1)
+    bounds = model.get_layer(BOUNDS)
+    bounds.low.assign(z_low)
+    bounds.high.assign(z_high)
 
 
 def build_top_model(config, input_shape, num_outputs, task):
@@ -102,9 +126,11 @@ def build_top_model(config, input_shape, num_outputs, task):
 
 
 def image_branch(features, config):
-    """Standardised features, flattened or pooled when they are raw H x W x C maps."""
+    """Standardised (and, with `config.bounds`, clipped) features, flattened or pooled when they are H x W x C maps."""
     shape = tuple(features.shape[1:])
     x = standardise_layer()(features)
+    if config.bounds:
+        x = FeatureBounds(name=BOUNDS)(x)
     if len(shape) == 3:
         return {
             "flatten": keras.layers.Flatten(name="top_flatten"),
@@ -217,7 +243,7 @@ def compile_top(model, config, pos_weight=None):
     return model
 
 
-def trainable_top(config, input_shape, num_outputs, task, train_labels, mean, variance):
+def trainable_top(config, input_shape, num_outputs, task, train_labels, mean, variance, low=None, high=None):
     """A top ready to `fit` on arrays: built, compiled, its input standardisation set.
 
     For code outside tune-top that trains a top on features it holds itself
@@ -230,10 +256,12 @@ def trainable_top(config, input_shape, num_outputs, task, train_labels, mean, va
         task: multilabel, multiclass or regression.
         train_labels: the training rows' labels (multi-hot for multilabel).
         mean, variance: per-feature statistics of the training rows.
+        low, high: per-feature minimum and maximum of the training rows, for
+            a top with bounds (`TopConfig.bounds`). Defaults to None.
     """
     pos_weight = positive_weights(train_labels) if config.loss == "wbce" else None
     model = compile_top(build_top_model(config, input_shape, num_outputs, task), config, pos_weight)
-    set_input_statistics(model, mean, variance)
+    set_input_statistics(model, mean, variance, low, high)
     return model
 
 

@@ -256,9 +256,20 @@ class TopData:
 
     def column_statistics(self):
         """Per-feature mean and variance of the clean training rows (computed once)."""
+        mean, variance, _, _ = self.column_summary()
+        return mean, variance
+
+    def input_range(self):
+        """Per-feature (per-channel for maps) minimum and maximum of the clean training rows, in float64."""
+        _, _, low, high = self.column_summary()
+        return low, high
+
+    def column_summary(self):
+        """Per-feature mean, variance, minimum and maximum of the clean training rows, in one pass, once."""
         if self._statistics is None:
             rows = np.unique(self.sample_rows)
             total = total_sq = 0.0
+            low, high = np.inf, -np.inf
             count = 0
             with h5py.File(self.cache.path, "r") as h5:
                 for start in range(0, len(rows), self.block_rows()):
@@ -266,9 +277,10 @@ class TopData:
                     block = block.reshape(-1, block.shape[-1])
                     total = total + block.sum(0)
                     total_sq = total_sq + np.square(block).sum(0)
+                    low, high = np.minimum(low, block.min(0)), np.maximum(high, block.max(0))
                     count += len(block)
             mean = total / max(count, 1)
-            self._statistics = mean, np.maximum(total_sq / max(count, 1) - mean**2, 0.0)
+            self._statistics = mean, np.maximum(total_sq / max(count, 1) - mean**2, 0.0), low, high
         return self._statistics
 
     def block_rows(self):

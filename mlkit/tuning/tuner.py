@@ -145,7 +145,7 @@ class TopHyperModel(kt.HyperModel):
         data = self.data(config.taps)
         compile_top(model, config, data.pos_weight)
         if "features" in config.inputs:
-            set_input_statistics(model, *data.input_statistics(config.tap_weights))
+            set_input_statistics(model, *data.input_statistics(config.tap_weights), *data.input_range())
         # The dataset reshuffles itself each epoch (shuffle=False only silences Keras).
         return model.fit(
             data.train_dataset(config.batch), epochs=config.epochs, verbose=0, shuffle=False,
