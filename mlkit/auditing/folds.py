@@ -164,7 +164,8 @@ def predict_rows(model, features, rows, scale):
     return scores if scale is None else scores * scale[1] + scale[0]
 
 
-def out_of_fold_scores(features, labels, task, num_outputs, config, workdir=".", progress=None, tap_widths=None):
+def out_of_fold_scores(features, labels, task, num_outputs, config, workdir=".", progress=None, tap_widths=None,
+                       folds=None):
     """Every row's scores from the one fold model that did not train on it.
 
     Args:
@@ -177,12 +178,15 @@ def out_of_fold_scores(features, labels, task, num_outputs, config, workdir=".",
         progress: called with (fold, folds) after each fold. Defaults to None.
         tap_widths: the columns of each tap `features` holds side by side, in
             order; None for one tap. Defaults to None.
+        folds: each row's fold, already drawn (`assign_folds`); None draws them
+            from `config.seed`. Defaults to None.
 
     Returns:
         (scores, folds): float32 scores shaped like the model's output, and each row's fold.
     """
     top = fold_top_config(config, task, workdir)
-    folds = assign_folds(labels, task, config.folds, config.seed)
+    if folds is None:
+        folds = assign_folds(labels, task, config.folds, config.seed)
     weights = column_weights(top, tap_widths)
     scores = None
     for fold in range(config.folds):

@@ -106,8 +106,8 @@ def fold_scores(cache, table, config, workdir):
 
     features, taps = fold_features(cache, table["rows"], config)
     widths = [int(cache.taps_shape((tap,))[-1]) for tap in taps] if len(taps) > 1 else None
-    # The first draw's folds, as `out_of_fold_scores` draws them. The linear witness fits on them before
-    # the tops train: fitted after them, it left the audit's peak higher still (BENCHMARKS.md).
+    # The first draw's folds, which its tops train on too. The linear witness fits on them before the
+    # tops train: fitted after them, it left the audit's peak higher still (BENCHMARKS.md).
     folds = assign_folds(table["labels"], cache.task, config.folds, config.seed)
     linear = linear_witness(features, table["labels"], cache, folds, tap_weights(cache, taps, config, workdir), config)
     draws = []
@@ -115,7 +115,8 @@ def fold_scores(cache, table, config, workdir):
         draw = replace(config, seed=config.seed + REPEAT_SEED_STEP * repeat)
         draws.append(out_of_fold_scores(
             features, table["labels"], cache.task, cache.num_outputs, draw, workdir,
-            progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total), tap_widths=widths)[0])
+            progress=lambda fold, total: logger.info("audit: fold %d of %d trained", fold, total), tap_widths=widths,
+            folds=folds if repeat == 0 else None)[0])
     out_of_fold = {"folds": folds, "taps": list(taps),
                    **mix_witnesses(np.mean(draws, axis=0).astype(np.float32), linear, config)}
     if cache.task != "regression" and len(taps) > 1:
