@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from stage3 import tuned_workspace
@@ -23,3 +24,17 @@ def test_multiworker_strategy_runs_as_a_single_cpu_worker_from_the_cli(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test micro F1:" in done.stdout
     assert list((work / "models").glob("*_116_lr14_b8_none.keras"))
+
+
+def test_finetune_warns_when_it_ends_below_the_cached_top():
+    from mlkit.models.record import FinetuneResult
+
+    def result(task, finetuned, cached):
+        key = {"multiclass": "accuracy", "regression": "mae"}[task]
+        return FinetuneResult("run", Path("m.keras"), Path("m.json"), Path("m.csv"), {"task": task, key: finetuned},
+                              {"task": task, key: cached})
+
+    assert "warning: fine-tuning ended below the cached top" in result("multiclass", 0.60, 0.70).describe()
+    assert "warning" not in result("multiclass", 0.70, 0.60).describe()
+    # For a regression head the headline is an error: higher is worse.
+    assert result("regression", 3.0, 2.0).behind_cached_top and not result("regression", 2.0, 3.0).behind_cached_top

@@ -45,7 +45,17 @@ class FinetuneResult:
         if self.report["task"] == "multilabel":
             decision = self.report["decision"]
             lines.append(f"decision: {decision['spec']} (threshold {decision['threshold']}), fitted on validation")
+        if self.behind_cached_top:
+            lines.append(f"warning: fine-tuning ended below the cached top it started from ({name}); the "
+                         "cached top, or `mlkit ensemble` of cached tops, may be the better model to ship "
+                         "(docs/finetune.md)")
         return "\n".join(lines)
+
+    @property
+    def behind_cached_top(self):
+        """Whether the fine-tuned model's test headline is worse than the cached top's (MAE: higher)."""
+        _, finetuned, cached = self.headline
+        return finetuned > cached if self.report["task"] == "regression" else finetuned < cached
 
     @property
     def headline(self):
