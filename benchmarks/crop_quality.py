@@ -64,9 +64,11 @@ def parse_args(argv=None):
                         help="the canvases of the micro-F1 comparison")
     parser.add_argument("--skip-boxes", action="store_true", help="only the micro-F1 comparison")
     parser.add_argument("--weights", default=str(PRETRAINED), help="MobileNetV2 weights file")
-    parser.add_argument("--size", type=int, default=224, help="side the crop's backbone sees")
+    parser.add_argument("--size", type=int, default=None, help="side the crop's backbone sees (default: each "
+                        "method's own, as mlkit crop's --image-size)")
     parser.add_argument("--layers", type=int, default=8, help="--layers of mlkit crop")
-    parser.add_argument("--methods", default="sokolova,border", help="--method values of mlkit crop to compare")
+    parser.add_argument("--methods", default="auto,auto:border,sokolova,border", help="--method values of mlkit "
+                        "crop to compare; auto:border is auto with --photo-map border")
     parser.add_argument("--threshold", type=float, default=None, help="--threshold of mlkit crop (default: each "
                         "method's own)")
     parser.add_argument("--stride", type=int, default=4, help="--stride of mlkit crop (border)")
@@ -195,12 +197,13 @@ def timing(args, croppers):
 
     items = pasted_set("textured", args.batch * 3, args.seed + 1)
     images = [pixels for pixels, _, _ in items]
-    backbone, _ = build_backbone("mobilenetv2", args.weights, args.size)
-    resized = np.stack([np.asarray(Image.fromarray(p).resize((args.size, args.size))) for p in images])
-    resized = resized.astype("float32") / 127.5 - 1
-    forward = per_image(backbone.predict_on_batch, [resized[i:i + args.batch]
-                                                    for i in range(0, len(resized), args.batch)], len(images))
-    results = {"forward_ms": forward * 1000}
+    results = {}
+    for size in sorted({cropper.config.image_size for cropper in croppers.values()}):
+        backbone, _ = build_backbone("mobilenetv2", args.weights, size)
+        resized = np.stack([np.asarray(Image.fromarray(p).resize((size, size))) for p in images])
+        resized = resized.astype("float32") / 127.5 - 1
+        results[f"forward_{size}_ms"] = 1000 * per_image(backbone.predict_on_batch, [
+            resized[i:i + args.batch] for i in range(0, len(resized), args.batch)], len(images))
     batches = [images[i:i + args.batch] for i in range(0, len(images), args.batch)]
     for method, cropper in croppers.items():
         results[f"crop_{method}_ms"] = per_image(cropper.boxes, batches, len(images)) * 1000
@@ -208,9 +211,14 @@ def timing(args, croppers):
         results[f"look_{method}_ms"] = per_image(lambda batch, eyes=eyes: [look_one(eyes, p) for p in batch],
                                                  batches[:1], len(batches[0])) * 1000
     keras.backend.clear_session()
-    print(f"time per image at {args.size} px: backbone forward pass {forward * 1000:.1f} ms; "
-          + ", ".join(f"{name[:-3]} {value:.1f} ms ({value / results['forward_ms']:.1f}x)"
-                      for name, value in results.items() if name != "forward_ms"), flush=True)
+    forward = {name: value for name, value in results.items() if name.startswith("forward")}
+    print("time per image: backbone forward pass " + ", ".join(f"{value:.1f} ms at {name.split('_')[1]} px"
+                                                               for name, value in forward.items()), flush=True)
+    for method, cropper in croppers.items():
+        base = results[f"forward_{cropper.config.image_size}_ms"]
+        print(f"  {method} at {cropper.config.image_size} px: crop {results[f'crop_{method}_ms']:.1f} ms "
+              f"({results[f'crop_{method}_ms'] / base:.1f}x the forward pass), look "
+              f"{results[f'look_{method}_ms']:.1f} ms ({results[f'look_{method}_ms'] / base:.1f}x)", flush=True)
     return results
 
 
@@ -221,7 +229,7 @@ def look_eyes(config, args):
     from mlkit.looking.look import Eyes
     from mlkit.looking.networks import backbone_parts
 
-    parts = backbone_parts("mobilenetv2", args.weights, args.size)
+    parts = backbone_parts("mobilenetv2", args.weights, config.image_size)
     parts.top = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="sigmoid")])
     return Eyes(parts, config)
 
@@ -267,8 +275,11 @@ def model_quality(args):
 
 
 def crop_settings(args, method):
-    """The `mlkit.crop` settings of one method, as the command line gave them."""
-    return {"method": method, "weights": args.weights, "image_size": args.size, "layers": args.layers,
+    """The `mlkit.crop` settings of one method, as the command line gave them ("auto:border": auto, --photo-map
+    border)."""
+    method, _, photo_map = method.partition(":")
+    return {"method": method, "photo_map": photo_map or "objectness", "weights": args.weights,
+            "image_size": args.size, "layers": args.layers,
             "threshold": args.threshold, "window": args.window, "stride": args.stride, "min_std": args.min_std,
             "tolerance": args.border_tolerance,
             "margin": 0.0, "min_size": 0.0}

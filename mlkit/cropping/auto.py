@@ -3,9 +3,11 @@
 An image whose outer pixels are nearly one colour (a page, a backdrop) is
 cut along the pixels that differ from that colour (`colour_box`); on white
 that box is nearly exact, where the feature maps are a cell or two off.
-Any other image goes to a boundary prior, as `--method border`
-(`border.py`: Wei et al. 2012; Zhu et al. 2014), with three changes measured
-on benchmarks/crop_quality.py's seed-0 images (BENCHMARKS.md):
+Any other image goes to the learned objectness map (`objectness.py`) on a
+MobileNetV2, which takes the boundary prior below as one of its inputs; on
+other backbones, or with `--photo-map border`, to that prior alone, as
+`--method border` (`border.py`: Wei et al. 2012; Zhu et al. 2014), with three
+changes measured on benchmarks/crop_quality.py's seed-0 images (BENCHMARKS.md):
 
 - the features: the block outputs at 1/`stride` and at 1/(`stride` / 2) of
   the input side (MobileNetV2: `block_2_add` and `expanded_conv_project_BN`),

@@ -16,6 +16,14 @@ SETTINGS = "crop.json"
 # fine-tuned network changes. `auto`, the crop's default, draws a plain image's colour distance instead:
 # the same for every network, so a before/after comparison would show nothing.
 LOOK_METHOD = "sokolova"
+# auto's maps on a photographed background.
+PHOTO_MAPS = ("objectness", "border")
+# The side images are read at unless --image-size is given: auto's objectness head on MobileNetV2 found boxes
+# best at 288-384 px (benchmarks/crop_quality.py's seed-0 photographs: 0.654 at 224, 0.676 at 320, 0.652 at
+# 448), the other maps were tuned at 224.
+IMAGE_SIZE, OBJECTNESS_SIZE = 224, 320
+# Settings added after crop.json first shipped, with the value a crop.json without them was made with.
+ADDED_SETTINGS = {"photo_map": "border"}
 
 
 @dataclass
@@ -32,12 +40,19 @@ class CropConfig:
     model: str = option(None, "a fine-tuned run (or .keras file) whose own backbone is used instead of "
                               "--backbone/--weights", metavar="RUN", shown="none")
     layers: int = option(8, "sokolova: how many of the backbone's first layers make the activation map (Sokolova 2019: 8)")
-    image_size: int = option(224, "side the image is resized to before the layers")
+    image_size: int | None = option(None, "side the image is resized to before the layers (auto's objectness head "
+                                          "found boxes best at 288-384)", shown=f"{OBJECTNESS_SIZE} for auto's "
+                                          f"objectness head on MobileNetV2, else {IMAGE_SIZE}")
     min_std: float = option(0.05, "sokolova: feature maps whose standard deviation, once scaled to 0-1, is below this are "
                                   "dropped")
     threshold: float | None = option(None, "sokolova: the lowest activation (0-1) a peak may have; border, "
                                            "auto: the share of the highest distance the box's region stays above",
                                      shown=", ".join(f"{name} {value:g}" for name, value in THRESHOLDS.items()))
+    photo_map: str = option("objectness", "auto: the map that finds the object on a photographed (not plain) "
+                                          "background: objectness (a small learned head over MobileNetV2's "
+                                          "ImageNet feature maps, shipped with mlkit; other backbones use border) "
+                                          "or border (the boundary prior on two stacked feature maps, what auto "
+                                          "used before the head)", choices=PHOTO_MAPS)
     tolerance: float = option(30.0, "auto: the colour distance (RGB, 0-441) from a plain border's colour that "
                                     "counts as object; a border is plain when 90% of its pixels are within half "
                                     "of it")
@@ -51,8 +66,12 @@ class CropConfig:
     batch_size: int = field(default=16)
 
     def __post_init__(self):
+        if self.image_size is None:
+            self.image_size = OBJECTNESS_SIZE if self.method == "auto" and self.photo_map == "objectness" and \
+                self.backbone == "mobilenetv2" else IMAGE_SIZE
         check_choice(self.aspect, ASPECTS, "--aspect")
         check_choice(self.method, METHODS, "--method")
+        check_choice(self.photo_map, PHOTO_MAPS, "--photo-map")
         for name, low, high in (("threshold", 0, 1), ("min_std", 0, 1), ("min_size", 0, 1), ("margin", 0, 10),
                                 ("tolerance", 0, 441)):
             value = getattr(self, name)
@@ -63,6 +82,11 @@ class CropConfig:
                              f"--stride {self.stride}: layers, window and stride must be at least 1, the image "
                              "size at least 32")
         parse_background(self.background)
+
+    @classmethod
+    def from_settings(cls, settings):
+        """The config a crop.json's settings describe; settings it predates take the value they had then."""
+        return cls(**{**ADDED_SETTINGS, **settings})
 
     def fingerprint(self):
         """The settings a crop depends on (a rerun with other ones starts over)."""

@@ -60,9 +60,10 @@ def register(subparsers):
         "map scored by its Mahalanobis distance to the cells of the image's border ring; the box holds the "
         "region around the highest. --method auto decides per image: on a plain border (90% of its "
         "pixels within half of --tolerance of one colour) the box of the pixels that differ from that colour; "
-        "otherwise border's distance on two stacked feature maps (stride 2 and 4), the region of most mass, "
-        "its edges refined in Lab colour against a band of pixels around it. auto is the most accurate on "
-        "both plain and photographed backgrounds.",
+        "otherwise a learned objectness map (a small head over MobileNetV2's ImageNet feature maps, shipped "
+        "with mlkit; --photo-map border, or another backbone, takes border's distance on two stacked maps), the "
+        "region of most mass, its edges refined in Lab colour against a band of pixels around it. auto is the "
+        "most accurate on both plain and photographed backgrounds.",
         epilog=CROP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", help="manifest CSV or JSON Lines")
     parser.add_argument("--out", required=True, help="output folder (created; a rerun resumes there)")

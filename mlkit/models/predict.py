@@ -201,7 +201,7 @@ def training_cropper(record, crop, model):
     from mlkit.cropping.finder import BoxFinder
     from mlkit.cropping.parts import backbone_parts
 
-    config = CropConfig(**settings)
+    config = CropConfig.from_settings(settings)
     if config.model:
         raise MlkitError(f"{model}'s training images were cropped with the layers of the run {config.model} "
                          "(mlkit crop --model), which predict cannot rebuild: crop the images with the same "
