@@ -169,7 +169,7 @@ def training_set(args, seed, model):
         if len(pending) == 32 or made_count == args.images:
             batch = np.stack([resize_array(canvas, IMAGE_SIZE) for canvas, _ in pending]) / 127.5 - 1
             maps = [np.asarray(output) for output in model(batch, training=False)]
-            inputs[made_count - len(pending):made_count] = head_inputs(maps, IMAGE_SIZE)
+            inputs[made_count - len(pending):made_count] = head_inputs(maps)
             pending = []
             if made_count % 1024 < 32:
                 print(f"{made_count} composites, {time.perf_counter() - started:.0f} s", flush=True)

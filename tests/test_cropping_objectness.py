@@ -18,7 +18,7 @@ def test_to_grid_averages_finer_maps_and_repeats_coarser_ones_as_a_loop_does():
     rng = np.random.default_rng(0)
     size, side = 64, 8
     maps = [rng.normal(size=(2, size // stride, size // stride, 3)).astype("float32") for stride in STRIDES]
-    grid = to_grid(maps, size)
+    grid = to_grid(maps, (side, side))
     assert grid.shape == (2, side, side, 3 * len(STRIDES))
     expected = np.zeros_like(grid)
     for n in range(2):
@@ -66,8 +66,8 @@ def test_the_mirror_average_makes_a_mirrored_image_give_the_mirrored_map():
     model = objectness_model(parts)
     image = np.random.default_rng(2).integers(0, 256, (1, 64, 64, 3)).astype("float32")
     ahead, mirror = run(model, image), run(model, image[:, :, ::-1])
-    first = objectness.objectness_maps(ahead, 64, mirror)[0]
-    second = objectness.objectness_maps(mirror, 64, ahead)[0]
+    first = objectness.objectness_maps(ahead, mirror)[0]
+    second = objectness.objectness_maps(mirror, ahead)[0]
     np.testing.assert_allclose(second, first[:, ::-1], rtol=1e-5, atol=1e-6)
     assert first.shape == (8, 8) and 0 <= first.min() and first.max() <= 1
 
@@ -80,6 +80,16 @@ def objectness_model(parts):
 
 def run(model, batch):
     return [np.asarray(output) for output in model(np.ascontiguousarray(batch), training=False)]
+
+
+@pytest.mark.parametrize("size", [100, 230])
+def test_the_heads_run_at_a_side_that_is_not_a_multiple_of_32(size):
+    # MobileNetV2's maps round up there (230 px: 115, 58, 29, 15 cells): every map goes to the stride-8 grid.
+    image = np.random.default_rng(4).integers(0, 256, (120, 160, 3)).astype(np.uint8)
+    cropper = Cropper(CropConfig(weights="none", image_size=size))
+    assert cropper.finder.learned
+    (top, left, bottom, right), = cropper.boxes([image])
+    assert 0 <= top < bottom <= 120 and 0 <= left < right <= 160
 
 
 def test_only_a_backbone_with_the_heads_layers_gets_the_head():
