@@ -67,8 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=None, help="side the crop's backbone sees (default: each "
                         "method's own, as mlkit crop's --image-size)")
     parser.add_argument("--layers", type=int, default=8, help="--layers of mlkit crop")
-    parser.add_argument("--methods", default="auto,auto:border,sokolova,border", help="--method values of mlkit "
-                        "crop to compare; auto:border is auto with --photo-map border")
+    parser.add_argument("--methods", default="auto,auto:1,auto:border,sokolova,border", help="--method values of "
+                        "mlkit crop to compare; auto:border is auto with --photo-map border, auto:1 auto with --heads 1")
     parser.add_argument("--threshold", type=float, default=None, help="--threshold of mlkit crop (default: each "
                         "method's own)")
     parser.add_argument("--stride", type=int, default=4, help="--stride of mlkit crop (border)")
@@ -276,9 +276,12 @@ def model_quality(args):
 
 def crop_settings(args, method):
     """The `mlkit.crop` settings of one method, as the command line gave them ("auto:border": auto, --photo-map
-    border)."""
-    method, _, photo_map = method.partition(":")
-    return {"method": method, "photo_map": photo_map or "objectness", "weights": args.weights,
+    border; "auto:1": auto, --heads 1)."""
+    from mlkit.cropping.objectness import HEAD_FILES, HEADS
+
+    method, _, variant = method.partition(":")
+    return {"method": method, "photo_map": "objectness" if variant in HEAD_FILES or not variant else variant,
+            "heads": variant if variant in HEAD_FILES else HEADS, "weights": args.weights,
             "image_size": args.size, "layers": args.layers,
             "threshold": args.threshold, "window": args.window, "stride": args.stride, "min_std": args.min_std,
             "tolerance": args.border_tolerance,

@@ -1,4 +1,4 @@
-"""Trains the objectness head that `mlkit crop --method auto` ships with (mlkit/cropping/objectness_mobilenetv2.npz).
+"""Trains the objectness heads that `mlkit crop --method auto` ships with (mlkit/cropping/objectness_mobilenetv2_2.npz).
 
 The head (`mlkit.cropping.objectness`) reads MobileNetV2's ImageNet feature maps up to block 10 and the
 boundary prior's map, and gives each cell of a 1/8 grid the share of it an object covers. It learns that
@@ -26,12 +26,13 @@ Two heads are trained, from seeds 0 and 1 (each its own composites and initial w
 their maps (+0.02 mean IoU over either alone on crop_quality.py's seed-0 photographs).
 
 Run (about 25 minutes a head on 2 CPU cores; peak memory about 8 GB at 10,000 images):
-    python benchmarks/train_objectness.py --seeds 0,1 --out mlkit/cropping/objectness_mobilenetv2.npz
-The shipped file was written as two runs of one seed each, joined:
-    python benchmarks/train_objectness.py --seeds 0 --out /tmp/seed0.npz
-    python benchmarks/train_objectness.py --seeds 1 --out /tmp/seed1.npz
-    python benchmarks/train_objectness.py --seeds "" --join /tmp/seed0.npz /tmp/seed1.npz \
-        --out mlkit/cropping/objectness_mobilenetv2.npz
+    python benchmarks/train_objectness.py --seeds 0,1
+The shipped file (--heads 2) was written as two runs of one seed each, joined:
+    python benchmarks/train_objectness.py --seeds 0 --out /tmp/s0.npz
+    python benchmarks/train_objectness.py --seeds 1 --out /tmp/s1.npz
+    python benchmarks/train_objectness.py --seeds "" --join /tmp/s0.npz /tmp/s1.npz \
+        --out mlkit/cropping/objectness_mobilenetv2_2.npz
+The first release's heads (--heads 1, objectness_mobilenetv2.npz) were written alike with --dilations 1,2,4.
 """
 
 import os
@@ -62,7 +63,9 @@ def parse_args(argv=None):
                         "with a window of a photograph")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--weights", default=str(PRETRAINED), help="MobileNetV2 weights file (ImageNet)")
-    parser.add_argument("--out", default=str(REPO / "mlkit" / "cropping" / "objectness_mobilenetv2.npz"))
+    parser.add_argument("--out", default=str(REPO / "mlkit" / "cropping" / "objectness_mobilenetv2_2.npz"))
+    parser.add_argument("--dilations", default="1,2,4,8", help="the dilation of each 3 x 3 convolution of the head "
+                        "(the first shipped heads, --heads 1: 1,2,4)")
     parser.add_argument("--seeds", default="0,1", help="one head per seed, each on its own composites; the "
                         "shipped file holds two, whose maps mlkit averages")
     parser.add_argument("--join", nargs="*", default=[], help="head files (.npz) whose heads go into --out "
@@ -213,7 +216,7 @@ def train_head(args, seed, model, keras):
     std = np.sqrt(np.mean([(np.square(chunk.astype(np.float32) - mean)).mean(axis=(0, 1, 2))
                            for chunk in np.array_split(inputs, 32)], axis=0)) + 1e-3
     held = len(inputs) // 10
-    head = build_head(inputs.shape[-1])
+    head = build_head(inputs.shape[-1], tuple(int(d) for d in args.dilations.split(",")))
     head.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
     head.fit(Batches(inputs, targets, mean, std, range(held, len(inputs)), shuffle=True),
              validation_data=Batches(inputs, targets, mean, std, range(held)), epochs=args.epochs, verbose=2)

@@ -9,7 +9,7 @@ from mlkit.cropping import objectness
 from mlkit.cropping.auto import is_plain
 from mlkit.cropping.boxes import iou
 from mlkit.cropping.config import CropConfig
-from mlkit.cropping.objectness import HEAD_FILE, STRIDES, load_heads, save_heads, to_grid
+from mlkit.cropping.objectness import STRIDES, load_heads, save_heads, to_grid
 from mlkit.cropping.parts import backbone_parts
 from mlkit.looking.crop import Cropper
 
@@ -37,11 +37,14 @@ def test_to_grid_averages_finer_maps_and_repeats_coarser_ones_as_a_loop_does():
     np.testing.assert_allclose(grid, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_the_shipped_heads_load_and_save_back_unchanged(tmp_path):
-    assert HEAD_FILE.is_file(), "the objectness head's weights must ship inside the package"
-    heads = load_heads(HEAD_FILE)
+@pytest.mark.parametrize("version, dilations", [("1", [1, 2, 4]), ("2", [1, 2, 4, 8])])
+def test_the_shipped_heads_load_and_save_back_unchanged(tmp_path, version, dilations):
+    path = objectness.HEAD_FILES[version]
+    assert path.is_file(), "the objectness heads' weights must ship inside the package"
+    heads = load_heads(path)
     assert len(heads) == 2
     for head, mean, std in heads:
+        assert objectness.head_dilations(head) == dilations
         assert head.input.shape[-1] == len(mean) == len(std) == sum(objectness.CHANNELS) + 1
         assert np.all(std > 0) and np.all(np.isfinite(mean))
     save_heads(heads, tmp_path / "copy.npz")
@@ -52,6 +55,26 @@ def test_the_shipped_heads_load_and_save_back_unchanged(tmp_path):
         np.testing.assert_array_equal(copy_mean, mean)
     # The two heads differ (two seeds), so their mean is not either one's map.
     assert not np.allclose(np.asarray(heads[0][0](inputs)), np.asarray(heads[1][0](inputs)))
+
+
+def test_each_head_keeps_its_own_dilations_and_a_file_without_them_reads_as_the_first_heads(tmp_path):
+    channels = 5
+    inputs = np.random.default_rng(2).normal(size=(1, 9, 9, channels)).astype("float32")
+    heads = [(objectness.build_head(channels, dilations), np.zeros(channels), np.ones(channels))
+             for dilations in ((1, 2, 4), (1, 2, 4, 8))]
+    save_heads(heads, tmp_path / "mixed.npz")
+    copies = load_heads(tmp_path / "mixed.npz")
+    assert [objectness.head_dilations(copy) for copy, _, _ in copies] == [[1, 2, 4], [1, 2, 4, 8]]
+    for (head, _, _), (copy, _, _) in zip(heads, copies):
+        np.testing.assert_allclose(np.asarray(copy(inputs)), np.asarray(head(inputs)), rtol=1e-6)
+    # A file from before heads recorded their dilations (the first shipped file) holds (1, 2, 4) heads.
+    with np.load(tmp_path / "mixed.npz") as stored:
+        older = {key: stored[key] for key in stored.files if not key.endswith("_dilations") and
+                 not key.startswith("h1_")}
+    older["heads"] = np.array(1)
+    np.savez(tmp_path / "older.npz", **older)
+    (copy, _, _), = load_heads(tmp_path / "older.npz")
+    assert objectness.head_dilations(copy) == [1, 2, 4]
 
 
 def test_a_missing_head_file_is_a_clear_error(tmp_path):
@@ -115,10 +138,11 @@ def leafy(height, width, seed):
     return (palette[index] + rng.normal(0, 8, (height, width, 3))).clip(0, 255).astype(np.uint8)
 
 
-def test_auto_finds_a_red_object_on_a_leafy_texture(pretrained_mobilenetv2):
+@pytest.mark.parametrize("heads", sorted(objectness.HEAD_FILES))
+def test_auto_finds_a_red_object_on_a_leafy_texture(pretrained_mobilenetv2, heads):
     from test_looking_crop import shape_image
 
-    cropper = Cropper(CropConfig(weights=pretrained_mobilenetv2, margin=0.0, min_size=0.0))
+    cropper = Cropper(CropConfig(weights=pretrained_mobilenetv2, margin=0.0, min_size=0.0, heads=heads))
     boxes = [(60, 80, 150, 170), (30, 180, 110, 290), (120, 40, 210, 120)]
     images = [shape_image(240, 320, box, colour=(200, 30, 40), background=None, base=leafy(240, 320, seed))
               for seed, box in enumerate(boxes)]
@@ -138,6 +162,21 @@ def test_a_crop_json_from_before_the_head_replays_with_the_border_map():
     assert CropConfig.from_settings(CropConfig().fingerprint()).photo_map == "objectness"
 
 
+def test_a_crop_json_from_the_first_heads_replays_with_them_and_the_two_sets_give_other_maps():
+    """A crop.json written before --heads existed was cut with the first heads; predict must crop with them."""
+    first = CropConfig().fingerprint()
+    first.pop("heads")
+    assert CropConfig.from_settings(first).heads == "1"
+    assert CropConfig.from_settings(CropConfig().fingerprint()).heads == objectness.HEADS == "2"
+    rng = np.random.default_rng(4)
+    maps = [rng.normal(size=(1, 64 // stride, 64 // stride, channels)).astype("float32")
+            for stride, channels in zip(STRIDES, objectness.CHANNELS)]
+    first_map, second_map = (objectness.objectness_maps(maps, path=objectness.HEAD_FILES[heads])[0]
+                             for heads in ("1", "2"))
+    assert first_map.shape == second_map.shape == (8, 8)
+    assert not np.allclose(first_map, second_map, atol=1e-3)
+
+
 def test_photo_map_is_a_flag_of_crop_and_look_and_a_bad_value_is_refused():
     from mlkit.cli import build_parser
     from mlkit.errors import MlkitError
@@ -148,6 +187,11 @@ def test_photo_map_is_a_flag_of_crop_and_look_and_a_bad_value_is_refused():
     assert parser.parse_args(["look", "run", "i.png", "--out", "o", "--photo-map", "border"]).photo_map == "border"
     with pytest.raises(MlkitError, match="--photo-map"):
         CropConfig(photo_map="edges")
+    assert parser.parse_args(["crop", "m.csv", "--out", "o"]).heads == "2"
+    assert parser.parse_args(["crop", "m.csv", "--out", "o", "--heads", "1"]).heads == "1"
+    assert parser.parse_args(["look", "run", "i.png", "--out", "o", "--heads", "1"]).heads == "1"
+    with pytest.raises(MlkitError, match="--heads"):
+        CropConfig(heads="3")
 
 
 def training_script():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mlkit.cropping.boxes import ASPECTS
 from mlkit.cropping.finder import METHODS, THRESHOLDS
+from mlkit.cropping.objectness import HEAD_FILES, HEADS
 from mlkit.errors import MlkitError, check_choice
 from mlkit.images import parse_background
 from mlkit.options import option
@@ -23,7 +24,7 @@ PHOTO_MAPS = ("objectness", "border")
 # 448), the other maps were tuned at 224.
 IMAGE_SIZE, OBJECTNESS_SIZE = 224, 320
 # Settings added after crop.json first shipped, with the value a crop.json without them was made with.
-ADDED_SETTINGS = {"photo_map": "border"}
+ADDED_SETTINGS = {"photo_map": "border", "heads": "1"}
 
 
 @dataclass
@@ -53,6 +54,10 @@ class CropConfig:
                                           "ImageNet feature maps, shipped with mlkit; other backbones use border) "
                                           "or border (the boundary prior on two stacked feature maps, what auto "
                                           "used before the head)", choices=PHOTO_MAPS)
+    heads: str = option(HEADS, "auto: which objectness heads: 2 (two heads whose convolutions reach 8 cells "
+                               "apart: 0.700 mean IoU against 0.678 for 1 over three photographed canvas sets, "
+                               "BENCHMARKS.md) or 1 (the first release's; a crop.json that predates this setting "
+                               "replays with them)", choices=tuple(HEAD_FILES))
     tolerance: float = option(30.0, "auto: the colour distance (RGB, 0-441) from a plain border's colour that "
                                     "counts as object; a border is plain when 90% of its pixels are within half "
                                     "of it")
@@ -72,6 +77,7 @@ class CropConfig:
         check_choice(self.aspect, ASPECTS, "--aspect")
         check_choice(self.method, METHODS, "--method")
         check_choice(self.photo_map, PHOTO_MAPS, "--photo-map")
+        check_choice(self.heads, tuple(HEAD_FILES), "--heads")
         for name, low, high in (("threshold", 0, 1), ("min_std", 0, 1), ("min_size", 0, 1), ("margin", 0, 10),
                                 ("tolerance", 0, 441)):
             value = getattr(self, name)

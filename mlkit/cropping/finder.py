@@ -86,7 +86,7 @@ class BoxFinder:
         """The objectness head's maps of resized images, from their outputs and their mirror images'."""
         mirrored = self.model(np.ascontiguousarray(batch[:, :, ::-1]), training=False)
         mirrored = [np.asarray(output) for output in (mirrored if isinstance(mirrored, (list, tuple)) else [mirrored])]
-        return objectness.objectness_maps(outputs, mirrored)
+        return objectness.objectness_maps(outputs, mirrored, objectness.HEAD_FILES[self.config.heads])
 
     def cell_box(self, heat):
         """The method's box in map cells (top, left, bottom, right)."""

@@ -14,8 +14,13 @@ Two such heads were trained once, from two seeds, by
 benchmark: icons from Debian's icon themes, some drawn as they are and some as
 silhouettes filled with a window of another photograph, pasted on the
 photographs of Debian's GNOME, MATE and UKUI background packages. Their
-weights ship with mlkit (`objectness_mobilenetv2.npz`, about 1 MB); the map is
-the mean of both heads' over the image and its mirror image. They hold for
+weights ship with mlkit; the map is the mean of both heads' over the image and
+its mirror image. Two sets ship (`HEAD_FILES`, picked by `--heads`): "2", whose
+3 x 3 convolutions are dilated 1, 2, 4 and 8 (a cell sees 31 cells across, so
+the head weighs an object against more of the scene around it), and "1", the
+first release's, dilated up to 4, kept so that crops cut with it replay alike;
+on the same training images "2" found better boxes on every benchmark seed
+(BENCHMARKS.md). They hold for
 MobileNetV2 with ImageNet weights only: `applies` tells whether a backbone has
 the layers they read; any other backbone keeps the boundary prior alone.
 Trained at 224 px, they find boxes best on images read at 288-384
@@ -41,10 +46,17 @@ CHANNELS = (16, 24, 32, 64, 96)
 STRIDES = (2, 4, 8, 16, 16)
 # The head's grid: 1/GRID_STRIDE of the input side.
 GRID_STRIDE = 8
-HEAD_FILE = Path(__file__).with_name("objectness_mobilenetv2.npz")
-# Width of the head's hidden convolutions, and the dilation of each 3 x 3 one.
+# The heads' weights files, by the `--heads` value that picks them: "2" (dilations up to 8, the default) and "1"
+# (the first release's, dilations up to 4, kept so that a crop.json written with them replays as it was cut).
+HEAD_FILES = {"2": Path(__file__).with_name("objectness_mobilenetv2_2.npz"),
+              "1": Path(__file__).with_name("objectness_mobilenetv2.npz")}
+HEADS = "2"
+HEAD_FILE = HEAD_FILES[HEADS]
+# Width of the head's hidden convolutions, and the dilation of each 3 x 3 one (a weights file records each
+# head's own; a file written before it did holds heads with (1, 2, 4)).
 WIDTH = 64
 DILATIONS = (1, 2, 4)
+FIRST_DILATIONS = (1, 2, 4)
 
 
 def applies(backbone):
@@ -92,8 +104,11 @@ def head_inputs(maps):
     return np.concatenate([to_grid(maps, grid), to_grid([prior[..., None]], grid, STRIDES[1:2])], axis=-1)
 
 
-def build_head(channels):
-    """The head (Keras): standardised features (and their difference from the image's mean) -> share of object."""
+def build_head(channels, dilations=DILATIONS):
+    """The head (Keras): standardised features (and their difference from the image's mean) -> share of object.
+
+    Its receptive field grows with `dilations`, one 3 x 3 convolution each.
+    """
     import keras
     from keras import layers, ops
 
@@ -101,7 +116,7 @@ def build_head(channels):
     mean = ops.mean(features, axis=(1, 2), keepdims=True)
     x = layers.Concatenate()([features, features - mean])
     x = layers.Conv2D(WIDTH, 1, activation="relu")(x)
-    for dilation in DILATIONS:
+    for dilation in dilations:
         x = layers.Conv2D(WIDTH, 3, padding="same", dilation_rate=dilation, activation="relu")(x)
     return keras.Model(features, layers.Conv2D(1, 1, activation="sigmoid")(x), name="objectness")
 
@@ -117,7 +132,8 @@ def load_heads(path=HEAD_FILE):
     with np.load(path) as stored:
         for k in range(int(stored["heads"])):
             mean, std = stored[f"h{k}_mean"], stored[f"h{k}_std"]
-            head = build_head(len(mean))
+            dilations = stored[f"h{k}_dilations"] if f"h{k}_dilations" in stored else FIRST_DILATIONS
+            head = build_head(len(mean), tuple(int(d) for d in dilations))
             head.set_weights([stored[f"h{k}_w{i}"] for i in range(int(stored[f"h{k}_count"]))])
             heads.append((head, mean, std))
     return heads
@@ -131,11 +147,17 @@ def save_heads(heads, path):
     for k, (head, mean, std) in enumerate(heads):
         weights = head.get_weights()
         arrays.update({f"h{k}_mean": np.asarray(mean, "float32"), f"h{k}_std": np.asarray(std, "float32"),
-                       f"h{k}_count": np.array(len(weights))})
+                       f"h{k}_count": np.array(len(weights)), f"h{k}_dilations": np.array(head_dilations(head))})
         arrays.update({f"h{k}_w{i}": np.asarray(w, "float32") for i, w in enumerate(weights)})
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     write_bytes(path, buffer.getvalue())
+
+
+def head_dilations(head):
+    """The dilation of each 3 x 3 convolution of a head `build_head` made, in order."""
+    return [layer.dilation_rate[0] for layer in head.layers
+            if getattr(layer, "kernel_size", None) == (3, 3)]
 
 
 def objectness_maps(maps, mirrored=None, path=HEAD_FILE):
@@ -146,7 +168,7 @@ def objectness_maps(maps, mirrored=None, path=HEAD_FILE):
         mirrored: the same outputs for the batch flipped left to right, or None. Given, each map is the mean
             of the two (the mirrored one flipped back): on benchmarks/crop_quality.py's seed-0 photographs
             that raised the mean IoU by 0.02.
-        path: the heads' weights file. The map is the mean of its heads' (the shipped file holds two,
+        path: the heads' weights file. The map is the mean of its heads' (each shipped file holds two,
             trained alike from two seeds: +0.02 on those photographs over either alone).
     """
     found = []

@@ -84,7 +84,7 @@ CROP = defaults_of(CropConfig)
 def crop(manifest, out, *, workdir=".", progress=True, method=CROP["method"], backbone=CROP["backbone"],
          weights=CROP["weights"], model=CROP["model"], layers=CROP["layers"], image_size=CROP["image_size"],
          min_std=CROP["min_std"], threshold=CROP["threshold"], photo_map=CROP["photo_map"],
-         tolerance=CROP["tolerance"], window=CROP["window"],
+         heads=CROP["heads"], tolerance=CROP["tolerance"], window=CROP["window"],
          stride=CROP["stride"], margin=CROP["margin"], min_size=CROP["min_size"], aspect=CROP["aspect"],
          background=CROP["background"], batch_size=CROP["batch_size"]):
     """Crops every image of a manifest to its object, as a backbone's feature maps find it (`method`).
@@ -95,7 +95,7 @@ def crop(manifest, out, *, workdir=".", progress=True, method=CROP["method"], ba
         workdir: where a `model=` run name is looked up (`<workdir>/models/`). Defaults to ".".
         progress: log a line per batch. Defaults to True.
         method, backbone, weights, model, layers, image_size, min_std, threshold,
-            photo_map, tolerance, window, stride, margin, min_size, aspect, background, batch_size: the
+            photo_map, heads, tolerance, window, stride, margin, min_size, aspect, background, batch_size: the
             `CropConfig` settings (each field says what it does; `mlkit crop
             --help` prints them).
 
@@ -109,7 +109,7 @@ def crop(manifest, out, *, workdir=".", progress=True, method=CROP["method"], ba
     from mlkit.data.manifest import read_manifest
 
     config = CropConfig(method=method, backbone=backbone, weights=weights, model=model, layers=layers,
-                        image_size=image_size, min_std=min_std, threshold=threshold, photo_map=photo_map,
+                        image_size=image_size, min_std=min_std, threshold=threshold, photo_map=photo_map, heads=heads,
                         tolerance=tolerance, window=window, stride=stride, margin=margin, min_size=min_size,
                         aspect=aspect, background=background, batch_size=batch_size)
     table = read_manifest(manifest, allow_unlabelled=True)

@@ -150,7 +150,7 @@ CROP = defaults_of(CropConfig)
 def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, method=LOOK_METHOD,
          backbone=CROP["backbone"], weights=CROP["weights"], layers=CROP["layers"], image_size=CROP["image_size"],
          min_std=CROP["min_std"], threshold=CROP["threshold"], photo_map=CROP["photo_map"],
-         tolerance=CROP["tolerance"], window=CROP["window"],
+         heads=CROP["heads"], tolerance=CROP["tolerance"], window=CROP["window"],
          stride=CROP["stride"], margin=CROP["margin"], min_size=CROP["min_size"], aspect=CROP["aspect"],
          background=CROP["background"],
          batch_size=CROP["batch_size"]):
@@ -166,7 +166,7 @@ def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, 
         top: Grad-CAM maps for this many labels. Defaults to 3.
         caption: for a caption model, the caption of every image (else each
             manifest row's). Defaults to None.
-        method, backbone, weights, layers, image_size, min_std, threshold, photo_map, tolerance,
+        method, backbone, weights, layers, image_size, min_std, threshold, photo_map, heads, tolerance,
             window, stride, margin, min_size, aspect, background, batch_size: the `CropConfig`
             settings for the early-layer map and its box (`mlkit look --help`).
 
@@ -179,7 +179,7 @@ def look(model, images, out, *, workdir=".", compare=None, top=3, caption=None, 
     from mlkit.models.predict import attach_captions, expand_inputs
 
     config = CropConfig(method=method, backbone=backbone, weights=weights, layers=layers, image_size=image_size,
-                        min_std=min_std, threshold=threshold, photo_map=photo_map, tolerance=tolerance, window=window,
+                        min_std=min_std, threshold=threshold, photo_map=photo_map, heads=heads, tolerance=tolerance, window=window,
                         stride=stride, margin=margin, min_size=min_size, aspect=aspect, background=background,
                         batch_size=batch_size)
     parts, record = model_parts(model, workdir)
