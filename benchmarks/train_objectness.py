@@ -57,6 +57,8 @@ IMAGE_SIZE = 224
 
 
 def parse_args(argv=None):
+    from mlkit.cropping import objectness
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10000, help="composites to train on")
     parser.add_argument("--fill", type=float, default=0.5, help="share of objects drawn as a silhouette filled "
@@ -64,8 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--weights", default=str(PRETRAINED), help="MobileNetV2 weights file (ImageNet)")
     parser.add_argument("--out", default=str(REPO / "mlkit" / "cropping" / "objectness_mobilenetv2_2.npz"))
-    parser.add_argument("--dilations", default="1,2,4,8", help="the dilation of each 3 x 3 convolution of the head "
-                        "(the first shipped heads, --heads 1: 1,2,4)")
+    parser.add_argument("--dilations", default=",".join(map(str, objectness.DILATIONS)), help="the dilation of each 3 x 3 "
+                        "convolution of the head (the first shipped heads, --heads 1: 1,2,4)")
     parser.add_argument("--seeds", default="0,1", help="one head per seed, each on its own composites; the "
                         "shipped file holds two, whose maps mlkit averages")
     parser.add_argument("--join", nargs="*", default=[], help="head files (.npz) whose heads go into --out "

@@ -52,10 +52,10 @@ HEAD_FILES = {"2": Path(__file__).with_name("objectness_mobilenetv2_2.npz"),
               "1": Path(__file__).with_name("objectness_mobilenetv2.npz")}
 HEADS = "2"
 HEAD_FILE = HEAD_FILES[HEADS]
-# Width of the head's hidden convolutions, and the dilation of each 3 x 3 one (a weights file records each
-# head's own; a file written before it did holds heads with (1, 2, 4)).
+# Width of the head's hidden convolutions, and the dilation of each 3 x 3 one: the default heads' ("2"), and the
+# first release's, which a weights file that does not record each head's own (one written before "2") holds.
 WIDTH = 64
-DILATIONS = (1, 2, 4)
+DILATIONS = (1, 2, 4, 8)
 FIRST_DILATIONS = (1, 2, 4)
 
 
